@@ -1,0 +1,49 @@
+"""The ``preempt`` command line: thin wrappers that parse, call the library and print.
+
+Exit codes: 0 ok, 1 an error (some file failed), 2 usage, 3 verification found a non-robust image.
+Tables and progress go to stderr; ``--json`` output goes to stdout.
+"""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from .common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, state, err_console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Preemptive robustification of photos against adversarial man-in-the-middle attacks.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        print(f"preempt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    state.debug = debug
+
+
+from . import models as _models, robustify as _robustify, train as _train, verify as _verify  # noqa: E402
+
+app.command("robustify")(_robustify.robustify_cmd)
+app.command("verify")(_verify.verify_cmd)
+app.command("models")(_models.models_cmd)
+app.command("train")(_train.train_cmd)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=True)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+__all__ = ["app", "main", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE"]

@@ -1,0 +1,62 @@
+"""Helpers shared by the commands: consoles, devices, error lines."""
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_ROBUST = 0, 1, 2, 3
+err_console = Console(stderr=True)
+
+
+@dataclass
+class _State:
+    debug: bool = False
+
+
+state = _State()
+
+
+def fail(message: str, code: int = EXIT_ERROR, exc: BaseException | None = None) -> NoReturn:
+    """Print one line (a traceback too with --debug) and exit."""
+    if state.debug and exc is not None:
+        traceback.print_exception(exc, file=sys.stderr)
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def report_error(message: str, exc: BaseException | None = None) -> None:
+    if state.debug and exc is not None:
+        traceback.print_exception(exc, file=sys.stderr)
+    err_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda: no CUDA device is available", EXIT_USAGE)
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        fail(f"--device {device}: choose auto, cpu or cuda", EXIT_USAGE)
+    return device
+
+
+def load_model_or_fail(name: str | None, device: str):
+    from ..models import ModelError, load_model
+
+    try:
+        return load_model(name, device=device)
+    except ModelError as e:
+        fail(str(e), EXIT_ERROR, e)
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.flush()

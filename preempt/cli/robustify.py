@@ -1,0 +1,1 @@
+def robustify_cmd(): pass

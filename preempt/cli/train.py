@@ -1,0 +1,77 @@
+"""``preempt train``: the training code behind the bundled weights."""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .common import EXIT_USAGE, err_console, fail, pick_device, print_json
+
+
+def train_cmd(
+    method: str = typer.Option("standard", "--method", "-m",
+                               help="preempt | pgd-at | fast-at | free-at | fgsm | gaussian | standard"),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the weights (.safetensors) and card (.json)."),
+    dataset: str = typer.Option("fashion-mnist", help="fashion-mnist | cifar10 | folder"),
+    data: Optional[str] = typer.Option(None, help="Dataset folder (default: Debian's Fashion-MNIST files)."),
+    norm: str = typer.Option("linf", help="linf | l2"),
+    eps: float = typer.Option(0.1, help="Attack budget ε used while training."),
+    delta: float = typer.Option(0.1, help="Robustification budget δ (preempt)."),
+    steps: int = typer.Option(10, help="Attack steps while training (pgd-at, preempt)."),
+    step_size: Optional[float] = typer.Option(None, help="Attack step size (default ε/4; fast-at 1.25ε)."),
+    delta_steps: int = typer.Option(2, help="preempt: descent steps that find x̂_r."),
+    preempt_direction: str = typer.Option("descent", help="preempt: descent (the paper) or ascent (reference code)."),
+    sigma: float = typer.Option(0.25, help="gaussian: noise σ."),
+    replays: int = typer.Option(4, help="free-at: minibatch replays."),
+    epochs: int = typer.Option(5),
+    batch_size: int = typer.Option(128),
+    lr: float = typer.Option(0.05),
+    schedule: str = typer.Option("cosine", help="cosine | constant"),
+    arch: str = typer.Option("cnn"),
+    width: int = typer.Option(32),
+    early_stop: bool = typer.Option(False, help="Keep the epoch with the best robust validation accuracy."),
+    limit: Optional[int] = typer.Option(None, help="Train on the first N images only."),
+    val_size: int = typer.Option(2000),
+    seed: int = typer.Option(0),
+    threads: Optional[int] = typer.Option(None, help="CPU threads."),
+    run_dir: Optional[Path] = typer.Option(None, help="Checkpoints and log.jsonl (default: <out>.run/)."),
+    resume: bool = typer.Option(False, help="Continue from run_dir/checkpoint.pt."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    json_out: bool = typer.Option(False, "--json", help="Print the history as JSON on stdout."),
+) -> None:
+    """Train a classifier (preemptively robust, adversarial baselines, or standard)."""
+    from ..data import DataError
+    from ..train import METHODS, TrainConfig, train
+
+    if method not in METHODS:
+        fail(f"--method {method}: choose one of {', '.join(METHODS)}", EXIT_USAGE)
+    cfg = TrainConfig(method=method, dataset=dataset, data=data, arch=arch, width=width, norm=norm, eps=eps,
+                      delta=delta, steps=steps, step_size=step_size, delta_steps=delta_steps,
+                      preempt_direction=preempt_direction, sigma=sigma, replays=replays, epochs=epochs,
+                      batch_size=batch_size, lr=lr, schedule=schedule, early_stop=early_stop, limit=limit,
+                      val_size=val_size, seed=seed, threads=threads, device=pick_device(device))
+    command = "preempt train " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if "train" in sys.argv else None
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=err_console, transient=False) as bar:
+        task = bar.add_task(f"{method} epoch 1/{epochs}", total=None, info="")
+
+        def on_step(rec: dict) -> None:
+            if rec.get("end_of_epoch"):
+                vals = "  ".join(f"{k}={v:.3f}" for k, v in rec.items() if k.startswith("val_"))
+                bar.console.print(f"epoch {rec['epoch']}: loss={rec['loss']:.4f}  {vals}  ({rec['seconds']:.0f}s)")
+                return
+            bar.update(task, description=f"{method} epoch {rec['epoch']}/{epochs}", completed=rec["batch"],
+                       total=rec["batches"], info=f"loss {rec['loss']:.4f}")
+
+        try:
+            res = train(cfg, run_dir=run_dir or Path(str(out) + ".run"), out=out, resume=resume,
+                        command=command, on_step=on_step)
+        except (DataError, ValueError, OSError) as e:
+            fail(str(e), exc=e)
+    err_console.print(f"wrote {out} and {Path(out).with_suffix('.json')} ({res.seconds:.0f}s)")
+    if json_out:
+        print_json({"out": str(out), "history": res.history, "seconds": res.seconds})

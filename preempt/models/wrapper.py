@@ -1,0 +1,101 @@
+"""The classifier wrapper: owns preprocessing so every algorithm works in pixel space.
+
+``Classifier(net, ...)`` takes images in the photo's own [0, 1] pixel space, of any size, with
+1 (grey), 3 (RGB) channels, and applies — as differentiable torch ops — colour conversion to
+what the network expects, an antialiased resize to the network's input size, and mean/std
+normalisation.  Gradients therefore flow back to the full-resolution photo.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ITU-R BT.601 luma, the weights PIL uses for "L"
+_LUMA = (0.299, 0.587, 0.114)
+
+
+@dataclass
+class Preprocessing:
+    input_size: tuple[int, int]
+    channels: int = 3
+    mean: Sequence[float] = (0.0,)
+    std: Sequence[float] = (1.0,)
+    resize: str = "bilinear"  # antialiased bilinear or bicubic
+
+    @classmethod
+    def from_card(cls, card: dict[str, Any]) -> "Preprocessing":
+        p = card["preprocessing"]
+        return cls(
+            input_size=tuple(p["input_size"]),
+            channels=int(p["channels"]),
+            mean=tuple(p.get("mean", (0.0,))),
+            std=tuple(p.get("std", (1.0,))),
+            resize=p.get("resize", "bilinear"),
+        )
+
+    def to_card(self) -> dict[str, Any]:
+        return {
+            "input_size": list(self.input_size), "channels": self.channels,
+            "mean": list(self.mean), "std": list(self.std), "resize": self.resize,
+            "pixel_range": [0, 1],
+        }
+
+
+class Classifier(nn.Module):
+    """A network plus its preprocessing.  ``forward(x)`` maps [0,1] images to logits.
+
+    ``passes`` counts images forwarded (one forward(+backward) per image), which is how the
+    benchmarks count classifier passes.
+    """
+
+    def __init__(self, net: nn.Module, pre: Preprocessing, *, classes: Sequence[str] | None = None,
+                 card: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.net = net
+        self.pre = pre
+        self.classes = list(classes) if classes is not None else None
+        self.card = card or {}
+        c = pre.channels
+        self.register_buffer("mean", torch.tensor(pre.mean, dtype=torch.float32).view(1, -1, 1, 1).expand(1, c, 1, 1).clone(), persistent=False)
+        self.register_buffer("std", torch.tensor(pre.std, dtype=torch.float32).view(1, -1, 1, 1).expand(1, c, 1, 1).clone(), persistent=False)
+        self.passes = 0
+
+    @property
+    def name(self) -> str:
+        return self.card.get("name", type(self.net).__name__)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        c = x.shape[1]
+        want = self.pre.channels
+        if c == 4:  # alpha is never seen by the classifier
+            x, c = x[:, :3], 3
+        if c != want:
+            if want == 1 and c == 3:
+                w = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+                x = (x * w).sum(1, keepdim=True)
+            elif want == 3 and c == 1:
+                x = x.expand(-1, 3, -1, -1)
+            else:
+                raise ValueError(f"cannot feed a {c}-channel image to a {want}-channel model")
+        if tuple(x.shape[-2:]) != tuple(self.pre.input_size):
+            x = F.interpolate(x, size=tuple(self.pre.input_size), mode=self.pre.resize,
+                              antialias=True, align_corners=False)
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.passes += x.shape[0] if x.dim() == 4 else 1
+        return self.net(self.preprocess(x))
+
+    @torch.inference_mode()
+    def predict(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        return torch.cat([self(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])

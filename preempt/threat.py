@@ -1,0 +1,137 @@
+"""Threat models: the ℓ∞ and ℓ2 balls every attack, robustify and training work in.
+
+A threat model is a ball ``B_ε(c) ∩ [0,1]^d`` around a centre ``c``.  It knows how to
+
+* ``project(x, center)`` a point back into the ball and the pixel box,
+* ``random_start(center)`` draw a point inside it,
+* ``step(x, grad, step_size)`` take one steepest-*ascent* step (sign step for ℓ∞,
+  normalised-gradient step for ℓ2; pass ``-grad`` to descend),
+* ``distance(a, b)`` measure per-sample distances.
+
+All tensors are batched ``(N, C, H, W)`` images in [0, 1].  ``eps`` may be overridden per
+call, which is how robustify reuses one class for both its δ-ball and the attacker's ε-ball.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+__all__ = ["ThreatModel", "Linf", "L2", "threat_model"]
+
+_TINY = 1e-12
+
+
+def _per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Reshape a (N,) tensor so it broadcasts against x of shape (N, ...)."""
+    return v.view(-1, *([1] * (x.dim() - 1)))
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """A norm ball of radius ``eps`` intersected with the [0, 1] pixel box."""
+
+    eps: float
+    norm: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        if not (self.eps >= 0 and math.isfinite(self.eps)):
+            raise ValueError(f"eps must be a finite number >= 0, got {self.eps!r}")
+
+    # -- to be provided by the concrete balls -------------------------------------------
+    def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _project_ball(self, delta: torch.Tensor, eps: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _direction(self, grad: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _sample(self, like: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------------
+    def project(self, x: torch.Tensor, center: torch.Tensor, eps: float | None = None) -> torch.Tensor:
+        """Project ``x`` onto ``B_eps(center) ∩ [0,1]`` (differentiable in x and center)."""
+        eps = self.eps if eps is None else eps
+        return (center + self._project_ball(x - center, eps)).clamp(0.0, 1.0)
+
+    def random_start(
+        self, center: torch.Tensor, eps: float | None = None, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """A random point of ``B_eps(center) ∩ [0,1]``."""
+        eps = self.eps if eps is None else eps
+        return self.project(center + self._sample(center, eps, generator), center, eps)
+
+    def step(self, x: torch.Tensor, grad: torch.Tensor, step_size: float | torch.Tensor) -> torch.Tensor:
+        """One steepest-ascent step of length ``step_size`` in this norm (not projected)."""
+        if isinstance(step_size, torch.Tensor) and step_size.dim() == 1:
+            step_size = _per_sample(step_size, x)
+        return x + step_size * self._direction(grad)
+
+    def with_eps(self, eps: float) -> "ThreatModel":
+        return type(self)(eps)
+
+    def __str__(self) -> str:
+        return f"{self.norm}(eps={self.eps:g})"
+
+
+@dataclass(frozen=True)
+class Linf(ThreatModel):
+    """ℓ∞ ball: every pixel moves by at most ``eps``."""
+
+    norm: ClassVar[str] = "linf"
+
+    def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a - b).flatten(1).abs().amax(1)
+
+    def _project_ball(self, delta: torch.Tensor, eps: float) -> torch.Tensor:
+        return delta.clamp(-eps, eps)
+
+    def _direction(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad.sign()
+
+    def _sample(self, like, eps, generator):
+        u = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+        return (2 * u - 1) * eps
+
+
+@dataclass(frozen=True)
+class L2(ThreatModel):
+    """ℓ2 ball: the whole perturbation has Euclidean norm at most ``eps``."""
+
+    norm: ClassVar[str] = "l2"
+
+    def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a - b).flatten(1).norm(dim=1)
+
+    def _project_ball(self, delta: torch.Tensor, eps: float) -> torch.Tensor:
+        n = delta.flatten(1).norm(dim=1)
+        factor = torch.clamp(eps / (n + _TINY), max=1.0)
+        return delta * _per_sample(factor, delta)
+
+    def _direction(self, grad: torch.Tensor) -> torch.Tensor:
+        n = grad.flatten(1).norm(dim=1)
+        return grad / _per_sample(n + _TINY, grad)
+
+    def _sample(self, like, eps, generator):
+        # uniform in the ball: a Gaussian direction, radius eps * U^(1/d)
+        g = torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+        d = g[0].numel()
+        r = torch.rand(like.shape[0], generator=generator, device=like.device, dtype=like.dtype) ** (1.0 / d)
+        g = g / _per_sample(g.flatten(1).norm(dim=1) + _TINY, g)
+        return g * _per_sample(r * eps, g)
+
+
+_NORMS = {"linf": Linf, "l2": L2}
+
+
+def threat_model(norm: str, eps: float) -> ThreatModel:
+    """``threat_model("linf", 0.1)`` → ``Linf(eps=0.1)``."""
+    try:
+        return _NORMS[norm.lower()](float(eps))
+    except KeyError:
+        raise ValueError(f"unknown norm {norm!r}; choose one of {sorted(_NORMS)}") from None

@@ -1,0 +1,230 @@
+"""The training loop behind ``preempt train``: data, epochs, checkpoints, resume, JSON-lines log."""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .. import data as datasets
+from ..attacks.pgd import pgd
+from ..models import Classifier, Preprocessing, build, save_model
+from ..threat import threat_model
+from .methods import METHODS, batch_loss
+
+
+@dataclass
+class TrainConfig:
+    method: str = "standard"
+    dataset: str = "fashion-mnist"
+    data: str | None = None
+    arch: str = "cnn"
+    width: int = 32
+    norm: str = "linf"
+    eps: float = 0.1
+    delta: float = 0.1
+    steps: int = 10              # attack steps while training (pgd-at, preempt)
+    step_size: float | None = None
+    delta_steps: int = 2         # preempt: signed descent steps that find x̂_r
+    preempt_direction: str = "descent"
+    sigma: float = 0.25          # gaussian
+    fgsm_alpha: float = 0.5      # fgsm
+    replays: int = 4             # free-at
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"     # cosine | constant
+    val_size: int = 2000
+    val_attack_steps: int = 10
+    val_attack_size: int = 500
+    early_stop: bool = False     # keep the epoch with the best robust validation accuracy
+    limit: int | None = None     # use only the first N training images (tests, quick runs)
+    seed: int = 0
+    threads: int | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+
+
+@dataclass
+class TrainResult:
+    model: Classifier
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    best_epoch: int = 0
+    test: dict = field(default_factory=dict)
+
+
+def _lr(cfg: TrainConfig, it: int, total: int) -> float:
+    if cfg.schedule == "constant":
+        return cfg.lr
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * it / max(total, 1)))
+
+
+@torch.no_grad()
+def accuracy(model, x, y, bs: int = 1000) -> float:
+    model.eval()
+    return sum((model(x[i:i + bs]).argmax(1) == y[i:i + bs]).sum().item() for i in range(0, len(x), bs)) / max(len(x), 1)
+
+
+def robust_accuracy(model, x, y, threat, steps: int, bs: int = 500, seed: int = 0) -> float:
+    model.eval()
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    ok = 0
+    for i in range(0, len(x), bs):
+        ok += pgd(model, x[i:i + bs], y[i:i + bs], threat=threat, steps=steps, generator=gen).robust.sum().item()
+    return ok / max(len(x), 1)
+
+
+def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Path | None = None,
+          resume: bool = False, command: str | None = None,
+          on_step: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train a classifier with ``cfg.method``; checkpoints and a log go to ``run_dir``; the final
+    weights and their card to ``out`` (a .safetensors path)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    dev = torch.device(cfg.device)
+    x, y, classes = datasets.load(cfg.dataset, "train", cfg.data)
+    if cfg.limit:
+        x, y = x[:cfg.limit + cfg.val_size], y[:cfg.limit + cfg.val_size]
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed))
+    x, y = x[perm], y[perm]
+    xv, yv = x[:cfg.val_size].to(dev), y[:cfg.val_size].to(dev)
+    xt, yt = x[cfg.val_size:].to(dev), y[cfg.val_size:].to(dev)
+    c, h = x.shape[1], x.shape[2]
+    net = build(cfg.arch, in_channels=c, num_classes=len(classes), width=cfg.width, input_size=h)
+    pre = Preprocessing(input_size=(h, x.shape[3]), channels=c, mean=(0.5,) * c, std=(0.5,) * c)
+    model = Classifier(net, pre, classes=classes).to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                          nesterov=cfg.momentum > 0)
+    threat, dball = threat_model(cfg.norm, cfg.eps), threat_model(cfg.norm, cfg.delta)
+    n_batches = math.ceil(len(xt) / cfg.batch_size)
+    total = cfg.epochs * n_batches
+    history: list[dict] = []
+    start_epoch, best, best_state, elapsed = 0, -1.0, None, 0.0
+    run = Path(run_dir) if run_dir else None
+    if run:
+        run.mkdir(parents=True, exist_ok=True)
+        ck = run / "checkpoint.pt"
+        if resume and ck.exists():
+            state = torch.load(ck, map_location=dev, weights_only=True)
+            model.net.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            start_epoch, best, elapsed = state["epoch"], state["best"], state["elapsed"]
+            best_state = state.get("best_model")
+            history = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines() if l.strip()][:start_epoch]
+            torch.set_rng_state(state["rng"])
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        order = torch.randperm(len(xt), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).to(dev)
+        tot_loss, seen = 0.0, 0
+        delta_free = None
+        for b in range(n_batches):
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            xb, yb = xt[idx], yt[idx]
+            it = epoch * n_batches + b
+            for g_ in opt.param_groups:
+                g_["lr"] = _lr(cfg, it, total)
+            model.train()  # attacks are crafted in train mode (see the model card)
+            if cfg.method == "free-at":
+                loss = _free_at_batch(model, opt, xb, yb, threat, cfg)
+            else:
+                loss = batch_loss(cfg.method, model, xb, yb, cfg, threat, dball, gen)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            tot_loss += loss.item() * len(idx)
+            seen += len(idx)
+            if on_step:
+                on_step({"epoch": epoch + 1, "batch": b + 1, "batches": n_batches, "loss": tot_loss / seen})
+        clean = accuracy(model, xv, yv)
+        rob = robust_accuracy(model, xv[:cfg.val_attack_size], yv[:cfg.val_attack_size], threat,
+                              cfg.val_attack_steps) if cfg.val_attack_size else float("nan")
+        elapsed += time.perf_counter() - t0
+        rec = {"epoch": epoch + 1, "loss": tot_loss / max(seen, 1), "val_clean": clean,
+               f"val_pgd{cfg.val_attack_steps}": rob, "lr": opt.param_groups[0]["lr"], "seconds": elapsed}
+        history.append(rec)
+        score = rob if cfg.early_stop else epoch
+        if score >= best:
+            best = score
+            best_state = {k: v.detach().clone() for k, v in model.net.state_dict().items()}
+            rec["best"] = True
+        if on_step:
+            on_step({**rec, "end_of_epoch": True})
+        if run:
+            with open(run / "log.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            tmp = run / "checkpoint.pt.tmp"
+            torch.save({"model": model.net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+                        "best": best, "elapsed": elapsed, "rng": torch.get_rng_state(),
+                        "best_model": best_state}, tmp)
+            tmp.replace(run / "checkpoint.pt")
+    if cfg.early_stop and best_state is not None:
+        model.net.load_state_dict(best_state)
+    best_epoch = max((r["epoch"] for r in history if r.get("best")), default=cfg.epochs)
+    model.eval()
+    result = TrainResult(model, history, elapsed, best_epoch)
+    if out:
+        result.test = test_metrics(model, cfg, threat)
+        card = make_card(cfg, model, result, command)
+        model.card = save_model(model, Path(out), card)
+    return result
+
+
+def test_metrics(model, cfg: TrainConfig, threat, n_attack: int = 1000) -> dict:
+    """Clean accuracy on the whole test split, PGD-20 (step ε/4, random start) on its first n_attack."""
+    try:
+        x, y, _ = datasets.load(cfg.dataset, "test", cfg.data)
+    except datasets.DataError:
+        return {}
+    dev = next(model.parameters()).device
+    x, y = x.to(dev), y.to(dev)
+    return {"clean": accuracy(model, x, y), "pgd20": robust_accuracy(model, x[:n_attack], y[:n_attack], threat, 20),
+            "n_clean": len(x), "n_attack": min(n_attack, len(x)), "attack": f"PGD-20 {threat} step eps/4 random start"}
+
+
+def _free_at_batch(model, opt, x, y, threat, cfg):
+    """Free adversarial training: m replays, one backward serves weights and perturbation."""
+    delta = torch.zeros_like(x)
+    for _ in range(cfg.replays):
+        xa = threat.project(x + delta, x).detach().requires_grad_(True)
+        loss = F.cross_entropy(model(xa), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        g = xa.grad.detach()
+        opt.step()
+        delta = threat.project(threat.step(xa.detach(), g, threat.eps), x) - x
+    return loss.detach()
+
+
+def make_card(cfg: TrainConfig, model: Classifier, result: TrainResult, command: str | None) -> dict:
+    last = result.history[-1] if result.history else {}
+    return {
+        "arch": cfg.arch,
+        "arch_kwargs": {"in_channels": model.pre.channels, "num_classes": len(model.classes or []),
+                        "width": cfg.width, "input_size": model.pre.input_size[0]},
+        "preprocessing": model.pre.to_card(),
+        "classes": model.classes,
+        "dataset": cfg.dataset,
+        "threat_model": {"norm": cfg.norm, "eps": cfg.eps, "delta": cfg.delta},
+        "training": {"method": cfg.method, "command": command, "config": asdict(cfg), "seed": cfg.seed,
+                     "epochs": cfg.epochs, "best_epoch": result.best_epoch, "wall_time_s": round(result.seconds, 1),
+                     "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
+                     "torch": torch.__version__, "python": sys.version.split()[0],
+                     "batchnorm_mode_during_attacks": "train (this architecture has no BatchNorm)"},
+        "metrics": {"validation": {k: v for k, v in last.items() if k.startswith("val_")}, "test": result.test},
+        "licence": "MIT (weights); Fashion-MNIST is MIT-licensed by Zalando Research",
+    }
