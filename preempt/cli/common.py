@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_ROBUST = 0, 1, 2, 3
 err_console = Console(stderr=True)
@@ -26,14 +27,15 @@ def fail(message: str, code: int = EXIT_ERROR, exc: BaseException | None = None)
     """Print one line (a traceback too with --debug) and exit."""
     if state.debug and exc is not None:
         traceback.print_exception(exc, file=sys.stderr)
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
-def report_error(message: str, exc: BaseException | None = None) -> None:
+def report_error(message: str, exc: BaseException | None = None, console: Console | None = None) -> None:
+    """One line on stderr (never wrapped), a traceback first with --debug."""
     if state.debug and exc is not None:
         traceback.print_exception(exc, file=sys.stderr)
-    err_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    (console or err_console).print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def pick_device(device: str) -> str:

@@ -1,1 +1,78 @@
-def robustify_cmd(): pass
+"""``preempt robustify``: robustified copies of photos, judged as saved."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .common import report_error, EXIT_ERROR, EXIT_OK, EXIT_USAGE, err_console, fail, load_model_or_fail, pick_device, print_json
+from .tables import summary_table
+
+
+def robustify_cmd(
+    paths: List[Path] = typer.Argument(..., help="Photos and/or folders (walked for images)."),
+    out: Path = typer.Option(Path("robustified"), "--out", "-o",
+                             help="Output folder; NAME.ext becomes OUT/[sub-folders/]NAME.robust.png."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Bundled model name or weight file (default: the bundled default)."),
+    norm: Optional[str] = typer.Option(None, help="linf | l2 (default: the model's threat model)."),
+    delta: Optional[float] = typer.Option(None, help="Robustification budget δ (default: the model's)."),
+    eps: Optional[float] = typer.Option(None, help="Attack budget ε to be robust against (default: the model's)."),
+    steps: int = typer.Option(30, help="Outer steps at most."),
+    inner_steps: int = typer.Option(10, help="Steps of the unrolled inner attack (T)."),
+    check_steps: int = typer.Option(20, help="Steps of the PGD check that decides 'robust'."),
+    fmt: str = typer.Option("png", "--format", help="png (lossless, default) | jpeg (verified again after encoding)."),
+    quality: int = typer.Option(95, help="JPEG quality."),
+    overwrite: bool = typer.Option(False, help="Replace existing outputs (default: skip them, so reruns resume)."),
+    strip_metadata: bool = typer.Option(False, help="Drop EXIF and ICC profile."),
+    batch_size: int = typer.Option(64, help="Photos of the same size robustified together."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    seed: int = typer.Option(0),
+    json_out: bool = typer.Option(False, "--json", help="Per-file results as JSON on stdout."),
+) -> None:
+    """Robustify photos so that no ε-perturbation changes the classifier's answer."""
+    from ..jobs import robustify_files
+    from ..robustify import RobustifyConfig
+
+    if fmt not in ("png", "jpeg", "jpg"):
+        fail(f"--format {fmt}: choose png or jpeg", EXIT_USAGE)
+    dev = pick_device(device)
+    clf = load_model_or_fail(model, dev)
+    tm = clf.card.get("threat_model", {})
+    norm = norm or tm.get("norm", "linf")
+    if norm not in ("linf", "l2"):
+        fail(f"--norm {norm}: choose linf or l2", EXIT_USAGE)
+    delta = delta if delta is not None else tm.get("delta", 0.1)
+    eps = eps if eps is not None else tm.get("eps", delta)
+    if delta < 0 or eps < 0:
+        fail("--delta and --eps must be >= 0", EXIT_USAGE)
+    for p in paths:
+        if not p.exists():
+            report_error(f"{p}: no such file or folder")
+    cfg = RobustifyConfig(norm=norm, delta=delta, eps=eps, steps=steps, inner_steps=inner_steps,
+                          check_steps=check_steps, seed=seed)
+    err_console.print(f"model {clf.name} on {dev}; {norm} δ={delta:g} ε={eps:g}; "
+                      f"≤{steps} outer × {inner_steps} inner steps, check PGD-{check_steps}", highlight=False)
+    with Progress(TextColumn("[bold]robustify"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
+                  TimeElapsedColumn(), console=err_console) as bar:
+        task = bar.add_task("", total=None, last="")
+
+        def on_file(r) -> None:
+            bar.update(task, advance=1, last=Path(r.src).name)
+            if r.status == "failed":
+                report_error(f"{r.src}: {r.error}", console=bar.console)
+
+        try:
+            results = robustify_files([p for p in paths if p.exists()], out, clf, config=cfg, fmt=fmt, quality=quality,
+                                      overwrite=overwrite, strip_metadata=strip_metadata, batch_size=batch_size,
+                                      device=dev, on_file=on_file)
+        except ValueError as e:
+            fail(str(e), EXIT_USAGE, e)
+    missing = sum(not p.exists() for p in paths)
+    err_console.print(summary_table(results, title=f"robustified into {out}/"))
+    if json_out:
+        print_json({"model": clf.name, "device": dev, "config": cfg.__dict__, "out": str(out),
+                    "files": [r.to_dict() for r in results]})
+    failed = missing + sum(r.status == "failed" for r in results)
+    raise typer.Exit(EXIT_ERROR if failed else EXIT_OK)

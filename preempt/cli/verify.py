@@ -1,1 +1,65 @@
-def verify_cmd(): pass
+"""``preempt verify``: attack photos with PGD and report per image and in total."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .common import report_error, EXIT_ERROR, EXIT_NOT_ROBUST, EXIT_OK, EXIT_USAGE, err_console, fail, load_model_or_fail, pick_device, print_json
+from .tables import verify_table
+
+
+def verify_cmd(
+    paths: List[Path] = typer.Argument(..., help="Photos and/or folders to attack."),
+    original: Optional[List[Path]] = typer.Option(None, "--original", help="The originals, one per photo in the same order (files or folders); attacked too, for before vs after."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Bundled model name or weight file."),
+    norm: Optional[str] = typer.Option(None, help="linf | l2 (default: the model's)."),
+    eps: Optional[float] = typer.Option(None, help="Attack budget ε (default: the model's)."),
+    steps: int = typer.Option(20, help="PGD steps."),
+    restarts: int = typer.Option(1, help="PGD random restarts."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    seed: int = typer.Option(0),
+    json_out: bool = typer.Option(False, "--json", help="JSON on stdout."),
+    report: Optional[Path] = typer.Option(None, help="Also write an HTML report to this file."),
+) -> None:
+    """Attack photos with PGD; exit code 3 if any is not robust."""
+    from ..jobs import VerifyConfig, verify_files
+    from ..report import summarize, write_html
+
+    dev = pick_device(device)
+    clf = load_model_or_fail(model, dev)
+    tm = clf.card.get("threat_model", {})
+    norm = norm or tm.get("norm", "linf")
+    if norm not in ("linf", "l2"):
+        fail(f"--norm {norm}: choose linf or l2", EXIT_USAGE)
+    eps = eps if eps is not None else tm.get("eps", 0.1)
+    cfg = VerifyConfig(norm=norm, eps=eps, steps=steps, restarts=restarts, seed=seed)
+    missing = [p for p in [*paths, *(original or [])] if not p.exists()]
+    for p in missing:
+        report_error(f"{p}: no such file or folder")
+    if missing:
+        raise typer.Exit(EXIT_ERROR)
+    try:
+        results = verify_files(paths, clf, originals=original or None, config=cfg, device=dev)
+    except ValueError as e:
+        fail(str(e), EXIT_USAGE, e)
+    summary = summarize(results, cfg.describe(), model=clf.name, device=dev)
+    with_orig = bool(original)
+    t = verify_table(results, f"PGD-{steps} {norm} ε={eps:g} on {clf.name}", with_orig)
+    s = summary["summary"]
+    t.caption = (f"PGD accuracy {s['robust_accuracy']:.1%} ({s['robust']}/{s['verified']})"
+                 + (f", originals {s['original_robust_accuracy']:.1%}" if with_orig else "")
+                 + (f"; {s['failed']} failed" if s["failed"] else ""))
+    err_console.print(t)
+    if report:
+        try:
+            write_html(report, summary, results)
+        except OSError as e:
+            fail(f"{report}: cannot write the report ({e.strerror or e})", EXIT_ERROR, e)
+        err_console.print(f"report written to {report}", highlight=False)
+    if json_out:
+        print_json(summary)
+    if s["failed"]:
+        raise typer.Exit(EXIT_ERROR)
+    raise typer.Exit(EXIT_NOT_ROBUST if s["not_robust"] else EXIT_OK)

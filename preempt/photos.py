@@ -1,0 +1,240 @@
+"""Reading and writing photos: EXIF orientation, modes, alpha, metadata, atomic writes.
+
+Every photo becomes an 8-bit array ``(H, W, C)`` with C = 1 (grey) or 3 (colour) plus an
+optional alpha plane, which is carried through untouched.  16-bit and 32-bit grey images are
+reduced to 8 bits (the saved result is 8-bit); CMYK, YCbCr, LAB and HSV become RGB (their ICC
+profile, which describes the old colour space, is then dropped).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+MAX_PIXELS = 100_000_000  # larger images are refused as possible decompression bombs
+META_KEY = "preempt"
+_ORIENTATION = 0x0112
+
+
+class PhotoError(Exception):
+    """A photo could not be read or written; str() is one line naming the cause."""
+
+
+@dataclass
+class Photo:
+    pixels: np.ndarray                 # (H, W, C) uint8, C in {1, 3}
+    alpha: np.ndarray | None = None    # (H, W) uint8
+    mode: str = "RGB"                  # the file's original mode
+    format: str | None = None
+    exif: bytes | None = None
+    icc: bytes | None = None
+    meta: dict = field(default_factory=dict)  # what preempt wrote into an earlier output
+    path: Path | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.pixels.shape[1], self.pixels.shape[0]
+
+    def tensor(self, device: str | torch.device = "cpu") -> torch.Tensor:
+        """(C, H, W) float32 in [0, 1]."""
+        return torch.from_numpy(np.ascontiguousarray(self.pixels.transpose(2, 0, 1))).to(device).float().div_(255)
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    a = np.asarray(img)
+    if img.mode.startswith("I;16") or (a.dtype != np.uint8 and a.size and a.max() > 255):
+        a = np.round(a.astype(np.float64) / 257.0)
+    elif img.mode == "F" and a.size and a.max() <= 1.0:
+        a = np.round(a * 255.0)
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L")
+
+
+def load_photo(path: str | Path) -> Photo:
+    """Read a photo; raise :class:`PhotoError` with one clear line for anything wrong."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise PhotoError("is a directory")
+        if path.stat().st_size == 0:
+            raise PhotoError("empty file")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            old = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+            try:
+                with Image.open(path) as im:
+                    fmt = im.format
+                    im.load()
+                    exif = im.getexif()
+                    icc = im.info.get("icc_profile")
+                    meta_raw = im.info.get(META_KEY) or im.info.get("comment")
+                    im = ImageOps.exif_transpose(im) or im
+            finally:
+                Image.MAX_IMAGE_PIXELS = old
+    except PhotoError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise PhotoError(f"refused as a possible decompression bomb ({e})") from e
+    except UnidentifiedImageError as e:
+        raise PhotoError("not an image (or a format Pillow cannot read)") from e
+    except FileNotFoundError as e:
+        raise PhotoError("no such file") from e
+    except PermissionError as e:
+        raise PhotoError("permission denied") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise PhotoError(f"cannot decode: {e}") from e
+
+    mode = im.mode
+    alpha = None
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode == "PA":
+        im = im.convert("RGBA")
+    elif mode == "1":
+        im = im.convert("L")
+    elif mode in ("I", "F") or mode.startswith("I;16"):
+        im = _to_8bit(im)
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+        if mode != "RGBX":
+            icc = None  # the profile described the old colour space
+        im = im.convert("RGB")
+    elif mode not in ("L", "LA", "RGB", "RGBA", "La", "RGBa"):
+        im = im.convert("RGBA" if "A" in mode else "RGB")
+    if im.mode in ("LA", "La"):
+        alpha = np.asarray(im.getchannel("A")).copy()
+        im = im.convert("L") if im.mode == "LA" else im.convert("LA").convert("L")
+    elif im.mode in ("RGBA", "RGBa"):
+        alpha = np.asarray(im.getchannel("A")).copy()
+        im = im.convert("RGB")
+    px = np.asarray(im)
+    if px.ndim == 2:
+        px = px[:, :, None]
+    if px.shape[0] == 0 or px.shape[1] == 0:
+        raise PhotoError("image has no pixels")
+    if _ORIENTATION in exif:
+        del exif[_ORIENTATION]  # the pixels are now upright
+    meta = {}
+    if isinstance(meta_raw, (str, bytes)):
+        try:
+            meta = json.loads(meta_raw)
+            meta = meta if isinstance(meta, dict) and "preempt" in meta else {}
+        except ValueError:
+            meta = {}
+    return Photo(np.array(px, dtype=np.uint8, order="C", copy=True), alpha, mode, fmt, exif.tobytes() if len(exif) else None, icc, meta, path)
+
+
+def from_tensor(x: torch.Tensor, like: Photo) -> Photo:
+    """A new Photo with pixels from an 8-bit-grid tensor (C,H,W) and the rest from ``like``."""
+    px = torch.round(x.detach().clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Photo(px, like.alpha, like.mode, like.format, like.exif, like.icc, dict(like.meta), like.path)
+
+
+def to_pil(photo: Photo) -> Image.Image:
+    px = photo.pixels
+    if px.shape[2] == 1:
+        im = Image.fromarray(px[:, :, 0], "L")
+        if photo.alpha is not None:
+            im.putalpha(Image.fromarray(photo.alpha, "L"))
+    else:
+        im = Image.fromarray(px, "RGB")
+        if photo.alpha is not None:
+            im.putalpha(Image.fromarray(photo.alpha, "L"))
+    return im
+
+
+def encode(photo: Photo, fmt: str = "png", *, quality: int = 95, strip_metadata: bool = False,
+           meta: dict | None = None) -> bytes:
+    """Encode to PNG (lossless) or JPEG bytes."""
+    im = to_pil(photo)
+    kw: dict = {}
+    if not strip_metadata:
+        if photo.exif:
+            kw["exif"] = photo.exif
+        if photo.icc:
+            kw["icc_profile"] = photo.icc
+    text = json.dumps(meta) if meta else None
+    buf = io.BytesIO()
+    if fmt == "png":
+        if text:
+            info = PngImagePlugin.PngInfo()
+            info.add_text(META_KEY, text)
+            kw["pnginfo"] = info
+        im.save(buf, "PNG", **kw)
+    elif fmt in ("jpeg", "jpg"):
+        if photo.alpha is not None:
+            raise PhotoError("JPEG cannot hold the alpha channel; write PNG")
+        if text:
+            kw["comment"] = text
+        im.save(buf, "JPEG", quality=quality, subsampling=0 if quality >= 90 else -1, **kw)
+    else:
+        raise PhotoError(f"unsupported output format {fmt!r} (png or jpeg)")
+    return buf.getvalue()
+
+
+def decode(data: bytes) -> Photo:
+    """Decode bytes produced by :func:`encode` (to judge exactly what will be on disk)."""
+    with tempfile.NamedTemporaryFile(suffix=".img") as f:
+        f.write(data)
+        f.flush()
+        return load_photo(f.name)
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise PhotoError(f"cannot write to {path.parent}: {e.strerror or e}") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise PhotoError(f"cannot write {path}: {e.strerror or e}") from e
+
+
+def iter_images(paths: Iterable[str | Path], *, exclude: Path | None = None) -> Iterator[tuple[Path, Path]]:
+    """Yield (file, root) for each given file and each image found under each given folder.
+
+    ``root`` is the folder the file was found under (its parent for a file given directly),
+    so outputs can mirror sub-folders.  Files under ``exclude`` (the output folder) are skipped.
+    """
+    ex = exclude.resolve() if exclude else None
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and f.suffix.lower() in EXTENSIONS and not f.name.startswith("."):
+                    if ex and (ex == f.resolve().parent or ex in f.resolve().parents):
+                        continue
+                    yield f, p
+        else:
+            yield p, p.parent
+
+
+def output_path(src: Path, root: Path, out_dir: Path, fmt: str = "png") -> Path:
+    """``<out_dir>/<sub-folders under root>/<stem>.robust.<png|jpg>``."""
+    ext = "jpg" if fmt in ("jpeg", "jpg") else "png"
+    try:
+        rel = src.parent.resolve().relative_to(root.resolve())
+    except ValueError:
+        rel = Path()
+    return out_dir / rel / f"{src.stem}.robust.{ext}"

@@ -1,0 +1,104 @@
+"""Reports: the JSON document ``preempt verify --json`` prints, and a self-contained HTML page."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import __version__
+from .photos import PhotoError, load_photo, to_pil, write_atomic
+
+SCHEMA_VERSION = 1
+
+
+def summarize(results, attack: dict, *, model: str, device: str) -> dict:
+    """The verify JSON document (schema in the README)."""
+    ok = [r for r in results if r.status != "failed"]
+    robust = sum(r.status == "robust" for r in ok)
+    with_orig = [r for r in ok if "original_robust" in r.metrics]
+    s = {"images": len(results), "verified": len(ok), "failed": len(results) - len(ok), "robust": robust,
+         "not_robust": len(ok) - robust, "robust_accuracy": robust / len(ok) if ok else 0.0,
+         "clean_accuracy": sum(r.metrics["clean_correct"] for r in ok) / len(ok) if ok else 0.0}
+    if with_orig:
+        s["original_robust"] = sum(r.metrics["original_robust"] for r in with_orig)
+        s["original_robust_accuracy"] = s["original_robust"] / len(with_orig)
+    return {"schema": SCHEMA_VERSION, "preempt": __version__, "torch": torch.__version__,
+            "python": platform.python_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "model": model, "device": device, "attack": attack, "summary": s,
+            "images": [r.to_dict() for r in results]}
+
+
+def _png_b64(im: Image.Image, max_side: int = 256) -> str:
+    im = im.copy()
+    if max(im.size) > max_side or max(im.size) < 64:
+        scale = max_side / max(im.size)
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
+                       Image.NEAREST if scale > 1 else Image.LANCZOS)
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _diff_image(a: np.ndarray, b: np.ndarray) -> Image.Image:
+    d = a.astype(np.float32) - b.astype(np.float32)
+    m = float(np.abs(d).max()) or 1.0
+    v = np.clip(127.5 + d * (127.5 / m), 0, 255).astype(np.uint8)
+    return Image.fromarray(v[:, :, 0] if v.shape[2] == 1 else v)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#f3f3f3}.ok{color:#137333;font-weight:600}
+.bad{color:#b3261e;font-weight:600}figure{display:inline-block;margin:4px;text-align:center}figure img{image-rendering:pixelated;
+border:1px solid #ddd}.photo{border-top:1px solid #ddd;padding:1em 0}code{background:#f6f6f6;padding:1px 4px}"""
+
+
+def write_html(path: str | Path, summary: dict, results) -> None:
+    """One self-contained HTML file: summary, attack parameters, and per photo the image, its
+    original and their difference amplified to the full range."""
+    s, a = summary["summary"], summary["attack"]
+    yes = lambda b: '<span class="ok">yes</span>' if b else '<span class="bad">no</span>'  # noqa: E731
+    rows, photos = [], []
+    for i, r in enumerate(results):
+        name = html.escape(Path(r.src).name)
+        if r.status == "failed":
+            rows.append(f"<tr><td>{name}</td><td colspan=5 class=bad>failed: {html.escape(r.error or '')}</td></tr>")
+            continue
+        m = r.metrics
+        rows.append(f"<tr><td>{name}</td><td>{html.escape(r.label_name or str(r.label))}</td>"
+                    f"<td>{yes(m['clean_correct'])}</td><td>{yes(m['robust'])}</td>"
+                    f"<td>{yes(m['original_robust']) if 'original_robust' in m else '–'}</td>"
+                    f"<td>{m.get('linf_to_original', float('nan')):.4f}</td></tr>")
+        figs = []
+        try:
+            p = load_photo(r.src)
+            figs.append(f'<figure><img src="{_png_b64(to_pil(p))}"><figcaption>robustified</figcaption></figure>')
+            if r.original:
+                o = load_photo(r.original)
+                figs.insert(0, f'<figure><img src="{_png_b64(to_pil(o))}"><figcaption>original</figcaption></figure>')
+                figs.append(f'<figure><img src="{_png_b64(_diff_image(p.pixels, o.pixels))}">'
+                            f'<figcaption>difference (amplified)</figcaption></figure>')
+        except PhotoError:
+            pass
+        photos.append(f'<div class="photo"><h3>{name}: {yes(m["robust"])}</h3>{"".join(figs)}</div>')
+    orig_line = (f"<p>Originals: {s['original_robust_accuracy']:.1%} robust ({s['original_robust']}/{s['verified']}).</p>"
+                 if "original_robust_accuracy" in s else "")
+    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>preempt verify report</title>
+<style>{_CSS}</style></head><body>
+<h1>preempt verify</h1>
+<p>Model <code>{html.escape(summary['model'])}</code>, attack PGD-{a['steps']} ({html.escape(a['norm'])}, ε = {a['eps']:g},
+step {a['step_size']:g}, random start, {a['restarts']} restart(s), seed {a['seed']}), preempt {summary['preempt']},
+torch {summary['torch']}, {summary['created']}.</p>
+<p><b>PGD accuracy {s['robust_accuracy']:.1%}</b> ({s['robust']}/{s['verified']} robust; clean accuracy {s['clean_accuracy']:.1%};
+{s['failed']} failed).</p>{orig_line}
+<table><tr><th>file</th><th>label</th><th>clean correct</th><th>robust</th><th>original robust</th><th>ℓ∞ to original</th></tr>
+{''.join(rows)}</table>
+{''.join(photos)}
+</body></html>"""
+    write_atomic(path, doc.encode())

@@ -1,0 +1,73 @@
+"""Fixtures: a tiny synthetic 4-class dataset of 8×8 grey images and an MLP trained on it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from preempt.models import Classifier, Preprocessing, build, save_model
+
+torch.set_num_threads(2)
+
+
+def make_data(n: int = 600, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    templates = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(123))
+    y = torch.randint(0, 4, (n,), generator=g)
+    x = 0.5 + 0.5 * (templates[y] - 0.5) + 0.12 * torch.randn(n, 1, 8, 8, generator=g)
+    return x.clamp(0, 1), y
+
+
+def tiny_classifier(seed: int = 0) -> Classifier:
+    torch.manual_seed(seed)
+    net = build("mlp", in_channels=1, num_classes=4, width=32, input_size=8)
+    return Classifier(net, Preprocessing(input_size=(8, 8), channels=1, mean=(0.5,), std=(0.5,)),
+                      classes=["a", "b", "c", "d"], card={"name": "tiny", "arch": "mlp",
+                      "arch_kwargs": {"in_channels": 1, "num_classes": 4, "width": 32, "input_size": 8},
+                      "threat_model": {"norm": "linf", "eps": 0.1, "delta": 0.1}})
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+    return make_data()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_data):
+    x, y = tiny_data
+    model = tiny_classifier()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    acc = (model.predict(x) == y).float().mean().item()
+    assert acc > 0.95, acc
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_file(tiny_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    card = {k: v for k, v in tiny_model.card.items() if k != "name"}
+    card.update(preprocessing=tiny_model.pre.to_card(), classes=tiny_model.classes)
+    save_model(tiny_model, path, card)
+    return path
+
+
+@pytest.fixture()
+def photo_dir(tmp_path, tiny_data):
+    """Six test photos of the tiny data, at odd sizes and in several modes."""
+    x, _ = tiny_data
+    d = tmp_path / "photos"
+    d.mkdir()
+    for i in range(6):
+        a = (x[i, 0].numpy() * 255).round().astype(np.uint8)
+        im = Image.fromarray(a, "L").resize((13, 9), Image.NEAREST)
+        if i % 3 == 1:
+            im = im.convert("RGB")
+        im.save(d / f"img{i}.png")
+    return d

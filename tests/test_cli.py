@@ -1,0 +1,151 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from preempt.cli import app
+from preempt.photos import load_photo
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _json(result):
+    return json.loads(result.stdout)
+
+
+def test_robustify_then_verify(tmp_path, photo_dir, tiny_model_file):
+    out = tmp_path / "out"
+    before = {p.name: p.read_bytes() for p in photo_dir.iterdir()}
+    r = run("robustify", photo_dir, "-o", out, "--model", tiny_model_file, "--json")
+    assert r.exit_code == 0, r.output
+    doc = _json(r)
+    files = doc["files"]
+    assert len(files) == 6 and all(f["status"] in ("robust", "not-robust") for f in files)
+    assert sum(f["status"] == "robust" for f in files) >= 5
+    # originals untouched, outputs named NAME.robust.png, within δ as files
+    assert {p.name: p.read_bytes() for p in photo_dir.iterdir()} == before
+    for f in files:
+        src, dst = load_photo(f["src"]), load_photo(f["dst"])
+        assert f["dst"].endswith(".robust.png")
+        assert src.pixels.shape == dst.pixels.shape
+        assert np.abs(src.pixels.astype(int) - dst.pixels.astype(int)).max() <= 0.1 * 255
+        assert dst.meta["label"] == f["label"]
+
+    outs = sorted(out.glob("*.png"))
+    origs = sorted(photo_dir.glob("*.png"))
+    v = run("verify", *outs, *[a for o in origs for a in ("--original", o)], "--model", tiny_model_file, "--json",
+            "--report", tmp_path / "r.html")
+    doc = _json(v)
+    s = doc["summary"]
+    assert s["verified"] == 6 and s["failed"] == 0
+    assert s["robust_accuracy"] > s["original_robust_accuracy"]
+    assert v.exit_code == (3 if s["not_robust"] else 0)
+    assert doc["attack"]["steps"] == 20 and doc["attack"]["step_size"] == pytest.approx(0.025)
+    assert all(i["metrics"]["label_source"] == "original" for i in doc["images"])
+    html = (tmp_path / "r.html").read_text()
+    assert html.count("data:image/png;base64,") == 18 and "PGD accuracy" in html
+
+
+def test_rerun_skips_existing_and_overwrite_redoes(tmp_path, photo_dir, tiny_model_file):
+    out = tmp_path / "out"
+    assert run("robustify", photo_dir, "-o", out, "--model", tiny_model_file).exit_code == 0
+    stamp = {p: p.stat().st_mtime_ns for p in out.iterdir()}
+    r = run("robustify", photo_dir, "-o", out, "--model", tiny_model_file, "--json")
+    assert r.exit_code == 0
+    assert all(f["status"] == "skipped" for f in _json(r)["files"])
+    assert {p: p.stat().st_mtime_ns for p in out.iterdir()} == stamp
+    r = run("robustify", photo_dir, "-o", out, "--model", tiny_model_file, "--json", "--overwrite")
+    assert all(f["status"] != "skipped" for f in _json(r)["files"])
+
+
+def test_bad_files_are_reported_and_the_batch_goes_on(tmp_path, photo_dir, tiny_model_file):
+    (photo_dir / "broken.png").write_bytes(b"not an image at all")
+    (photo_dir / "empty.jpg").write_bytes(b"")
+    r = run("robustify", photo_dir, tmp_path / "nope.png", "-o", tmp_path / "out", "--model", tiny_model_file, "--json")
+    assert r.exit_code == 1
+    files = _json(r)["files"]
+    failed = {f["src"].split("/")[-1]: f["error"] for f in files if f["status"] == "failed"}
+    assert set(failed) == {"broken.png", "empty.jpg"}
+    assert sum(f["status"] != "failed" for f in files) == 6
+    assert "nope.png: no such file" in r.stderr.replace("\n", "")
+    assert "Traceback" not in r.output
+
+
+def test_output_dir_inside_input_is_not_reprocessed_and_inputs_never_overwritten(tmp_path, photo_dir, tiny_model_file):
+    out = photo_dir / "out"
+    assert run("robustify", photo_dir, "-o", out, "--model", tiny_model_file).exit_code == 0
+    r = run("robustify", photo_dir, "-o", out, "--model", tiny_model_file, "--json")
+    assert len(_json(r)["files"]) == 6  # the outputs under photo_dir/out are not inputs
+    # a robustified file given as input with -o its own folder would be overwritten: refused
+    target = out / "img0.robust.png"
+    r = run("robustify", target, "-o", out, "--model", tiny_model_file, "--json", "--overwrite")
+    files = _json(r)["files"]
+    assert files[0]["status"] == "failed" or files[0]["dst"] != str(target)
+
+
+def test_unwritable_output_is_one_line_error(tmp_path, photo_dir, tiny_model_file):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = run("robustify", photo_dir / "img0.png", "-o", blocker / "sub", "--model", tiny_model_file, "--json")
+    assert r.exit_code == 1
+    assert "cannot write" in _json(r)["files"][0]["error"]
+    assert "Traceback" not in r.output
+
+
+def test_alpha_passes_through_robustify(tmp_path, tiny_model_file):
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (9, 11, 4), dtype=np.uint8)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(a, "RGBA").save(tmp_path / "in" / "a.png")
+    r = run("robustify", tmp_path / "in", "-o", tmp_path / "out", "--model", tiny_model_file)
+    assert r.exit_code == 0, r.output
+    out = load_photo(tmp_path / "out" / "a.robust.png")
+    assert np.array_equal(out.alpha, a[:, :, 3])
+
+
+def test_jpeg_output_is_verified_after_encoding(tmp_path, photo_dir, tiny_model_file):
+    r = run("robustify", photo_dir / "img1.png", "-o", tmp_path / "o", "--model", tiny_model_file, "--format", "jpeg",
+            "--json")
+    f = _json(r)["files"][0]
+    assert f["dst"].endswith(".robust.jpg")
+    assert "robust_before_encoding" in f["metrics"] and "within_budget" in f["metrics"]
+    assert f["status"] == ("robust" if f["metrics"]["robust"] else "not-robust")
+
+
+def test_verify_exit_code_3_on_a_non_robust_image(tmp_path, photo_dir, tiny_model_file):
+    r = run("verify", photo_dir, "--model", tiny_model_file, "--eps", "0.9", "--json")
+    assert r.exit_code == 3
+    assert _json(r)["summary"]["not_robust"] > 0
+
+
+def test_usage_errors_exit_2(tmp_path, photo_dir, tiny_model_file):
+    assert run("robustify", photo_dir, "--norm", "l7", "--model", tiny_model_file).exit_code == 2
+    assert run("robustify", photo_dir, "--format", "gif", "--model", tiny_model_file).exit_code == 2
+    assert run("robustify").exit_code == 2
+    assert run("verify", photo_dir, "--original", photo_dir / "img0.png", "--model", tiny_model_file).exit_code == 2
+
+
+def test_bad_model_file(tmp_path, photo_dir, tiny_model_file):
+    bad = tmp_path / "m.safetensors"
+    bad.write_bytes(b"garbage")
+    (tmp_path / "m.json").write_text(tiny_model_file.with_suffix(".json").read_text())
+    r = run("robustify", photo_dir, "--model", bad)
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "m.safetensors" in r.stderr
+    r = run("robustify", photo_dir, "--model", tmp_path / "missing.safetensors")
+    assert r.exit_code == 1
+
+
+def test_models_lists_json():
+    r = run("models", "--json")
+    assert r.exit_code == 0
+    doc = _json(r)
+    assert doc["device"] in ("cpu", "cuda")
+    for m in doc["models"]:
+        assert m["threat_model"]["norm"] in ("linf", "l2")

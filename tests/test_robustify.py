@@ -1,0 +1,58 @@
+import torch
+import pytest
+
+from preempt import L2, Linf, robustify
+from preempt.attacks import pgd
+
+
+def _grid(x):
+    return torch.round(x * 255) / 255
+
+
+@pytest.mark.parametrize("norm,budget", [("linf", 0.1), ("l2", 0.6)])
+def test_robustify_raises_pgd_accuracy_within_budget(tiny_model, tiny_data, norm, budget):
+    x, y = tiny_data
+    x = _grid(x[:120])
+    label = tiny_model.predict(x)
+    threat = Linf(budget) if norm == "linf" else L2(budget)
+    before = pgd(tiny_model, x, label, threat=threat, generator=torch.Generator().manual_seed(11)).robust.float().mean()
+    res = robustify(tiny_model, x, norm=norm, delta=budget, eps=budget, seed=0)
+    after = pgd(tiny_model, res.x, label, threat=threat, generator=torch.Generator().manual_seed(11)).robust.float().mean()
+    assert after >= before + 0.2, (before, after)
+    assert after > 0.9
+    # on the 8-bit grid and inside the δ-ball
+    assert torch.allclose(res.x * 255, torch.round(res.x * 255), atol=1e-4)
+    assert (threat.distance(res.x, x) <= budget + 1e-6).all()
+    # what it reports robust survives an independent PGD run (other random start) almost always
+    rep = res.robust
+    again = pgd(tiny_model, res.x, label, threat=threat, generator=torch.Generator().manual_seed(99)).robust
+    assert (again[rep]).float().mean() > 0.95
+
+
+def test_per_image_report_and_early_stop(tiny_model, tiny_data):
+    x, _ = tiny_data
+    x = _grid(x[:40])
+    res = robustify(tiny_model, x, steps=20, min_steps=2, check_every=2)
+    assert len(res.images) == 40
+    r = res.images[0]
+    assert set(r.to_dict()) == {"robust", "label", "loss", "steps", "passes", "linf", "l2", "psnr", "seconds"}
+    steps = torch.tensor([i.steps for i in res.images])
+    # robust images stop early: fewer outer steps than the maximum, and fewer passes than the full budget
+    assert steps[res.robust].max() < 20
+    assert max(i.passes for i in res.images if i.robust) < 20 * 11
+
+
+def test_given_labels_are_used(tiny_model, tiny_data):
+    x, y = tiny_data
+    x = _grid(x[:10])
+    wrong = (tiny_model.predict(x) + 1) % 4
+    res = robustify(tiny_model, x, wrong, steps=3)
+    assert [i.label for i in res.images] == wrong.tolist()
+
+
+def test_zero_steps_returns_the_original_checked(tiny_model, tiny_data):
+    x, _ = tiny_data
+    x = _grid(x[:10])
+    res = robustify(tiny_model, x, steps=0)
+    assert torch.equal(res.x, x)
+    assert all(i.steps == 0 for i in res.images)
