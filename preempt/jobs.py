@@ -172,6 +172,21 @@ class VerifyConfig:
                 "seed": self.seed}
 
 
+def pair_originals(files: list[Path], originals: list[Path]) -> list[Path]:
+    """One original per file: by name (``NAME.robust.png`` ↔ ``NAME.*``) where every name matches
+    exactly one original, else by position when the counts agree."""
+    by_stem: dict[str, list[Path]] = defaultdict(list)
+    for o in originals:
+        by_stem[o.stem].append(o)
+    keys = [f.stem[: -len(".robust")] if f.stem.endswith(".robust") else f.stem for f in files]
+    if all(len(by_stem.get(k, [])) == 1 for k in keys):
+        return [by_stem[k][0] for k in keys]
+    if len(originals) == len(files):
+        return originals
+    raise ValueError(f"{len(files)} images but {len(originals)} originals, and their names do not pair them; "
+                     "give one original per image, in the same order")
+
+
 def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str | Path] | None = None,
                  config: VerifyConfig | None = None, device: str = "cpu", batch_size: int = 64,
                  on_file: Callable[[FileResult], None] | None = None) -> list[FileResult]:
@@ -182,9 +197,7 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
     threat = threat_model(cfg.norm, cfg.eps)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     files = [p for p, _ in iter_images(paths)]
-    origs = [p for p, _ in iter_images(originals)] if originals else None
-    if origs is not None and len(origs) != len(files):
-        raise ValueError(f"{len(files)} images but {len(origs)} originals; give one original per image, in order")
+    origs = pair_originals(files, [p for p, _ in iter_images(originals)]) if originals else None
     results: list[FileResult] = []
     classes = model.classes or []
     todo = []
@@ -210,12 +223,10 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
 
     for batch in _batches(todo, key=lambda t: _chw(t[1]), max_batch=batch_size):
         x = torch.stack([p.tensor(device) for _, p, _ in batch])
-        with torch.inference_mode():
-            pred = model(x).argmax(1)
+        pred = model.predict(x)
         xo = torch.stack([o.tensor(device) for _, _, o in batch]) if origs else None
         if xo is not None:
-            with torch.inference_mode():
-                y = model(xo).argmax(1)
+            y = model.predict(xo)
             source = ["original"] * len(batch)
         else:
             y, source = pred.clone(), []

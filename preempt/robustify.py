@@ -73,7 +73,20 @@ class RobustifyConfig:
     min_steps: int = 5         # outer steps before the first check
     quantize: bool = True
     create_graph: bool = False  # second-order unrolling (ℓ2 only)
+    optimizer: str = "sign"    # sign: steepest descent in the norm, cosine-decayed steps;
+                               # rmsprop: the reference code's tanh box reparametrisation + RMSprop (ℓ∞)
+    lr: float = 0.1            # rmsprop learning rate (the reference code's)
+    init: str = "original"     # original | random (a random point of the δ-ball, as the reference code)
+    early_stop: bool = True    # False: no checks before the last step (the paper's algorithm)
     seed: int = 0
+
+    @classmethod
+    def paper(cls, **kw) -> "RobustifyConfig":
+        """The published algorithm: 100 outer steps, PGD-20 inside, RMSprop on a tanh-reparametrised
+        ℓ∞ box from a random start, judged once at the end (2,100 passes per image)."""
+        base = dict(steps=100, inner_steps=20, optimizer="rmsprop" if kw.get("norm", "linf") == "linf" else "sign",
+                    init="random", early_stop=False)
+        return cls(**{**base, **kw})
 
     def delta_ball(self) -> ThreatModel:
         return threat_model(self.norm, self.delta)
@@ -124,7 +137,15 @@ def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
     y = y.to(dev)
     alpha0 = (cfg.step_size if cfg.step_size is not None else cfg.delta / 4)
 
-    x_r = x_o.clone()
+    if cfg.optimizer not in ("sign", "rmsprop"):
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+    if cfg.optimizer == "rmsprop" and not isinstance(dball, Linf):
+        raise ValueError("optimizer='rmsprop' (the tanh box reparametrisation) is for ℓ∞ only")
+    x_r = dball.random_start(x_o, generator=gen) if cfg.init == "random" else x_o.clone()
+    if cfg.optimizer == "rmsprop":
+        lo, hi = (x_o - cfg.delta).clamp_min(0), (x_o + cfg.delta).clamp_max(1)
+        w = torch.atanh(((x_r - lo) / (hi - lo).clamp_min(1e-12) - 0.5) * 1.999)
+        sq = torch.zeros_like(w)
     final = x_o.clone()
     done = torch.zeros(n, dtype=torch.bool, device=dev)
     robust = torch.zeros(n, dtype=torch.bool, device=dev)
@@ -137,8 +158,7 @@ def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
     def run_check(idx: torch.Tensor) -> None:
         q = quantize(x_r[idx], x_o[idx], dball) if cfg.quantize else x_r[idx]
         ok, p = check(model, q, y[idx], eball, steps=cfg.check_steps, restarts=cfg.check_restarts, generator=gen)
-        per = p / max(len(idx), 1)
-        passes[idx.cpu()] += int(round(per))
+        passes[idx.cpu()] += int(round(p / max(len(idx), 1)))
         final[idx] = q
         robust[idx] = ok
         win = idx[ok]
@@ -149,22 +169,32 @@ def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
         idx = (~done).nonzero().squeeze(1)
         if len(idx) == 0:
             break
-        alpha = alpha0 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (k - 1) / max(cfg.steps, 1))))
-        xr = x_r[idx].detach().requires_grad_(True)
         ya = y[idx]
         with torch.enable_grad():
+            if cfg.optimizer == "rmsprop":
+                leaf = w[idx].detach().requires_grad_(True)
+                xr = lo[idx] + (torch.tanh(leaf) + 1) / 2 * (hi[idx] - lo[idx])
+            else:
+                leaf = xr = x_r[idx].detach().requires_grad_(True)
             x_a, p = pgd_unrolled(model, xr, ya, threat=eball, steps=cfg.inner_steps,
                                   step_size=cfg.inner_step_size, create_graph=cfg.create_graph, generator=gen)
             logits = model(x_a)
             loss = losses.ce(logits, ya)
-            (g,) = torch.autograd.grad(loss.sum(), xr)
+            (g,) = torch.autograd.grad(loss.sum(), leaf)
         passes[idx.cpu()] += p // len(idx) + 1
         steps_used[idx.cpu()] = k
         last_loss[idx.cpu()] = loss.detach().cpu()
         survived[idx] = logits.argmax(1) == ya
-        x_r[idx] = dball.project(dball.step(xr.detach(), -g, alpha), x_o[idx])
-        if k == cfg.steps or (k >= cfg.min_steps and (k - cfg.min_steps) % cfg.check_every == 0):
-            cand = idx[survived[idx]] if k < cfg.steps else idx
+        if cfg.optimizer == "rmsprop":
+            sq[idx] = 0.99 * sq[idx] + 0.01 * g * g
+            w[idx] = leaf.detach() - cfg.lr * g / (sq[idx].sqrt() + 1e-8)
+            x_r[idx] = lo[idx] + (torch.tanh(w[idx]) + 1) / 2 * (hi[idx] - lo[idx])
+        else:
+            alpha = alpha0 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (k - 1) / max(cfg.steps, 1))))
+            x_r[idx] = dball.project(dball.step(xr.detach(), -g, alpha), x_o[idx])
+        last = k == cfg.steps
+        if last or (cfg.early_stop and k >= cfg.min_steps and (k - cfg.min_steps) % cfg.check_every == 0):
+            cand = idx if last else idx[survived[idx]]
             if len(cand):
                 run_check(cand)
     left = (~done).nonzero().squeeze(1)

@@ -24,6 +24,21 @@ __all__ = ["ThreatModel", "Linf", "L2", "threat_model"]
 _TINY = 1e-12
 
 
+_NUMPY_RNG_ABOVE = 1 << 20
+
+
+def _uniform(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """U[0,1) noise shaped like ``like``.  Large CPU tensors (photos) draw from numpy's PCG64,
+    seeded from ``generator``: torch's CPU generator is serial and ~20× slower there."""
+    if like.device.type == "cpu" and like.numel() > _NUMPY_RNG_ABOVE:
+        import numpy as np
+
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+        a = np.random.default_rng(seed).random(like.numel(), dtype=np.float32)
+        return torch.from_numpy(a).view(like.shape).to(like.dtype)
+    return torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
 def _per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Reshape a (N,) tensor so it broadcasts against x of shape (N, ...)."""
     return v.view(-1, *([1] * (x.dim() - 1)))
@@ -72,6 +87,17 @@ class ThreatModel:
             step_size = _per_sample(step_size, x)
         return x + step_size * self._direction(grad)
 
+    def projector(self, center: torch.Tensor, eps: float | None = None):
+        """``f(x) -> project(x, center)`` with what depends on ``center`` alone computed once;
+        ``f(x, out=x)`` may work in place (for loops outside autograd over large photos)."""
+        eps = self.eps if eps is None else eps
+
+        def f(x, out=None):
+            p = self.project(x, center, eps)
+            return p if out is None else out.copy_(p)
+
+        return f
+
     def with_eps(self, eps: float) -> "ThreatModel":
         return type(self)(eps)
 
@@ -94,9 +120,13 @@ class Linf(ThreatModel):
     def _direction(self, grad: torch.Tensor) -> torch.Tensor:
         return grad.sign()
 
+    def projector(self, center, eps=None):
+        eps = self.eps if eps is None else eps
+        lo, hi = (center - eps).clamp_(min=0), (center + eps).clamp_(max=1)
+        return lambda x, out=None: torch.clamp(x, lo, hi, out=out)
+
     def _sample(self, like, eps, generator):
-        u = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
-        return (2 * u - 1) * eps
+        return (2 * _uniform(like, generator) - 1) * eps
 
 
 @dataclass(frozen=True)
@@ -121,7 +151,7 @@ class L2(ThreatModel):
         # uniform in the ball: a Gaussian direction, radius eps * U^(1/d)
         g = torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
         d = g[0].numel()
-        r = torch.rand(like.shape[0], generator=generator, device=like.device, dtype=like.dtype) ** (1.0 / d)
+        r = _uniform(like.new_empty(like.shape[0]), generator) ** (1.0 / d)
         g = g / _per_sample(g.flatten(1).norm(dim=1) + _TINY, g)
         return g * _per_sample(r * eps, g)
 

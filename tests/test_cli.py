@@ -41,6 +41,7 @@ def test_robustify_then_verify(tmp_path, photo_dir, tiny_model_file):
     origs = sorted(photo_dir.glob("*.png"))
     v = run("verify", *outs, *[a for o in origs for a in ("--original", o)], "--model", tiny_model_file, "--json",
             "--report", tmp_path / "r.html")
+    assert v.exit_code in (0, 3), v.output
     doc = _json(v)
     s = doc["summary"]
     assert s["verified"] == 6 and s["failed"] == 0

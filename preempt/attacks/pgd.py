@@ -58,10 +58,12 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps: 
     best = x_adv.clone()
     success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     active = torch.arange(len(x), device=x.device)
+    proj = threat.projector(x)
     passes = 0
     for t in range(steps + 1):
-        xa = x_adv[active]
-        ya = y[active]
+        whole = len(active) == len(x)  # no gather/scatter copies while every point is still in
+        xa = x_adv if whole else x_adv[active]
+        ya = y if whole else y[active]
         if t < steps:
             logits, g = _grad(model, xa, ya, loss_fn)
         else:
@@ -76,13 +78,18 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps: 
             success[idx] = True
         if t == steps:
             break
-        if early_stop:
-            keep = ~hit
-            active, xa, g = active[keep], xa[keep], g[keep]
+        if early_stop and hit.any():
+            keep_ = ~hit
+            active, xa, g = active[keep_], xa[keep_], g[keep_]
             if len(active) == 0:
                 break
-        new = threat.project(threat.step(xa.detach(), sign * g, alpha), x[active])
-        x_adv[active] = new
+            proj = threat.projector(x[active])
+            whole = False
+        new = threat.step(xa.detach(), sign * g, alpha)
+        if whole:
+            proj(new, out=x_adv)
+        else:
+            x_adv[active] = proj(new)
     if keep == "last":
         return AttackResult(x_adv, success, passes, {"attack": "pgd", "steps": steps})
     best[~success] = x_adv[~success]
@@ -128,23 +135,24 @@ def pgd_unrolled(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel
 def _unrolled_linf_diag(model, x, y, threat, steps, alpha, random_start, loss_fn, generator):
     eps = threat.eps
     c = x.detach()
+    lo_e, hi_e = c - eps, c + eps
     if random_start and eps > 0:
-        v = c + threat._sample(c, eps, generator)
-        jac = ((v >= 0) & (v <= 1)).to(c.dtype)
-        x_t = v.clamp(0, 1)
+        x_t = c + threat._sample(c, eps, generator)
+        jac = (x_t >= 0) & (x_t <= 1)
+        x_t.clamp_(0, 1)
     else:
-        jac = torch.ones_like(c)
+        jac = torch.ones_like(c, dtype=torch.bool)
         x_t = c.clone()
     passes = 0
     for _ in range(steps):
         _, g = _grad(model, x_t, y, loss_fn)
         passes += len(x)
-        d = x_t + alpha * g.sign() - c
-        inside = (d >= -eps) & (d <= eps)
-        v = c + d.clamp(-eps, eps)
-        in01 = (v >= 0) & (v <= 1)
-        # d v/d x_t = inside ; d v/d c = 1 - inside ; then the [0,1] clip
-        jac = torch.where(inside, jac, torch.ones_like(jac)) * in01
-        x_t = v.clamp(0, 1)
+        x_t.add_(g.sign_(), alpha=alpha)  # u = x_t + α·sign(g), in place: photos are large
+        inside = (x_t >= lo_e) & (x_t <= hi_e)
+        torch.clamp(x_t, lo_e, hi_e, out=x_t)  # v = c + clamp(u - c, -ε, ε)
+        # d v/d x_t = inside, d v/d c = not inside; then the [0,1] clip passes where 0 <= v <= 1
+        jac |= ~inside
+        jac &= (x_t >= 0) & (x_t <= 1)
+        x_t.clamp_(0, 1)
     # value x_T, derivative diag(jac) with respect to x
     return x_t + jac * (x - c), passes

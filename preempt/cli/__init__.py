@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from .common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, state, err_console
+from .common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, err_console, report_error, state
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Preemptive robustification of photos against adversarial man-in-the-middle attacks.")
@@ -44,6 +44,11 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - a bug of ours: one line, the traceback only with --debug
+        if state.debug:
+            raise
+        report_error(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)")
+        sys.exit(EXIT_ERROR)
 
 
 __all__ = ["app", "main", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE"]

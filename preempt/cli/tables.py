@@ -10,14 +10,15 @@ from rich.table import Table
 
 def summary_table(results, title: str) -> Table:
     t = Table(title=title, show_footer=False)
-    for col in ("file", "status", "label", "steps", "passes", "ℓ∞", "ℓ2", "PSNR dB", "s"):
-        t.add_column(col, justify="left" if col in ("file", "status", "label") else "right")
+    for col in ("file", "status", "label", "steps", "passes", "ℓ∞", "PSNR", "s"):
+        t.add_column(col, justify="left" if col in ("file", "status", "label") else "right",
+                     overflow="fold", min_width={"file": 16, "label": 8}.get(col))
     style = {"robust": "green", "not-robust": "yellow", "failed": "red", "skipped": "dim"}
     for r in results:
         m = r.metrics
         t.add_row(escape(Path(r.src).name), f"[{style[r.status]}]{r.status}[/]", r.label_name or ("" if r.label is None else str(r.label)),
                   str(m.get("steps", "")), str(m.get("passes", "")),
-                  f"{m['linf']:.4f}" if "linf" in m else "", f"{m['l2']:.3f}" if "l2" in m else "",
+                  f"{m['linf']:.3f}" if "linf" in m else "",
                   f"{m['psnr']:.1f}" if "psnr" in m else "", f"{m['seconds']:.2f}" if "seconds" in m else "")
     c = Counter(r.status for r in results)
     total = sum(r.metrics.get("seconds", 0) for r in results)
@@ -28,17 +29,17 @@ def summary_table(results, title: str) -> Table:
 
 def verify_table(results, title: str, with_original: bool) -> Table:
     t = Table(title=title)
-    cols = ["file", "label", "label from", "clean", "PGD robust"] + (["original robust", "ℓ∞ to original"] if with_original else [])
+    cols = ["file", "label", "clean", "robust"] + (["original robust", "ℓ∞ Δ"] if with_original else [])
     for col in cols:
-        t.add_column(col)
+        t.add_column(col, overflow="fold", min_width={"file": 16, "label": 8}.get(col))
     yes = lambda b: "[green]yes[/]" if b else "[red]no[/]"  # noqa: E731
     for r in results:
         if r.status == "failed":
-            t.add_row(escape(Path(r.src).name), "[red]failed[/]", r.error or "", "", "", *([""] * 2 if with_original else []))
+            t.add_row(escape(Path(r.src).name), "[red]failed[/]", escape(r.error or ""), "", *([""] * 2 if with_original else []))
             continue
         m = r.metrics
-        row = [escape(Path(r.src).name), r.label_name or str(r.label), m["label_source"], yes(m["clean_correct"]), yes(m["robust"])]
+        row = [escape(Path(r.src).name), r.label_name or str(r.label), yes(m["clean_correct"]), yes(m["robust"])]
         if with_original:
-            row += [yes(m["original_robust"]), f"{m['linf_to_original']:.4f}"]
+            row += [yes(m["original_robust"]), f"{m['linf_to_original']:.3f}"]
         t.add_row(*row)
     return t

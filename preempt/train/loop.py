@@ -89,14 +89,16 @@ def robust_accuracy(model, x, y, threat, steps: int, bs: int = 500, seed: int = 
 
 def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Path | None = None,
           resume: bool = False, command: str | None = None,
-          on_step: Callable[[dict], None] | None = None) -> TrainResult:
+          on_step: Callable[[dict], None] | None = None,
+          tensors: tuple[torch.Tensor, torch.Tensor, list[str]] | None = None) -> TrainResult:
     """Train a classifier with ``cfg.method``; checkpoints and a log go to ``run_dir``; the final
-    weights and their card to ``out`` (a .safetensors path)."""
+    weights and their card to ``out`` (a .safetensors path).  ``tensors=(x, y, classes)`` trains on
+    in-memory data instead of ``cfg.dataset``."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     dev = torch.device(cfg.device)
-    x, y, classes = datasets.load(cfg.dataset, "train", cfg.data)
+    x, y, classes = tensors if tensors is not None else datasets.load(cfg.dataset, "train", cfg.data)
     if cfg.limit:
         x, y = x[:cfg.limit + cfg.val_size], y[:cfg.limit + cfg.val_size]
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed))
@@ -114,6 +116,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Pat
     total = cfg.epochs * n_batches
     history: list[dict] = []
     start_epoch, best, best_state, elapsed = 0, -1.0, None, 0.0
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
     run = Path(run_dir) if run_dir else None
     if run:
         run.mkdir(parents=True, exist_ok=True)
@@ -126,7 +129,8 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Pat
             best_state = state.get("best_model")
             history = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines() if l.strip()][:start_epoch]
             torch.set_rng_state(state["rng"])
-    gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
+            if "gen" in state:
+                gen.set_state(state["gen"])
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         order = torch.randperm(len(xt), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).to(dev)
@@ -162,23 +166,23 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Pat
             best = score
             best_state = {k: v.detach().clone() for k, v in model.net.state_dict().items()}
             rec["best"] = True
-        if on_step:
-            on_step({**rec, "end_of_epoch": True})
         if run:
             with open(run / "log.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
             tmp = run / "checkpoint.pt.tmp"
             torch.save({"model": model.net.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
                         "best": best, "elapsed": elapsed, "rng": torch.get_rng_state(),
-                        "best_model": best_state}, tmp)
+                        "best_model": best_state, "gen": gen.get_state()}, tmp)
             tmp.replace(run / "checkpoint.pt")
+        if on_step:
+            on_step({**rec, "end_of_epoch": True})
     if cfg.early_stop and best_state is not None:
         model.net.load_state_dict(best_state)
     best_epoch = max((r["epoch"] for r in history if r.get("best")), default=cfg.epochs)
     model.eval()
     result = TrainResult(model, history, elapsed, best_epoch)
     if out:
-        result.test = test_metrics(model, cfg, threat)
+        result.test = test_metrics(model, cfg, threat) if tensors is None else {}
         card = make_card(cfg, model, result, command)
         model.card = save_model(model, Path(out), card)
     return result

@@ -1,0 +1,100 @@
+import json
+
+import pytest
+import torch
+
+from preempt import Linf
+from preempt.attacks import losses
+from preempt.train import METHODS, TrainConfig, train
+from preempt.train.methods import batch_loss, descend
+
+from conftest import make_data, tiny_classifier
+
+DATA = (*make_data(700, seed=1), ["a", "b", "c", "d"])
+
+
+def _cfg(method, **kw):
+    base = dict(method=method, arch="mlp", width=32, epochs=3, batch_size=50, lr=0.05, val_size=100,
+                val_attack_size=50, val_attack_steps=5, steps=3, delta_steps=2, replays=2, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_and_its_loss_goes_down(method):
+    res = train(_cfg(method), tensors=DATA)
+    losses_ = [h["loss"] for h in res.history]
+    assert losses_[-1] < losses_[0], losses_
+    assert res.history[-1]["val_clean"] > 0.5
+
+
+def test_preempt_finds_a_descending_point_inside_delta():
+    x, y, _ = DATA
+    model = tiny_classifier()
+    x, y = x[:64], y[:64]
+    ball = Linf(0.1)
+    xr = descend(model, x, y, ball, steps=3)
+    assert (ball.distance(xr, x) <= 0.1 + 1e-6).all()
+    assert losses.ce(model(xr), y).mean() < losses.ce(model(x), y).mean()
+    xa = descend(model, x, y, ball, steps=3, ascent=True)
+    assert losses.ce(model(xa), y).mean() > losses.ce(model(x), y).mean()
+
+
+def test_training_attacks_respect_their_budgets(monkeypatch):
+    """The preempt objective attacks inside B_ε(x̂_r) with x̂_r inside B_δ(x)."""
+    import preempt.train.methods as m
+
+    x, y, _ = DATA
+    x, y = x[:32], y[:32]
+    model = tiny_classifier()
+    seen = {}
+    real = m._pgd_points
+
+    def spy(model_, xr, y_, threat, steps, step_size, gen=None):
+        out = real(model_, xr, y_, threat, steps, step_size, gen)
+        seen["xr"], seen["xa"] = xr, out
+        return out
+
+    monkeypatch.setattr(m, "_pgd_points", spy)
+    cfg = _cfg("preempt", eps=0.05, delta=0.1)
+    batch_loss("preempt", model, x, y, cfg, Linf(0.05), Linf(0.1))
+    assert (Linf(0).distance(seen["xr"], x) <= 0.1 + 1e-6).all()
+    assert (Linf(0).distance(seen["xa"], seen["xr"]) <= 0.05 + 1e-6).all()
+    assert (Linf(0).distance(seen["xa"], x) > 0.1).any()  # ε and δ add up
+
+
+def test_resume_continues_where_it_stopped(tmp_path):
+    cfg = _cfg("fast-at", epochs=3)
+    full = train(cfg, tensors=DATA, run_dir=tmp_path / "a")
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_2(rec):
+        if rec.get("end_of_epoch") and rec["epoch"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg, tensors=DATA, run_dir=tmp_path / "b", on_step=stop_after_2)
+    assert len((tmp_path / "b" / "log.jsonl").read_text().splitlines()) == 2
+    resumed = train(cfg, tensors=DATA, run_dir=tmp_path / "b", resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    for a, b in zip(full.model.net.state_dict().values(), resumed.model.net.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_weights_and_card_are_written(tmp_path):
+    out = tmp_path / "w.safetensors"
+    train(_cfg("standard", epochs=1), tensors=DATA, out=out, command="preempt train --test")
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["training"]["command"] == "preempt train --test"
+    assert card["threat_model"] == {"norm": "linf", "eps": 0.1, "delta": 0.1}
+    from preempt.models import load_model
+
+    m = load_model(out)
+    assert m.classes == ["a", "b", "c", "d"]
+
+
+def test_unknown_method():
+    with pytest.raises(ValueError):
+        TrainConfig(method="nope")
