@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import pickle
 import struct
 from pathlib import Path
 
@@ -63,19 +64,45 @@ def fashion_mnist(split: str = "train", root: str | Path | None = None) -> tuple
     return xt, torch.from_numpy(y.astype(np.int64))
 
 
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler that rebuilds numpy arrays, lists and dicts and refuses everything else,
+    so a CIFAR batch file cannot run code."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise DataError(f"refusing to unpickle {module}.{name}")
+
+
+def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, "rb") as f:
+        d = _ArraysOnly(f, encoding="latin1").load()
+    data = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return data, np.asarray(d.get("labels", d.get("fine_labels")), dtype=np.int64)
+
+
 def cifar10(split: str = "train", root: str | Path = "data") -> tuple[torch.Tensor, torch.Tensor]:
-    """CIFAR-10 from torchvision's local folder format, without downloading."""
-    from torchvision.datasets import CIFAR10
+    """CIFAR-10 from torchvision's local folder format (``ROOT/cifar-10-batches-py``), never
+    downloading.  Batches are unpickled with an arrays-only unpickler."""
+    root = Path(root)
+    d = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    missing = [n for n in names if not (d / n).exists()]
+    if missing:
+        raise DataError(f"{d}: no CIFAR-10 batches {', '.join(missing)} (torchvision's cifar-10-batches-py format)")
+    parts = [_cifar_batch(d / n) for n in names]
+    x = torch.from_numpy(np.concatenate([p[0] for p in parts])).float().div_(255)
+    return x, torch.from_numpy(np.concatenate([p[1] for p in parts]))
 
-    try:
-        ds = CIFAR10(str(root), train=(split == "train"), download=False)
-    except RuntimeError as e:
-        raise DataError(f"{root}: no CIFAR-10 there ({e})") from e
-    x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float().div_(255)
-    return x, torch.tensor(ds.targets, dtype=torch.int64)
 
-
-def image_folder(root: str | Path, size: int, channels: int = 3) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def image_folder(root: str | Path, size: int = 32, channels: int = 3) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Any ImageFolder, resized to size×size."""
     from torchvision.datasets import ImageFolder
     from torchvision import transforms as T
@@ -95,12 +122,14 @@ def load(name: str, split: str, root: str | Path | None = None, **kw):
     if name == "fashion-mnist":
         return (*fashion_mnist(split, root), FASHION_MNIST_CLASSES)
     if name == "cifar10":
-        from torchvision.datasets import CIFAR10  # noqa: F401
-        return (*cifar10(split, root or "data"), ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
-                                                   "horse", "ship", "truck"])
+        return (*cifar10(split, root or "data"), CIFAR10_CLASSES)
     if name == "folder":
         if root is None:
             raise DataError("--data DIR is needed for an ImageFolder")
         sub = Path(root) / split
-        return image_folder(sub if sub.is_dir() else root, **kw)
+        if not sub.is_dir():
+            if split != "train":
+                raise DataError(f"{root}: no {split}/ sub-folder")
+            sub = Path(root) / "train" if (Path(root) / "train").is_dir() else Path(root)
+        return image_folder(sub, **kw)
     raise DataError(f"unknown dataset {name!r}")

@@ -98,3 +98,81 @@ def test_weights_and_card_are_written(tmp_path):
 def test_unknown_method():
     with pytest.raises(ValueError):
         TrainConfig(method="nope")
+
+
+def _image_folder(root, n_per_class=12, size=10):
+    from PIL import Image
+
+    x, y = make_data(4 * n_per_class, seed=5)
+    for split in ("train", "test"):
+        for i in range(len(x)):
+            d = root / split / f"class{int(y[i])}"
+            d.mkdir(parents=True, exist_ok=True)
+            a = (x[i, 0].numpy() * 255).round().astype("uint8")
+            Image.fromarray(a).resize((size, size)).save(d / f"{i}.png")
+    return root
+
+
+def test_image_folder_training_path(tmp_path):
+    root = _image_folder(tmp_path / "imgs")
+    out = tmp_path / "w.safetensors"
+    res = train(TrainConfig(method="fast-at", dataset="folder", data=str(root), arch="cnn", width=4, image_size=8,
+                            channels=1, epochs=1, batch_size=16, val_size=8, val_attack_size=8, val_attack_steps=2),
+                out=out)
+    assert res.model.pre.input_size == (8, 8) and res.model.pre.channels == 1
+    assert res.model.classes == ["class0", "class1", "class2", "class3"]
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["metrics"]["test"]["n_clean"] == 48
+
+
+def test_cifar10_folder_is_read_without_torchvision_download_or_unsafe_pickles(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from preempt.data import DataError, cifar10
+
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [0, 1, 2, 9]}
+        with open(d / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    x, y = cifar10("train", tmp_path)
+    assert x.shape == (20, 3, 32, 32) and y.tolist()[:4] == [0, 1, 2, 9]
+    x, y = cifar10("test", tmp_path)
+    assert x.shape == (4, 3, 32, 32)
+    res = train(TrainConfig(method="standard", dataset="cifar10", data=str(tmp_path), arch="cnn", width=4,
+                            epochs=1, batch_size=8, val_size=4, val_attack_size=0))
+    assert res.model.pre.input_size == (32, 32) and res.model.pre.channels == 3
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    with open(d / "test_batch", "wb") as f:
+        pickle.dump({"data": Evil(), "labels": []}, f)
+    with pytest.raises(DataError, match="refusing"):
+        cifar10("test", tmp_path)
+
+
+def test_ddp_with_two_processes(tmp_path):
+    """torchrun, 2 processes, gloo on CPU, on a tiny ImageFolder."""
+    import os
+    import subprocess
+    import sys
+
+    root = _image_folder(tmp_path / "imgs", n_per_class=8)
+    out = tmp_path / "ddp.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "preempt",
+           "train", "--method", "pgd-at", "--steps", "2", "--dataset", "folder", "--data", str(root), "--arch", "cnn",
+           "--width", "4", "--image-size", "8", "--channels", "1", "--epochs", "2", "--batch-size", "8",
+           "--val-size", "8", "--device", "cpu", "-o", str(out)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = [json.loads(line) for line in (tmp_path / "ddp.safetensors.run" / "log.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in log] == [1, 2]
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["training"]["method"] == "pgd-at"

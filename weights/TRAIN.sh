@@ -1,7 +1,20 @@
 #!/usr/bin/env bash
-# The exact commands that produced the bundled weights (each card repeats its own command).
-# Run from the repository root; logs go to weights/logs/.
+# The exact commands that produced the bundled weights (each card repeats its own command, with
+# its seed, wall time and machine). Run from the repository root after `pip install -e .`.
+# Usage: bash weights/TRAIN.sh [NAME ...]   (default: all). Logs go to weights/logs/NAME.log.
 set -euo pipefail
 mkdir -p weights/logs
-preempt train --method fast-at --norm linf --eps 0.1 --epochs 6 --threads 1 --seed 0 \
-  -o weights/fmnist-linf-fastat.safetensors --run-dir runs/fmnist-linf-fastat 2>&1 | tee weights/logs/fmnist-linf-fastat.log
+declare -A CMD=(
+  [fmnist-linf-fastat]="--method fast-at --norm linf --eps 0.1 --epochs 6"
+  [fmnist-linf-preempt]="--method preempt --norm linf --eps 0.1 --delta 0.1 --steps 5 --step-size 0.03 --delta-steps 1 --epochs 6"
+  [fmnist-linf-pgdat]="--method pgd-at --norm linf --eps 0.1 --steps 5 --step-size 0.03 --epochs 6 --early-stop"
+  [fmnist-l2-preempt]="--method preempt --norm l2 --eps 1.5 --delta 1.5 --steps 5 --step-size 0.5 --delta-steps 1 --epochs 6"
+  [fmnist-l2-pgdat]="--method pgd-at --norm l2 --eps 1.5 --steps 5 --step-size 0.5 --epochs 6 --early-stop"
+  [fmnist-gaussian-0.25]="--method gaussian --sigma 0.25 --norm l2 --eps 0.5 --epochs 6"
+)
+names=("$@")
+[ ${#names[@]} -gt 0 ] || names=(fmnist-linf-fastat fmnist-linf-preempt fmnist-linf-pgdat fmnist-l2-preempt fmnist-l2-pgdat fmnist-gaussian-0.25)
+for n in "${names[@]}"; do
+  # shellcheck disable=SC2086
+  preempt train ${CMD[$n]} --threads 1 --seed 0 -o "weights/$n.safetensors" --run-dir "runs/$n" 2>&1 | tee "weights/logs/$n.log"
+done

@@ -1,6 +1,7 @@
 """``preempt train``: the training code behind the bundled weights."""
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -34,6 +35,8 @@ def train_cmd(
     arch: str = typer.Option("cnn"),
     width: int = typer.Option(32),
     early_stop: bool = typer.Option(False, help="Keep the epoch with the best robust validation accuracy."),
+    image_size: int = typer.Option(32, help="ImageFolder: resize images to this."),
+    channels: int = typer.Option(3, help="ImageFolder: 1 (grey) or 3 (colour)."),
     limit: Optional[int] = typer.Option(None, help="Train on the first N images only."),
     val_size: int = typer.Option(2000),
     seed: int = typer.Option(0),
@@ -53,13 +56,18 @@ def train_cmd(
                       delta=delta, steps=steps, step_size=step_size, delta_steps=delta_steps,
                       preempt_direction=preempt_direction, sigma=sigma, replays=replays, epochs=epochs,
                       batch_size=batch_size, lr=lr, schedule=schedule, early_stop=early_stop, limit=limit,
+                      image_size=image_size, channels=channels,
                       val_size=val_size, seed=seed, threads=threads, device=pick_device(device))
-    command = "preempt train " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if "train" in sys.argv else None
+    quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 reports
+    argv = sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv else None
+    command = "preempt train " + " ".join(shlex.quote(a) for a in argv) if argv is not None else None
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), console=err_console, transient=False) as bar:
+                  TimeElapsedColumn(), console=err_console, transient=False, disable=quiet) as bar:
         task = bar.add_task(f"{method} epoch 1/{epochs}", total=None, info="")
 
         def on_step(rec: dict) -> None:
+            if quiet:
+                return
             if rec.get("end_of_epoch"):
                 vals = "  ".join(f"{k}={v:.3f}" for k, v in rec.items() if k.startswith("val_"))
                 bar.console.print(f"epoch {rec['epoch']}: loss={rec['loss']:.4f}  {vals}  ({rec['seconds']:.0f}s)")
@@ -72,6 +80,8 @@ def train_cmd(
                         command=command, on_step=on_step)
         except (DataError, ValueError, OSError) as e:
             fail(str(e), exc=e)
+    if quiet:
+        return
     err_console.print(f"wrote {out} and {Path(out).with_suffix('.json')} ({res.seconds:.0f}s)")
     if json_out:
         print_json({"out": str(out), "history": res.history, "seconds": res.seconds})

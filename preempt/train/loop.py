@@ -47,6 +47,8 @@ class TrainConfig:
     val_attack_steps: int = 10
     val_attack_size: int = 500
     early_stop: bool = False     # keep the epoch with the best robust validation accuracy
+    image_size: int = 32         # ImageFolder: images are resized to this
+    channels: int = 3            # ImageFolder: 1 (grey) or 3
     limit: int | None = None     # use only the first N training images (tests, quick runs)
     seed: int = 0
     threads: int | None = None
@@ -97,8 +99,9 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Pat
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    dev = torch.device(cfg.device)
-    x, y, classes = tensors if tensors is not None else datasets.load(cfg.dataset, "train", cfg.data)
+    dist = _Dist.setup(cfg.device)
+    dev = torch.device(cfg.device if dist.world == 1 or cfg.device == "cpu" else f"cuda:{dist.local_rank}")
+    x, y, classes = tensors if tensors is not None else datasets.load(cfg.dataset, "train", cfg.data, **_kw(cfg))
     if cfg.limit:
         x, y = x[:cfg.limit + cfg.val_size], y[:cfg.limit + cfg.val_size]
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed))
@@ -109,6 +112,9 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Pat
     net = build(cfg.arch, in_channels=c, num_classes=len(classes), width=cfg.width, input_size=h)
     pre = Preprocessing(input_size=(h, x.shape[3]), channels=c, mean=(0.5,) * c, std=(0.5,) * c)
     model = Classifier(net, pre, classes=classes).to(dev)
+    # attacks are crafted on the plain model (identical weights on every rank); the weight update
+    # goes through DistributedDataParallel when torchrun started several processes
+    update_model = dist.wrap(model)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           nesterov=cfg.momentum > 0)
     threat, dball = threat_model(cfg.norm, cfg.eps), threat_model(cfg.norm, cfg.delta)
@@ -116,8 +122,8 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Pat
     total = cfg.epochs * n_batches
     history: list[dict] = []
     start_epoch, best, best_state, elapsed = 0, -1.0, None, 0.0
-    gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
-    run = Path(run_dir) if run_dir else None
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1 + 7919 * dist.rank)
+    run = Path(run_dir) if run_dir and dist.rank == 0 else None
     if run:
         run.mkdir(parents=True, exist_ok=True)
         ck = run / "checkpoint.pt"
@@ -131,22 +137,23 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Pat
             torch.set_rng_state(state["rng"])
             if "gen" in state:
                 gen.set_state(state["gen"])
+    start_epoch = dist.sync_start(model, opt, start_epoch)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         order = torch.randperm(len(xt), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).to(dev)
         tot_loss, seen = 0.0, 0
         delta_free = None
         for b in range(n_batches):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size][dist.rank::dist.world]
             xb, yb = xt[idx], yt[idx]
             it = epoch * n_batches + b
             for g_ in opt.param_groups:
                 g_["lr"] = _lr(cfg, it, total)
             model.train()  # attacks are crafted in train mode (see the model card)
             if cfg.method == "free-at":
-                loss = _free_at_batch(model, opt, xb, yb, threat, cfg)
+                loss = _free_at_batch(update_model, opt, xb, yb, threat, cfg)
             else:
-                loss = batch_loss(cfg.method, model, xb, yb, cfg, threat, dball, gen)
+                loss = batch_loss(cfg.method, model, xb, yb, cfg, threat, dball, gen, update_model=update_model)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -154,6 +161,9 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Pat
             seen += len(idx)
             if on_step:
                 on_step({"epoch": epoch + 1, "batch": b + 1, "batches": n_batches, "loss": tot_loss / seen})
+        if dist.rank != 0:  # only rank 0 validates, logs and saves
+            elapsed += time.perf_counter() - t0
+            continue
         clean = accuracy(model, xv, yv)
         rob = robust_accuracy(model, xv[:cfg.val_attack_size], yv[:cfg.val_attack_size], threat,
                               cfg.val_attack_steps) if cfg.val_attack_size else float("nan")
@@ -176,6 +186,9 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Pat
             tmp.replace(run / "checkpoint.pt")
         if on_step:
             on_step({**rec, "end_of_epoch": True})
+    dist.finish()
+    if dist.rank != 0:
+        return TrainResult(model.eval(), history, elapsed, cfg.epochs)
     if cfg.early_stop and best_state is not None:
         model.net.load_state_dict(best_state)
     best_epoch = max((r["epoch"] for r in history if r.get("best")), default=cfg.epochs)
@@ -188,10 +201,59 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Pat
     return result
 
 
+def _kw(cfg: TrainConfig) -> dict:
+    return {"size": cfg.image_size, "channels": cfg.channels} if cfg.dataset == "folder" else {}
+
+
+class _Dist:
+    """torchrun's environment: rank, world size; gloo on CPU, nccl on GPU."""
+
+    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0) -> None:
+        self.rank, self.world, self.local_rank = rank, world, local_rank
+
+    @classmethod
+    def setup(cls, device: str) -> "_Dist":
+        import os
+
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        import torch.distributed as td
+
+        if not td.is_initialized():
+            td.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        return cls(td.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+    def wrap(self, model):
+        if self.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(model, device_ids=None if model.device.type == "cpu" else [model.device.index])
+
+    def sync_start(self, model, opt, start_epoch: int) -> int:
+        """Make every rank start from rank 0's weights and epoch (fresh or resumed)."""
+        if self.world == 1:
+            return start_epoch
+        import torch.distributed as td
+
+        for p in model.net.state_dict().values():
+            td.broadcast(p, 0)
+        t = torch.tensor([start_epoch], device=model.device)
+        td.broadcast(t, 0)
+        return int(t.item())
+
+    def finish(self) -> None:
+        if self.world > 1:
+            import torch.distributed as td
+
+            td.barrier()
+
+
 def test_metrics(model, cfg: TrainConfig, threat, n_attack: int = 1000) -> dict:
     """Clean accuracy on the whole test split, PGD-20 (step ε/4, random start) on its first n_attack."""
     try:
-        x, y, _ = datasets.load(cfg.dataset, "test", cfg.data)
+        x, y, _ = datasets.load(cfg.dataset, "test", cfg.data, **_kw(cfg))
     except datasets.DataError:
         return {}
     dev = next(model.parameters()).device

@@ -42,25 +42,29 @@ def descend(model, x, y, ball: ThreatModel, steps: int, step_size: float | None 
     return xr
 
 
-def batch_loss(method: str, model, x, y, cfg, threat: ThreatModel, delta_ball: ThreatModel, gen=None):
+def batch_loss(method: str, model, x, y, cfg, threat: ThreatModel, delta_ball: ThreatModel, gen=None,
+               update_model=None):
+    """The loss to minimise; attacks are crafted on ``model``, the loss is computed through
+    ``update_model`` (the DistributedDataParallel wrapper when training on several processes)."""
+    attack_model, model = model, (update_model or model)
     if method == "standard":
         return _ce(model, x, y)
     if method == "gaussian":
         noise = torch.randn(x.shape, generator=gen, device=x.device) * cfg.sigma
         return _ce(model, x + noise, y)
     if method == "fgsm":
-        _, g = _grad(model, x, y, lambda z, t: F.cross_entropy(z, t, reduction="none"))
+        _, g = _grad(attack_model, x, y, lambda z, t: F.cross_entropy(z, t, reduction="none"))
         xa = threat.project(threat.step(x, g, threat.eps), x).detach()
         return cfg.fgsm_alpha * _ce(model, x, y) + (1 - cfg.fgsm_alpha) * _ce(model, xa, y)
     if method == "fast-at":
         x0 = threat.random_start(x, generator=gen)
-        _, g = _grad(model, x0, y, lambda z, t: F.cross_entropy(z, t, reduction="none"))
+        _, g = _grad(attack_model, x0, y, lambda z, t: F.cross_entropy(z, t, reduction="none"))
         alpha = cfg.step_size if cfg.step_size is not None else 1.25 * threat.eps
         xa = threat.project(threat.step(x0, g, alpha), x).detach()
         return _ce(model, xa, y)
     if method == "pgd-at":
-        return _ce(model, _pgd_points(model, x, y, threat, cfg.steps, cfg.step_size, gen), y)
+        return _ce(model, _pgd_points(attack_model, x, y, threat, cfg.steps, cfg.step_size, gen), y)
     if method == "preempt":
-        xr = descend(model, x, y, delta_ball, cfg.delta_steps, ascent=cfg.preempt_direction == "ascent")
-        return _ce(model, _pgd_points(model, xr, y, threat, cfg.steps, cfg.step_size, gen), y)
+        xr = descend(attack_model, x, y, delta_ball, cfg.delta_steps, ascent=cfg.preempt_direction == "ascent")
+        return _ce(model, _pgd_points(attack_model, xr, y, threat, cfg.steps, cfg.step_size, gen), y)
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")

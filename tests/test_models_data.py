@@ -1,0 +1,103 @@
+import gzip
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from preempt.data import DataError, FASHION_MNIST_CLASSES, fashion_mnist, read_idx
+from preempt.models import ModelError, bundled, load_model
+from preempt.models.wrapper import resize
+from preempt.photos import load_photo
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("src,dst", [((300, 451), (28, 28)), ((9, 13), (28, 28)), ((40, 40), (7, 5))])
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_resize_matrices_equal_torch_interpolate(src, dst, mode):
+    x = torch.rand(2, 3, *src, dtype=torch.float64)
+    ref = F.interpolate(x, size=dst, mode=mode, antialias=True, align_corners=False)
+    assert torch.allclose(resize(x, dst, mode), ref, atol=1e-10)
+
+
+def test_resize_is_differentiable_to_full_resolution():
+    x = torch.rand(1, 1, 50, 70, requires_grad=True)
+    resize(x, (28, 28)).sum().backward()
+    assert x.grad.shape == x.shape and (x.grad != 0).all()
+
+
+def _write_idx(path, arr):
+    code = {np.uint8: 0x08}[arr.dtype.type]
+    header = bytes([0, 0, code, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.tobytes())
+
+
+def test_idx_reader_and_fashion_mnist_from_a_folder(tmp_path):
+    imgs = np.arange(3 * 28 * 28, dtype=np.uint8).reshape(3, 28, 28)
+    labels = np.array([1, 2, 9], dtype=np.uint8)
+    for split in ("train", "t10k"):
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", imgs)
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", labels)
+    assert np.array_equal(read_idx(tmp_path / "train-images-idx3-ubyte.gz"), imgs)
+    x, y = fashion_mnist("test", tmp_path)
+    assert x.shape == (3, 1, 28, 28) and x.max() <= 1 and y.tolist() == [1, 2, 9]
+    (tmp_path / "bad.gz").write_bytes(gzip.compress(b"\x01\x02\x03\x04"))
+    with pytest.raises(DataError):
+        read_idx(tmp_path / "bad.gz")
+    with pytest.raises(DataError):
+        fashion_mnist("train", tmp_path / "nowhere")
+
+
+def test_real_fashion_mnist_if_installed():
+    try:
+        x, y = fashion_mnist("test")
+    except DataError:
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    assert x.shape == (10000, 1, 28, 28) and y.max() == 9
+
+
+def test_bundled_models_have_complete_cards_and_load():
+    have = bundled()
+    assert have, "weights/ holds no bundled model"
+    for name, info in have.items():
+        card = info.card
+        for key in ("arch", "preprocessing", "classes", "threat_model", "training", "metrics", "licence", "sha256"):
+            assert key in card, (name, key)
+        assert card["training"]["command"].startswith("preempt train")
+        load_model(name)  # checks the sha256
+
+
+def test_default_model_classifies_the_shipped_examples():
+    model = load_model()
+    files = sorted((ROOT / "examples" / "fashion-mnist").glob("*.png"))
+    x = torch.stack([load_photo(f).tensor() for f in files])
+    names = [FASHION_MNIST_CLASSES[i].lower().replace("/", "-").replace(" ", "-") for i in model.predict(x)]
+    truth = [f.stem.split("_", 1)[1] for f in files]
+    assert sum(a == b for a, b in zip(names, truth)) >= 8
+
+
+def test_tampered_weights_are_refused(tmp_path):
+    info = next(iter(bundled().values()))
+    w = tmp_path / "m.safetensors"
+    data = bytearray(info.path.read_bytes())
+    data[-1] ^= 0xFF
+    w.write_bytes(bytes(data))
+    (tmp_path / "m.json").write_text(json.dumps(info.card))
+    with pytest.raises(ModelError, match="sha256"):
+        load_model(w)
+    # a torch pickle is loaded with weights_only=True: arbitrary objects are refused
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"model": Evil()}, tmp_path / "e.pt")
+    card = dict(info.card)
+    card.pop("sha256")
+    (tmp_path / "e.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="cannot read weights"):
+        load_model(tmp_path / "e.pt")
