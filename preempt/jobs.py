@@ -160,16 +160,20 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
 class VerifyConfig:
     norm: str = "linf"
     eps: float = 0.1
-    steps: int = 20
-    step_size: float | None = None  # default ε/4
-    restarts: int = 1
+    suite: str = "pgd"              # pgd | quick | standard | rand (see preempt.attacks.suite)
+    steps: int = 20                 # PGD steps (suite "pgd")
+    step_size: float | None = None  # PGD step, default ε/4
+    restarts: int = 1               # PGD restarts
     seed: int = 0
 
     def describe(self) -> dict:
-        """The attack's parameters, as reports state them."""
-        return {"attack": "pgd", "steps": self.steps, "step_size": self.step_size or self.eps / 4,
-                "norm": self.norm, "eps": self.eps, "random_start": True, "restarts": self.restarts,
-                "seed": self.seed}
+        """The attacks' parameters, as reports state them."""
+        from .attacks.suite import attack_names
+
+        attacks = [f"pgd-{self.steps}"] if self.suite == "pgd" else attack_names(self.suite)
+        return {"suite": self.suite, "attacks": attacks, "attack": "pgd" if self.suite == "pgd" else self.suite,
+                "steps": self.steps, "step_size": self.step_size or self.eps / 4, "norm": self.norm,
+                "eps": self.eps, "random_start": True, "restarts": self.restarts, "seed": self.seed}
 
 
 def pair_originals(files: list[Path], originals: list[Path]) -> list[Path]:
@@ -191,7 +195,7 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
                  config: VerifyConfig | None = None, device: str = "cpu", batch_size: int = 64,
                  on_file: Callable[[FileResult], None] | None = None) -> list[FileResult]:
     """Attack every photo (and its original, when given) with PGD; one FileResult per photo."""
-    from .attacks import pgd
+    from .attacks import pgd, run_suite
 
     cfg = config or VerifyConfig()
     threat = threat_model(cfg.norm, cfg.eps)
@@ -214,12 +218,19 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
             if on_file:
                 on_file(r)
 
-    def attack(x, y):
-        robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
+    def attack(x, y) -> tuple[torch.Tensor, list]:
+        if cfg.suite != "pgd":
+            r = run_suite(model, x, y, threat=threat, suite=cfg.suite, generator=gen)
+            return r.robust, r.broken_by
+        robust = model.predict(x) == y
+        broken = [None if ok else "clean" for ok in robust.tolist()]
+        name = f"pgd-{cfg.steps}"
         for _ in range(cfg.restarts):
             res = pgd(model, x, y, threat=threat, steps=cfg.steps, step_size=cfg.step_size, generator=gen)
+            for i in (robust & res.success).nonzero().squeeze(1).tolist():
+                broken[i] = name
             robust &= res.robust
-        return robust
+        return robust, broken
 
     for batch in _batches(todo, key=lambda t: _chw(t[1]), max_batch=batch_size):
         x = torch.stack([p.tensor(device) for _, p, _ in batch])
@@ -237,14 +248,15 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
                 else:
                     source.append("prediction")
         t0 = time.perf_counter()
-        robust = attack(x, y) & (pred == y)
-        rob_o = attack(xo, y) if xo is not None else None
+        robust, broken = attack(x, y)
+        rob_o, broken_o = attack(xo, y) if xo is not None else (None, None)
         dt = (time.perf_counter() - t0) / len(batch)
         for j, (f, p, o) in enumerate(batch):
-            m = {"clean_correct": bool(pred[j] == y[j]), "robust": bool(robust[j]), "label_source": source[j],
-                 "seconds": round(dt, 4)}
+            m = {"clean_correct": bool(pred[j] == y[j]), "robust": bool(robust[j]), "broken_by": broken[j],
+                 "label_source": source[j], "seconds": round(dt, 4)}
             if rob_o is not None:
                 m["original_robust"] = bool(rob_o[j])
+                m["original_broken_by"] = broken_o[j]
                 m["linf_to_original"] = float((x[j] - xo[j]).abs().max())
                 m["l2_to_original"] = float((x[j] - xo[j]).flatten().norm())
             lab = int(y[j])

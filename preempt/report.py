@@ -29,10 +29,24 @@ def summarize(results, attack: dict, *, model: str, device: str) -> dict:
     if with_orig:
         s["original_robust"] = sum(r.metrics["original_robust"] for r in with_orig)
         s["original_robust_accuracy"] = s["original_robust"] / len(with_orig)
+    s["per_attack"] = _per_attack(ok, attack.get("attacks", []), "broken_by")
+    if with_orig:
+        s["original_per_attack"] = _per_attack(with_orig, attack.get("attacks", []), "original_broken_by")
     return {"schema": SCHEMA_VERSION, "preempt": __version__, "torch": torch.__version__,
             "python": platform.python_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "model": model, "device": device, "attack": attack, "summary": s,
             "images": [r.to_dict() for r in results]}
+
+
+def _per_attack(results, attacks: list[str], key: str) -> dict:
+    """Robust accuracy after the clean check and after each attack in turn (cumulative)."""
+    if not results:
+        return {}
+    out, alive = {}, [r.metrics.get(key) for r in results]
+    for name in ["clean", *attacks]:
+        alive = [b for b in alive if b != name]
+        out[name] = len(alive) / len(results)
+    return out
 
 
 def _png_b64(im: Image.Image, max_side: int = 256) -> str:
@@ -87,15 +101,23 @@ def write_html(path: str | Path, summary: dict, results) -> None:
         except PhotoError:
             pass
         photos.append(f'<div class="photo"><h3>{name}: {yes(m["robust"])}</h3>{"".join(figs)}</div>')
+    pgd_line = (f"; PGD step {a['step_size']:g}, random start, {a['restarts']} restart(s)"
+                if a.get("suite", "pgd") == "pgd" else "")
+    pa, po = s.get("per_attack", {}), s.get("original_per_attack", {})
+    per_attack = ("<table><tr><th>after</th><th>robustified</th>" + ("<th>originals</th>" if po else "") + "</tr>"
+                  + "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.1%}</td>"
+                            + (f"<td>{po.get(k, float('nan')):.1%}</td>" if po else "") + "</tr>" for k, v in pa.items())
+                  + "</table>") if pa else ""
     orig_line = (f"<p>Originals: {s['original_robust_accuracy']:.1%} robust ({s['original_robust']}/{s['verified']}).</p>"
                  if "original_robust_accuracy" in s else "")
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>preempt verify report</title>
 <style>{_CSS}</style></head><body>
 <h1>preempt verify</h1>
-<p>Model <code>{html.escape(summary['model'])}</code>, attack PGD-{a['steps']} ({html.escape(a['norm'])}, ε = {a['eps']:g},
-step {a['step_size']:g}, random start, {a['restarts']} restart(s), seed {a['seed']}), preempt {summary['preempt']},
+<p>Model <code>{html.escape(summary['model'])}</code>; attacks {html.escape(', '.join(a.get('attacks', [])))}
+({html.escape(a['norm'])}, ε = {a['eps']:g}{pgd_line}, seed {a['seed']}); preempt {summary['preempt']},
 torch {summary['torch']}, {summary['created']}.</p>
-<p><b>PGD accuracy {s['robust_accuracy']:.1%}</b> ({s['robust']}/{s['verified']} robust; clean accuracy {s['clean_accuracy']:.1%};
+{per_attack}
+<p><b>Robust accuracy {s['robust_accuracy']:.1%}</b> ({s['robust']}/{s['verified']} robust; clean accuracy {s['clean_accuracy']:.1%};
 {s['failed']} failed).</p>{orig_line}
 <table><tr><th>file</th><th>label</th><th>clean correct</th><th>robust</th><th>original robust</th><th>ℓ∞ to original</th></tr>
 {''.join(rows)}</table>

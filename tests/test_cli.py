@@ -50,7 +50,7 @@ def test_robustify_then_verify(tmp_path, photo_dir, tiny_model_file):
     assert doc["attack"]["steps"] == 20 and doc["attack"]["step_size"] == pytest.approx(0.025)
     assert all(i["metrics"]["label_source"] == "original" for i in doc["images"])
     html = (tmp_path / "r.html").read_text()
-    assert html.count("data:image/png;base64,") == 18 and "PGD accuracy" in html
+    assert html.count("data:image/png;base64,") == 18 and "Robust accuracy" in html
 
 
 def test_rerun_skips_existing_and_overwrite_redoes(tmp_path, photo_dir, tiny_model_file):

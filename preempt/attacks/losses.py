@@ -28,6 +28,14 @@ def dlr(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return margin(logits, y) / (s[:, 0] - s[:, 2] + 1e-12)
 
 
+def dlr_targeted(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR (Croce & Hein 2020): −(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2 + 1e-12)."""
+    s, _ = logits.sort(1, descending=True)
+    zy = logits.gather(1, y[:, None]).squeeze(1)
+    zt = logits.gather(1, target[:, None]).squeeze(1)
+    return -(zy - zt) / (s[:, 0] - 0.5 * (s[:, 2] + s[:, 3]) + 1e-12)
+
+
 LOSSES: dict[str, Loss] = {"ce": ce, "margin": margin, "dlr": dlr}
 
 

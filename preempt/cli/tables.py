@@ -43,3 +43,17 @@ def verify_table(results, title: str, with_original: bool) -> Table:
             row += [yes(m["original_robust"]), f"{m['linf_to_original']:.3f}"]
         t.add_row(*row)
     return t
+
+
+def attack_table(summary: dict, with_original: bool) -> Table:
+    """Robust accuracy after each attack in turn (cumulative, worst case per image)."""
+    t = Table(title="robust accuracy after each attack")
+    t.add_column("attack")
+    t.add_column("robustified", justify="right")
+    if with_original:
+        t.add_column("originals", justify="right")
+    orig = summary.get("original_per_attack", {})
+    for name, acc in summary["per_attack"].items():
+        row = [name, f"{acc:.1%}"] + ([f"{orig.get(name, float('nan')):.1%}"] if with_original else [])
+        t.add_row(*row)
+    return t

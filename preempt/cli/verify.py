@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from .common import report_error, EXIT_ERROR, EXIT_NOT_ROBUST, EXIT_OK, EXIT_USAGE, err_console, fail, load_model_or_fail, pick_device, print_json
-from .tables import verify_table
+from .tables import attack_table, verify_table
 
 
 def verify_cmd(
@@ -16,7 +16,8 @@ def verify_cmd(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Bundled model name or weight file."),
     norm: Optional[str] = typer.Option(None, help="linf | l2 (default: the model's)."),
     eps: Optional[float] = typer.Option(None, help="Attack budget ε (default: the model's)."),
-    steps: int = typer.Option(20, help="PGD steps."),
+    suite: str = typer.Option("pgd", help="pgd (PGD-20) | quick (PGD-20, APGD-CE) | standard (APGD-CE, APGD-T, FAB-T, Square) | rand (APGD with EOT)."),
+    steps: int = typer.Option(20, help="PGD steps (suite pgd)."),
     restarts: int = typer.Option(1, help="PGD random restarts."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     seed: int = typer.Option(0),
@@ -34,7 +35,11 @@ def verify_cmd(
     if norm not in ("linf", "l2"):
         fail(f"--norm {norm}: choose linf or l2", EXIT_USAGE)
     eps = eps if eps is not None else tm.get("eps", 0.1)
-    cfg = VerifyConfig(norm=norm, eps=eps, steps=steps, restarts=restarts, seed=seed)
+    from ..attacks import SUITES
+
+    if suite not in SUITES:
+        fail(f"--suite {suite}: choose one of {', '.join(SUITES)}", EXIT_USAGE)
+    cfg = VerifyConfig(norm=norm, eps=eps, suite=suite, steps=steps, restarts=restarts, seed=seed)
     missing = [p for p in [*paths, *(original or [])] if not p.exists()]
     for p in missing:
         report_error(f"{p}: no such file or folder")
@@ -46,12 +51,15 @@ def verify_cmd(
         fail(str(e), EXIT_USAGE, e)
     summary = summarize(results, cfg.describe(), model=clf.name, device=dev)
     with_orig = bool(original)
-    t = verify_table(results, f"PGD-{steps} {norm} ε={eps:g} on {clf.name}", with_orig)
+    what = f"PGD-{steps}" if suite == "pgd" else f"suite {suite}"
+    t = verify_table(results, f"{what} {norm} ε={eps:g} on {clf.name}", with_orig)
     s = summary["summary"]
-    t.caption = (f"PGD accuracy {s['robust_accuracy']:.1%} ({s['robust']}/{s['verified']})"
+    t.caption = (f"robust accuracy {s['robust_accuracy']:.1%} ({s['robust']}/{s['verified']})"
                  + (f", originals {s['original_robust_accuracy']:.1%}" if with_orig else "")
                  + (f"; {s['failed']} failed" if s["failed"] else ""))
     err_console.print(t)
+    if s.get("per_attack"):
+        err_console.print(attack_table(s, with_orig))
     if report:
         try:
             write_html(report, summary, results)

@@ -144,5 +144,6 @@ class Classifier(nn.Module):
     def predict(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Predicted labels (no gradient); a normal tensor, usable later in autograd."""
         with torch.inference_mode():
-            out = torch.cat([self(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+            parts = [self(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]
+            out = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long, device=x.device)
         return out.clone()

@@ -1,0 +1,162 @@
+"""Auto-PGD (Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of
+diverse parameter-free attacks", ICML 2020): APGD-CE, APGD-DLR and the targeted APGD-T.
+
+Distance: ℓ∞ or ℓ2 (the threat model's).  Defaults are AutoAttack's "standard" version:
+100 iterations, initial step 2ε, momentum 0.75, step-size checkpoints at p_0 = 0, p_1 = 0.22,
+p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06) with ρ = 0.75 (the step halves, and the iterate
+restarts from the best point, when fewer than ρ of the steps since the last checkpoint raised the
+loss, or when the step was not halved last time and the best loss has not improved); every
+misclassified iterate is kept; ``eot`` averages gradients over draws for randomized models.
+APGD-T attacks the 9 classes ranked highest by the clean logits, one after the other, each only
+on the points still robust, with the targeted DLR loss.
+
+Example::
+
+    from preempt.attacks import apgd, apgd_targeted
+    res = apgd(model, x, y, threat=Linf(8 / 255), loss="ce")
+    res = apgd_targeted(model, x, y, threat=Linf(8 / 255))
+"""
+from __future__ import annotations
+
+import torch
+
+from ..threat import L2, Linf, ThreatModel, _per_sample
+from . import losses
+from .base import AttackResult
+
+
+def checkpoints(n_iter: int) -> list[int]:
+    """The iterations at which APGD may halve its step: p_j · n_iter."""
+    p = [0.0, 0.22]
+    while p[-1] < 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return [int(round(v * n_iter)) for v in p if v <= 1][1:]
+
+
+def _start(threat: ThreatModel, x: torch.Tensor, generator) -> torch.Tensor:
+    # a point on the sphere of the norm (as the reference: a normalised random direction times ε)
+    if isinstance(threat, Linf):
+        t = 2 * torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) - 1
+        t = t / _per_sample(t.flatten(1).abs().amax(1) + 1e-12, t)
+    else:
+        t = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        t = t / _per_sample(t.flatten(1).norm(dim=1) + 1e-12, t)
+    return (x + threat.eps * t).clamp(0, 1)
+
+
+def _loss_and_grad(model, x_adv, y, loss_fn, eot: int):
+    g = torch.zeros_like(x_adv)
+    for _ in range(eot):
+        xa = x_adv.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(xa)
+            loss = loss_fn(logits, y)
+            g += torch.autograd.grad(loss.sum(), xa)[0]
+    return logits.detach(), loss.detach(), g / eot
+
+
+def apgd(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps: int = 100,
+         loss: str | losses.Loss = "ce", target: torch.Tensor | None = None, rho: float = 0.75,
+         restarts: int = 1, eot: int = 1, generator: torch.Generator | None = None) -> AttackResult:
+    """APGD with ``loss`` (``ce`` or ``dlr``); with ``target`` given, the targeted DLR loss
+    towards ``target`` (success is still any label other than ``y``)."""
+    if not isinstance(threat, (Linf, L2)):
+        raise TypeError("APGD supports Linf and L2")
+    if target is not None:
+        loss_fn = lambda z, yy: losses.dlr_targeted(z, yy, tgt)  # noqa: E731
+    else:
+        loss_fn = losses.get(loss)
+    x = x.detach()
+    best_adv = x.clone()
+    success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    passes = 0
+    for _ in range(restarts):
+        idx = (~success).nonzero().squeeze(1)
+        if len(idx) == 0:
+            break
+        tgt = target[idx] if target is not None else None
+        xa, ok, p = _run(model, x[idx], y[idx], threat, steps, loss_fn, rho, eot, generator)
+        passes += p
+        best_adv[idx[ok]] = xa[ok]
+        success[idx[ok]] = True
+    best_adv[~success] = x[~success]
+    return AttackResult(best_adv, success, passes, {"attack": "apgd", "steps": steps, "loss": "dlr-targeted"
+                                                    if target is not None else str(loss), "threat": str(threat)})
+
+
+def _run(model, x, y, threat, n_iter, loss_fn, rho, eot, generator):
+    n = len(x)
+    linf = isinstance(threat, Linf)
+    proj = threat.projector(x)
+    x_adv = proj(_start(threat, x, generator))
+    logits, loss, grad = _loss_and_grad(model, x_adv, y, loss_fn, eot)
+    passes = n * eot
+    fooled = logits.argmax(1) != y
+    adv = x_adv.clone()
+    x_best, loss_best, grad_best = x_adv.clone(), loss.clone(), grad.clone()
+    step = torch.full((n,), 2.0 * threat.eps, device=x.device, dtype=x.dtype)
+    x_old = x_adv.clone()
+    checks = set(checkpoints(n_iter))
+    last_check = 0
+    increases = torch.zeros(n, device=x.device)
+    loss_prev = loss.clone()
+    reduced_last = torch.ones(n, dtype=torch.bool, device=x.device)
+    loss_best_last = loss_best.clone()
+    for i in range(n_iter):
+        a = 0.75 if i > 0 else 1.0
+        dirn = grad.sign() if linf else grad / _per_sample(grad.flatten(1).norm(dim=1) + 1e-12, grad)
+        z = proj(x_adv + _per_sample(step, x) * dirn)
+        x_new = proj(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_old))
+        x_old, x_adv = x_adv, x_new
+        logits, loss, grad = _loss_and_grad(model, x_adv, y, loss_fn, eot)
+        passes += n * eot
+        hit = logits.argmax(1) != y
+        adv[hit & ~fooled] = x_adv[hit & ~fooled]
+        fooled |= hit
+        if fooled.all():
+            break
+        increases += (loss > loss_prev).float()
+        loss_prev = loss
+        better = loss > loss_best
+        x_best[better], grad_best[better], loss_best[better] = x_adv[better], grad[better], loss[better]
+        if (i + 1) in checks:
+            k = i + 1 - last_check
+            osc = increases <= k * rho
+            no_impr = ~reduced_last & (loss_best_last >= loss_best)
+            halve = osc | no_impr
+            reduced_last = halve
+            loss_best_last = loss_best.clone()
+            if halve.any():
+                step[halve] /= 2
+                x_adv[halve] = x_best[halve]
+                grad[halve] = grad_best[halve]
+            increases.zero_()
+            last_check = i + 1
+    return adv, fooled, passes
+
+
+def apgd_targeted(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps: int = 100,
+                  n_targets: int = 9, rho: float = 0.75, eot: int = 1,
+                  generator: torch.Generator | None = None) -> AttackResult:
+    """APGD-T: targeted DLR towards each of the ``n_targets`` highest-ranked other classes."""
+    x = x.detach()
+    with torch.no_grad():
+        order = model(x).sort(1, descending=True).indices
+    passes = len(x)
+    best = x.clone()
+    success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    for k in range(1, min(n_targets, order.shape[1] - 1) + 1):
+        idx = (~success).nonzero().squeeze(1)
+        if len(idx) == 0:
+            break
+        # the k-th ranked class other than the label
+        ranked = order[idx]
+        others = ranked[ranked != y[idx, None]].view(len(idx), -1)
+        tgt = others[:, k - 1]
+        res = apgd(model, x[idx], y[idx], threat=threat, steps=steps, target=tgt, rho=rho, eot=eot,
+                   generator=generator)
+        passes += res.passes
+        best[idx[res.success]] = res.x_adv[res.success]
+        success[idx[res.success]] = True
+    return AttackResult(best, success, passes, {"attack": "apgd-t", "steps": steps, "n_targets": n_targets,
+                                                "threat": str(threat)})

@@ -1,0 +1,87 @@
+"""Attack suites: several attacks in order, each only on the points still robust, worst case per
+point (the AutoAttack protocol of Croce & Hein 2020).
+
+* ``pgd`` — PGD-20 (step ε/4, random start).
+* ``quick`` — PGD-20, then APGD-CE.
+* ``standard`` — APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square (5,000 queries):
+  AutoAttack's "standard" version.
+* ``rand`` — APGD-CE and APGD-DLR with EOT over 20 draws, for randomized models.
+
+Example::
+
+    from preempt.attacks.suite import run_suite
+    res = run_suite(model, x, y, threat=Linf(0.1), suite="standard")
+    res.robust, res.per_attack   # final mask; robust accuracy after each attack
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..threat import ThreatModel
+from .apgd import apgd, apgd_targeted
+from .fab import fab_targeted
+from .pgd import pgd
+from .square import square
+
+
+def attack_names(suite: str) -> list[str]:
+    return [n for n, _ in _attacks(suite, None)]
+
+
+def _attacks(suite: str, gen: torch.Generator | None) -> list[tuple[str, Callable]]:
+    A = {
+        "pgd-20": lambda m, x, y, t: pgd(m, x, y, threat=t, steps=20, generator=gen),
+        "apgd-ce": lambda m, x, y, t: apgd(m, x, y, threat=t, loss="ce", generator=gen),
+        "apgd-t": lambda m, x, y, t: apgd_targeted(m, x, y, threat=t, generator=gen),
+        "fab-t": lambda m, x, y, t: fab_targeted(m, x, y, threat=t),
+        "square": lambda m, x, y, t: square(m, x, y, threat=t, queries=5000, generator=gen),
+        "apgd-ce-eot": lambda m, x, y, t: apgd(m, x, y, threat=t, loss="ce", eot=20, generator=gen),
+        "apgd-dlr-eot": lambda m, x, y, t: apgd(m, x, y, threat=t, loss="dlr", eot=20, generator=gen),
+    }
+    names = {"pgd": ["pgd-20"], "quick": ["pgd-20", "apgd-ce"],
+             "standard": ["apgd-ce", "apgd-t", "fab-t", "square"],
+             "rand": ["apgd-ce-eot", "apgd-dlr-eot"]}
+    if suite not in names:
+        raise ValueError(f"unknown suite {suite!r}; choose from {sorted(names)}")
+    return [(n, A[n]) for n in names[suite]]
+
+
+SUITES = ("pgd", "quick", "standard", "rand")
+
+
+@dataclass
+class SuiteResult:
+    robust: torch.Tensor                 # (N,) bool: correct and unbroken by every attack
+    x_adv: torch.Tensor                  # worst case found per point (the input where unbroken)
+    broken_by: list[str | None]          # the attack that broke each point ("clean": misclassified, None: robust)
+    per_attack: dict[str, float] = field(default_factory=dict)   # robust accuracy after each attack
+    seconds: dict[str, float] = field(default_factory=dict)
+    passes: dict[str, int] = field(default_factory=dict)
+
+
+def run_suite(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, suite: str = "standard",
+              generator: torch.Generator | None = None) -> SuiteResult:
+    x = x.detach()
+    robust = model.predict(x) == y
+    broken: list[str | None] = [None if r else "clean" for r in robust.tolist()]
+    x_adv = x.clone()
+    res = SuiteResult(robust, x_adv, broken)
+    res.per_attack["clean"] = robust.float().mean().item()
+    for name, attack in _attacks(suite, generator):
+        idx = robust.nonzero().squeeze(1)
+        t0 = time.perf_counter()
+        if len(idx):
+            r = attack(model, x[idx], y[idx], threat)
+            hit = idx[r.success]
+            x_adv[hit] = r.x_adv[r.success]
+            robust[hit] = False
+            for i in hit.tolist():
+                broken[i] = name
+            res.passes[name] = r.passes
+        res.seconds[name] = time.perf_counter() - t0
+        res.per_attack[name] = robust.float().mean().item()
+    return res
