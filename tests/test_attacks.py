@@ -92,3 +92,97 @@ def test_losses_hand_computed():
     assert torch.isclose(losses.margin(z, y), torch.tensor([2.0]))
     # dlr = -(z_y - max_other) / (z_pi1 - z_pi3 + 1e-12) = -(1 - 3) / (3 - 0)
     assert torch.isclose(losses.dlr(z, y), torch.tensor([2.0 / 3.0]))
+
+
+from preempt.attacks import apgd, apgd_targeted, fab_targeted, run_suite, square  # noqa: E402
+from preempt.attacks.apgd import checkpoints  # noqa: E402
+from preempt.attacks.fab import project_hyperplane_box  # noqa: E402
+from preempt.attacks.square import p_selection  # noqa: E402
+
+ATTACKS = {
+    "apgd-ce": lambda m, x, y, t, g: apgd(m, x, y, threat=t, steps=30, generator=g),
+    "apgd-dlr": lambda m, x, y, t, g: apgd(m, x, y, threat=t, steps=30, loss="dlr", generator=g),
+    "apgd-t": lambda m, x, y, t, g: apgd_targeted(m, x, y, threat=t, steps=20, n_targets=3, generator=g),
+    "fab-t": lambda m, x, y, t, g: fab_targeted(m, x, y, threat=t, steps=20, n_targets=3),
+    "square": lambda m, x, y, t, g: square(m, x, y, threat=t, queries=300, generator=g),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+@pytest.mark.parametrize("threat", [Linf(1.0), L2(8.0)], ids=["linf", "l2"])
+def test_each_attack_breaks_a_non_robust_model_at_large_eps(tiny_model, tiny_data, name, threat):
+    x, y = tiny_data
+    x, y = x[:60], y[:60]
+    r = ATTACKS[name](tiny_model, x, y, threat, torch.Generator().manual_seed(0))
+    assert r.robust.float().mean() <= 0.05
+    assert (threat.distance(r.x_adv, x) <= threat.eps + 1e-5).all()
+    assert (tiny_model.predict(r.x_adv[r.success]) != y[r.success]).all()
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_each_attack_at_zero_eps_keeps_clean_accuracy(tiny_model, tiny_data, name):
+    x, y = tiny_data
+    x, y = x[:40], y[:40].clone()
+    y[:5] = (y[:5] + 1) % 4  # a few points misclassified from the start
+    clean = tiny_model.predict(x) == y
+    r = ATTACKS[name](tiny_model, x, y, Linf(0.0), torch.Generator().manual_seed(0))
+    assert torch.equal(r.robust, clean)
+
+
+def test_apgd_checkpoints_are_the_reference_schedule():
+    # p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)
+    assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+
+
+def test_apgd_halves_the_step_when_the_loss_stalls():
+    """A constant model: the loss never rises, so every checkpoint halves the step (from 2ε)."""
+    class Const(torch.nn.Module):
+        def forward(self, x):
+            return torch.tensor([1.0, 0.0, 0.0, 0.0]) + 0 * x.flatten(1).sum(1, keepdim=True)
+
+    r = apgd(Const(), torch.rand(2, 1, 3, 3), torch.tensor([0, 0]), threat=Linf(0.1), steps=100)
+    h = r.info["step_history"][:, 0]
+    assert h[0] == pytest.approx(0.2)
+    changes = [i for i in range(1, len(h)) if h[i] != h[i - 1]]
+    assert changes == checkpoints(100)[:-1] or changes == checkpoints(100)
+    assert h[-1] == pytest.approx(0.2 / 2 ** len(changes))
+
+
+def test_targeted_dlr_hand_computed():
+    z = torch.tensor([[4.0, 3.0, 1.0, 0.0, -2.0]])
+    y, t = torch.tensor([1]), torch.tensor([2])
+    # -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2) = -(3 - 1) / (4 - 0.5) = -4/7
+    assert torch.isclose(losses.dlr_targeted(z, y, t), torch.tensor([-4.0 / 7.0]))
+
+
+def test_square_schedule():
+    assert p_selection(0.8, 5, 10000) == 0.8
+    assert p_selection(0.8, 40, 10000) == 0.4
+    assert p_selection(0.8, 9000, 10000) == 0.8 / 512
+    assert p_selection(0.8, 20, 5000) == 0.4  # rescaled to 5,000 queries
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_fab_projection_lands_on_the_plane_inside_the_box(norm):
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(16, 20, generator=g)
+    w = torch.randn(16, 20, generator=g)
+    b = (w * torch.rand(16, 20, generator=g)).sum(1)  # a plane that meets the box
+    d = project_hyperplane_box(p, w, b, norm)
+    assert torch.allclose((w * (p + d)).sum(1), b, atol=1e-4)
+    assert ((p + d) >= -1e-6).all() and ((p + d) <= 1 + 1e-6).all()
+    if norm == "l2":  # without box constraints active the answer is the orthogonal projection
+        p2 = torch.full((1, 4), 0.5)
+        w2 = torch.tensor([[1.0, 2.0, 0.0, -1.0]])
+        d2 = project_hyperplane_box(p2, w2, torch.tensor([1.1]), "l2")
+        assert torch.allclose(d2, w2 * (1.1 - 1.0) / 6.0, atol=1e-5)
+
+
+def test_suite_is_worst_case_and_monotone(tiny_model, tiny_data):
+    x, y = tiny_data
+    x, y = x[:40], y[:40]
+    r = run_suite(tiny_model, x, y, threat=Linf(0.1), suite="quick", generator=torch.Generator().manual_seed(0))
+    accs = list(r.per_attack.values())
+    assert accs == sorted(accs, reverse=True)
+    assert r.robust.float().mean().item() == pytest.approx(accs[-1])
+    assert all((b is None) == bool(ok) for b, ok in zip(r.broken_by, r.robust.tolist()))

@@ -70,18 +70,20 @@ def apgd(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps:
     best_adv = x.clone()
     success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     passes = 0
+    history = None
     for _ in range(restarts):
         idx = (~success).nonzero().squeeze(1)
         if len(idx) == 0:
             break
         tgt = target[idx] if target is not None else None
-        xa, ok, p = _run(model, x[idx], y[idx], threat, steps, loss_fn, rho, eot, generator)
+        xa, ok, p, history = _run(model, x[idx], y[idx], threat, steps, loss_fn, rho, eot, generator)
         passes += p
         best_adv[idx[ok]] = xa[ok]
         success[idx[ok]] = True
     best_adv[~success] = x[~success]
     return AttackResult(best_adv, success, passes, {"attack": "apgd", "steps": steps, "loss": "dlr-targeted"
-                                                    if target is not None else str(loss), "threat": str(threat)})
+                                                    if target is not None else str(loss), "threat": str(threat),
+                                                    "step_history": history})
 
 
 def _run(model, x, y, threat, n_iter, loss_fn, rho, eot, generator):
@@ -102,7 +104,9 @@ def _run(model, x, y, threat, n_iter, loss_fn, rho, eot, generator):
     loss_prev = loss.clone()
     reduced_last = torch.ones(n, dtype=torch.bool, device=x.device)
     loss_best_last = loss_best.clone()
+    history = []  # the step size used at each iteration (points of the last restart)
     for i in range(n_iter):
+        history.append(step.clone())
         a = 0.75 if i > 0 else 1.0
         dirn = grad.sign() if linf else grad / _per_sample(grad.flatten(1).norm(dim=1) + 1e-12, grad)
         z = proj(x_adv + _per_sample(step, x) * dirn)
@@ -132,7 +136,7 @@ def _run(model, x, y, threat, n_iter, loss_fn, rho, eot, generator):
                 grad[halve] = grad_best[halve]
             increases.zero_()
             last_check = i + 1
-    return adv, fooled, passes
+    return adv, fooled, passes, torch.stack(history) if history else None
 
 
 def apgd_targeted(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps: int = 100,
