@@ -165,15 +165,24 @@ class VerifyConfig:
     step_size: float | None = None  # PGD step, default ε/4
     restarts: int = 1               # PGD restarts
     seed: int = 0
+    adaptive: bool = False          # also the adaptive white-box attack (preempt.attacks.adaptive)
+    checks: bool = True             # honesty flags (preempt.checks)
+    certify: bool = False           # randomized-smoothing certificate per image (ℓ2 radius)
+    sigma: float = 0.25
+    n0: int = 100
+    n: int = 10000
+    alpha: float = 0.001
 
     def describe(self) -> dict:
         """The attacks' parameters, as reports state them."""
         from .attacks.suite import attack_names
 
         attacks = [f"pgd-{self.steps}"] if self.suite == "pgd" else attack_names(self.suite)
+        attacks += ["adaptive"] if self.adaptive else []
         return {"suite": self.suite, "attacks": attacks, "attack": "pgd" if self.suite == "pgd" else self.suite,
                 "steps": self.steps, "step_size": self.step_size or self.eps / 4, "norm": self.norm,
-                "eps": self.eps, "random_start": True, "restarts": self.restarts, "seed": self.seed}
+                "eps": self.eps, "random_start": True, "restarts": self.restarts, "seed": self.seed,
+                "certify": {"sigma": self.sigma, "n0": self.n0, "n": self.n, "alpha": self.alpha} if self.certify else None}
 
 
 def pair_originals(files: list[Path], originals: list[Path]) -> list[Path]:
@@ -191,20 +200,36 @@ def pair_originals(files: list[Path], originals: list[Path]) -> list[Path]:
                      "give one original per image, in the same order")
 
 
+@dataclass
+class VerifyReport:
+    files: list[FileResult]
+    flags: list = field(default_factory=list)   # preempt.checks.Flag, from the first batch
+
+
 def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str | Path] | None = None,
                  config: VerifyConfig | None = None, device: str = "cpu", batch_size: int = 64,
-                 on_file: Callable[[FileResult], None] | None = None) -> list[FileResult]:
-    """Attack every photo (and its original, when given) with PGD; one FileResult per photo."""
-    from .attacks import pgd, run_suite
+                 on_file: Callable[[FileResult], None] | None = None) -> VerifyReport:
+    """Attack every photo (and its original, when given); one FileResult per photo, plus the
+    honesty flags.  With ``config.adaptive`` the adaptive white-box attack runs on what survived;
+    with ``config.certify`` each photo gets a randomized-smoothing certificate."""
+    from .attacks import adaptive, pgd, run_suite
+    from .checks import run_checks
 
     cfg = config or VerifyConfig()
     threat = threat_model(cfg.norm, cfg.eps)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     files = [p for p, _ in iter_images(paths)]
     origs = pair_originals(files, [p for p, _ in iter_images(originals)]) if originals else None
-    results: list[FileResult] = []
+    report = VerifyReport([])
+    results = report.files
     classes = model.classes or []
     todo = []
+
+    def emit(r: FileResult) -> None:
+        results.append(r)
+        if on_file:
+            on_file(r)
+
     for i, f in enumerate(files):
         try:
             photo = load_photo(f)
@@ -213,25 +238,30 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
                 raise PhotoError(f"original {origs[i]} has size {orig.size}, not {photo.size}")
             todo.append((f, photo, orig))
         except PhotoError as e:
-            r = FileResult(str(f), "failed", error=str(e))
-            results.append(r)
-            if on_file:
-                on_file(r)
+            emit(FileResult(str(f), "failed", error=str(e)))
 
     def attack(x, y) -> tuple[torch.Tensor, list]:
         if cfg.suite != "pgd":
             r = run_suite(model, x, y, threat=threat, suite=cfg.suite, generator=gen)
-            return r.robust, r.broken_by
-        robust = model.predict(x) == y
-        broken = [None if ok else "clean" for ok in robust.tolist()]
-        name = f"pgd-{cfg.steps}"
-        for _ in range(cfg.restarts):
-            res = pgd(model, x, y, threat=threat, steps=cfg.steps, step_size=cfg.step_size, generator=gen)
-            for i in (robust & res.success).nonzero().squeeze(1).tolist():
-                broken[i] = name
-            robust &= res.robust
+            robust, broken = r.robust, r.broken_by
+        else:
+            robust = model.predict(x) == y
+            broken = [None if ok else "clean" for ok in robust.tolist()]
+            name = f"pgd-{cfg.steps}"
+            for _ in range(cfg.restarts):
+                res = pgd(model, x, y, threat=threat, steps=cfg.steps, step_size=cfg.step_size, generator=gen)
+                for i in (robust & res.success).nonzero().squeeze(1).tolist():
+                    broken[i] = name
+                robust &= res.robust
+        if cfg.adaptive and robust.any():
+            idx = robust.nonzero().squeeze(1)
+            res = adaptive(model, x[idx], y[idx], threat=threat, generator=gen)
+            for i in idx[res.success].tolist():
+                broken[i] = "adaptive"
+            robust[idx[res.success]] = False
         return robust, broken
 
+    first = True
     for batch in _batches(todo, key=lambda t: _chw(t[1]), max_batch=batch_size):
         x = torch.stack([p.tensor(device) for _, p, _ in batch])
         pred = model.predict(x)
@@ -251,6 +281,10 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
         robust, broken = attack(x, y)
         rob_o, broken_o = attack(xo, y) if xo is not None else (None, None)
         dt = (time.perf_counter() - t0) / len(batch)
+        if first and cfg.checks:
+            report.flags = run_checks(model, x, y, threat, broken_by=broken if cfg.suite == "standard" else None,
+                                      generator=gen)
+            first = False
         for j, (f, p, o) in enumerate(batch):
             m = {"clean_correct": bool(pred[j] == y[j]), "robust": bool(robust[j]), "broken_by": broken[j],
                  "label_source": source[j], "seconds": round(dt, 4)}
@@ -259,11 +293,16 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
                 m["original_broken_by"] = broken_o[j]
                 m["linf_to_original"] = float((x[j] - xo[j]).abs().max())
                 m["l2_to_original"] = float((x[j] - xo[j]).flatten().norm())
+            if cfg.certify:
+                from .smoothing import certify
+
+                c = certify(model, x[j], sigma=cfg.sigma, n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, generator=gen)
+                m["certificate"] = {"prediction": c.prediction, "radius": c.radius, "abstain": c.abstain,
+                                    "p_lower": c.p_lower, "sigma": cfg.sigma, "n0": cfg.n0, "n": cfg.n,
+                                    "alpha": cfg.alpha, "certified_at_eps": (not c.abstain) and c.prediction == int(y[j])
+                                    and cfg.norm == "l2" and c.radius >= cfg.eps}
             lab = int(y[j])
-            r = FileResult(str(f), "robust" if robust[j] else "not-robust", label=lab,
-                           label_name=classes[lab] if lab < len(classes) else None,
-                           original=str(o.path) if o is not None else None, metrics=m)
-            results.append(r)
-            if on_file:
-                on_file(r)
-    return results
+            emit(FileResult(str(f), "robust" if robust[j] else "not-robust", label=lab,
+                            label_name=classes[lab] if lab < len(classes) else None,
+                            original=str(o.path) if o is not None else None, metrics=m))
+    return report

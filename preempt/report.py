@@ -18,7 +18,7 @@ from .photos import PhotoError, load_photo, to_pil, write_atomic
 SCHEMA_VERSION = 1
 
 
-def summarize(results, attack: dict, *, model: str, device: str) -> dict:
+def summarize(results, attack: dict, *, model: str, device: str, flags=()) -> dict:
     """The verify JSON document (schema in the README)."""
     ok = [r for r in results if r.status != "failed"]
     robust = sum(r.status == "robust" for r in ok)
@@ -32,9 +32,15 @@ def summarize(results, attack: dict, *, model: str, device: str) -> dict:
     s["per_attack"] = _per_attack(ok, attack.get("attacks", []), "broken_by")
     if with_orig:
         s["original_per_attack"] = _per_attack(with_orig, attack.get("attacks", []), "original_broken_by")
+    certs = [r.metrics["certificate"] for r in ok if "certificate" in r.metrics]
+    if certs:
+        s["certified"] = {"abstain": sum(c["abstain"] for c in certs),
+                          "mean_radius": sum(c["radius"] for c in certs) / len(certs),
+                          "certified_at_eps": sum(c["certified_at_eps"] for c in certs)}
     return {"schema": SCHEMA_VERSION, "preempt": __version__, "torch": torch.__version__,
             "python": platform.python_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "model": model, "device": device, "attack": attack, "summary": s,
+            "flags": [f.to_dict() for f in flags],
             "images": [r.to_dict() for r in results]}
 
 
@@ -108,6 +114,10 @@ def write_html(path: str | Path, summary: dict, results) -> None:
                   + "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.1%}</td>"
                             + (f"<td>{po.get(k, float('nan')):.1%}</td>" if po else "") + "</tr>" for k, v in pa.items())
                   + "</table>") if pa else ""
+    fl = summary.get("flags", [])
+    flags_html = ("<h2>Checks</h2><ul>" + "".join(
+        f'<li class="{"bad" if f["raised"] else "ok"}">{"⚠ " if f["raised"] else "✓ "}{html.escape(f["name"])}: '
+        f'{html.escape(f["detail"])}</li>' for f in fl) + "</ul>") if fl else ""
     orig_line = (f"<p>Originals: {s['original_robust_accuracy']:.1%} robust ({s['original_robust']}/{s['verified']}).</p>"
                  if "original_robust_accuracy" in s else "")
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>preempt verify report</title>
@@ -117,6 +127,7 @@ def write_html(path: str | Path, summary: dict, results) -> None:
 ({html.escape(a['norm'])}, ε = {a['eps']:g}{pgd_line}, seed {a['seed']}); preempt {summary['preempt']},
 torch {summary['torch']}, {summary['created']}.</p>
 {per_attack}
+{flags_html}
 <p><b>Robust accuracy {s['robust_accuracy']:.1%}</b> ({s['robust']}/{s['verified']} robust; clean accuracy {s['clean_accuracy']:.1%};
 {s['failed']} failed).</p>{orig_line}
 <table><tr><th>file</th><th>label</th><th>clean correct</th><th>robust</th><th>original robust</th><th>ℓ∞ to original</th></tr>

@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 
 from ..threat import ThreatModel
+from .adaptive import adaptive
 from .apgd import apgd, apgd_targeted
 from .fab import fab_targeted
 from .pgd import pgd
@@ -41,16 +42,17 @@ def _attacks(suite: str, gen: torch.Generator | None) -> list[tuple[str, Callabl
         "square": lambda m, x, y, t: square(m, x, y, threat=t, queries=5000, generator=gen),
         "apgd-ce-eot": lambda m, x, y, t: apgd(m, x, y, threat=t, loss="ce", eot=20, generator=gen),
         "apgd-dlr-eot": lambda m, x, y, t: apgd(m, x, y, threat=t, loss="dlr", eot=20, generator=gen),
+        "adaptive": lambda m, x, y, t: adaptive(m, x, y, threat=t, generator=gen),
     }
     names = {"pgd": ["pgd-20"], "quick": ["pgd-20", "apgd-ce"],
              "standard": ["apgd-ce", "apgd-t", "fab-t", "square"],
-             "rand": ["apgd-ce-eot", "apgd-dlr-eot"]}
+             "rand": ["apgd-ce-eot", "apgd-dlr-eot"], "adaptive": ["adaptive"]}
     if suite not in names:
         raise ValueError(f"unknown suite {suite!r}; choose from {sorted(names)}")
     return [(n, A[n]) for n in names[suite]]
 
 
-SUITES = ("pgd", "quick", "standard", "rand")
+SUITES = ("pgd", "quick", "standard", "rand")  # "adaptive" runs on its own, as its own row
 
 
 @dataclass

@@ -19,6 +19,13 @@ def verify_cmd(
     suite: str = typer.Option("pgd", help="pgd (PGD-20) | quick (PGD-20, APGD-CE) | standard (APGD-CE, APGD-T, FAB-T, Square) | rand (APGD with EOT)."),
     steps: int = typer.Option(20, help="PGD steps (suite pgd)."),
     restarts: int = typer.Option(1, help="PGD random restarts."),
+    adaptive: bool = typer.Option(False, help="Also run the adaptive white-box attack that first tries to undo robustification."),
+    certify: bool = typer.Option(False, help="Randomized-smoothing certificate (CERTIFY) per image."),
+    sigma: float = typer.Option(0.25, help="Smoothing noise σ for --certify."),
+    n0: int = typer.Option(100, help="CERTIFY: samples that pick the class."),
+    n: int = typer.Option(10000, help="CERTIFY: samples that bound its probability."),
+    alpha: float = typer.Option(0.001, help="CERTIFY: failure probability."),
+    checks: bool = typer.Option(True, help="Honesty checks (randomized model, softmax, zero gradients, ...)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     seed: int = typer.Option(0),
     json_out: bool = typer.Option(False, "--json", help="JSON on stdout."),
@@ -39,17 +46,19 @@ def verify_cmd(
 
     if suite not in SUITES:
         fail(f"--suite {suite}: choose one of {', '.join(SUITES)}", EXIT_USAGE)
-    cfg = VerifyConfig(norm=norm, eps=eps, suite=suite, steps=steps, restarts=restarts, seed=seed)
+    cfg = VerifyConfig(norm=norm, eps=eps, suite=suite, steps=steps, restarts=restarts, seed=seed, adaptive=adaptive,
+                       checks=checks, certify=certify, sigma=sigma, n0=n0, n=n, alpha=alpha)
     missing = [p for p in [*paths, *(original or [])] if not p.exists()]
     for p in missing:
         report_error(f"{p}: no such file or folder")
     if missing:
         raise typer.Exit(EXIT_ERROR)
     try:
-        results = verify_files(paths, clf, originals=original or None, config=cfg, device=dev)
+        outcome = verify_files(paths, clf, originals=original or None, config=cfg, device=dev)
     except ValueError as e:
         fail(str(e), EXIT_USAGE, e)
-    summary = summarize(results, cfg.describe(), model=clf.name, device=dev)
+    results = outcome.files
+    summary = summarize(results, cfg.describe(), model=clf.name, device=dev, flags=outcome.flags)
     with_orig = bool(original)
     what = f"PGD-{steps}" if suite == "pgd" else f"suite {suite}"
     t = verify_table(results, f"{what} {norm} ε={eps:g} on {clf.name}", with_orig)
@@ -60,6 +69,13 @@ def verify_cmd(
     err_console.print(t)
     if s.get("per_attack"):
         err_console.print(attack_table(s, with_orig))
+    for f in outcome.flags:
+        mark = "[yellow]⚠ flag[/]" if f.raised else "[green]✓[/]"
+        err_console.print(f"{mark} {f.name}: {f.detail}", highlight=False)
+    if s.get("certified"):
+        c = s["certified"]
+        err_console.print(f"randomized smoothing σ={sigma:g}: {c['abstain']} abstained, mean certified ℓ2 radius "
+                          f"{c['mean_radius']:.3f}, {c['certified_at_eps']} certified at ε", highlight=False)
     if report:
         try:
             write_html(report, summary, results)
