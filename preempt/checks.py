@@ -38,13 +38,15 @@ def run_checks(model, x: torch.Tensor, y: torch.Tensor, threat, *, broken_by: li
     sums = a.sum(1)
     soft = bool(((a >= 0) & (a <= 1)).all() and torch.allclose(sums, torch.ones_like(sums), atol=1e-4))
     flags.append(Flag("softmax", soft, "outputs lie in [0,1] and sum to 1" if soft else "outputs are logits"))
-    _, g = _grad(model, x, y, losses.ce)
-    zero = (g.flatten(1).abs().amax(1) == 0).float().mean().item()
-    flags.append(Flag("zero_gradients", zero > 0, f"{zero:.1%} of inputs have an all-zero gradient"))
+    differentiable = getattr(model, "differentiable", True)
+    if differentiable:
+        _, g = _grad(model, x, y, losses.ce)
+        zero = (g.flatten(1).abs().amax(1) == 0).float().mean().item()
+        flags.append(Flag("zero_gradients", zero > 0, f"{zero:.1%} of inputs have an all-zero gradient"))
     if broken_by is not None:
-        sq = sum(b_ == "square" for b_ in broken_by)
+        sq = sum(b_ == "square" for b_ in broken_by) if differentiable else 0
         flags.append(Flag("square_stronger", sq > 0, f"Square broke {sq} point(s) the white-box attacks did not"))
-    if sweep and threat.eps > 0:
+    if sweep and threat.eps > 0 and differentiable:
         accs = []
         for f in (0.5, 1.0, 2.0):
             r = pgd(model, x, y, threat=threat.with_eps(f * threat.eps), steps=20, generator=generator)

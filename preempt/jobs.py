@@ -168,6 +168,7 @@ class VerifyConfig:
     adaptive: bool = False          # also the adaptive white-box attack (preempt.attacks.adaptive)
     checks: bool = True             # honesty flags (preempt.checks)
     certify: bool = False           # randomized-smoothing certificate per image (ℓ2 radius)
+    surrogate: object = None        # blackbox suite: a torch model to craft transfer attacks on
     sigma: float = 0.25
     n0: int = 100
     n: int = 10000
@@ -177,11 +178,14 @@ class VerifyConfig:
         """The attacks' parameters, as reports state them."""
         from .attacks.suite import attack_names
 
-        attacks = [f"pgd-{self.steps}"] if self.suite == "pgd" else attack_names(self.suite)
+        attacks = [f"pgd-{self.steps}"] if self.suite == "pgd" else (
+            ["square"] + (["transfer-pgd-20", "transfer-apgd-ce"] if self.surrogate is not None else [])
+            if self.suite == "blackbox" else attack_names(self.suite))
         attacks += ["adaptive"] if self.adaptive else []
         return {"suite": self.suite, "attacks": attacks, "attack": "pgd" if self.suite == "pgd" else self.suite,
                 "steps": self.steps, "step_size": self.step_size or self.eps / 4, "norm": self.norm,
                 "eps": self.eps, "random_start": True, "restarts": self.restarts, "seed": self.seed,
+                "surrogate": getattr(self.surrogate, "name", None),
                 "certify": {"sigma": self.sigma, "n0": self.n0, "n": self.n, "alpha": self.alpha} if self.certify else None}
 
 
@@ -216,6 +220,8 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
     from .checks import run_checks
 
     cfg = config or VerifyConfig()
+    if not getattr(model, "differentiable", True) and (cfg.suite != "blackbox" or cfg.adaptive):
+        raise ValueError(f"{model.name} has no gradients (ONNX): use --suite blackbox, without --adaptive")
     threat = threat_model(cfg.norm, cfg.eps)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     files = [p for p, _ in iter_images(paths)]
@@ -242,7 +248,7 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
 
     def attack(x, y) -> tuple[torch.Tensor, list]:
         if cfg.suite != "pgd":
-            r = run_suite(model, x, y, threat=threat, suite=cfg.suite, generator=gen)
+            r = run_suite(model, x, y, threat=threat, suite=cfg.suite, generator=gen, surrogate=cfg.surrogate)
             robust, broken = r.robust, r.broken_by
         else:
             robust = model.predict(x) == y

@@ -129,6 +129,14 @@ class Smoothed(nn.Module):
         self.card = getattr(model, "card", {})
 
     @property
+    def name(self) -> str:
+        return f"{getattr(self.model, 'name', 'model')}+smoothing(σ={self.sigma:g})"
+
+    @property
+    def pre(self):
+        return self.model.pre
+
+    @property
     def passes(self) -> int:
         return self.model.passes
 

@@ -6,6 +6,8 @@ point (the AutoAttack protocol of Croce & Hein 2020).
 * ``standard`` — APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square (5,000 queries):
   AutoAttack's "standard" version.
 * ``rand`` — APGD-CE and APGD-DLR with EOT over 20 draws, for randomized models.
+* ``blackbox`` — Square, then transfer attacks (PGD-20, APGD-CE) crafted on a surrogate model:
+  for models without gradients (ONNX).
 
 Example::
 
@@ -27,13 +29,14 @@ from .apgd import apgd, apgd_targeted
 from .fab import fab_targeted
 from .pgd import pgd
 from .square import square
+from .transfer import transfer
 
 
 def attack_names(suite: str) -> list[str]:
     return [n for n, _ in _attacks(suite, None)]
 
 
-def _attacks(suite: str, gen: torch.Generator | None) -> list[tuple[str, Callable]]:
+def _attacks(suite: str, gen: torch.Generator | None, surrogate=None) -> list[tuple[str, Callable]]:
     A = {
         "pgd-20": lambda m, x, y, t: pgd(m, x, y, threat=t, steps=20, generator=gen),
         "apgd-ce": lambda m, x, y, t: apgd(m, x, y, threat=t, loss="ce", generator=gen),
@@ -43,16 +46,20 @@ def _attacks(suite: str, gen: torch.Generator | None) -> list[tuple[str, Callabl
         "apgd-ce-eot": lambda m, x, y, t: apgd(m, x, y, threat=t, loss="ce", eot=20, generator=gen),
         "apgd-dlr-eot": lambda m, x, y, t: apgd(m, x, y, threat=t, loss="dlr", eot=20, generator=gen),
         "adaptive": lambda m, x, y, t: adaptive(m, x, y, threat=t, generator=gen),
+        "transfer-pgd-20": lambda m, x, y, t: transfer(m, x, y, threat=t, surrogate=surrogate, attack="pgd", generator=gen),
+        "transfer-apgd-ce": lambda m, x, y, t: transfer(m, x, y, threat=t, surrogate=surrogate, attack="apgd-ce",
+                                                        generator=gen),
     }
     names = {"pgd": ["pgd-20"], "quick": ["pgd-20", "apgd-ce"],
              "standard": ["apgd-ce", "apgd-t", "fab-t", "square"],
-             "rand": ["apgd-ce-eot", "apgd-dlr-eot"], "adaptive": ["adaptive"]}
+             "rand": ["apgd-ce-eot", "apgd-dlr-eot"], "adaptive": ["adaptive"],
+             "blackbox": ["square"] + (["transfer-pgd-20", "transfer-apgd-ce"] if surrogate is not None else [])}
     if suite not in names:
         raise ValueError(f"unknown suite {suite!r}; choose from {sorted(names)}")
     return [(n, A[n]) for n in names[suite]]
 
 
-SUITES = ("pgd", "quick", "standard", "rand")  # "adaptive" runs on its own, as its own row
+SUITES = ("pgd", "quick", "standard", "rand", "blackbox")  # "adaptive" runs as its own row
 
 
 @dataclass
@@ -66,14 +73,16 @@ class SuiteResult:
 
 
 def run_suite(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, suite: str = "standard",
-              generator: torch.Generator | None = None) -> SuiteResult:
+              generator: torch.Generator | None = None, surrogate=None) -> SuiteResult:
+    """``suite="blackbox"`` (for models without gradients, such as ONNX ones): Square, then
+    transfer attacks crafted on ``surrogate`` when one is given."""
     x = x.detach()
     robust = model.predict(x) == y
     broken: list[str | None] = [None if r else "clean" for r in robust.tolist()]
     x_adv = x.clone()
     res = SuiteResult(robust, x_adv, broken)
     res.per_attack["clean"] = robust.float().mean().item()
-    for name, attack in _attacks(suite, generator):
+    for name, attack in _attacks(suite, generator, surrogate):
         idx = robust.nonzero().squeeze(1)
         t0 = time.perf_counter()
         if len(idx):

@@ -26,12 +26,16 @@ def robustify_cmd(
     quality: int = typer.Option(95, help="JPEG quality."),
     overwrite: bool = typer.Option(False, help="Replace existing outputs (default: skip them, so reruns resume)."),
     strip_metadata: bool = typer.Option(False, help="Drop EXIF and ICC profile."),
+    sigma: Optional[float] = typer.Option(None, "--smoothing-sigma", help="Robustify the randomized-smoothing classifier with Gaussian noise σ (loss averaged over --noise-samples draws)."),
+    noise_samples: int = typer.Option(8, help="Noise draws per pass with --smoothing-sigma."),
     batch_size: int = typer.Option(64, help="Photos of the same size robustified together."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     seed: int = typer.Option(0),
     json_out: bool = typer.Option(False, "--json", help="Per-file results as JSON on stdout."),
 ) -> None:
     """Robustify photos so that no ε-perturbation changes the classifier's answer."""
+    import torch
+
     from ..jobs import robustify_files
     from ..robustify import RobustifyConfig
 
@@ -50,6 +54,12 @@ def robustify_cmd(
     for p in paths:
         if not p.exists():
             report_error(f"{p}: no such file or folder")
+    if sigma is not None:
+        from ..smoothing import Smoothed
+
+        if sigma <= 0:
+            fail("--smoothing-sigma must be > 0", EXIT_USAGE)
+        clf = Smoothed(clf, sigma, noise_samples, generator=torch.Generator(device=dev).manual_seed(seed))
     cfg = RobustifyConfig(norm=norm, delta=delta, eps=eps, steps=steps, inner_steps=inner_steps,
                           check_steps=check_steps, seed=seed)
     err_console.print(f"model {clf.name} on {dev}; {norm} δ={delta:g} ε={eps:g}; "

@@ -25,6 +25,7 @@ def verify_cmd(
     n0: int = typer.Option(100, help="CERTIFY: samples that pick the class."),
     n: int = typer.Option(10000, help="CERTIFY: samples that bound its probability."),
     alpha: float = typer.Option(0.001, help="CERTIFY: failure probability."),
+    surrogate: Optional[str] = typer.Option(None, help="blackbox suite: a torch model to craft transfer attacks on (default: the bundled default)."),
     checks: bool = typer.Option(True, help="Honesty checks (randomized model, softmax, zero gradients, ...)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     seed: int = typer.Option(0),
@@ -44,10 +45,15 @@ def verify_cmd(
     eps = eps if eps is not None else tm.get("eps", 0.1)
     from ..attacks import SUITES
 
+    if not getattr(clf, "differentiable", True) and suite != "blackbox":
+        err_console.print(f"{clf.name} has no gradients (ONNX): using --suite blackbox (Square + transfer attacks)",
+                          highlight=False)
+        suite = "blackbox"
     if suite not in SUITES:
         fail(f"--suite {suite}: choose one of {', '.join(SUITES)}", EXIT_USAGE)
+    sur = load_model_or_fail(surrogate, dev) if suite == "blackbox" else None
     cfg = VerifyConfig(norm=norm, eps=eps, suite=suite, steps=steps, restarts=restarts, seed=seed, adaptive=adaptive,
-                       checks=checks, certify=certify, sigma=sigma, n0=n0, n=n, alpha=alpha)
+                       checks=checks, certify=certify, surrogate=sur, sigma=sigma, n0=n0, n=n, alpha=alpha)
     missing = [p for p in [*paths, *(original or [])] if not p.exists()]
     for p in missing:
         report_error(f"{p}: no such file or folder")

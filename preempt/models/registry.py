@@ -109,6 +109,12 @@ def load_model(name_or_path: str | Path | None = None, *, device: str | torch.de
     if name_or_path is None:
         name_or_path = default_model_name()
     have = bundled()
+    if str(name_or_path).endswith(".onnx"):
+        from ..onnx import OnnxClassifier
+
+        if not Path(name_or_path).exists():
+            raise ModelError(f"{name_or_path}: no such file")
+        return OnnxClassifier.from_file(name_or_path)
     if str(name_or_path) in have:
         info = have[str(name_or_path)]
         path, card = info.path, info.card

@@ -1,0 +1,33 @@
+"""``preempt export``: write a model as ONNX, checked against torch."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import EXIT_USAGE, err_console, fail, load_model_or_fail, print_json
+
+
+def export_cmd(
+    onnx: Path = typer.Option(..., "--onnx", help="Where to write the ONNX file (a card NAME.json is written beside it)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Bundled model name or weight file."),
+    json_out: bool = typer.Option(False, "--json", help="The card as JSON on stdout."),
+) -> None:
+    """Export a model to ONNX and check that onnxruntime gives the same logits."""
+    from ..models import ModelError
+    from ..onnx import export_onnx
+
+    if onnx.suffix != ".onnx":
+        fail(f"--onnx {onnx}: the file name must end in .onnx", EXIT_USAGE)
+    clf = load_model_or_fail(model, "cpu")
+    if not getattr(clf, "differentiable", True):
+        fail(f"{clf.name} is already an ONNX model", EXIT_USAGE)
+    try:
+        card = export_onnx(clf, onnx)
+    except (ModelError, OSError) as e:
+        fail(f"{onnx}: {e}", exc=e)
+    err_console.print(f"wrote {onnx} (max |logit difference| vs torch "
+                      f"{card['onnx_check']['max_abs_logit_difference']:.1e} on 16 probes)", highlight=False)
+    if json_out:
+        print_json(card)
