@@ -8,9 +8,9 @@ declare -A CMD=(
   [fmnist-linf-fastat]="--method fast-at --norm linf --eps 0.1 --epochs 6"
   [fmnist-linf-preempt]="--method preempt --norm linf --eps 0.1 --delta 0.1 --steps 5 --step-size 0.03 --delta-steps 1 --epochs 6"
   [fmnist-linf-pgdat]="--method pgd-at --norm linf --eps 0.1 --steps 5 --step-size 0.03 --epochs 6 --early-stop"
-  [fmnist-l2-preempt]="--method preempt --norm l2 --eps 1.5 --delta 1.5 --steps 5 --step-size 0.5 --delta-steps 1 --epochs 6"
-  [fmnist-l2-pgdat]="--method pgd-at --norm l2 --eps 1.5 --steps 5 --step-size 0.5 --epochs 6 --early-stop"
-  [fmnist-gaussian-0.25]="--method gaussian --sigma 0.25 --norm l2 --eps 0.5 --epochs 6"
+  [fmnist-l2-preempt]="--method preempt --norm l2 --eps 1.5 --delta 1.5 --steps 5 --step-size 0.5 --delta-steps 1 --epochs 4"
+  [fmnist-l2-pgdat]="--method pgd-at --norm l2 --eps 1.5 --steps 5 --step-size 0.5 --epochs 4 --early-stop"
+  [fmnist-gaussian-0.25]="--method gaussian --sigma 0.25 --norm l2 --eps 0.5 --epochs 4"
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(fmnist-linf-fastat fmnist-linf-preempt fmnist-linf-pgdat fmnist-l2-preempt fmnist-l2-pgdat fmnist-gaussian-0.25)
