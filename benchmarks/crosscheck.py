@@ -1,0 +1,77 @@
+"""Cross-check our `standard` suite against the reference AutoAttack code (PyPI `pyautoattack`,
+a packaging of fra31/auto-attack; install with `pip install -e ".[crosscheck]"`).
+
+    python benchmarks/crosscheck.py                 # bundled default model, 500 Fashion-MNIST test images
+
+Both run AutoAttack's "standard" version (APGD-CE, APGD-T, FAB-T, Square; 100 iterations,
+9 targets, 5,000 queries) on the same model and images, one after the other in one process.
+Printed and written to benchmarks/results/crosscheck.json: robust accuracy of each, the
+difference in points (goal: ours ≤ theirs + 0.3), wall time of each and the ratio (goal ≤ 0.8).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from preempt import load_model, threat_model
+from preempt.attacks import run_suite
+from preempt.data import fashion_mnist
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(HERE / "results" / "crosscheck.json"))
+    a = ap.parse_args()
+    try:
+        from pyautoattack import AutoAttack
+    except ImportError:
+        sys.exit("pyautoattack is not installed: pip install -e '.[crosscheck]'")
+    model = load_model(a.model)
+    tm = model.card["threat_model"]
+    x, y = fashion_mnist("test")
+    x, y = x[:a.n], y[:a.n]
+    threat = threat_model(tm["norm"], tm["eps"])
+    print(f"model {model.name}, {tm['norm']} ε={tm['eps']}, {a.n} Fashion-MNIST test images, "
+          f"{torch.get_num_threads()} threads", flush=True)
+
+    t0 = time.perf_counter()
+    ours = run_suite(model, x, y, threat=threat, suite="standard", generator=torch.Generator().manual_seed(a.seed))
+    t_ours = time.perf_counter() - t0
+    acc_ours = ours.robust.float().mean().item()
+    print(f"ours:      robust accuracy {100 * acc_ours:.2f}%  {t_ours:.0f}s  per attack "
+          + ", ".join(f"{k} {100 * v:.2f}" for k, v in ours.per_attack.items()), flush=True)
+
+    aa = AutoAttack(model, eps=tm["eps"], norm="Linf" if tm["norm"] == "linf" else "L2", version="standard",
+                    seed=a.seed, device="cpu")
+    t0 = time.perf_counter()
+    x_adv = aa.run_standard_evaluation(x, y, bs=500)
+    t_ref = time.perf_counter() - t0
+    with torch.no_grad():
+        acc_ref = (model(x_adv).argmax(1) == y).float().mean().item()
+    print(f"reference: robust accuracy {100 * acc_ref:.2f}%  {t_ref:.0f}s", flush=True)
+    res = {"model": model.name, "threat_model": tm, "n": a.n, "seed": a.seed,
+           "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+           "command": "python " + " ".join(sys.argv),
+           "ours": {"robust_accuracy": acc_ours, "seconds": t_ours, "per_attack": ours.per_attack,
+                    "seconds_per_attack": ours.seconds},
+           "reference": {"package": "pyautoattack", "robust_accuracy": acc_ref, "seconds": t_ref},
+           "difference_points": 100 * (acc_ours - acc_ref), "time_ratio": t_ours / t_ref}
+    print(f"ours − reference: {res['difference_points']:+.2f} points (goal ≤ +0.3); "
+          f"time ratio {res['time_ratio']:.2f} (goal ≤ 0.8)")
+    Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
