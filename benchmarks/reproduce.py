@@ -42,7 +42,7 @@ def evaluate(model, x, y, threat, seed: int, bs: int = 250) -> dict:
 
 def robustified(model, x, norm: str, eps: float, seed: int, bs: int = 250) -> tuple[torch.Tensor, dict]:
     cfg = RobustifyConfig(norm=norm, eps=eps, delta=eps, seed=seed)
-    t0, outs, passes = time.perf_counter(), [], 0
+    t0, outs = time.perf_counter(), []
     model.passes = 0
     for i in range(0, len(x), bs):
         outs.append(robustify(model, x[i:i + bs], config=cfg).x)

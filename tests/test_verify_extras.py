@@ -1,14 +1,13 @@
 """verify's extras: randomized-smoothing CERTIFY, ONNX export and black-box verification,
 the adaptive attack, honesty flags and the JSON schema."""
 import json
-import math
 from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from preempt import Linf, robustify
+from preempt import Linf
 from preempt.attacks import adaptive, pgd
 from preempt.checks import run_checks
 from preempt.cli import app

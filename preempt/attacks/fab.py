@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ..threat import L2, Linf, ThreatModel, _per_sample
+from ..threat import L2, Linf, ThreatModel
 from .base import AttackResult
 
 

@@ -62,3 +62,20 @@ def load_model_or_fail(name: str | None, device: str):
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
     sys.stdout.flush()
+
+
+def model_and_budgets(model: str | None, device: str, norm: str | None, eps: float | None,
+                      delta: float | None = None):
+    """Load the model on the chosen device and fill norm, ε and δ from its card where not given.
+    Returns (device, model, norm, eps, delta)."""
+    dev = pick_device(device)
+    clf = load_model_or_fail(model, dev)
+    tm = clf.card.get("threat_model", {})
+    norm = norm or tm.get("norm", "linf")
+    if norm not in ("linf", "l2"):
+        fail(f"--norm {norm}: choose linf or l2", EXIT_USAGE)
+    delta = delta if delta is not None else tm.get("delta", tm.get("eps", 0.1))
+    eps = eps if eps is not None else tm.get("eps", delta)
+    if delta < 0 or eps < 0:
+        fail("--delta and --eps must be >= 0", EXIT_USAGE)
+    return dev, clf, norm, eps, delta

@@ -7,7 +7,8 @@ from typing import List, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .common import report_error, EXIT_ERROR, EXIT_OK, EXIT_USAGE, err_console, fail, load_model_or_fail, pick_device, print_json
+from .common import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, err_console, fail, model_and_budgets, print_json,
+                     report_error)
 from .tables import summary_table
 
 
@@ -41,16 +42,7 @@ def robustify_cmd(
 
     if fmt not in ("png", "jpeg", "jpg"):
         fail(f"--format {fmt}: choose png or jpeg", EXIT_USAGE)
-    dev = pick_device(device)
-    clf = load_model_or_fail(model, dev)
-    tm = clf.card.get("threat_model", {})
-    norm = norm or tm.get("norm", "linf")
-    if norm not in ("linf", "l2"):
-        fail(f"--norm {norm}: choose linf or l2", EXIT_USAGE)
-    delta = delta if delta is not None else tm.get("delta", 0.1)
-    eps = eps if eps is not None else tm.get("eps", delta)
-    if delta < 0 or eps < 0:
-        fail("--delta and --eps must be >= 0", EXIT_USAGE)
+    dev, clf, norm, eps, delta = model_and_budgets(model, device, norm, eps, delta)
     for p in paths:
         if not p.exists():
             report_error(f"{p}: no such file or folder")

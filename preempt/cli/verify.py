@@ -6,7 +6,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import report_error, EXIT_ERROR, EXIT_NOT_ROBUST, EXIT_OK, EXIT_USAGE, err_console, fail, load_model_or_fail, pick_device, print_json
+from .common import (EXIT_ERROR, EXIT_NOT_ROBUST, EXIT_OK, EXIT_USAGE, err_console, fail, load_model_or_fail,
+                     model_and_budgets, print_json, report_error)
 from .tables import attack_table, verify_table
 
 
@@ -36,13 +37,7 @@ def verify_cmd(
     from ..jobs import VerifyConfig, verify_files
     from ..report import summarize, write_html
 
-    dev = pick_device(device)
-    clf = load_model_or_fail(model, dev)
-    tm = clf.card.get("threat_model", {})
-    norm = norm or tm.get("norm", "linf")
-    if norm not in ("linf", "l2"):
-        fail(f"--norm {norm}: choose linf or l2", EXIT_USAGE)
-    eps = eps if eps is not None else tm.get("eps", 0.1)
+    dev, clf, norm, eps, _ = model_and_budgets(model, device, norm, eps)
     from ..attacks import SUITES
 
     if not getattr(clf, "differentiable", True) and suite != "blackbox":

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
 _ARCHS: dict[str, Callable[..., nn.Module]] = {}

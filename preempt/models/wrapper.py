@@ -7,7 +7,7 @@ normalisation.  Gradients therefore flow back to the full-resolution photo.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch

@@ -142,7 +142,6 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Pat
         t0 = time.perf_counter()
         order = torch.randperm(len(xt), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).to(dev)
         tot_loss, seen = 0.0, 0
-        delta_free = None
         for b in range(n_batches):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size][dist.rank::dist.world]
             xb, yb = xt[idx], yt[idx]
