@@ -56,3 +56,19 @@ def test_zero_steps_returns_the_original_checked(tiny_model, tiny_data):
     res = robustify(tiny_model, x, steps=0)
     assert torch.equal(res.x, x)
     assert all(i.steps == 0 for i in res.images)
+
+
+def test_paper_configuration_runs_within_budget(tiny_model, tiny_data):
+    """The published algorithm (RMSprop on a tanh box from a random start) as a baseline."""
+    from preempt import RobustifyConfig
+
+    x, _ = tiny_data
+    x = _grid(x[:20])
+    cfg = RobustifyConfig.paper(steps=4, inner_steps=3)
+    assert cfg.optimizer == "rmsprop" and cfg.init == "random" and not cfg.early_stop
+    res = robustify(tiny_model, x, config=cfg)
+    assert (Linf(0.1).distance(res.x, x) <= 0.1 + 1e-6).all()
+    assert all(i.steps == 4 for i in res.images)
+    assert all(16 < i.passes <= 4 * 4 + 21 for i in res.images)  # 4 × (3 inner + 1) + at most one PGD-20 check
+    with pytest.raises(ValueError):
+        robustify(tiny_model, x, config=RobustifyConfig.paper(norm="l2", optimizer="rmsprop", steps=1))
