@@ -45,49 +45,14 @@ class Preprocessing:
         }
 
 
-_RESIZE_CACHE: dict[tuple, torch.Tensor] = {}
-
-
-def resize_matrix(n_in: int, n_out: int, mode: str = "bilinear", *, device=None, dtype=torch.float32) -> torch.Tensor:
-    """The (n_out, n_in) matrix of a 1-D antialiased resize.
-
-    Built by resizing the rows of an identity with ``F.interpolate`` itself, so it holds exactly
-    the weights torch (and PIL) use.  A separable 2-D resize is then ``R_h @ x @ R_w.T``: two
-    matrix products, which on a CPU are ~30× faster than ``F.interpolate``'s antialiased kernel
-    (forward and backward) for photo-to-thumbnail factors such as 4000 px → 28 px.
-    """
-    key = (n_in, n_out, mode, str(device), dtype)
-    m = _RESIZE_CACHE.get(key)
-    if m is None:
-        with torch.inference_mode(False), torch.no_grad():  # cached: must be usable with autograd later
-            m = _build_resize_matrix(n_in, n_out, mode).to(device=device, dtype=dtype)
-        if len(_RESIZE_CACHE) > 32:
-            _RESIZE_CACHE.clear()
-        _RESIZE_CACHE[key] = m
-    return m
-
-
-def _build_resize_matrix(n_in: int, n_out: int, mode: str) -> torch.Tensor:
-    cols = []
-    for i in range(0, n_in, 1024):
-        k = min(1024, n_in - i)
-        eye = torch.zeros(k, 1, 1, n_in, dtype=torch.float64)
-        eye[torch.arange(k), 0, 0, i + torch.arange(k)] = 1.0
-        cols.append(F.interpolate(eye, size=(1, n_out), mode=mode, antialias=True, align_corners=False)
-                    .reshape(k, n_out))
-    return torch.cat(cols).T.contiguous()
-
-
 def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
-    """Antialiased, differentiable resize of (N, C, H, W) to ``size`` as two matrix products."""
-    h, w = x.shape[-2:]
-    if (h, w) == tuple(size):
+    """Antialiased, differentiable resize of (N, C, H, W) to ``size`` (torch's, same weights as PIL).
+
+    (We measured a separable matrix-product version against this: the same speed for a
+    4000×3000 photo, forward and backward, so the plain call stays.)"""
+    if tuple(x.shape[-2:]) == tuple(size):
         return x
-    rh = resize_matrix(h, size[0], mode, device=x.device, dtype=x.dtype)
-    rw = resize_matrix(w, size[1], mode, device=x.device, dtype=x.dtype)
-    if w >= h:  # shrink the larger side first
-        return rh @ (x @ rw.T)
-    return (rh @ x) @ rw.T
+    return F.interpolate(x, size=tuple(size), mode=mode, antialias=True, align_corners=False)
 
 
 class Classifier(nn.Module):
