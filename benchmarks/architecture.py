@@ -1,4 +1,5 @@
-"""Choosing the bundled architecture by measurement: width (and depth) against accuracy and time.
+"""Choosing the bundled architecture by measurement: width against accuracy and time, and the
+BatchNorm mode (train or eval) while crafting training attacks.
 
     python benchmarks/architecture.py            # fast-at ℓ∞ ε=0.1, 2 epochs on 20,000 images each
 
@@ -21,7 +22,8 @@ from preempt.models import build
 from preempt.train import TrainConfig, train
 
 HERE = Path(__file__).resolve().parent
-CANDIDATES = [("mlp", 256), ("cnn", 16), ("cnn", 32), ("cnn", 64)]
+CANDIDATES = [("mlp", 256, "train"), ("cnn", 16, "train"), ("cnn", 32, "train"), ("cnn", 64, "train"),
+              ("cnn-bn", 32, "train"), ("cnn-bn", 32, "eval")]
 
 
 def main() -> None:
@@ -33,20 +35,20 @@ def main() -> None:
     a = ap.parse_args()
     rows = []
     print(f"fast-at linf eps=0.1, {a.epochs} epochs on {a.limit} images; {torch.get_num_threads()} threads")
-    print(f"{'arch':>5} {'width':>5} {'params':>9} {'s/epoch/10k':>12} {'val clean':>9} {'val PGD-10':>10}")
-    for arch, width in CANDIDATES:
+    print(f"{'arch':>6} {'width':>5} {'BN mode':>7} {'params':>9} {'s/epoch/10k':>12} {'val clean':>9} {'val PGD-10':>10}")
+    for arch, width, bn in CANDIDATES:
         cfg = TrainConfig(method="fast-at", arch=arch, width=width, epochs=a.epochs, limit=a.limit,
-                          val_size=2000, val_attack_size=500, threads=a.threads)
+                          val_size=2000, val_attack_size=500, threads=a.threads, attack_bn=bn)
         params = sum(p.numel() for p in build(arch, in_channels=1, num_classes=10, width=width,
                                               input_size=28).parameters())
         t0 = time.perf_counter()
         res = train(cfg)
         secs = res.history[-1]["seconds"] / a.epochs / (a.limit / 10000)
         last = res.history[-1]
-        rows.append({"arch": arch, "width": width, "params": params, "seconds_per_epoch_per_10k": secs,
+        rows.append({"arch": arch, "width": width, "attack_bn": bn, "params": params, "seconds_per_epoch_per_10k": secs,
                      "val_clean": last["val_clean"], "val_pgd10": last["val_pgd10"],
                      "wall_s": time.perf_counter() - t0})
-        print(f"{arch:>5} {width:>5} {params:>9,} {secs:>12.1f} {last['val_clean']:>9.3f} {last['val_pgd10']:>10.3f}",
+        print(f"{arch:>6} {width:>5} {bn if arch.endswith('bn') else '-':>7} {params:>9,} {secs:>12.1f} {last['val_clean']:>9.3f} {last['val_pgd10']:>10.3f}",
               flush=True)
     Path(a.out).write_text(json.dumps({"command": "python " + " ".join(sys.argv), "rows": rows,
                                        "machine": f"{platform.machine()}, torch {torch.__version__}"}, indent=2) + "\n")

@@ -176,3 +176,13 @@ def test_ddp_with_two_processes(tmp_path):
     assert [h["epoch"] for h in log] == [1, 2]
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["training"]["method"] == "pgd-at"
+
+
+def test_batchnorm_mode_while_crafting_attacks_is_an_option():
+    x, y, classes = DATA
+    res = train(TrainConfig(method="fast-at", arch="cnn-bn", width=4, epochs=1, batch_size=50, val_size=100,
+                            val_attack_size=20, val_attack_steps=2, attack_bn="eval", channels=1),
+                tensors=(torch.nn.functional.interpolate(x, size=(8, 8)), y, classes))
+    assert res.model.net.training is False  # returned in eval mode
+    bn = [m for m in res.model.net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bn and bn[0].num_batches_tracked > 0

@@ -35,6 +35,7 @@ def train_cmd(
     arch: str = typer.Option("cnn"),
     width: int = typer.Option(32),
     early_stop: bool = typer.Option(False, help="Keep the epoch with the best robust validation accuracy."),
+    attack_bn: str = typer.Option("train", help="BatchNorm mode while crafting training attacks: train | eval."),
     image_size: int = typer.Option(32, help="ImageFolder: resize images to this."),
     channels: int = typer.Option(3, help="ImageFolder: 1 (grey) or 3 (colour)."),
     limit: Optional[int] = typer.Option(None, help="Train on the first N images only."),
@@ -56,7 +57,7 @@ def train_cmd(
                       delta=delta, steps=steps, step_size=step_size, delta_steps=delta_steps,
                       preempt_direction=preempt_direction, sigma=sigma, replays=replays, epochs=epochs,
                       batch_size=batch_size, lr=lr, schedule=schedule, early_stop=early_stop, limit=limit,
-                      image_size=image_size, channels=channels,
+                      image_size=image_size, channels=channels, attack_bn=attack_bn,
                       val_size=val_size, seed=seed, threads=threads, device=pick_device(device))
     quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 reports
     argv = sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv else None

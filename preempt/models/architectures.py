@@ -46,6 +46,21 @@ def cnn(*, in_channels: int = 1, num_classes: int = 10, width: int = 32, input_s
     )
 
 
+@register("cnn-bn")
+def cnn_bn(*, in_channels: int = 1, num_classes: int = 10, width: int = 32, input_size: int = 28) -> nn.Module:
+    """The ``cnn`` with BatchNorm after each convolution (for the BatchNorm-mode measurement)."""
+    w = width
+    feat = input_size // 4
+    return nn.Sequential(
+        nn.Conv2d(in_channels, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+        nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(inplace=True),
+        nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(inplace=True),
+        nn.Flatten(),
+        nn.Linear(2 * w * feat * feat, 4 * w), nn.ReLU(inplace=True),
+        nn.Linear(4 * w, num_classes),
+    )
+
+
 @register("mlp")
 def mlp(*, in_channels: int = 1, num_classes: int = 10, width: int = 64, input_size: int = 8) -> nn.Module:
     """A tiny MLP, used by the tests."""

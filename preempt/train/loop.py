@@ -47,6 +47,7 @@ class TrainConfig:
     val_attack_steps: int = 10
     val_attack_size: int = 500
     early_stop: bool = False     # keep the epoch with the best robust validation accuracy
+    attack_bn: str = "train"     # BatchNorm mode while crafting training attacks: train | eval
     image_size: int = 32         # ImageFolder: images are resized to this
     channels: int = 3            # ImageFolder: 1 (grey) or 3
     limit: int | None = None     # use only the first N training images (tests, quick runs)
@@ -152,7 +153,8 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Pat
             if cfg.method == "free-at":
                 loss = _free_at_batch(update_model, opt, xb, yb, threat, cfg)
             else:
-                loss = batch_loss(cfg.method, model, xb, yb, cfg, threat, dball, gen, update_model=update_model)
+                crafter = model if cfg.attack_bn == "train" else _EvalMode(model)
+                loss = batch_loss(cfg.method, crafter, xb, yb, cfg, threat, dball, gen, update_model=update_model)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -198,6 +200,21 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Pat
         card = make_card(cfg, model, result, command)
         model.card = save_model(model, Path(out), card)
     return result
+
+
+class _EvalMode(torch.nn.Module):
+    """Runs the model in eval mode (BatchNorm on running statistics) and restores train mode."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        self.model.eval()
+        try:
+            return self.model(x)
+        finally:
+            self.model.train()
 
 
 def _kw(cfg: TrainConfig) -> dict:
@@ -289,7 +306,9 @@ def make_card(cfg: TrainConfig, model: Classifier, result: TrainResult, command:
                      "epochs": cfg.epochs, "best_epoch": result.best_epoch, "wall_time_s": round(result.seconds, 1),
                      "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
                      "torch": torch.__version__, "python": sys.version.split()[0],
-                     "batchnorm_mode_during_attacks": "train (this architecture has no BatchNorm)"},
+                     "batchnorm_mode_during_attacks": cfg.attack_bn if any(
+                         isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+                     else f"{cfg.attack_bn} (this architecture has no BatchNorm)"},
         "metrics": {"validation": {k: v for k, v in last.items() if k.startswith("val_")}, "test": result.test},
         "licence": "MIT (weights); Fashion-MNIST is MIT-licensed by Zalando Research",
     }
