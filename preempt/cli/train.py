@@ -21,7 +21,7 @@ def train_cmd(
     data: Optional[str] = typer.Option(None, help="Dataset folder (default: Debian's Fashion-MNIST files)."),
     norm: str = typer.Option("linf", help="linf | l2"),
     eps: float = typer.Option(0.1, help="Attack budget ε used while training."),
-    delta: float = typer.Option(0.1, help="Robustification budget δ (preempt)."),
+    delta: Optional[float] = typer.Option(None, help="Robustification budget δ (preempt; default ε)."),
     steps: int = typer.Option(10, help="Attack steps while training (pgd-at, preempt)."),
     step_size: Optional[float] = typer.Option(None, help="Attack step size (default ε/4; fast-at 1.25ε)."),
     delta_steps: int = typer.Option(2, help="preempt: descent steps that find x̂_r."),

@@ -18,9 +18,11 @@ import torch
 from .architectures import build
 from .wrapper import Classifier, Preprocessing
 
-DEFAULT_MODEL = "fmnist-linf-preempt"
-# fall back through these when the preferred default is not bundled (older checkouts)
-_DEFAULT_FALLBACKS = ("fmnist-linf-preempt", "fmnist-linf-fastat", "fmnist-standard")
+# The default is the model that measured best *after robustification* in results/reproduce.md
+# (ℓ∞: ADV/Ours 85.7% PGD-20 vs Ours/Ours 81.1% on 1,000 test images); the preemptively trained
+# model takes over when it wins that table.  Fall back through the rest when not bundled.
+DEFAULT_MODEL = "fmnist-linf-pgdat"
+_DEFAULT_FALLBACKS = (DEFAULT_MODEL, "fmnist-linf-preempt", "fmnist-linf-fastat")
 
 
 class ModelError(Exception):

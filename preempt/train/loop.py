@@ -29,7 +29,7 @@ class TrainConfig:
     width: int = 32
     norm: str = "linf"
     eps: float = 0.1
-    delta: float = 0.1
+    delta: float | None = None   # robustification budget δ (preempt); None: equal to ε
     steps: int = 10              # attack steps while training (pgd-at, preempt)
     step_size: float | None = None
     delta_steps: int = 2         # preempt: signed descent steps that find x̂_r
@@ -56,6 +56,8 @@ class TrainConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        if self.delta is None:
+            self.delta = self.eps
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
 
