@@ -34,7 +34,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "architecture.json"))
     a = ap.parse_args()
     rows = []
-    print(f"fast-at linf eps=0.1, {a.epochs} epochs on {a.limit} images; {torch.get_num_threads()} threads")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    print(f"fast-at linf eps=0.1, {a.epochs} epochs on {a.limit} images; {torch.get_num_threads()} threads; "
+          f"torch {torch.__version__}", flush=True)
     print(f"{'arch':>6} {'width':>5} {'BN mode':>7} {'params':>9} {'s/epoch/10k':>12} {'val clean':>9} {'val PGD-10':>10}")
     for arch, width, bn in CANDIDATES:
         cfg = TrainConfig(method="fast-at", arch=arch, width=width, epochs=a.epochs, limit=a.limit,

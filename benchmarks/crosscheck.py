@@ -55,7 +55,9 @@ def main() -> None:
     aa = AutoAttack(model, eps=tm["eps"], norm="Linf" if tm["norm"] == "linf" else "L2", version="standard",
                     seed=a.seed, device="cpu")
     t0 = time.perf_counter()
-    x_adv = aa.run_standard_evaluation(x, y, bs=500)
+    x_adv = aa.run_standard_evaluation(x, y, batch_size=500)
+    if isinstance(x_adv, tuple):  # pyautoattack returns (x_adv, y_adv)
+        x_adv = x_adv[0]
     t_ref = time.perf_counter() - t0
     with torch.no_grad():
         acc_ref = (model(x_adv).argmax(1) == y).float().mean().item()

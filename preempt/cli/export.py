@@ -27,6 +27,8 @@ def export_cmd(
         card = export_onnx(clf, onnx)
     except (ModelError, OSError) as e:
         fail(f"{onnx}: {e}", exc=e)
+    except Exception as e:  # noqa: BLE001 - torch's exporter raises its own types
+        fail(f"{onnx}: export failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", exc=e)
     err_console.print(f"wrote {onnx} (max |logit difference| vs torch "
                       f"{card['onnx_check']['max_abs_logit_difference']:.1e} on 16 probes)", highlight=False)
     if json_out:
