@@ -6,7 +6,7 @@ Rows per threat model: ADV (pgd-at weights) on the original test images, ADV on 
 robustified with our `robustify` (δ = ε) against the ADV model, and Ours (preempt weights) on
 images robustified against itself.  Columns: clean accuracy and PGD-20 accuracy (true labels,
 step ε/4, random start, one restart, a seed robustify never used).  AA (the AutoAttack-style
-ensemble) is "–" until that ensemble exists in preempt.
+ensemble, `--suite standard`) is "–" until it is run at this size.
 
 Writes results/reproduce.md and results/reproduce.json (every number, the command, seed, times).
 """
@@ -63,7 +63,7 @@ def main() -> None:
            "attack": "PGD-20, step eps/4, random start, 1 restart, true labels", "tables": {}}
     md = ["# The paper's table on Fashion-MNIST, with preempt's code", "",
           f"`{doc['command']}` — {a.n} test images, seed {a.seed}, {doc['machine']}. "
-          "Accuracies in %, against the true labels. AA = AutoAttack-style ensemble (not yet in preempt: –).", ""]
+          "Accuracies in %, against the true labels. AA = AutoAttack-style ensemble (`preempt verify --suite standard`; not yet run for this table: –).", ""]
     for norm in a.norms.split(","):
         s = SETTINGS[norm]
         threat = threat_model(norm, s["eps"])

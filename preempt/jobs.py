@@ -126,14 +126,14 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
                 meta = {"preempt": __version__, "model": model.name, "norm": cfg.norm, "delta": cfg.delta,
                         "eps": cfg.eps, "label": info.label, "source": src.name}
                 try:
-                    data = encode(from_tensor(res.x[i], photo), fmt, quality=quality,
-                                  strip_metadata=strip_metadata, meta=meta)
+                    out = from_tensor(res.x[i], photo)
+                    data = encode(out, fmt, quality=quality, strip_metadata=strip_metadata, meta=meta)
                     saved = decode(data)  # judge exactly what will be on disk
                     xs = saved.tensor(device)[None]
                     metrics = info.to_dict()
                     metrics["seconds"] = round(elapsed, 4)
                     if fmt == "png":
-                        if not (saved.pixels == from_tensor(res.x[i], photo).pixels).all():
+                        if not (saved.pixels == out.pixels).all():
                             raise PhotoError("PNG round trip changed pixels")
                         robust = info.robust
                     else:  # lossy: verify again after encoding, and measure the budget from the file

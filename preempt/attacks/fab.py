@@ -60,10 +60,6 @@ def project_hyperplane_box(p: torch.Tensor, w: torch.Tensor, b: torch.Tensor, no
     return torch.where((r == 0)[:, None], torch.zeros_like(delta), delta)
 
 
-def _dist(threat, a, b):
-    return threat.distance(a, b)
-
-
 def _diff_and_grad(model, x, y, t):
     xa = x.detach().requires_grad_(True)
     with torch.enable_grad():
@@ -97,7 +93,7 @@ def _fab_run(model, x, y, t, threat, steps, alpha_max, eta, beta):
         passes += n
         hit = pred != y
         if hit.any():
-            dist = _dist(threat, x1, x)
+            dist = threat.distance(x1, x)
             closer = hit & (dist < best)
             adv[closer] = x1[closer]
             best[closer] = dist[closer]
