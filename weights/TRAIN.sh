@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The exact commands that produced the bundled weights (each card repeats its own command, with
 # its seed, wall time and machine). Run from the repository root after `pip install -e .`.
-# Usage: bash weights/TRAIN.sh [NAME ...]   (default: all). Logs go to weights/logs/NAME.log.
+# Usage: bash weights/TRAIN.sh [NAME ...]   (default: all). Logs go to weights/logs/NAME.log;
+# the per-epoch JSON-lines logs (runs/NAME/log.jsonl) of the bundled weights are in weights/logs/NAME.jsonl.
 set -euo pipefail
 mkdir -p weights/logs
 declare -A CMD=(
