@@ -59,20 +59,25 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L")
 
 
-def load_photo(path: str | Path) -> Photo:
-    """Read a photo; raise :class:`PhotoError` with one clear line for anything wrong."""
-    path = Path(path)
+def load_photo(path: str | Path | bytes) -> Photo:
+    """Read a photo from a file (or from encoded bytes); raise :class:`PhotoError` with one clear
+    line for anything wrong."""
+    data = path if isinstance(path, (bytes, bytearray)) else None
+    path = None if data is not None else Path(path)
     try:
-        if path.is_dir():
+        if data is not None:
+            if not data:
+                raise PhotoError("empty file")
+        elif path.is_dir():
             raise PhotoError("is a directory")
-        if path.stat().st_size == 0:
+        elif path.stat().st_size == 0:
             raise PhotoError("empty file")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             old = Image.MAX_IMAGE_PIXELS
             Image.MAX_IMAGE_PIXELS = MAX_PIXELS
             try:
-                with Image.open(path) as im:
+                with Image.open(io.BytesIO(data) if data is not None else path) as im:
                     fmt = im.format
                     im.load()
                     exif = im.getexif()
@@ -183,10 +188,7 @@ def encode(photo: Photo, fmt: str = "png", *, quality: int = 95, strip_metadata:
 
 def decode(data: bytes) -> Photo:
     """Decode bytes produced by :func:`encode` (to judge exactly what will be on disk)."""
-    with tempfile.NamedTemporaryFile(suffix=".img") as f:
-        f.write(data)
-        f.flush()
-        return load_photo(f.name)
+    return load_photo(data)
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:
