@@ -186,3 +186,45 @@ def test_suite_is_worst_case_and_monotone(tiny_model, tiny_data):
     assert accs == sorted(accs, reverse=True)
     assert r.robust.float().mean().item() == pytest.approx(accs[-1])
     assert all((b is None) == bool(ok) for b, ok in zip(r.broken_by, r.robust.tolist()))
+
+
+def test_suite_workers_are_reproducible_and_sound(tiny_model, tiny_data):
+    x, y = tiny_data
+    x, y = x[:40], y[:40]
+    t = Linf(0.15)
+    runs = [run_suite(tiny_model, x, y, threat=t, suite="quick", generator=torch.Generator().manual_seed(0), workers=w)
+            for w in (2, 2, 1)]
+    assert torch.equal(runs[0].robust, runs[1].robust) and torch.equal(runs[0].x_adv, runs[1].x_adv)
+    for r in runs:
+        broken = ~r.robust & (tiny_model.predict(x) == y)
+        assert (t.distance(r.x_adv, x) <= t.eps + 1e-5).all()
+        assert (tiny_model.predict(r.x_adv[broken]) != y[broken]).all()
+    # two workers split the points, they do not weaken the suite
+    assert abs(runs[0].robust.float().mean() - runs[2].robust.float().mean()) <= 0.1
+    assert torch.get_num_threads() >= 1
+
+
+def test_fab_drops_points_once_broken_within_eps(tiny_model, tiny_data):
+    x, y = tiny_data
+    x, y = x[:30], y[:30]
+    big = fab_targeted(tiny_model, x, y, threat=Linf(1.0), steps=20, n_targets=2)
+    none = fab_targeted(tiny_model, x, y, threat=Linf(0.0), steps=20, n_targets=2)
+    # at ε = 0 every correct point runs all 2 × 20 iterations (2 passes each); at ε = 1 the
+    # points leave as soon as they are broken
+    n = int((tiny_model.predict(x) == y).sum())
+    assert none.passes == len(x) + 2 * n * 2 * 20
+    assert big.passes < none.passes / 2
+    assert big.success.float().mean() > 0.95
+
+
+def test_square_linf_never_proposes_an_unchanged_window():
+    from preempt.attacks.square import _linf_proposal, _windows
+
+    g = torch.Generator().manual_seed(0)
+    xa = torch.full((500, 1, 6, 6), 0.5)
+    xb = xa + 0.1  # every pixel already at +ε: half of plain draws would change nothing
+    win = _windows(500, 6, 6, 2, g, "cpu")
+    x_new = _linf_proposal(xa, xb, win, 0.1, g)
+    changed = ((x_new - xb).abs() > 1e-7).flatten(1).any(1)
+    assert changed.all()
+    assert torch.equal(x_new[~win.expand_as(x_new)], xb[~win.expand_as(xb)])  # outside the window: x_best

