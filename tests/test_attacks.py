@@ -228,3 +228,24 @@ def test_square_linf_never_proposes_an_unchanged_window():
     changed = ((x_new - xb).abs() > 1e-7).flatten(1).any(1)
     assert changed.all()
     assert torch.equal(x_new[~win.expand_as(x_new)], xb[~win.expand_as(xb)])  # outside the window: x_best
+
+
+def test_square_l2_eta_pattern_hand_computed():
+    from preempt.attacks.square import eta
+
+    top = torch.tensor([[0.25, 1.25, 0.25]])
+    bottom = torch.tensor([[0.25, 0.25, 0.25], [0.25, 1.25, 0.25]])
+    want = torch.cat([top / top.norm(), -bottom / bottom.norm()])
+    assert torch.allclose(eta(3), want / want.norm(), atol=1e-6)
+    for s in (4, 5, 9):
+        e = eta(s)
+        assert e.shape == (s, s) and abs(e.norm().item() - 1) < 1e-5
+        assert (e[: s // 2] > 0).all() and (e[s // 2:] < 0).all()
+
+
+def test_square_l2_stays_in_the_ball_and_the_box(tiny_model, tiny_data):
+    x, y = tiny_data
+    x, y = x[:30], y[:30]
+    r = square(tiny_model, x, y, threat=L2(0.5), queries=200, generator=torch.Generator().manual_seed(1))
+    assert (L2(0.5).distance(r.x_adv, x) <= 0.5 + 1e-5).all()
+    assert r.x_adv.min() >= 0 and r.x_adv.max() <= 1
