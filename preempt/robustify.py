@@ -76,7 +76,9 @@ class RobustifyConfig:
     optimizer: str = "sign"    # sign: steepest descent in the norm, cosine-decayed steps;
                                # rmsprop: the reference code's tanh box reparametrisation + RMSprop (ℓ∞)
     lr: float = 0.1            # rmsprop learning rate (the reference code's)
-    init: str = "original"     # original | random (a random point of the δ-ball, as the reference code)
+    init: str = "auto"         # original | random (a random point of the δ-ball, as the reference code)
+                               # | descent: one signed step down the clean loss (the x̂_r of preempt training)
+                               # | auto: descent for models trained with preempt (their card says), else original
     early_stop: bool = True    # False: no checks before the last step (the paper's algorithm)
     seed: int = 0
 
@@ -93,6 +95,19 @@ class RobustifyConfig:
 
     def eps_ball(self) -> ThreatModel:
         return threat_model(self.norm, self.eps)
+
+
+def resolve_init(init: str, model) -> str:
+    """``auto`` → ``descent`` for a model whose card says it was trained with ``preempt`` (it learnt
+    to be robust around exactly those points: on 300 test images robustified against
+    fmnist-linf-preempt, PGD-20 accuracy 81.3% from there vs 79.3% from the original, with fewer
+    passes; for the pgd-at model the two starts were within 2 images), else ``original``."""
+    if init not in ("auto", "original", "random", "descent"):
+        raise ValueError(f"unknown init {init!r}; choose auto, original, random or descent")
+    if init != "auto":
+        return init
+    card = getattr(model, "card", None) or {}
+    return "descent" if card.get("training", {}).get("method") == "preempt" else "original"
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -141,7 +156,14 @@ def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
     if cfg.optimizer == "rmsprop" and not isinstance(dball, Linf):
         raise ValueError("optimizer='rmsprop' (the tanh box reparametrisation) is for ℓ∞ only")
-    x_r = dball.random_start(x_o, generator=gen) if cfg.init == "random" else x_o.clone()
+    init = resolve_init(cfg.init, model)
+    if init == "random":
+        x_r = dball.random_start(x_o, generator=gen)
+    elif init == "descent":
+        from .train.methods import descend
+        x_r = descend(model, x_o, y, dball, 1)
+    else:
+        x_r = x_o.clone()
     if cfg.optimizer == "rmsprop":
         lo, hi = (x_o - cfg.delta).clamp_min(0), (x_o + cfg.delta).clamp_max(1)
         w = torch.atanh(((x_r - lo) / (hi - lo).clamp_min(1e-12) - 0.5) * 1.999)
@@ -150,7 +172,7 @@ def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
     done = torch.zeros(n, dtype=torch.bool, device=dev)
     robust = torch.zeros(n, dtype=torch.bool, device=dev)
     steps_used = torch.zeros(n, dtype=torch.long)
-    passes = torch.zeros(n, dtype=torch.long)
+    passes = torch.full((n,), 1 if init == "descent" else 0, dtype=torch.long)
     last_loss = torch.full((n,), float("nan"))
     seconds = torch.zeros(n)
     survived = torch.zeros(n, dtype=torch.bool, device=dev)  # inner attack failed at last step

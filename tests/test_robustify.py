@@ -1,7 +1,7 @@
 import torch
 import pytest
 
-from preempt import L2, Linf, robustify
+from preempt import L2, Linf, RobustifyConfig, robustify
 from preempt.attacks import pgd
 
 
@@ -72,3 +72,25 @@ def test_paper_configuration_runs_within_budget(tiny_model, tiny_data):
     assert all(16 < i.passes <= 4 * 4 + 21 for i in res.images)  # 4 × (3 inner + 1) + at most one PGD-20 check
     with pytest.raises(ValueError):
         robustify(tiny_model, x, config=RobustifyConfig.paper(norm="l2", optimizer="rmsprop", steps=1))
+
+
+def test_init_auto_starts_preempt_trained_models_with_a_descent_step(tiny_model, tiny_data):
+    import copy
+
+    from preempt.robustify import resolve_init
+
+    x, _ = tiny_data
+    x = x[:12]
+    pre = copy.copy(tiny_model)
+    pre.card = {**tiny_model.card, "training": {"method": "preempt"}}
+    assert resolve_init("auto", pre) == "descent" and resolve_init("auto", tiny_model) == "original"
+    assert resolve_init("random", pre) == "random"
+    with pytest.raises(ValueError, match="unknown init"):
+        resolve_init("sideways", tiny_model)
+    d = robustify(tiny_model, x, config=RobustifyConfig(steps=0, init="descent"))
+    o = robustify(tiny_model, x, config=RobustifyConfig(steps=0, init="original"))
+    # the descent start moved the images within δ, down the loss of their own labels
+    assert (Linf(0.1).distance(d.x, x) <= 0.1 + 1e-6).all() and (d.x != x).any()
+    y = tiny_model.predict(x)
+    ce = torch.nn.functional.cross_entropy
+    assert ce(tiny_model(d.x), y) < ce(tiny_model(o.x), y)

@@ -23,6 +23,7 @@ def robustify_cmd(
     steps: int = typer.Option(30, help="Outer steps at most."),
     inner_steps: int = typer.Option(10, help="Steps of the unrolled inner attack (T)."),
     check_steps: int = typer.Option(20, help="Steps of the PGD check that decides 'robust'."),
+    init: str = typer.Option("auto", help="Start: auto (descent for preempt-trained models, else original) | original | descent | random."),
     fmt: str = typer.Option("png", "--format", help="png (lossless, default) | jpeg (verified again after encoding)."),
     quality: int = typer.Option(95, help="JPEG quality."),
     overwrite: bool = typer.Option(False, help="Replace existing outputs (default: skip them, so reruns resume)."),
@@ -42,6 +43,8 @@ def robustify_cmd(
 
     if fmt not in ("png", "jpeg", "jpg"):
         fail(f"--format {fmt}: choose png or jpeg", EXIT_USAGE)
+    if init not in ("auto", "original", "descent", "random"):
+        fail(f"--init {init}: choose auto, original, descent or random", EXIT_USAGE)
     dev, clf, norm, eps, delta = model_and_budgets(model, device, norm, eps, delta)
     for p in paths:
         if not p.exists():
@@ -53,7 +56,7 @@ def robustify_cmd(
             fail("--smoothing-sigma must be > 0", EXIT_USAGE)
         clf = Smoothed(clf, sigma, noise_samples, generator=torch.Generator(device=dev).manual_seed(seed))
     cfg = RobustifyConfig(norm=norm, delta=delta, eps=eps, steps=steps, inner_steps=inner_steps,
-                          check_steps=check_steps, seed=seed)
+                          check_steps=check_steps, init=init, seed=seed)
     err_console.print(f"model {clf.name} on {dev}; {norm} δ={delta:g} ε={eps:g}; "
                       f"≤{steps} outer × {inner_steps} inner steps, check PGD-{check_steps}", highlight=False)
     with Progress(TextColumn("[bold]robustify"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
