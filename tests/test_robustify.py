@@ -74,7 +74,7 @@ def test_paper_configuration_runs_within_budget(tiny_model, tiny_data):
         robustify(tiny_model, x, config=RobustifyConfig.paper(norm="l2", optimizer="rmsprop", steps=1))
 
 
-def test_init_auto_starts_preempt_trained_models_with_a_descent_step(tiny_model, tiny_data):
+def test_init_auto_follows_the_card(tiny_model, tiny_data):
     import copy
 
     from preempt.robustify import resolve_init
@@ -82,7 +82,7 @@ def test_init_auto_starts_preempt_trained_models_with_a_descent_step(tiny_model,
     x, _ = tiny_data
     x = x[:12]
     pre = copy.copy(tiny_model)
-    pre.card = {**tiny_model.card, "training": {"method": "preempt"}}
+    pre.card = {**tiny_model.card, "robustify": {"init": "descent"}}
     assert resolve_init("auto", pre) == "descent" and resolve_init("auto", tiny_model) == "original"
     assert resolve_init("random", pre) == "random"
     with pytest.raises(ValueError, match="unknown init"):

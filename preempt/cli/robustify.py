@@ -23,7 +23,7 @@ def robustify_cmd(
     steps: int = typer.Option(30, help="Outer steps at most."),
     inner_steps: int = typer.Option(10, help="Steps of the unrolled inner attack (T)."),
     check_steps: int = typer.Option(20, help="Steps of the PGD check that decides 'robust'."),
-    init: str = typer.Option("auto", help="Start: auto (descent for preempt-trained models, else original) | original | descent | random."),
+    init: str = typer.Option("auto", help="Start: auto (what the model card recommends, else original) | original | descent | random."),
     fmt: str = typer.Option("png", "--format", help="png (lossless, default) | jpeg (verified again after encoding)."),
     quality: int = typer.Option(95, help="JPEG quality."),
     overwrite: bool = typer.Option(False, help="Replace existing outputs (default: skip them, so reruns resume)."),
