@@ -70,6 +70,7 @@ class RobustifyConfig:
     check_every: int = 5
     check_steps: int = 20
     check_restarts: int = 1
+    check_loss: str = "ce"     # ce | dlr | ce+dlr: the check's PGD loss(es)
     min_steps: int = 5         # outer steps before the first check
     quantize: bool = True
     create_graph: bool = False  # second-order unrolling (ℓ2 only)
@@ -120,17 +121,19 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def check(model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *, steps: int = 20,
-          restarts: int = 1, generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
-    """PGD check: (robust mask, passes).  Robust = no iterate of any restart changed the label."""
+          restarts: int = 1, loss: str = "ce", generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+    """PGD check: (robust mask, passes).  Robust = no iterate of any restart changed the label.
+    ``loss``: ``ce``, ``dlr``, or ``ce+dlr`` (a CE attack, then a DLR attack on the survivors)."""
     robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
     passes = 0
-    for _ in range(restarts):
-        idx = robust.nonzero().squeeze(1)
-        if len(idx) == 0:
-            break
-        res = pgd(model, x[idx], y[idx], threat=threat, steps=steps, generator=generator)
-        passes += res.passes
-        robust[idx[res.success]] = False
+    for name in loss.split("+"):
+        for _ in range(restarts):
+            idx = robust.nonzero().squeeze(1)
+            if len(idx) == 0:
+                break
+            res = pgd(model, x[idx], y[idx], threat=threat, steps=steps, loss=name, generator=generator)
+            passes += res.passes
+            robust[idx[res.success]] = False
     return robust, passes
 
 
@@ -183,7 +186,8 @@ def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
 
     def run_check(idx: torch.Tensor) -> None:
         q = quantize(x_r[idx], x_o[idx], dball) if cfg.quantize else x_r[idx]
-        ok, p = check(model, q, y[idx], eball, steps=cfg.check_steps, restarts=cfg.check_restarts, generator=gen)
+        ok, p = check(model, q, y[idx], eball, steps=cfg.check_steps, restarts=cfg.check_restarts,
+                      loss=cfg.check_loss, generator=gen)
         passes[idx.cpu()] += int(round(p / max(len(idx), 1)))
         final[idx] = q
         robust[idx] = ok
