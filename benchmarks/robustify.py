@@ -86,7 +86,7 @@ def photo_run(model_name: str | None, size: tuple[int, int], steps: int) -> dict
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=500)
-    ap.add_argument("--model", default=None)
+    ap.add_argument("--model", default="fmnist-linf-fastat", help="the model of the committed results")
     ap.add_argument("--batch", type=int, default=250)
     ap.add_argument("--methods", default="ours,paper")
     ap.add_argument("--no-photo", action="store_true")
