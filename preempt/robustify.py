@@ -98,6 +98,9 @@ class RobustifyConfig:
         return threat_model(self.norm, self.eps)
 
 
+INITS = ("auto", "original", "descent", "random")
+
+
 def resolve_init(init: str, model) -> str:
     """``auto`` → the start the model's card recommends (``card["robustify"]["init"]``, set where
     it was measured to help), else ``original``.
@@ -106,13 +109,13 @@ def resolve_init(init: str, model) -> str:
     82.2% from the descent start vs 80.4% from the original (and 121 vs 129 passes per image);
     for fmnist-l2-preempt (300 images) 79.0% vs 81.0%, and for the pgd-at model 85.7% vs 86.3% —
     so only the ℓ∞ preempt cards recommend it."""
-    if init not in ("auto", "original", "random", "descent"):
-        raise ValueError(f"unknown init {init!r}; choose auto, original, random or descent")
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; choose {', '.join(INITS)}")
     if init != "auto":
         return init
     card = getattr(model, "card", None) or {}
     rec = (card.get("robustify") or {}).get("init", "original")
-    return rec if rec in ("original", "random", "descent") else "original"
+    return rec if rec in INITS[1:] else "original"
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -46,7 +46,7 @@ def p_selection(p_init: float, it: int, queries: int) -> float:
 def _margin(model, x, y):
     with torch.inference_mode():
         m = -losses.margin(model(x), y)  # z_y − max other: minimise
-    return m.clone()  # z_y − max other: minimise
+    return m.clone()
 
 
 def _windows(n, h, w, s, gen, device):

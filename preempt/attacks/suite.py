@@ -40,11 +40,18 @@ from .square import square
 from .transfer import transfer
 
 
-def attack_names(suite: str) -> list[str]:
-    return [n for n, _ in _attacks(suite, None)]
+def attack_names(suite: str, surrogate=None) -> list[str]:
+    names = {"pgd": ["pgd-20"], "quick": ["pgd-20", "apgd-ce"],
+             "standard": ["apgd-ce", "apgd-t", "fab-t", "square"],
+             "rand": ["apgd-ce-eot", "apgd-dlr-eot"], "adaptive": ["adaptive"],
+             "blackbox": ["square"] + (["transfer-pgd-20", "transfer-apgd-ce"] if surrogate is not None else [])}
+    if suite not in names:
+        raise ValueError(f"unknown suite {suite!r}; choose from {sorted(names)}")
+    return names[suite]
 
 
-def _attacks(suite: str, gen: torch.Generator | None, surrogate=None) -> list[tuple[str, Callable]]:
+def _attack(name: str, gen: torch.Generator | None, surrogate=None) -> Callable:
+    """The attack ``name`` as ``f(model, x, y, threat)``, drawing from ``gen``."""
     A = {
         "pgd-20": lambda m, x, y, t: pgd(m, x, y, threat=t, steps=20, generator=gen),
         "apgd-ce": lambda m, x, y, t: apgd(m, x, y, threat=t, loss="ce", generator=gen),
@@ -58,13 +65,7 @@ def _attacks(suite: str, gen: torch.Generator | None, surrogate=None) -> list[tu
         "transfer-apgd-ce": lambda m, x, y, t: transfer(m, x, y, threat=t, surrogate=surrogate, attack="apgd-ce",
                                                         generator=gen),
     }
-    names = {"pgd": ["pgd-20"], "quick": ["pgd-20", "apgd-ce"],
-             "standard": ["apgd-ce", "apgd-t", "fab-t", "square"],
-             "rand": ["apgd-ce-eot", "apgd-dlr-eot"], "adaptive": ["adaptive"],
-             "blackbox": ["square"] + (["transfer-pgd-20", "transfer-apgd-ce"] if surrogate is not None else [])}
-    if suite not in names:
-        raise ValueError(f"unknown suite {suite!r}; choose from {sorted(names)}")
-    return [(n, A[n]) for n in names[suite]]
+    return A[name]
 
 
 SUITES = ("pgd", "quick", "standard", "rand", "blackbox")  # "adaptive" runs as its own row
@@ -101,33 +102,29 @@ def run_suite(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, s
     res.per_attack["clean"] = robust.float().mean().item()
     n_workers = workers if workers is not None else default_workers(model)
     threads = torch.get_num_threads()
-    for i, (name, _) in enumerate(_attacks(suite, generator, surrogate)):
+
+    def job(chunk, attack, nthreads=None):
+        if nthreads is not None:  # OpenMP's thread count is per thread: set it in each worker
+            torch.set_num_threads(nthreads)
+        return chunk, attack(model, x[chunk], y[chunk], threat)
+
+    for name in attack_names(suite, surrogate):
         idx = robust.nonzero().squeeze(1)
         t0 = time.perf_counter()
         if len(idx):
             w = min(n_workers, len(idx))
             if w <= 1:
-                parts = [(idx, _attacks(suite, generator, surrogate)[i][1])]
+                results = [job(idx, _attack(name, generator, surrogate))]
             else:
                 seeds = torch.randint(0, 2 ** 62, (w,), generator=generator).tolist()
-                parts = [(chunk, _attacks(suite, torch.Generator(device=x.device).manual_seed(sd)
-                                          if generator is not None else None, surrogate)[i][1])
-                         for chunk, sd in zip(idx.tensor_split(w), seeds)]
-
-            def job(part, nthreads=None):
-                if nthreads is not None:  # OpenMP's thread count is per thread: set it in each worker
-                    torch.set_num_threads(nthreads)
-                chunk, attack = part
-                return chunk, attack(model, x[chunk], y[chunk], threat)
-
-            if len(parts) == 1:
-                results = [job(parts[0])]
-            else:
-                per = max(1, threads // len(parts))
+                gens = [torch.Generator(device=x.device).manual_seed(sd) if generator is not None else None
+                        for sd in seeds]
+                per = max(1, threads // w)
                 torch.set_num_threads(per)
                 try:
-                    with ThreadPoolExecutor(len(parts)) as ex:
-                        results = list(ex.map(lambda p: job(p, per), parts))
+                    with ThreadPoolExecutor(w) as ex:
+                        results = list(ex.map(lambda cg: job(cg[0], _attack(name, cg[1], surrogate), per),
+                                              zip(idx.tensor_split(w), gens)))
                 finally:
                     torch.set_num_threads(threads)
             res.passes[name] = 0

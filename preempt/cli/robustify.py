@@ -39,12 +39,12 @@ def robustify_cmd(
     import torch
 
     from ..jobs import robustify_files
-    from ..robustify import RobustifyConfig
+    from ..robustify import INITS, RobustifyConfig
 
     if fmt not in ("png", "jpeg", "jpg"):
         fail(f"--format {fmt}: choose png or jpeg", EXIT_USAGE)
-    if init not in ("auto", "original", "descent", "random"):
-        fail(f"--init {init}: choose auto, original, descent or random", EXIT_USAGE)
+    if init not in INITS:
+        fail(f"--init {init}: choose {', '.join(INITS)}", EXIT_USAGE)
     dev, clf, norm, eps, delta = model_and_budgets(model, device, norm, eps, delta)
     for p in paths:
         if not p.exists():
