@@ -74,6 +74,16 @@ class ThreatModel:
         eps = self.eps if eps is None else eps
         return (center + self._project_ball(x - center, eps)).clamp(0.0, 1.0)
 
+    def project_delta(self, delta: torch.Tensor, eps: float | None = None) -> torch.Tensor:
+        """Project a perturbation onto the ball (no pixel box): for variables that are changes,
+        not images (robustify's model-resolution change)."""
+        return self._project_ball(delta, self.eps if eps is None else eps)
+
+    def sample_delta(self, like: torch.Tensor, eps: float | None = None, *,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        """A random perturbation inside the ball, shaped like ``like`` (no pixel box)."""
+        return self._sample(like, self.eps if eps is None else eps, generator)
+
     def random_start(
         self, center: torch.Tensor, eps: float | None = None, *, generator: torch.Generator | None = None
     ) -> torch.Tensor:

@@ -1,7 +1,12 @@
-"""Models: architectures, the preprocessing wrapper, bundled weights."""
+"""Models: the :class:`Model` protocol, architectures, the preprocessing wrapper, loading."""
 from .architectures import build, names as architectures
-from .registry import DEFAULT_MODEL, ModelError, bundled, default_model_name, from_card, load_model, save_model
+from .files import ModelError
+from .protocol import Model
+from .registry import (DEFAULT_MODEL, IMAGENET_MODEL, bundled, default_model_name, from_card, imagenet_available,
+                       load_model, save_model)
+from .resample import Resampling
 from .wrapper import Classifier, Preprocessing
 
-__all__ = ["build", "architectures", "Classifier", "Preprocessing", "load_model", "save_model", "from_card",
-           "bundled", "default_model_name", "DEFAULT_MODEL", "ModelError"]
+__all__ = ["Model", "build", "architectures", "Classifier", "Preprocessing", "Resampling", "load_model",
+           "save_model", "from_card", "bundled", "default_model_name", "imagenet_available", "DEFAULT_MODEL",
+           "IMAGENET_MODEL", "ModelError"]

@@ -69,3 +69,11 @@ def mlp(*, in_channels: int = 1, num_classes: int = 10, width: int = 64, input_s
         nn.Linear(in_channels * input_size * input_size, width), nn.ReLU(),
         nn.Linear(width, num_classes),
     )
+
+
+@register("efficientnet-lite0")
+def efficientnet_lite0(*, num_classes: int = 1000) -> nn.Module:
+    """EfficientNet-Lite0 for 224×224 RGB ImageNet (see :mod:`preempt.models.efficientnet`)."""
+    from .efficientnet import EfficientNetLite0
+
+    return EfficientNetLite0(num_classes)

