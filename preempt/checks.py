@@ -38,7 +38,7 @@ def run_checks(model, x: torch.Tensor, y: torch.Tensor, threat, *, broken_by: li
     sums = a.sum(1)
     soft = bool(((a >= 0) & (a <= 1)).all() and torch.allclose(sums, torch.ones_like(sums), atol=1e-4))
     flags.append(Flag("softmax", soft, "outputs lie in [0,1] and sum to 1" if soft else "outputs are logits"))
-    differentiable = getattr(model, "differentiable", True)
+    differentiable = model.differentiable
     if differentiable:
         _, g = _grad(model, x, y, losses.ce)
         zero = (g.flatten(1).abs().amax(1) == 0).float().mean().item()

@@ -18,6 +18,8 @@ from PIL import Image
 from . import __version__
 from .photos import (Photo, PhotoError, decode, encode, from_tensor, iter_images, load_photo, output_path,
                      write_atomic)
+from .metrics import psnr, ssim
+from .resolution import at_model_input
 from .robustify import RobustifyConfig, check, robustify
 from .threat import L2, Linf, threat_model
 
@@ -137,13 +139,16 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
                             raise PhotoError("PNG round trip changed pixels")
                         robust = info.robust
                     else:  # lossy: verify again after encoding, and measure the budget from the file
-                        ok, p = check(model, xs, torch.tensor([info.label], device=xs.device), eball,
-                                      steps=cfg.check_steps, restarts=cfg.check_restarts)
+                        mi = at_model_input(model, xs, eball, cfg.resolution)
+                        ok, p = check(mi.model, mi.x, torch.tensor([info.label], device=xs.device), mi.threat,
+                                      steps=cfg.check_steps, restarts=cfg.check_restarts, loss=cfg.check_loss)
                         robust = bool(ok[0])
                         metrics["passes"] += p
                         metrics["robust_before_encoding"] = info.robust
                         metrics["linf"] = float(Linf(0).distance(xs, x[i:i + 1])[0])
                         metrics["l2"] = float(L2(0).distance(xs, x[i:i + 1])[0])
+                        metrics["psnr"] = float(psnr(xs, x[i:i + 1])[0])
+                        metrics["ssim"] = float(ssim(xs, x[i:i + 1])[0])
                         metrics["within_budget"] = bool(dball.distance(xs, x[i:i + 1])[0] <= cfg.delta + 1e-6)
                     metrics["robust"] = robust
                     write_atomic(dst, data)
@@ -173,6 +178,7 @@ class VerifyConfig:
     n0: int = 100
     n: int = 10000
     alpha: float = 0.001
+    resolution: str = "auto"        # auto | model | full: attack the model input or every photo pixel
 
     def describe(self) -> dict:
         """The attacks' parameters, as reports state them."""
@@ -185,7 +191,7 @@ class VerifyConfig:
         return {"suite": self.suite, "attacks": attacks, "attack": "pgd" if self.suite == "pgd" else self.suite,
                 "steps": self.steps, "step_size": self.step_size or self.eps / 4, "norm": self.norm,
                 "eps": self.eps, "random_start": True, "restarts": self.restarts, "seed": self.seed,
-                "surrogate": getattr(self.surrogate, "name", None),
+                "surrogate": getattr(self.surrogate, "name", None), "resolution": self.resolution,
                 "certify": {"sigma": self.sigma, "n0": self.n0, "n": self.n, "alpha": self.alpha} if self.certify else None}
 
 
@@ -220,7 +226,7 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
     from .checks import run_checks
 
     cfg = config or VerifyConfig()
-    if not getattr(model, "differentiable", True) and (cfg.suite != "blackbox" or cfg.adaptive):
+    if not model.differentiable and (cfg.suite != "blackbox" or cfg.adaptive):
         raise ValueError(f"{model.name} has no gradients (ONNX): use --suite blackbox, without --adaptive")
     threat = threat_model(cfg.norm, cfg.eps)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -247,22 +253,26 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
             emit(FileResult(str(f), "failed", error=str(e)))
 
     def attack(x, y, correct) -> tuple[torch.Tensor, list]:
-        """``correct``: the clean predictions already compared with ``y`` (no second forward pass)."""
+        """``correct``: the clean predictions already compared with ``y`` (no second forward pass).
+        Photos larger than the model input are attacked at model resolution over the image of
+        their ε-ball, which contains every full-resolution attack (preempt.resolution)."""
+        mi = at_model_input(model, x, threat, cfg.resolution)
+        model_, x, threat_ = mi.model, mi.x, mi.threat
         if cfg.suite != "pgd":
-            r = run_suite(model, x, y, threat=threat, suite=cfg.suite, generator=gen, surrogate=cfg.surrogate)
+            r = run_suite(model_, x, y, threat=threat_, suite=cfg.suite, generator=gen, surrogate=cfg.surrogate)
             robust, broken = r.robust, r.broken_by
         else:
             robust = correct.clone()
             broken = [None if ok else "clean" for ok in robust.tolist()]
             name = f"pgd-{cfg.steps}"
             for _ in range(cfg.restarts):
-                res = pgd(model, x, y, threat=threat, steps=cfg.steps, step_size=cfg.step_size, generator=gen)
+                res = pgd(model_, x, y, threat=threat_, steps=cfg.steps, step_size=cfg.step_size, generator=gen)
                 for i in (robust & res.success).nonzero().squeeze(1).tolist():
                     broken[i] = name
                 robust &= res.robust
         if cfg.adaptive and robust.any():
             idx = robust.nonzero().squeeze(1)
-            res = adaptive(model, x[idx], y[idx], threat=threat, generator=gen)
+            res = adaptive(model_, x[idx], y[idx], threat=threat_, generator=gen)
             for i in idx[res.success].tolist():
                 broken[i] = "adaptive"
             robust[idx[res.success]] = False
@@ -290,7 +300,8 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
         rob_o, broken_o = attack(xo, y, torch.ones_like(y, dtype=torch.bool)) if xo is not None else (None, None)
         dt = (time.perf_counter() - t0) / len(batch)
         if first and cfg.checks:
-            report.flags = run_checks(model, x, y, threat, broken_by=broken if cfg.suite == "standard" else None,
+            mi = at_model_input(model, x, threat, cfg.resolution)
+            report.flags = run_checks(mi.model, mi.x, y, mi.threat, broken_by=broken if cfg.suite == "standard" else None,
                                       generator=gen)
             first = False
         for j, (f, p, o) in enumerate(batch):

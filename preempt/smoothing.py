@@ -120,7 +120,11 @@ def certify(model, x: torch.Tensor, *, sigma: float, n0: int = 100, n: int = 100
 
 
 class Smoothed(nn.Module):
-    """Logits of the soft smoothed classifier: log mean softmax f(x + η), η ~ N(0, σ²I)."""
+    """Logits of the soft smoothed classifier: log mean softmax f(x + η), η ~ N(0, σ²I).
+    Implements :class:`~preempt.models.Model` (noise is added to the photo's own pixels, so
+    robustify and verify keep the full-resolution path for it)."""
+
+    differentiable = True
 
     def __init__(self, model, sigma: float, samples: int = 8, generator: torch.Generator | None = None) -> None:
         super().__init__()

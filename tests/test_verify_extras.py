@@ -82,6 +82,8 @@ def test_flags_catch_a_randomized_softmax_model(tiny_model, tiny_data):
     x, y = tiny_data
 
     class Noisy(torch.nn.Module):
+        differentiable = True
+
         def forward(self, z):
             return torch.softmax(tiny_model(z + 0.05 * torch.randn_like(z)), 1)
 

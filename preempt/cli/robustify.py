@@ -1,14 +1,16 @@
 """``preempt robustify``: robustified copies of photos, judged as saved."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .common import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, err_console, fail, model_and_budgets, print_json,
-                     report_error)
+from .common import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, CardOpt, ChannelsOpt, InputSizeOpt, MeanOpt, ModelOpt,
+                     ModelSpec, PolicyOpt, ResizeSizeOpt, StdOpt, WeightsOpt, colour_notice, err_console, fail,
+                     model_and_budgets, print_json, report_error)
 from .tables import summary_table
 
 
@@ -16,14 +18,28 @@ def robustify_cmd(
     paths: List[Path] = typer.Argument(..., help="Photos and/or folders (walked for images)."),
     out: Path = typer.Option(Path("robustified"), "--out", "-o",
                              help="Output folder; NAME.ext becomes OUT/[sub-folders/]NAME.robust.png."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Bundled model name or weight file (default: the bundled default)."),
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    card: CardOpt = None,
+    input_size: InputSizeOpt = None,
+    resize_policy: PolicyOpt = None,
+    resize_size: ResizeSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    channels: ChannelsOpt = None,
     norm: Optional[str] = typer.Option(None, help="linf | l2 (default: the model's threat model)."),
     delta: Optional[float] = typer.Option(None, help="Robustification budget δ (default: the model's)."),
     eps: Optional[float] = typer.Option(None, help="Attack budget ε to be robust against (default: the model's)."),
     steps: int = typer.Option(30, help="Outer steps at most."),
     inner_steps: int = typer.Option(10, help="Steps of the unrolled inner attack (T)."),
     check_steps: int = typer.Option(20, help="Steps of the PGD check that decides 'robust'."),
-    init: str = typer.Option("auto", help="Start: auto (what the model card recommends, else original) | original | descent | random."),
+    init: Literal["auto", "original", "descent", "random"] = typer.Option("auto",
+                             help="Start: auto (what the model card recommends, else original), original, descent or random."),
+    goal: Literal["strongest", "least-visible"] = typer.Option("strongest",
+                             help="least-visible: once verified, shrink the change while it stays robust (a few more checks)."),
+    resolution: Literal["auto", "model", "full"] = typer.Option("auto",
+                                   help="Where robustify works: auto/model = at the model's input resolution, lifted to the "
+                                        "photo (fast for large photos); full = every pass on every pixel (the reference path)."),
     fmt: str = typer.Option("png", "--format", help="png (lossless, default) | jpeg (verified again after encoding)."),
     quality: int = typer.Option(95, help="JPEG quality."),
     overwrite: bool = typer.Option(False, help="Replace existing outputs (default: skip them, so reruns resume)."),
@@ -39,26 +55,33 @@ def robustify_cmd(
     import torch
 
     from ..jobs import robustify_files
-    from ..robustify import INITS, RobustifyConfig
+    from ..robustify import RobustifyConfig, resolve_init
 
     if fmt not in ("png", "jpeg", "jpg"):
         fail(f"--format {fmt}: choose png or jpeg", EXIT_USAGE)
-    if init not in INITS:
-        fail(f"--init {init}: choose {', '.join(INITS)}", EXIT_USAGE)
-    dev, clf, norm, eps, delta = model_and_budgets(model, device, norm, eps, delta)
+    spec = ModelSpec(model, weights, card, input_size, resize_policy, resize_size, mean, std, channels)
+    dev, clf, norm, eps, delta = model_and_budgets(spec, device, norm, eps, delta)
+    if not clf.differentiable:
+        fail(f"{clf.name}: an ONNX model has no gradients, so it cannot be robustified against; use the torch model it "
+             "was exported from (or its TorchScript/state_dict file) here, and the ONNX file with preempt verify",
+             EXIT_ERROR)
+    if check_steps < 1:
+        fail("--check-steps must be >= 1: robust means a check found no attack", EXIT_USAGE)
+    colour_notice(paths, clf, given=model is not None)
     for p in paths:
         if not p.exists():
             report_error(f"{p}: no such file or folder")
     if sigma is not None:
         from ..smoothing import Smoothed
 
-        if sigma <= 0:
-            fail("--smoothing-sigma must be > 0", EXIT_USAGE)
+        if not (math.isfinite(sigma) and sigma > 0):
+            fail(f"--smoothing-sigma {sigma}: must be a finite number > 0", EXIT_USAGE)
         clf = Smoothed(clf, sigma, noise_samples, generator=torch.Generator(device=dev).manual_seed(seed))
     cfg = RobustifyConfig(norm=norm, delta=delta, eps=eps, steps=steps, inner_steps=inner_steps,
-                          check_steps=check_steps, init=init, seed=seed)
+                          check_steps=check_steps, init=resolve_init(init, clf), seed=seed, goal=goal,
+                          resolution=resolution)
     err_console.print(f"model {clf.name} on {dev}; {norm} δ={delta:g} ε={eps:g}; "
-                      f"≤{steps} outer × {inner_steps} inner steps, check PGD-{check_steps}", highlight=False)
+                      f"≤{steps} outer × {inner_steps} inner steps, check PGD-{check_steps}, goal {goal}", highlight=False)
     with Progress(TextColumn("[bold]robustify"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
                   TimeElapsedColumn(), console=err_console) as bar:
         task = bar.add_task("", total=None, last="")

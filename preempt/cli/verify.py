@@ -2,19 +2,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 import typer
 
-from .common import (EXIT_ERROR, EXIT_NOT_ROBUST, EXIT_OK, EXIT_USAGE, err_console, fail, load_model_or_fail,
-                     model_and_budgets, print_json, report_error)
+from .common import (EXIT_ERROR, EXIT_NOT_ROBUST, EXIT_OK, EXIT_USAGE, CardOpt, ChannelsOpt, InputSizeOpt, MeanOpt,
+                     ModelOpt, ModelSpec, PolicyOpt, ResizeSizeOpt, StdOpt, WeightsOpt, err_console, fail,
+                     load_model_or_fail, model_and_budgets, print_json, report_error)
 from .tables import attack_table, verify_table
 
 
 def verify_cmd(
     paths: List[Path] = typer.Argument(..., help="Photos and/or folders to attack."),
     original: Optional[List[Path]] = typer.Option(None, "--original", help="The originals, one per photo in the same order (files or folders); attacked too, for before vs after."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Bundled model name or weight file."),
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    card: CardOpt = None,
+    input_size: InputSizeOpt = None,
+    resize_policy: PolicyOpt = None,
+    resize_size: ResizeSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    channels: ChannelsOpt = None,
+    resolution: Literal["auto", "model", "full"] = typer.Option("auto",
+                                   help="auto/model: attack a large photo at the model's input resolution over the image "
+                                        "of its ε-ball (contains every full-resolution attack; fast); full: attack every pixel."),
     norm: Optional[str] = typer.Option(None, help="linf | l2 (default: the model's)."),
     eps: Optional[float] = typer.Option(None, help="Attack budget ε (default: the model's)."),
     suite: str = typer.Option("pgd", help="pgd (PGD-20) | quick (PGD-20, APGD-CE) | standard (APGD-CE, APGD-T, FAB-T, Square) | rand (APGD with EOT)."),
@@ -37,10 +49,11 @@ def verify_cmd(
     from ..jobs import VerifyConfig, verify_files
     from ..report import summarize, write_html
 
-    dev, clf, norm, eps, _ = model_and_budgets(model, device, norm, eps)
+    spec = ModelSpec(model, weights, card, input_size, resize_policy, resize_size, mean, std, channels)
+    dev, clf, norm, eps, _ = model_and_budgets(spec, device, norm, eps)
     from ..attacks import SUITES
 
-    if not getattr(clf, "differentiable", True) and suite != "blackbox":
+    if not clf.differentiable and suite != "blackbox":
         err_console.print(f"{clf.name} has no gradients (ONNX): using --suite blackbox (Square + transfer attacks)",
                           highlight=False)
         suite = "blackbox"
@@ -48,7 +61,8 @@ def verify_cmd(
         fail(f"--suite {suite}: choose one of {', '.join(SUITES)}", EXIT_USAGE)
     sur = load_model_or_fail(surrogate, dev) if suite == "blackbox" else None
     cfg = VerifyConfig(norm=norm, eps=eps, suite=suite, steps=steps, restarts=restarts, seed=seed, adaptive=adaptive,
-                       checks=checks, certify=certify, surrogate=sur, sigma=sigma, n0=n0, n=n, alpha=alpha)
+                       checks=checks, certify=certify, surrogate=sur, sigma=sigma, n0=n0, n=n, alpha=alpha,
+                       resolution=resolution)
     missing = [p for p in [*paths, *(original or [])] if not p.exists()]
     for p in missing:
         report_error(f"{p}: no such file or folder")
