@@ -1,4 +1,4 @@
-"""``python -m preempt`` (also what ``torchrun -m preempt train ...`` runs)."""
+"""``python -m preempt``: the command line."""
 from .cli import main
 
 main()

@@ -20,10 +20,10 @@ def _luma(x: torch.Tensor) -> torch.Tensor:
     return (x[:, :3] * w).sum(1, keepdim=True)
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor, *, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def ssim(a: torch.Tensor, b: torch.Tensor, *, window: int = 11, sigma: float = 1.5, strip: int = 256) -> torch.Tensor:
     """Structural similarity (Wang et al. 2004) per image, on the luma channel: Gaussian window
-    11, σ 1.5, K1 0.01, K2 0.03, the mean of the SSIM map over valid positions (one image at a
-    time, so a 12 MP photo needs a few luma-sized buffers, not colour ones)."""
+    11, σ 1.5, K1 0.01, K2 0.03, the mean of the SSIM map over valid positions (one image and one
+    strip of rows at a time, so a 12 MP photo needs no photo-sized buffers)."""
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     r = torch.arange(window, dtype=torch.float32, device=a.device) - (window - 1) / 2
     g = torch.exp(-r ** 2 / (2 * sigma ** 2))
@@ -35,14 +35,24 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, window: int = 11, sigma: float = 1
         if min(x.shape[-2:]) < window:
             out.append(torch.tensor(1.0 if torch.equal(x, y) else float("nan")))
             continue
-
-        def blur(t: torch.Tensor) -> torch.Tensor:
-            return F.conv2d(F.conv2d(t, gh), gw)
-
-        mx, my = blur(x), blur(y)
-        sxx = blur(x * x) - mx * mx
-        syy = blur(y * y) - my * my
-        sxy = blur(x * y) - mx * my
-        m = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-        out.append(m.mean().cpu())
+        total, count = 0.0, 0
+        rows = x.shape[-2] - window + 1  # valid output rows, computed in strips to bound memory
+        for r0 in range(0, rows, strip):
+            r1 = min(rows, r0 + strip)
+            xs, ys = x[..., r0:r1 + window - 1, :], y[..., r0:r1 + window - 1, :]
+            m = _ssim_map(xs, ys, gh, gw, c1, c2)
+            total += float(m.double().sum())
+            count += m.numel()
+        out.append(torch.tensor(total / count))
     return torch.stack(out) if out else torch.zeros(0)
+
+
+def _ssim_map(x: torch.Tensor, y: torch.Tensor, gh: torch.Tensor, gw: torch.Tensor, c1: float, c2: float) -> torch.Tensor:
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.conv2d(t, gh), gw)
+
+    mx, my = blur(x), blur(y)
+    sxx = blur(x * x) - mx * mx
+    syy = blur(y * y) - my * my
+    sxy = blur(x * y) - mx * my
+    return ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))

@@ -27,7 +27,7 @@ from .attacks import losses
 from .attacks.pgd import pgd, pgd_unrolled
 from .metrics import psnr, ssim
 from .models.resample import Resampling
-from .quantize import quantize
+from .quantize import quantize, quantize_change_linf
 from .resolution import RESOLUTIONS, resampling_for
 from .threat import L2, Linf, ThreatModel, threat_model
 
@@ -225,9 +225,14 @@ class _Problem:
 
     def photo(self, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """The full-resolution photo the variable stands for, on the 8-bit grid inside B_δ(x_o)."""
-        x_o = self.x_o[idx]
-        x = v if self.r is None else x_o + self.work.lift(v)
-        return quantize(x, x_o, self.dball) if self.cfg.quantize else x.clamp(0, 1)
+        x_o = self.x_o if len(idx) == len(self.x_o) else self.x_o[idx]  # no copy of a whole batch
+        if self.r is None:
+            return quantize(v, x_o, self.dball) if self.cfg.quantize else v.clamp(0, 1)
+        u = self.work.lift(v)
+        if self.cfg.quantize and isinstance(self.dball, Linf):
+            return quantize_change_linf(u, x_o, self.dball.eps)
+        x = u.add_(x_o)
+        return quantize(x, x_o, self.dball) if self.cfg.quantize else x.clamp_(0, 1)
 
     def photo_input(self, photo: torch.Tensor) -> torch.Tensor:
         return photo if self.r is None else self.r.apply(photo)
@@ -386,23 +391,38 @@ def _working_grid(model, hw: tuple[int, int], cfg: RobustifyConfig) -> tuple[Res
 
 
 def _shrink(prob: _Problem, v: torch.Tensor, idx: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
-            steps: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Least visible change: bisection on the scale s ∈ [0, 1] of the verified change, keeping
-    the smallest s whose photo (quantised, as written) still passes the check.  Returns
-    (s, photos, passes per image).  s = 1 is the verified photo itself, so the result is never
-    worse than the strongest one; each step costs one check."""
+            steps: int, margin: float = 0.25, extra_restarts: int = 2) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Least visible change: bisection on the scale s ∈ [0, 1] of the verified change.
+
+    A scale counts as robust only if its photo (quantised, as written) passes the check with
+    ``extra_restarts`` more restarts than usual; the result keeps a ``margin`` of the way back to
+    the full change (s* = s + margin·(1 − s)), which must pass that stronger check too, else the
+    full, already verified change is kept.  Measured on the tests' 20 upscaled images: stopping
+    right at the first passing scale left 6 of 19 claims that an independent PGD-20 broke.
+    Returns (s*, photos, passes per image)."""
     centre = prob.centre[idx]
     d = v - centre
+    shape = (-1, *[1] * (d.dim() - 1))
     lo = torch.zeros(len(idx), device=v.device)
     hi = torch.ones(len(idx), device=v.device)
-    best = prob.photo(v, idx)
     passes = 0
+
+    def strong(scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal passes
+        q = prob.photo(centre + scale.view(shape) * d, idx)
+        ok, p = check(prob.model, prob.photo_input(q), y, prob.eball, steps=prob.cfg.check_steps,
+                      restarts=prob.cfg.check_restarts + extra_restarts, loss=prob.cfg.check_loss, generator=gen)
+        passes += p
+        return ok, q
+
     for _ in range(steps):
         mid = (lo + hi) / 2
-        q = prob.photo(centre + mid.view(-1, *[1] * (d.dim() - 1)) * d, idx)
-        ok, p = prob.check(q, y, gen)
-        passes += p
+        ok, _ = strong(mid)
         hi = torch.where(ok, mid, hi)
         lo = torch.where(ok, lo, mid)
-        best[ok] = q[ok]
-    return hi, best, int(round(passes / max(len(idx), 1)))
+    s = hi + margin * (1 - hi)
+    ok, best = strong(s)
+    if not ok.all():
+        best[~ok] = prob.photo(v[~ok], idx[~ok])
+        s = torch.where(ok, s, torch.ones_like(s))
+    return s, best, int(round(passes / max(len(idx), 1)))

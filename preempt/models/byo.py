@@ -31,17 +31,21 @@ def _torchvision():
     return torchvision
 
 
-def torchvision_net(name: str, **kwargs: Any) -> nn.Module:
+def _known(name: str):
     tv = _torchvision()
     if name not in tv.models.list_models():
         raise ModelError(f"torchvision:{name}: torchvision {tv.__version__} has no such model "
                          f"(e.g. {', '.join(tv.models.list_models()[:4])}, …)")
-    return tv.models.get_model(name, weights=None, **kwargs)
+    return tv
+
+
+def torchvision_net(name: str, **kwargs: Any) -> nn.Module:
+    return _known(name).models.get_model(name, weights=None, **kwargs)
 
 
 def torchvision_card(name: str) -> dict[str, Any]:
     """Preprocessing and classes that torchvision publishes for ``name``'s default weights."""
-    tv = _torchvision()
+    tv = _known(name)
     card: dict[str, Any] = {"name": f"torchvision:{name}", "arch": f"torchvision:{name}",
                             "source": {"torchvision": tv.__version__}}
     try:

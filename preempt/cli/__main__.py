@@ -1,0 +1,4 @@
+"""``python -m preempt.cli``: the command line."""
+from . import main
+
+main()
