@@ -2,7 +2,7 @@
 
     pip install -e ".[imagenet]" foolbox scikit-image
     python benchmarks/photos.py                  # everything below, ~30 min on 2 CPU cores
-    python benchmarks/photos.py --parts grid     # or: grid, paths, big
+    python benchmarks/photos.py --parts big,grid   # any of big, grid, paths, in that order
 
 Parts (results in benchmarks/results/photos.{json,md}):
 
@@ -256,7 +256,7 @@ def write_md(out: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--parts", default="grid,paths,big")
+    ap.add_argument("--parts", default="big,grid,paths")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -267,15 +267,12 @@ def main() -> None:
     parts = args.parts.split(",")
     model = load_model("efficientnet-lite0")
     items = photos() if {"grid", "paths"} & set(parts) else []
-    if "grid" in parts:
-        grid(model, items, out)
-        contrast(out)
-    if "paths" in parts:
-        paths(model, items, out)
-    if "big" in parts:
-        big(out)
-    path.write_text(json.dumps(out, indent=1) + "\n")
-    write_md(out)
+    steps = {"grid": lambda: (grid(model, items, out), contrast(out)), "paths": lambda: paths(model, items, out),
+             "big": lambda: big(out)}
+    for part in parts:  # in the order given; results are saved after each part
+        steps[part]()
+        path.write_text(json.dumps(out, indent=1) + "\n")
+        write_md(out)
 
 
 if __name__ == "__main__":

@@ -32,10 +32,11 @@ def models_cmd(json_out: bool = typer.Option(False, "--json", help="JSON on stdo
         t.add_column(col, overflow="fold", min_width=20 if col == "name" else None)
     for r in rows:
         tm = r["threat_model"] or {}
-        test = r["metrics"].get("test", {})
+        test = r["metrics"].get("test", {}) or r["metrics"].get("labelled_photos", {})
         pct = lambda v: f"{100 * v:.1f}%" if isinstance(v, (int, float)) else "–"  # noqa: E731
         t.add_row(r["name"] + (" (default)" if r["default"] else ""), str(r["method"]),
                   f"{tm.get('norm')} ε={tm.get('eps')} δ={tm.get('delta')}",
-                  "×".join(map(str, r["input"] or [])), pct(test.get("clean")), pct(test.get("pgd20")))
-    t.caption = "test accuracy on Fashion-MNIST: clean on 10,000 images, PGD-20 (the card's ε) on the first 1,000"
+                  "×".join(map(str, r["input"] or [])), pct(test.get("clean", test.get("top1"))), pct(test.get("pgd20")))
+    t.caption = ("fmnist-*: test accuracy on Fashion-MNIST, clean on 10,000 images, PGD-20 (the card's ε) on the first "
+                 "1,000; efficientnet-lite0: ImageNet top-1 on labelled photos (benchmarks/results/photos.md)")
     err_console.print(t)
