@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from conftest import make_data, tiny_classifier
+from conftest import make_data
 from preempt import Linf, L2, robustify
 from preempt.attacks import pgd
 from preempt.cli import app
