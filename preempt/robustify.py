@@ -88,7 +88,7 @@ class RobustifyConfig:
     early_stop: bool = True    # False: no checks before the last step (the paper's algorithm)
     resolution: str = "auto"   # auto | model | full: where the loop works (see preempt.resolution)
     goal: str = "strongest"    # strongest | least-visible: shrink a verified change while it stays robust
-    shrink_steps: int = 6      # bisection steps of least-visible (scale precision 1/2^steps)
+    shrink_steps: int = 4      # bisection steps of least-visible (scale precision 1/2^steps)
     work_scale: int = 3        # model resolution: the change's grid, in multiples of the model input
     seed: int = 0
 
@@ -185,48 +185,56 @@ def check_images(x: torch.Tensor) -> None:
 class _Problem:
     """Where robustify's variable lives, and how it becomes model input and a photo.
 
-    Full resolution: the variable is the photo itself, in B_δ(x_o) ∩ [0, 1].  Model resolution
-    (see :mod:`preempt.resolution`): the variable is a change e on a grid a few times finer than the model's input, the
-    photo is x_o + U·e, the model input z_o + (Rh·Uh)·e·(Rw·Uw)ᵀ, and the attacker's ball is the
-    model-input image of the photo's ε-ball."""
+    Checks (and the unrolled inner attack) run where ``preempt verify`` attacks, so that the two
+    agree: at the model input over the image of the ε-ball when the model resizes an averaging
+    way (``r``), else on the photo.  The variable is the photo itself (B_δ(x_o) ∩ [0, 1]), or,
+    for photos much larger than the model input, a change e on a grid a few times finer than the
+    model input (``work``): the photo is x_o + U·e and the model input z_o + (Rh·Uh)·e·(Rw·Uw)ᵀ
+    (see :mod:`preempt.resolution`)."""
 
     def __init__(self, model, x_o: torch.Tensor, cfg: RobustifyConfig, resampling: Resampling | None,
                  work: Resampling | None = None) -> None:
-        self.x_o, self.r, self.cfg = x_o, resampling, cfg
-        self.work = work if work is not None else resampling
+        self.x_o, self.r, self.work, self.cfg = x_o, resampling, work, cfg
         self.dball = cfg.delta_ball()
         eball = cfg.eps_ball()
         if resampling is None:
-            self.model, self.centre, self.ball, self.eball = model, x_o, self.dball, eball
+            self.model, self.eball = model, eball
+        else:
+            self.model = model.at_input_size()
+            self.eball = eball.with_eps(cfg.eps * resampling.gain(cfg.norm))
+        if work is None:
+            self.centre, self.ball = x_o, self.dball
             return
         r = resampling
-        self.model = model.at_input_size()
         self.z_o = r.apply(x_o)
-        uh, uw = self.work.lift_matrices()
+        uh, uw = work.lift_matrices()
         self.ah, self.aw = r.rh @ uh, r.rw @ uw
         self.centre = x_o.new_zeros((*x_o.shape[:2], len(uh[0]), len(uw[0])))
-        self.ball = self.dball.with_eps(cfg.delta / self.work.lift_gain(cfg.norm))
-        self.eball = eball.with_eps(cfg.eps * r.gain(cfg.norm))
+        self.ball = self.dball.with_eps(cfg.delta / work.lift_gain(cfg.norm))
 
     @property
     def resolution(self) -> str:
-        return "full" if self.r is None else "model"
+        """full: every pass on the photo; model: the lifted change; photo: the photo is the
+        variable, attacks run at the model input."""
+        return "full" if self.r is None else ("model" if self.work is not None else "photo")
 
     def inputs(self, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Model input of the variable (differentiable)."""
         if self.r is None:
             return v
+        if self.work is None:
+            return self.r.apply(v)
         return self.z_o[idx] + torch.matmul(torch.matmul(self.ah, v), self.aw.t())
 
     def project(self, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        if self.r is None:
+        if self.work is None:
             return self.ball.project(v, self.x_o[idx])
         return self.ball.project_delta(v)
 
     def photo(self, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """The full-resolution photo the variable stands for, on the 8-bit grid inside B_δ(x_o)."""
         x_o = self.x_o if len(idx) == len(self.x_o) else self.x_o[idx]  # no copy of a whole batch
-        if self.r is None:
+        if self.work is None:
             return quantize(v, x_o, self.dball) if self.cfg.quantize else v.clamp(0, 1)
         u = self.work.lift(v)
         if self.cfg.quantize and isinstance(self.dball, Linf):
@@ -372,26 +380,29 @@ def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
 
 
 def _working_grid(model, hw: tuple[int, int], cfg: RobustifyConfig) -> tuple[Resampling | None, Resampling | None]:
-    """(model resampling, working-grid resampling), or (None, None) for the full-resolution path.
+    """(model-input resampling or None, working-grid resampling or None); (None, None) is the
+    full-resolution path.
 
     The change lives on a grid ``work_scale``× finer than the model input over the same region:
     L·U is then closer to the identity, so the loop can shape the model input more freely (on
     60 upscaled test images, robust after the check: 44 at 1×, 57 at 2×, 59 at 3×, 60 at full
-    resolution).  ``auto`` keeps the full path when that grid would not be smaller than the photo,
-    where the full path costs little anyway."""
+    resolution).  When that grid would not be smaller than the photo, the photo itself is the
+    variable (it costs little) and only the attacks run at the model input."""
     if cfg.optimizer == "rmsprop":
         return None, None
     r = resampling_for(model, hw, cfg.resolution)
-    if r is None or cfg.work_scale <= 1:
-        return r, None
+    if r is None:
+        return None, None
+    if cfg.work_scale <= 1:
+        return r, r
     work = model.pre.resampling(hw, device=r.rh.device, scale=cfg.work_scale)
     if work.rh.shape[0] < hw[0] and work.rw.shape[0] < hw[1]:
         return r, work
-    return (None, None) if cfg.resolution == "auto" else (r, None)
+    return r, None  # the photo is small: it is the variable, attacks still run at the model input
 
 
 def _shrink(prob: _Problem, v: torch.Tensor, idx: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
-            steps: int, margin: float = 0.25, extra_restarts: int = 2) -> tuple[torch.Tensor, torch.Tensor, int]:
+            steps: int, margin: float = 0.5, extra_restarts: int = 2) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Least visible change: bisection on the scale s ∈ [0, 1] of the verified change.
 
     A scale counts as robust only if its photo (quantised, as written) passes the check with
