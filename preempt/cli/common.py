@@ -167,4 +167,4 @@ def colour_notice(paths: list[Path], model, *, given: bool) -> None:
     err_console.print(f"note: colour photos will be judged by {model.name}, a {model.pre.input_size[0]}×"
                       f"{model.pre.input_size[1]} grey clothing classifier whose labels mean nothing for real photos; "
                       f"for real photos use {how}, or the classifier you face (torchvision:NAME, a TorchScript file)",
-                      highlight=False, soft_wrap=True)
+                      highlight=False, soft_wrap=True, markup=False)
