@@ -256,10 +256,12 @@ class _Problem:
             return self.project(self.ball.step(self.centre, -g, 2.5 * self.ball.eps), all_).detach()
         return self.centre.clone()
 
-    def check(self, photo: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, int]:
+    def check(self, photo: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
+              extra_restarts: int = 0) -> tuple[torch.Tensor, int]:
+        """The configured check on a photo as written, attacked where verify attacks it."""
         c = self.cfg
         return check(self.model, self.photo_input(photo), y, self.eball, steps=c.check_steps,
-                     restarts=c.check_restarts, loss=c.check_loss, generator=gen)
+                     restarts=c.check_restarts + extra_restarts, loss=c.check_loss, generator=gen)
 
 
 def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
@@ -421,8 +423,7 @@ def _shrink(prob: _Problem, v: torch.Tensor, idx: torch.Tensor, y: torch.Tensor,
     def strong(scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         nonlocal passes
         q = prob.photo(centre + scale.view(shape) * d, idx)
-        ok, p = check(prob.model, prob.photo_input(q), y, prob.eball, steps=prob.cfg.check_steps,
-                      restarts=prob.cfg.check_restarts + extra_restarts, loss=prob.cfg.check_loss, generator=gen)
+        ok, p = prob.check(q, y, gen, extra_restarts)
         passes += p
         return ok, q
 
