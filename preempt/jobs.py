@@ -6,6 +6,7 @@ skipped unless ``overwrite``, so a rerun resumes where an interrupted one stoppe
 """
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -15,12 +16,12 @@ from typing import Callable, Iterable
 import torch
 from PIL import Image
 
-from . import __version__
+from . import __version__, upload
 from .photos import (Photo, PhotoError, decode, encode, from_tensor, iter_images, load_photo, output_path,
                      write_atomic)
 from .metrics import psnr, ssim
 from .resolution import at_model_input
-from .robustify import RobustifyConfig, check, robustify
+from .robustify import RobustifyConfig, judge, robustify
 from .threat import L2, Linf, threat_model
 
 MAX_BATCH_PIXELS = 2_000_000  # pixels per batch (bounds memory for big photos)
@@ -73,11 +74,16 @@ def _chw(photo: Photo) -> tuple[int, int, int]:
 
 
 def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
-                    config: RobustifyConfig | None = None, fmt: str = "png", quality: int = 95,
+                    config: RobustifyConfig | None = None, fmt: str = "auto", quality: int | None = None,
                     overwrite: bool = False, strip_metadata: bool = False, batch_size: int = 64,
                     device: str = "cpu", on_file: Callable[[FileResult], None] | None = None) -> list[FileResult]:
-    """Robustify every photo under ``paths`` into ``out_dir``; returns one FileResult per input."""
+    """Robustify every photo under ``paths`` into ``out_dir``; returns one FileResult per input.
+
+    ``fmt``: ``png``, ``jpeg``, or ``auto`` (JPEG for JPEG inputs when ``config.survive`` includes a
+    JPEG re-encode, at the highest quality robustified for; PNG otherwise).  A JPEG is kept inside
+    the δ-ball (:func:`encode_jpeg_within`) or reported ``over-budget``, and judged as decoded."""
     cfg = config or RobustifyConfig()
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     out_dir = Path(out_dir)
     results: list[FileResult] = []
 
@@ -90,7 +96,7 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
     in_set = {p.resolve() for p, _ in inputs if p.exists()}
     todo, claimed = [], {}
     for src, root in inputs:
-        dst = output_path(src, root, out_dir, fmt)
+        dst = output_path(src, root, out_dir, file_format(src, fmt, cfg))
         r = dst.resolve()
         if r in in_set:
             emit(FileResult(str(src), "failed", str(dst), error="output would overwrite an input"))
@@ -129,36 +135,102 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
                         "eps": cfg.eps, "label": info.label, "source": src.name}
                 try:
                     out = from_tensor(res.x[i], photo)
-                    data = encode(out, fmt, quality=quality, strip_metadata=strip_metadata, meta=meta)
-                    saved = decode(data)  # judge exactly what will be on disk
-                    xs = saved.tensor(device)[None]
                     metrics = info.to_dict()
                     metrics["seconds"] = round(elapsed, 4)
-                    if fmt == "png":
-                        if not (saved.pixels == out.pixels).all():
+                    kind = file_format(src, fmt, cfg)
+                    if kind == "png":
+                        data = encode(out, "png", strip_metadata=strip_metadata, meta=meta)
+                        if not (decode(data).pixels == out.pixels).all():  # judge exactly what will be on disk
                             raise PhotoError("PNG round trip changed pixels")
-                        robust = info.robust
-                    else:  # lossy: verify again after encoding, and measure the budget from the file
-                        mi = at_model_input(model, xs, eball, cfg.resolution)
-                        ok, p = check(mi.model, mi.x, torch.tensor([info.label], device=xs.device), mi.threat,
-                                      steps=cfg.check_steps, restarts=cfg.check_restarts, loss=cfg.check_loss)
-                        robust = bool(ok[0])
-                        metrics["passes"] += p
+                        status = "robust" if info.robust else "not-robust"
+                    else:  # lossy: keep the file inside the δ-ball, then verify again what was written
+                        q = jpeg_quality(quality, cfg)
+                        data, xs, q_used, within = encode_jpeg_within(out, x[i], dball, q, strip_metadata=strip_metadata,
+                                                                      meta=meta)
+                        y1 = torch.tensor([info.label], device=xs.device)
+                        ok, p, det = judge(model, xs[None], y1, cfg, generator=gen)
+                        metrics["passes"] += int(p)
                         metrics["robust_before_encoding"] = info.robust
-                        metrics["linf"] = float(Linf(0).distance(xs, x[i:i + 1])[0])
-                        metrics["l2"] = float(L2(0).distance(xs, x[i:i + 1])[0])
-                        metrics["psnr"] = float(psnr(xs, x[i:i + 1])[0])
-                        metrics["ssim"] = float(ssim(xs, x[i:i + 1])[0])
-                        metrics["within_budget"] = bool(dball.distance(xs, x[i:i + 1])[0] <= cfg.delta + 1e-6)
-                    metrics["robust"] = robust
+                        metrics["uploads"] = det[0]
+                        metrics["quality"] = q_used
+                        metrics["linf"] = float(Linf(0).distance(xs[None], x[i:i + 1])[0])
+                        metrics["l2"] = float(L2(0).distance(xs[None], x[i:i + 1])[0])
+                        metrics["psnr"] = float(psnr(xs[None], x[i:i + 1])[0])
+                        metrics["ssim"] = float(ssim(xs[None], x[i:i + 1])[0])
+                        metrics["within_budget"] = within
+                        status = "over-budget" if not within else ("robust" if bool(ok[0]) else "not-robust")
+                    metrics["robust"] = status == "robust"
+                    metrics["bytes"] = len(data)
                     write_atomic(dst, data)
                 except PhotoError as e:
                     emit(FileResult(str(src), "failed", str(dst), error=str(e)))
                     continue
-                emit(FileResult(str(src), "robust" if robust else "not-robust", str(dst), label=info.label,
+                emit(FileResult(str(src), status, str(dst), label=info.label,
                                 label_name=classes[info.label] if info.label < len(classes) else None,
                                 metrics=metrics))
     return results
+
+
+FORMATS = ("auto", "png", "jpeg")
+JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+
+
+def file_format(src: Path, fmt: str, cfg: RobustifyConfig) -> str:
+    """png or jpeg for one input under ``--format fmt``."""
+    if fmt in ("jpeg", "jpg"):
+        return "jpeg"
+    if fmt == "png":
+        return "png"
+    if fmt != "auto":
+        raise ValueError(f"format {fmt!r}: choose {', '.join(FORMATS)}")
+    robust_for_jpeg = any(c.max_quality is not None for c in cfg.chains())
+    return "jpeg" if robust_for_jpeg and Path(src).suffix.lower() in JPEG_SUFFIXES else "png"
+
+
+def jpeg_quality(quality: int | None, cfg: RobustifyConfig) -> int:
+    """The JPEG quality to write: as asked, else the highest quality robustified for, else 95."""
+    if quality is not None:
+        return int(quality)
+    qs = [c.max_quality for c in cfg.chains() if c.max_quality is not None]
+    return int(max(qs)) if qs else 95
+
+
+def encode_jpeg_within(photo: Photo, x_o: torch.Tensor, dball, quality: int, *, strip_metadata: bool = False,
+                       meta: dict | None = None, iters: int = 4) -> tuple[bytes, torch.Tensor, int, bool]:
+    """A JPEG of ``photo`` whose decoded pixels stay inside ``dball`` around the original ``x_o``.
+
+    The encoder's error is pushed back: where the decoded file leaves the ball, the input is
+    moved by the overshoot (and one level more) the other way and encoded again (``iters``
+    times); if that does not converge, less of δ is spent (ℓ∞: the change clipped to 2, 4, 8
+    levels inside the bound), then the quality is raised in steps of 5 up to 100.  Returns (bytes, decoded
+    (C,H,W) tensor, quality used, within budget).  When nothing fits, the encoding at the asked
+    quality is returned with ``within = False`` — the caller reports it over budget."""
+    x_r = photo.tensor(x_o.device)
+    ko = torch.round(x_o * 255)
+    m = math.floor(dball.eps * 255 + 1e-6)
+    first = None
+    kr = torch.round(x_r * 255)
+    for q in sorted({int(quality), *range(int(quality) + 5, 101, 5), 100}):
+        for margin in (0, 2, 4, 8):  # spend less of δ before encoding: the change clipped to m − margin levels
+            if margin and (margin >= m or not isinstance(dball, Linf)):
+                break
+            k_in = ko + (kr - ko).clamp(-(m - margin), m - margin) if isinstance(dball, Linf) else kr
+            for _ in range(iters):
+                data = encode(from_tensor(k_in / 255, photo), "jpeg", quality=q, strip_metadata=strip_metadata, meta=meta)
+                xs = decode(data).tensor(x_o.device)
+                if first is None:
+                    first = (data, xs, q)
+                if float(dball.distance(xs[None], x_o[None])[0]) <= dball.eps + 1e-6:
+                    return data, xs, q, True
+                # the encoder's overshoot, in whole levels, pushed back with one level to spare
+                ks = torch.round(xs * 255)
+                if isinstance(dball, Linf):
+                    over = (ks - (ko + m)).clamp_min(0) - ((ko - m) - ks).clamp_min(0)
+                else:
+                    over = ks - torch.round(dball.project(xs[None], x_o[None])[0] * 255)
+                k_in = (k_in - over - torch.sign(over)).clamp(0, 255)
+    assert first is not None
+    return first[0], first[1], first[2], False
 
 
 @dataclass
@@ -179,6 +251,8 @@ class VerifyConfig:
     n: int = 10000
     alpha: float = 0.001
     resolution: str = "auto"        # auto | model | full: attack the model input or every photo pixel
+    uploads: str | None = None      # service transforms (preempt.upload spec): each photo also attacked through
+                                    # the real codec, before and after the transform
 
     def describe(self) -> dict:
         """The attacks' parameters, as reports state them."""
@@ -188,10 +262,12 @@ class VerifyConfig:
             ["square"] + (["transfer-pgd-20", "transfer-apgd-ce"] if self.surrogate is not None else [])
             if self.suite == "blackbox" else attack_names(self.suite))
         attacks += ["adaptive"] if self.adaptive else []
+        attacks += [str(c) for c in upload.concrete(upload.parse(self.uploads), (1 << 30, 1 << 30))]
         return {"suite": self.suite, "attacks": attacks, "attack": "pgd" if self.suite == "pgd" else self.suite,
                 "steps": self.steps, "step_size": self.step_size or self.eps / 4, "norm": self.norm,
                 "eps": self.eps, "random_start": True, "restarts": self.restarts, "seed": self.seed,
                 "surrogate": getattr(self.surrogate, "name", None), "resolution": self.resolution,
+                "uploads": self.uploads,
                 "certify": {"sigma": self.sigma, "n0": self.n0, "n": self.n, "alpha": self.alpha} if self.certify else None}
 
 
@@ -252,10 +328,13 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
         except PhotoError as e:
             emit(FileResult(str(f), "failed", error=str(e)))
 
-    def attack(x, y, correct) -> tuple[torch.Tensor, list]:
+    chains = upload.parse(cfg.uploads)
+
+    def attack(x, y, correct) -> tuple[torch.Tensor, list, list[dict]]:
         """``correct``: the clean predictions already compared with ``y`` (no second forward pass).
         Photos larger than the model input are attacked at model resolution over the image of
         their ε-ball, which contains every full-resolution attack (preempt.resolution)."""
+        x_full = x
         mi = at_model_input(model, x, threat, cfg.resolution)
         model_, x, threat_ = mi.model, mi.x, mi.threat
         if cfg.suite != "pgd":
@@ -276,7 +355,17 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
             for i in idx[res.success].tolist():
                 broken[i] = "adaptive"
             robust[idx[res.success]] = False
-        return robust, broken
+        details: list[dict] = [{} for _ in range(len(x))]
+        if chains and correct.any():  # every clean-correct photo, so the report names each transform's outcome
+            idx = correct.nonzero().squeeze(1)
+            up, det, _ = upload.attack_uploads(model, x_full[idx], y[idx], threat, chains, steps=cfg.steps,
+                                               restarts=cfg.restarts, resolution=cfg.resolution, generator=gen)
+            for j, i in enumerate(idx.tolist()):
+                details[i] = det[j]
+                if robust[i] and not up[j]:
+                    broken[i] = next(k for k, v in det[j].items() if v != "ok")
+            robust[idx[~up]] = False
+        return robust, broken, details
 
     first = True
     for batch in _batches(todo, key=lambda t: _chw(t[1]), max_batch=batch_size):
@@ -295,9 +384,10 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
                 else:
                     source.append("prediction")
         t0 = time.perf_counter()
-        robust, broken = attack(x, y, pred == y)
+        robust, broken, ups = attack(x, y, pred == y)
         # y is the model's label on the originals, so they are correct by construction
-        rob_o, broken_o = attack(xo, y, torch.ones_like(y, dtype=torch.bool)) if xo is not None else (None, None)
+        rob_o, broken_o, ups_o = (attack(xo, y, torch.ones_like(y, dtype=torch.bool)) if xo is not None
+                                  else (None, None, None))
         dt = (time.perf_counter() - t0) / len(batch)
         if first and cfg.checks:
             mi = at_model_input(model, x, threat, cfg.resolution)
@@ -307,9 +397,13 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
         for j, (f, p, o) in enumerate(batch):
             m = {"clean_correct": bool(pred[j] == y[j]), "robust": bool(robust[j]), "broken_by": broken[j],
                  "label_source": source[j], "seconds": round(dt, 4)}
+            if chains:
+                m["uploads"] = ups[j]
             if rob_o is not None:
                 m["original_robust"] = bool(rob_o[j])
                 m["original_broken_by"] = broken_o[j]
+                if chains:
+                    m["original_uploads"] = ups_o[j]
                 m["linf_to_original"] = float((x[j] - xo[j]).abs().max())
                 m["l2_to_original"] = float((x[j] - xo[j]).flatten().norm())
             if cfg.certify:

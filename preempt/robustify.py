@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from . import upload
 from .attacks import losses
 from .attacks.pgd import pgd, pgd_unrolled
 from .metrics import psnr, ssim
@@ -47,6 +48,7 @@ class ImageResult:
     ssim: float       # luma SSIM of the result against the original
     scale: float      # fraction of the verified change kept (goal least-visible; else 1)
     seconds: float
+    uploads: dict = field(default_factory=dict)  # --survive: per service transform, "ok" or what broke it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,6 +92,8 @@ class RobustifyConfig:
     goal: str = "strongest"    # strongest | least-visible: shrink a verified change while it stays robust
     shrink_steps: int = 4      # bisection steps of least-visible (scale precision 1/2^steps)
     work_scale: int = 3        # model resolution: the change's grid, in multiples of the model input
+    survive: str | None = None  # service transforms to stay robust through, e.g. "jpeg:75-95,resize:1080"
+                                # (preempt.upload): expectation over them in the loss, real codec in the check
     seed: int = 0
 
     def validate(self) -> None:
@@ -112,6 +116,10 @@ class RobustifyConfig:
             raise ValueError(f"goal {self.goal!r}: choose {', '.join(GOALS)}")
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; choose {', '.join(INITS)}")
+        upload.parse(self.survive)  # raises on a spec it cannot read
+
+    def chains(self) -> list[upload.Chain]:
+        return upload.parse(self.survive)
 
     @classmethod
     def paper(cls, **kw) -> "RobustifyConfig":
@@ -166,6 +174,29 @@ def check(model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *, steps
     return robust, passes
 
 
+def judge(model, x: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfig,
+          generator: torch.Generator | None = None) -> tuple[torch.Tensor, int, list[dict]]:
+    """robustify's check on images as written (e.g. decoded from a JPEG): the configured PGD check
+    where verify attacks, then each ``survive`` transform through the real codec.
+    Returns (robust, passes, per-image upload outcomes)."""
+    from .resolution import at_model_input
+
+    mi = at_model_input(model, x, cfg.eps_ball(), cfg.resolution)
+    ok, passes = check(mi.model, mi.x, y, mi.threat, steps=cfg.check_steps, restarts=cfg.check_restarts,
+                       loss=cfg.check_loss, generator=generator)
+    details: list[dict] = [{} for _ in range(len(x))]
+    chains = cfg.chains()
+    if chains and ok.any():
+        idx = ok.nonzero().squeeze(1)
+        up, det, p = upload.attack_uploads(model, x[idx], y[idx], cfg.eps_ball(), chains, steps=cfg.check_steps,
+                                           restarts=cfg.check_restarts, resolution=cfg.resolution, generator=generator)
+        passes += p
+        ok[idx[~up]] = False
+        for j, i in enumerate(idx.tolist()):
+            details[i] = det[j]
+    return ok, passes, details
+
+
 def check_images(x: torch.Tensor) -> None:
     """One clear error for tensors robustify cannot mean: wrong type, shape, dtype or range."""
     if not isinstance(x, torch.Tensor):
@@ -197,6 +228,8 @@ class _Problem:
         self.x_o, self.r, self.work, self.cfg = x_o, resampling, work, cfg
         self.dball = cfg.delta_ball()
         eball = cfg.eps_ball()
+        self.chains = cfg.chains()
+        self.full_model, self.full_eball = model, eball
         if resampling is None:
             self.model, self.eball = model, eball
         else:
@@ -257,11 +290,43 @@ class _Problem:
         return self.centre.clone()
 
     def check(self, photo: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
-              extra_restarts: int = 0) -> tuple[torch.Tensor, int]:
-        """The configured check on a photo as written, attacked where verify attacks it."""
+              extra_restarts: int = 0) -> tuple[torch.Tensor, int, list[dict]]:
+        """The configured check on a photo as written, attacked where verify attacks it, then (with
+        ``survive``) through each service transform by the real codec: (robust, passes, per-image
+        upload outcomes)."""
         c = self.cfg
-        return check(self.model, self.photo_input(photo), y, self.eball, steps=c.check_steps,
-                     restarts=c.check_restarts + extra_restarts, loss=c.check_loss, generator=gen)
+        ok, passes = check(self.model, self.photo_input(photo), y, self.eball, steps=c.check_steps,
+                           restarts=c.check_restarts + extra_restarts, loss=c.check_loss, generator=gen)
+        details: list[dict] = [{} for _ in range(len(photo))]
+        if self.chains and ok.any():
+            idx = ok.nonzero().squeeze(1)
+            up, det, p = upload.attack_uploads(self.full_model, photo[idx], y[idx], self.full_eball, self.chains,
+                                               steps=c.check_steps, restarts=c.check_restarts + extra_restarts,
+                                               resolution=c.resolution, generator=gen)
+            passes += p
+            ok[idx[~up]] = False
+            for j, i in enumerate(idx.tolist()):
+                details[i] = det[j]
+        return ok, passes, details
+
+    def eot_loss(self, xr: torch.Tensor, y: torch.Tensor, k: int, gen: torch.Generator) -> tuple[torch.Tensor, int]:
+        """Expectation over the service transforms, one sample per outer step: a chain drawn from
+        ``survive`` (its ranges sampled), applied after the attack on odd steps (the attacker
+        perturbs the upload) and before it on even steps (the attacker perturbs what the service
+        made of it).  Real codec forward, differentiable approximation backward."""
+        c = self.cfg
+        pick = int(torch.randint(len(self.chains), (1,), generator=gen).item())
+        chain = self.chains[pick].sample(gen).for_size(tuple(xr.shape[-2:]))
+        if not chain.ops:
+            return xr.new_zeros(len(xr)), 0
+        if k % 2:
+            through = upload.Through(self.full_model, chain)
+            x_a, p = pgd_unrolled(through, xr, y, threat=self.full_eball, steps=c.inner_steps,
+                                  step_size=c.inner_step_size, create_graph=c.create_graph, generator=gen)
+            return losses.ce(through(x_a), y), p + len(xr)
+        x_a, p = pgd_unrolled(self.full_model, chain.bpda(xr), y, threat=self.full_eball, steps=c.inner_steps,
+                              step_size=c.inner_step_size, create_graph=c.create_graph, generator=gen)
+        return losses.ce(self.full_model(x_a), y), p + len(xr)
 
 
 def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
@@ -309,12 +374,16 @@ def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
     seconds = torch.zeros(n)
     survived = torch.zeros(n, dtype=torch.bool, device=dev)  # inner attack failed at last step
 
+    uploads: list[dict] = [{} for _ in range(n)]
+
     def run_check(idx: torch.Tensor) -> None:
         q = prob.photo(x_r[idx], idx)
-        ok, p = prob.check(q, y[idx], gen)
+        ok, p, det = prob.check(q, y[idx], gen)
         passes[idx.cpu()] += int(round(p / max(len(idx), 1)))
         final[idx] = q
         robust[idx] = ok
+        for j, i in enumerate(idx.tolist()):
+            uploads[i] = det[j]
         win = idx[ok]
         done[win] = True
         seconds[win.cpu()] = time.perf_counter() - t0
@@ -334,7 +403,11 @@ def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
                                   step_size=cfg.inner_step_size, create_graph=cfg.create_graph, generator=gen)
             logits = prob.model(x_a)
             loss = losses.ce(logits, ya)
-            (g,) = torch.autograd.grad(loss.sum(), leaf)
+            total = loss
+            if prob.chains:
+                eot, p_eot = prob.eot_loss(xr, ya, k, gen)
+                total, p = loss + eot, p + p_eot
+            (g,) = torch.autograd.grad(total.sum(), leaf)
         passes[idx.cpu()] += p // len(idx) + 1
         steps_used[idx.cpu()] = k
         last_loss[idx.cpu()] = loss.detach().cpu()
@@ -363,7 +436,7 @@ def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
     if cfg.goal == "least-visible":
         won = robust.nonzero().squeeze(1)
         if len(won):
-            s, q, p = _shrink(prob, x_r[won], won, y[won], gen, cfg.shrink_steps)
+            s, q, p = _shrink(prob, x_r[won], won, y[won], gen, cfg.shrink_steps, uploads)
             final[won], scale[won.cpu()] = q, s.cpu()
             passes[won.cpu()] += p
             seconds[won.cpu()] = time.perf_counter() - t0
@@ -375,7 +448,7 @@ def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
     images = [
         ImageResult(robust=bool(robust[i]), label=int(y[i]), loss=float(last_loss[i]), steps=int(steps_used[i]),
                     passes=int(passes[i]), linf=float(linf[i]), l2=float(l2[i]), psnr=float(ps[i]),
-                    ssim=float(ss[i]), scale=float(scale[i]), seconds=float(seconds[i]))
+                    ssim=float(ss[i]), scale=float(scale[i]), seconds=float(seconds[i]), uploads=uploads[i])
         for i in range(n)
     ]
     return RobustifyResult(final, images, {**asdict(cfg), "init": init, "resolution": prob.resolution})
@@ -390,8 +463,8 @@ def _working_grid(model, hw: tuple[int, int], cfg: RobustifyConfig) -> tuple[Res
     60 upscaled test images, robust after the check: 44 at 1×, 57 at 2×, 59 at 3×, 60 at full
     resolution).  When that grid would not be smaller than the photo, the photo itself is the
     variable (it costs little) and only the attacks run at the model input."""
-    if cfg.optimizer == "rmsprop":
-        return None, None
+    if cfg.optimizer == "rmsprop" or cfg.survive:
+        return None, None  # the service's codec works on the photo's own pixels
     r = resampling_for(model, hw, cfg.resolution)
     if r is None:
         return None, None
@@ -404,7 +477,8 @@ def _working_grid(model, hw: tuple[int, int], cfg: RobustifyConfig) -> tuple[Res
 
 
 def _shrink(prob: _Problem, v: torch.Tensor, idx: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
-            steps: int, margin: float = 0.5, extra_restarts: int = 2) -> tuple[torch.Tensor, torch.Tensor, int]:
+            steps: int, uploads: list[dict], margin: float = 0.5,
+            extra_restarts: int = 2) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Least visible change: bisection on the scale s ∈ [0, 1] of the verified change.
 
     A scale counts as robust only if its photo (quantised, as written) passes the check with
@@ -420,11 +494,15 @@ def _shrink(prob: _Problem, v: torch.Tensor, idx: torch.Tensor, y: torch.Tensor,
     hi = torch.ones(len(idx), device=v.device)
     passes = 0
 
-    def strong(scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def strong(scale: torch.Tensor, record: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         nonlocal passes
         q = prob.photo(centre + scale.view(shape) * d, idx)
-        ok, p = prob.check(q, y, gen, extra_restarts)
+        ok, p, det = prob.check(q, y, gen, extra_restarts)
         passes += p
+        if record:
+            for j, i in enumerate(idx.tolist()):
+                if ok[j]:
+                    uploads[i] = det[j]
         return ok, q
 
     for _ in range(steps):
@@ -433,7 +511,7 @@ def _shrink(prob: _Problem, v: torch.Tensor, idx: torch.Tensor, y: torch.Tensor,
         hi = torch.where(ok, mid, hi)
         lo = torch.where(ok, lo, mid)
     s = hi + margin * (1 - hi)
-    ok, best = strong(s)
+    ok, best = strong(s, record=True)
     if not ok.all():
         best[~ok] = prob.photo(v[~ok], idx[~ok])
         s = torch.where(ok, s, torch.ones_like(s))

@@ -8,7 +8,7 @@ from typing import List, Literal, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .common import (EXIT_ERROR, EXIT_OK, EXIT_USAGE, CardOpt, ChannelsOpt, InputSizeOpt, MeanOpt, ModelOpt,
+from .common import (EXIT_ERROR, EXIT_NOT_ROBUST, EXIT_OK, EXIT_USAGE, CardOpt, ChannelsOpt, InputSizeOpt, MeanOpt, ModelOpt,
                      ModelSpec, PolicyOpt, ResizeSizeOpt, StdOpt, WeightsOpt, colour_notice, err_console, fail,
                      model_and_budgets, print_json, report_error)
 from .tables import summary_table
@@ -40,8 +40,14 @@ def robustify_cmd(
     resolution: Literal["auto", "model", "full"] = typer.Option("auto",
                                    help="Where robustify works: auto/model = at the model's input resolution, lifted to the "
                                         "photo (fast for large photos); full = every pass on every pixel (the reference path)."),
-    fmt: str = typer.Option("png", "--format", help="png (lossless, default) | jpeg (verified again after encoding)."),
-    quality: int = typer.Option(95, help="JPEG quality."),
+    survive: Optional[str] = typer.Option(None, help="Stay robust through what a service does to uploads, e.g. "
+                                          "'jpeg:75-95,resize:1080,2048' or 'worst' (expectation over these in the loss; "
+                                          "the check runs them through the real codec). Works on the photo's own pixels."),
+    fmt: Literal["auto", "png", "jpeg"] = typer.Option("auto", "--format",
+                             help="auto: JPEG for JPEG inputs when --survive includes jpeg (at the highest quality "
+                                  "robustified for), else PNG; png: lossless; jpeg: kept inside δ or reported over-budget, "
+                                  "verified again as decoded."),
+    quality: Optional[int] = typer.Option(None, min=1, max=100, help="JPEG quality (default: the highest in --survive, else 95)."),
     overwrite: bool = typer.Option(False, help="Replace existing outputs (default: skip them, so reruns resume)."),
     strip_metadata: bool = typer.Option(False, help="Drop EXIF and ICC profile."),
     sigma: Optional[float] = typer.Option(None, "--smoothing-sigma", help="Robustify the randomized-smoothing classifier with Gaussian noise σ (loss averaged over --noise-samples draws)."),
@@ -51,14 +57,20 @@ def robustify_cmd(
     seed: int = typer.Option(0),
     json_out: bool = typer.Option(False, "--json", help="Per-file results as JSON on stdout."),
 ) -> None:
-    """Robustify photos so that no ε-perturbation changes the classifier's answer."""
+    """Robustify photos so that no ε-perturbation changes the classifier's answer.
+
+    Exit codes: 0 every photo robust, 1 a file failed, 2 usage, 3 a photo is not robust or over budget."""
     import torch
 
     from ..jobs import robustify_files
     from ..robustify import RobustifyConfig, resolve_init
 
-    if fmt not in ("png", "jpeg", "jpg"):
-        fail(f"--format {fmt}: choose png or jpeg", EXIT_USAGE)
+    from ..upload import parse
+
+    try:
+        parse(survive)
+    except ValueError as e:
+        fail(f"--survive: {e}", EXIT_USAGE, e)
     spec = ModelSpec(model, weights, card, input_size, resize_policy, resize_size, mean, std, channels)
     dev, clf, norm, eps, delta = model_and_budgets(spec, device, norm, eps, delta)
     if not clf.differentiable:
@@ -79,9 +91,10 @@ def robustify_cmd(
         clf = Smoothed(clf, sigma, noise_samples, generator=torch.Generator(device=dev).manual_seed(seed))
     cfg = RobustifyConfig(norm=norm, delta=delta, eps=eps, steps=steps, inner_steps=inner_steps,
                           check_steps=check_steps, init=resolve_init(init, clf), seed=seed, goal=goal,
-                          resolution=resolution)
+                          resolution=resolution, survive=survive)
     err_console.print(f"model {clf.name} on {dev}; {norm} δ={delta:g} ε={eps:g}; "
-                      f"≤{steps} outer × {inner_steps} inner steps, check PGD-{check_steps}, goal {goal}", highlight=False)
+                      f"≤{steps} outer × {inner_steps} inner steps, check PGD-{check_steps}, goal {goal}"
+                      + (f"; surviving {survive}" if survive else ""), highlight=False)
     with Progress(TextColumn("[bold]robustify"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
                   TimeElapsedColumn(), console=err_console) as bar:
         task = bar.add_task("", total=None, last="")
@@ -103,4 +116,6 @@ def robustify_cmd(
         print_json({"model": clf.name, "device": dev, "config": cfg.__dict__, "out": str(out),
                     "files": [r.to_dict() for r in results]})
     failed = missing + sum(r.status == "failed" for r in results)
-    raise typer.Exit(EXIT_ERROR if failed else EXIT_OK)
+    if failed:
+        raise typer.Exit(EXIT_ERROR)
+    raise typer.Exit(EXIT_NOT_ROBUST if any(r.status in ("not-robust", "over-budget") for r in results) else EXIT_OK)

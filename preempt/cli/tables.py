@@ -13,7 +13,7 @@ def summary_table(results, title: str) -> Table:
     for col in ("file", "status", "label", "steps", "passes", "ℓ∞", "PSNR", "s"):
         t.add_column(col, justify="left" if col in ("file", "status", "label") else "right",
                      overflow="fold", min_width={"file": 16, "label": 8}.get(col))
-    style = {"robust": "green", "not-robust": "yellow", "failed": "red", "skipped": "dim"}
+    style = {"robust": "green", "not-robust": "yellow", "over-budget": "bold red", "failed": "red", "skipped": "dim"}
     for r in results:
         m = r.metrics
         t.add_row(escape(Path(r.src).name), f"[{style[r.status]}]{r.status}[/]", r.label_name or ("" if r.label is None else str(r.label)),
@@ -22,27 +22,39 @@ def summary_table(results, title: str) -> Table:
                   f"{m['psnr']:.1f}" if "psnr" in m else "", f"{m['seconds']:.2f}" if "seconds" in m else "")
     c = Counter(r.status for r in results)
     total = sum(r.metrics.get("seconds", 0) for r in results)
-    t.caption = (f"robust {c['robust']}, not robust {c['not-robust']}, failed {c['failed']}, "
+    t.caption = (f"robust {c['robust']}, not robust {c['not-robust']}, "
+                 + (f"over budget {c['over-budget']}, " if c["over-budget"] else "") + f"failed {c['failed']}, "
                  f"skipped {c['skipped']}; {total:.1f}s")
     return t
 
 
 def verify_table(results, title: str, with_original: bool) -> Table:
     t = Table(title=title)
-    cols = ["file", "label", "clean", "robust"] + (["original robust", "ℓ∞ Δ"] if with_original else [])
+    cols = ["file", "label", "clean", "robust", "broken by"] + (["original robust", "ℓ∞ Δ"] if with_original else [])
     for col in cols:
         t.add_column(col, overflow="fold", min_width={"file": 16, "label": 8}.get(col))
     yes = lambda b: "[green]yes[/]" if b else "[red]no[/]"  # noqa: E731
     for r in results:
         if r.status == "failed":
-            t.add_row(escape(Path(r.src).name), "[red]failed[/]", escape(r.error or ""), "", *([""] * 2 if with_original else []))
+            t.add_row(escape(Path(r.src).name), "[red]failed[/]", escape(r.error or ""), "", "",
+                      *([""] * 2 if with_original else []))
             continue
         m = r.metrics
-        row = [escape(Path(r.src).name), r.label_name or str(r.label), yes(m["clean_correct"]), yes(m["robust"])]
+        row = [escape(Path(r.src).name), r.label_name or str(r.label), yes(m["clean_correct"]), yes(m["robust"]),
+               escape(broken_by(m))]
         if with_original:
             row += [yes(m["original_robust"]), f"{m['linf_to_original']:.3f}"]
         t.add_row(*row)
     return t
+
+
+def broken_by(m: dict) -> str:
+    """What broke an image, with the order for a service transform ("jpeg:85, attack before")."""
+    b = m.get("broken_by")
+    if not b:
+        return ""
+    how = (m.get("uploads") or {}).get(b)
+    return {"no attack": f"{b} alone", "after": f"attack, then {b}", "before": f"{b}, then attack"}.get(how, b)
 
 
 def attack_table(summary: dict, with_original: bool) -> Table:

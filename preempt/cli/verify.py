@@ -27,6 +27,11 @@ def verify_cmd(
     resolution: Literal["auto", "model", "full"] = typer.Option("auto",
                                    help="auto/model: attack a large photo at the model's input resolution over the image "
                                         "of its ε-ball (contains every full-resolution attack; fast); full: attack every pixel."),
+    reencode: Optional[str] = typer.Option(None, help="Also attack each photo as a service would receive it: through the "
+                                           "real codec, before and after the attack, e.g. 'jpeg:85', 'jpeg:95,jpeg:75' or "
+                                           "'worst' (q 95/85/75/60, long side 1080/2048, double compression)."),
+    resize: Optional[str] = typer.Option(None, help="Service resize before --reencode: long side in px (or P%), e.g. '1080' "
+                                         "or '1080,2048'."),
     norm: Optional[str] = typer.Option(None, help="linf | l2 (default: the model's)."),
     eps: Optional[float] = typer.Option(None, help="Attack budget ε (default: the model's)."),
     suite: str = typer.Option("pgd", help="pgd (PGD-20) | quick (PGD-20, APGD-CE) | standard (APGD-CE, APGD-T, FAB-T, Square) | rand (APGD with EOT)."),
@@ -63,6 +68,13 @@ def verify_cmd(
     cfg = VerifyConfig(norm=norm, eps=eps, suite=suite, steps=steps, restarts=restarts, seed=seed, adaptive=adaptive,
                        checks=checks, certify=certify, surrogate=sur, sigma=sigma, n0=n0, n=n, alpha=alpha,
                        resolution=resolution)
+    from ..upload import service_spec
+
+    try:
+        uploads = service_spec(reencode, resize)
+    except ValueError as e:
+        fail(f"--reencode/--resize: {e}", EXIT_USAGE, e)
+    cfg.uploads = uploads
     missing = [p for p in [*paths, *(original or [])] if not p.exists()]
     for p in missing:
         report_error(f"{p}: no such file or folder")
@@ -75,7 +87,7 @@ def verify_cmd(
     results = outcome.files
     summary = summarize(results, cfg.describe(), model=clf.name, device=dev, flags=outcome.flags)
     with_orig = bool(original)
-    what = f"PGD-{steps}" if suite == "pgd" else f"suite {suite}"
+    what = (f"PGD-{steps}" if suite == "pgd" else f"suite {suite}") + (f", uploads {uploads}" if uploads else "")
     t = verify_table(results, f"{what} {norm} ε={eps:g} on {clf.name}", with_orig)
     s = summary["summary"]
     t.caption = (f"robust accuracy {s['robust_accuracy']:.1%} ({s['robust']}/{s['verified']})"
