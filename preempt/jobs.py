@@ -112,7 +112,6 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
             except PhotoError as e:
                 emit(FileResult(str(src), "failed", error=str(e)))
     dball = threat_model(cfg.norm, cfg.delta)
-    eball = threat_model(cfg.norm, cfg.eps)
     classes = model.classes or []
     for batch in _batches(todo, key=lambda t: t[2], max_batch=batch_size):
         photos: list[tuple[Path, Path, Photo]] = []

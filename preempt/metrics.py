@@ -22,9 +22,12 @@ def _luma(x: torch.Tensor) -> torch.Tensor:
 
 def ssim(a: torch.Tensor, b: torch.Tensor, *, window: int = 11, sigma: float = 1.5, strip: int = 256) -> torch.Tensor:
     """Structural similarity (Wang et al. 2004) per image, on the luma channel: Gaussian window
-    11, σ 1.5, K1 0.01, K2 0.03, the mean of the SSIM map over valid positions (one image and one
+    11 (the largest odd size that fits, for smaller images), σ 1.5, K1 0.01, K2 0.03, the mean of the SSIM map over valid positions (one image and one
     strip of rows at a time, so a 12 MP photo needs no photo-sized buffers)."""
     c1, c2 = 0.01 ** 2, 0.03 ** 2
+    side = min(a.shape[-2:]) if a.numel() else window
+    if side < window:  # a thumbnail: the largest odd window that fits
+        window = side if side % 2 else side - 1
     r = torch.arange(window, dtype=torch.float32, device=a.device) - (window - 1) / 2
     g = torch.exp(-r ** 2 / (2 * sigma ** 2))
     g = (g / g.sum()).to(a.dtype)
@@ -32,9 +35,6 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, window: int = 11, sigma: float = 1
     out = []
     for i in range(len(a)):
         x, y = _luma(a[i:i + 1]), _luma(b[i:i + 1])
-        if min(x.shape[-2:]) < window:
-            out.append(torch.tensor(1.0 if torch.equal(x, y) else float("nan")))
-            continue
         total, count = 0.0, 0
         rows = x.shape[-2] - window + 1  # valid output rows, computed in strips to bound memory
         for r0 in range(0, rows, strip):

@@ -55,6 +55,16 @@ def _per_attack(results, attacks: list[str], key: str) -> dict:
     return out
 
 
+def broken_by(m: dict) -> str:
+    """What broke an image, in words; for a service transform, with the order
+    ("attack, then jpeg:85", "jpeg:85, then attack", "jpeg:85 alone")."""
+    b = m.get("broken_by")
+    if not b:
+        return ""
+    how = (m.get("uploads") or {}).get(b)
+    return {"no attack": f"{b} alone", "after": f"attack, then {b}", "before": f"{b}, then attack"}.get(how, b)
+
+
 def _png_b64(im: Image.Image, max_side: int = 256) -> str:
     im = im.copy()
     if max(im.size) > max_side or max(im.size) < 64:
@@ -88,11 +98,11 @@ def write_html(path: str | Path, summary: dict, results) -> None:
     for i, r in enumerate(results):
         name = html.escape(Path(r.src).name)
         if r.status == "failed":
-            rows.append(f"<tr><td>{name}</td><td colspan=5 class=bad>failed: {html.escape(r.error or '')}</td></tr>")
+            rows.append(f"<tr><td>{name}</td><td colspan=6 class=bad>failed: {html.escape(r.error or '')}</td></tr>")
             continue
         m = r.metrics
         rows.append(f"<tr><td>{name}</td><td>{html.escape(r.label_name or str(r.label))}</td>"
-                    f"<td>{yes(m['clean_correct'])}</td><td>{yes(m['robust'])}</td>"
+                    f"<td>{yes(m['clean_correct'])}</td><td>{yes(m['robust'])}</td><td>{html.escape(broken_by(m))}</td>"
                     f"<td>{yes(m['original_robust']) if 'original_robust' in m else '–'}</td>"
                     f"<td>{m.get('linf_to_original', float('nan')):.4f}</td></tr>")
         figs = []
@@ -130,7 +140,7 @@ torch {summary['torch']}, {summary['created']}.</p>
 {flags_html}
 <p><b>Robust accuracy {s['robust_accuracy']:.1%}</b> ({s['robust']}/{s['verified']} robust; clean accuracy {s['clean_accuracy']:.1%};
 {s['failed']} failed).</p>{orig_line}
-<table><tr><th>file</th><th>label</th><th>clean correct</th><th>robust</th><th>original robust</th><th>ℓ∞ to original</th></tr>
+<table><tr><th>file</th><th>label</th><th>clean correct</th><th>robust</th><th>broken by</th><th>original robust</th><th>ℓ∞ to original</th></tr>
 {''.join(rows)}</table>
 {''.join(photos)}
 </body></html>"""

@@ -23,11 +23,13 @@ def test_robustify_then_verify(tmp_path, photo_dir, tiny_model_file):
     out = tmp_path / "out"
     before = {p.name: p.read_bytes() for p in photo_dir.iterdir()}
     r = run("robustify", photo_dir, "-o", out, "--model", tiny_model_file, "--json")
-    assert r.exit_code == 0, r.output
+    assert r.exit_code in (0, 3), r.output
     doc = _json(r)
     files = doc["files"]
     assert len(files) == 6 and all(f["status"] in ("robust", "not-robust") for f in files)
     assert sum(f["status"] == "robust" for f in files) >= 5
+    assert r.exit_code == (0 if all(f["status"] == "robust" for f in files) else 3)  # 3: a photo is not robust
+    assert all(0 < f["metrics"]["ssim"] <= 1 for f in files)  # thumbnails get a smaller window, not NaN
     # originals untouched, outputs named NAME.robust.png, within δ as files
     assert {p.name: p.read_bytes() for p in photo_dir.iterdir()} == before
     for f in files:
@@ -55,7 +57,7 @@ def test_robustify_then_verify(tmp_path, photo_dir, tiny_model_file):
 
 def test_rerun_skips_existing_and_overwrite_redoes(tmp_path, photo_dir, tiny_model_file):
     out = tmp_path / "out"
-    assert run("robustify", photo_dir, "-o", out, "--model", tiny_model_file).exit_code == 0
+    assert run("robustify", photo_dir, "-o", out, "--model", tiny_model_file).exit_code in (0, 3)  # 3: one not robust
     stamp = {p: p.stat().st_mtime_ns for p in out.iterdir()}
     r = run("robustify", photo_dir, "-o", out, "--model", tiny_model_file, "--json")
     assert r.exit_code == 0
@@ -80,7 +82,7 @@ def test_bad_files_are_reported_and_the_batch_goes_on(tmp_path, photo_dir, tiny_
 
 def test_output_dir_inside_input_is_not_reprocessed_and_inputs_never_overwritten(tmp_path, photo_dir, tiny_model_file):
     out = photo_dir / "out"
-    assert run("robustify", photo_dir, "-o", out, "--model", tiny_model_file).exit_code == 0
+    assert run("robustify", photo_dir, "-o", out, "--model", tiny_model_file).exit_code in (0, 3)  # 3: one not robust
     r = run("robustify", photo_dir, "-o", out, "--model", tiny_model_file, "--json")
     assert len(_json(r)["files"]) == 6  # the outputs under photo_dir/out are not inputs
     # a robustified file given as input with -o its own folder would be overwritten: refused
@@ -105,7 +107,7 @@ def test_alpha_passes_through_robustify(tmp_path, tiny_model_file):
     (tmp_path / "in").mkdir()
     Image.fromarray(a, "RGBA").save(tmp_path / "in" / "a.png")
     r = run("robustify", tmp_path / "in", "-o", tmp_path / "out", "--model", tiny_model_file)
-    assert r.exit_code == 0, r.output
+    assert r.exit_code in (0, 3), r.output  # random pixels: written, maybe not robust
     out = load_photo(tmp_path / "out" / "a.robust.png")
     assert np.array_equal(out.alpha, a[:, :, 3])
 

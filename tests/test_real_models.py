@@ -218,7 +218,7 @@ def test_cli_robustify_with_a_torchscript_model_and_flags(tmp_path, photo_dir, t
     torch.jit.save(torch.jit.script(tiny_model.net), str(ts))
     r = run("robustify", photo_dir, "-o", tmp_path / "o", "--model", ts, "--input-size", "8", "--channels", "1",
             "--mean", "0.5", "--std", "0.5", "--eps", "0.1", "--delta", "0.1", "--goal", "least-visible", "--json")
-    assert r.exit_code == 0, r.output
+    assert r.exit_code in (0, 3), r.output
     doc = json.loads(r.stdout)
     assert doc["config"]["init"] == "original" and doc["config"]["goal"] == "least-visible"
     assert sum(f["status"] == "robust" for f in doc["files"]) >= 4

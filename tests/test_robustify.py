@@ -35,7 +35,7 @@ def test_per_image_report_and_early_stop(tiny_model, tiny_data):
     res = robustify(tiny_model, x, steps=20, min_steps=2, check_every=2)
     assert len(res.images) == 40
     r = res.images[0]
-    assert set(r.to_dict()) == {"robust", "label", "loss", "steps", "passes", "linf", "l2", "psnr", "ssim", "scale",
+    assert set(r.to_dict()) == {"robust", "label", "loss", "steps", "passes", "linf", "l2", "psnr", "ssim", "scale", "uploads",
                                "seconds"}
     steps = torch.tensor([i.steps for i in res.images])
     # robust images stop early: fewer outer steps than the maximum, and fewer passes than the full budget

@@ -111,7 +111,7 @@ def test_verify_json_matches_the_documented_schema(tmp_path, photo_dir, tiny_mod
     jsonschema = pytest.importorskip("jsonschema")
     schema = json.loads((ROOT / "preempt" / "schemas" / "verify.schema.json").read_text())
     out = tmp_path / "out"
-    assert run("robustify", photo_dir, "-o", out, "--model", tiny_model_file).exit_code == 0
+    assert run("robustify", photo_dir, "-o", out, "--model", tiny_model_file).exit_code in (0, 3)  # 3: one not robust
     v = run("verify", out, "--original", photo_dir, "--model", tiny_model_file, "--json", "--suite", "quick",
             "--adaptive", "--certify", "--n", "200", "--n0", "20")
     doc = json.loads(v.stdout)

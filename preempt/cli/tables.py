@@ -7,6 +7,8 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
+from ..report import broken_by
+
 
 def summary_table(results, title: str) -> Table:
     t = Table(title=title, show_footer=False)
@@ -46,15 +48,6 @@ def verify_table(results, title: str, with_original: bool) -> Table:
             row += [yes(m["original_robust"]), f"{m['linf_to_original']:.3f}"]
         t.add_row(*row)
     return t
-
-
-def broken_by(m: dict) -> str:
-    """What broke an image, with the order for a service transform ("jpeg:85, attack before")."""
-    b = m.get("broken_by")
-    if not b:
-        return ""
-    how = (m.get("uploads") or {}).get(b)
-    return {"no attack": f"{b} alone", "after": f"attack, then {b}", "before": f"{b}, then attack"}.get(how, b)
 
 
 def attack_table(summary: dict, with_original: bool) -> Table:
