@@ -147,6 +147,10 @@ def main() -> None:
         run(f"{len(items)} labelled 512×512 photos, {m.name}", m, x, y, 1 / 255, 4 / 255,
             [("robustified (PNG only)", None), ("--survive jpeg:75-95", "jpeg:75-95")],
             "jpeg:95,jpeg:85,jpeg:75,resize:50%", out, bs=len(items))
+    old = Path(a.out).with_suffix(".json")
+    if old.exists():  # a part rerun alone keeps the other part's results
+        prev = json.loads(old.read_text())
+        out = {**{k: v for k, v in prev.items() if isinstance(v, dict)}, **out}
     Path(a.out).with_suffix(".json").write_text(json.dumps(out, indent=1))
     Path(a.out).with_suffix(".md").write_text(markdown(out))
     print(markdown(out))

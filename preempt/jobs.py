@@ -80,7 +80,8 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
     """Robustify every photo under ``paths`` into ``out_dir``; returns one FileResult per input.
 
     ``fmt``: ``png``, ``jpeg``, or ``auto`` (JPEG for JPEG inputs when ``config.survive`` includes a
-    JPEG re-encode, at the highest quality robustified for; PNG otherwise).  A JPEG is kept inside
+    JPEG re-encode, at the highest quality robustified for, if that JPEG stays inside δ and robust;
+    PNG otherwise).  A JPEG is kept inside
     the δ-ball (:func:`encode_jpeg_within`) or reported ``over-budget``, and judged as decoded."""
     cfg = config or RobustifyConfig()
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
@@ -97,16 +98,20 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
     todo, claimed = [], {}
     for src, root in inputs:
         dst = output_path(src, root, out_dir, file_format(src, fmt, cfg))
+        # --format auto may fall back from JPEG to PNG: both names are this input's
+        names = [dst] + ([output_path(src, root, out_dir, "png")] if fmt == "auto" and dst.suffix == ".jpg" else [])
         r = dst.resolve()
-        if r in in_set:
+        done_before = [d for d in names if d.exists()]
+        if any(d.resolve() in in_set for d in names):
             emit(FileResult(str(src), "failed", str(dst), error="output would overwrite an input"))
-        elif r in claimed:
-            emit(FileResult(str(src), "failed", str(dst), error=f"output name collides with {claimed[r]}"))
-        elif dst.exists() and not overwrite:
-            claimed[r] = src
-            emit(FileResult(str(src), "skipped", str(dst), error="output exists (use --overwrite)"))
+        elif any(d.resolve() in claimed for d in names):
+            other = next(claimed[d.resolve()] for d in names if d.resolve() in claimed)
+            emit(FileResult(str(src), "failed", str(dst), error=f"output name collides with {other}"))
+        elif done_before and not overwrite:
+            claimed.update({d.resolve(): src for d in names})
+            emit(FileResult(str(src), "skipped", str(done_before[0]), error="output exists (use --overwrite)"))
         else:
-            claimed[r] = src
+            claimed.update({d.resolve(): src for d in names})
             try:
                 todo.append((src, dst, probe(src)))
             except PhotoError as e:
@@ -137,12 +142,7 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
                     metrics = info.to_dict()
                     metrics["seconds"] = round(elapsed, 4)
                     kind = file_format(src, fmt, cfg)
-                    if kind == "png":
-                        data = encode(out, "png", strip_metadata=strip_metadata, meta=meta)
-                        if not (decode(data).pixels == out.pixels).all():  # judge exactly what will be on disk
-                            raise PhotoError("PNG round trip changed pixels")
-                        status = "robust" if info.robust else "not-robust"
-                    else:  # lossy: keep the file inside the δ-ball, then verify again what was written
+                    if kind == "jpeg":  # lossy: keep the file inside the δ-ball, then verify again what was written
                         q = jpeg_quality(quality, cfg)
                         data, xs, q_used, within = encode_jpeg_within(out, x[i], dball, q, strip_metadata=strip_metadata,
                                                                       meta=meta)
@@ -158,6 +158,17 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
                         metrics["ssim"] = float(ssim(xs[None], x[i:i + 1])[0])
                         metrics["within_budget"] = within
                         status = "over-budget" if not within else ("robust" if bool(ok[0]) else "not-robust")
+                        if fmt == "auto" and status != "robust" and info.robust:
+                            # auto promised the least surprise: the JPEG did not keep δ or robustness, the PNG does
+                            kind, dst = "png", dst.with_suffix(".png")
+                            metrics = {**info.to_dict(), "seconds": round(elapsed, 4),
+                                       "passes": metrics["passes"], "format_note": f"JPEG {status} at quality "
+                                       f"{q_used}: wrote PNG"}
+                    if kind == "png":
+                        data = encode(out, "png", strip_metadata=strip_metadata, meta=meta)
+                        if not (decode(data).pixels == out.pixels).all():  # judge exactly what will be on disk
+                            raise PhotoError("PNG round trip changed pixels")
+                        status = "robust" if info.robust else "not-robust"
                     metrics["robust"] = status == "robust"
                     metrics["bytes"] = len(data)
                     write_atomic(dst, data)
@@ -195,13 +206,13 @@ def jpeg_quality(quality: int | None, cfg: RobustifyConfig) -> int:
 
 
 def encode_jpeg_within(photo: Photo, x_o: torch.Tensor, dball, quality: int, *, strip_metadata: bool = False,
-                       meta: dict | None = None, iters: int = 4) -> tuple[bytes, torch.Tensor, int, bool]:
+                       meta: dict | None = None, iters: int = 3) -> tuple[bytes, torch.Tensor, int, bool]:
     """A JPEG of ``photo`` whose decoded pixels stay inside ``dball`` around the original ``x_o``.
 
     The encoder's error is pushed back: where the decoded file leaves the ball, the input is
     moved by the overshoot (and one level more) the other way and encoded again (``iters``
-    times); if that does not converge, less of δ is spent (ℓ∞: the change clipped to 2, 4, 8
-    levels inside the bound), then the quality is raised in steps of 5 up to 100.  Returns (bytes, decoded
+    times); if that does not converge the quality is raised in steps of 5 up to 100, and there
+    less of δ is spent (ℓ∞: the change clipped to 1, 2, 3, 4, 6, … levels inside the bound).  Returns (bytes, decoded
     (C,H,W) tensor, quality used, within budget).  When nothing fits, the encoding at the asked
     quality is returned with ``within = False`` — the caller reports it over budget."""
     x_r = photo.tensor(x_o.device)
@@ -209,25 +220,26 @@ def encode_jpeg_within(photo: Photo, x_o: torch.Tensor, dball, quality: int, *, 
     m = math.floor(dball.eps * 255 + 1e-6)
     first = None
     kr = torch.round(x_r * 255)
-    for q in sorted({int(quality), *range(int(quality) + 5, 101, 5), 100}):
-        for margin in (0, 2, 4, 8):  # spend less of δ before encoding: the change clipped to m − margin levels
-            if margin and (margin >= m or not isinstance(dball, Linf)):
-                break
-            k_in = ko + (kr - ko).clamp(-(m - margin), m - margin) if isinstance(dball, Linf) else kr
-            for _ in range(iters):
-                data = encode(from_tensor(k_in / 255, photo), "jpeg", quality=q, strip_metadata=strip_metadata, meta=meta)
-                xs = decode(data).tensor(x_o.device)
-                if first is None:
-                    first = (data, xs, q)
-                if float(dball.distance(xs[None], x_o[None])[0]) <= dball.eps + 1e-6:
-                    return data, xs, q, True
-                # the encoder's overshoot, in whole levels, pushed back with one level to spare
-                ks = torch.round(xs * 255)
-                if isinstance(dball, Linf):
-                    over = (ks - (ko + m)).clamp_min(0) - ((ko - m) - ks).clamp_min(0)
-                else:
-                    over = ks - torch.round(dball.project(xs[None], x_o[None])[0] * 255)
-                k_in = (k_in - over - torch.sign(over)).clamp(0, 255)
+    linf = isinstance(dball, Linf)
+    qualities = sorted({int(quality), *range(int(quality) + 5, 101, 5), 100})
+    margins = [g for g in (1, 2, 3, 4, 6, 8, 12, 16) if g < m] if linf else []
+    # first the quality asked and higher ones with all of δ; then, at quality 100, less of δ
+    for q, margin in [(q, 0) for q in qualities] + [(100, g) for g in margins]:
+        k_in = ko + (kr - ko).clamp(-(m - margin), m - margin) if linf else kr
+        for _ in range(iters):
+            data = encode(from_tensor(k_in / 255, photo), "jpeg", quality=q, strip_metadata=strip_metadata, meta=meta)
+            xs = decode(data).tensor(x_o.device)
+            if first is None:
+                first = (data, xs, q)
+            if float(dball.distance(xs[None], x_o[None])[0]) <= dball.eps + 1e-6:
+                return data, xs, q, True
+            # the encoder's overshoot, in whole levels, pushed back with one level to spare
+            ks = torch.round(xs * 255)
+            if linf:
+                over = (ks - (ko + m)).clamp_min(0) - ((ko - m) - ks).clamp_min(0)
+            else:
+                over = ks - torch.round(dball.project(xs[None], x_o[None])[0] * 255)
+            k_in = (k_in - over - torch.sign(over)).clamp(0, 255)
     assert first is not None
     return first[0], first[1], first[2], False
 

@@ -77,7 +77,7 @@ class RobustifyConfig:
     check_every: int = 5
     check_steps: int = 20
     check_restarts: int = 1
-    check_loss: str = "ce"     # ce | dlr | ce+dlr: the check's PGD loss(es)
+    check_loss: str = "ce"     # the check's stages (see check()): ce, dlr, apgd-ce, apgd-t joined by +
     min_steps: int = 5         # outer steps before the first check
     quantize: bool = True
     create_graph: bool = False  # second-order unrolling (ℓ2 only)
@@ -104,6 +104,9 @@ class RobustifyConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.steps < 0 or self.inner_steps < 1 or self.check_every < 1:
             raise ValueError("steps must be >= 0, inner_steps and check_every >= 1")
+        for stage in self.check_loss.split("+"):
+            if stage not in CHECK_STAGES:
+                raise ValueError(f"check stage {stage!r}: choose from {', '.join(CHECK_STAGES)} joined by +")
         if self.check_steps < 1 or self.check_restarts < 1:
             raise ValueError("check_steps and check_restarts must be >= 1: without a check nothing is verified")
         if self.optimizer not in ("sign", "rmsprop"):
@@ -157,18 +160,35 @@ def resolve_init(init: str, model) -> str:
     return rec if rec in INITS[1:] else "original"
 
 
+CHECK_STAGES = ("ce", "dlr", "apgd-ce", "apgd-t")
+
+
 def check(model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *, steps: int = 20,
-          restarts: int = 1, loss: str = "ce", generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
-    """PGD check: (robust mask, passes).  Robust = no iterate of any restart changed the label.
-    ``loss``: ``ce``, ``dlr``, or ``ce+dlr`` (a CE attack, then a DLR attack on the survivors)."""
+          restarts: int = 1, loss: str = "ce", apgd_steps: int = 25, apgd_targets: int = 3,
+          generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+    """The check behind "robust": (robust mask, passes).  Robust = no iterate of any stage changed
+    the label.  ``loss`` names the stages, run in turn on the points still robust, joined by ``+``:
+    ``ce`` / ``dlr`` (PGD-``steps`` with that loss, ``restarts`` random starts each), ``apgd-ce``
+    (APGD-CE, ``apgd_steps`` iterations) and ``apgd-t`` (APGD-T on the ``apgd_targets`` highest
+    other classes)."""
+    from .attacks.apgd import apgd, apgd_targeted
+
     robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
     passes = 0
     for name in loss.split("+"):
-        for _ in range(restarts):
+        if name not in CHECK_STAGES:
+            raise ValueError(f"check stage {name!r}: choose from {', '.join(CHECK_STAGES)} joined by +")
+        for _ in range(restarts if name in ("ce", "dlr") else 1):
             idx = robust.nonzero().squeeze(1)
             if len(idx) == 0:
                 break
-            res = pgd(model, x[idx], y[idx], threat=threat, steps=steps, loss=name, generator=generator)
+            if name == "apgd-ce":
+                res = apgd(model, x[idx], y[idx], threat=threat, steps=apgd_steps, loss="ce", generator=generator)
+            elif name == "apgd-t":
+                res = apgd_targeted(model, x[idx], y[idx], threat=threat, steps=apgd_steps, n_targets=apgd_targets,
+                                    generator=generator)
+            else:
+                res = pgd(model, x[idx], y[idx], threat=threat, steps=steps, loss=name, generator=generator)
             passes += res.passes
             robust[idx[res.success]] = False
     return robust, passes

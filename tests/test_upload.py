@@ -178,3 +178,22 @@ def test_verify_reencode_names_the_transform_that_broke_each_image(tmp_path, tin
     per = doc["summary"]["per_attack"]
     assert list(per)[-2:] == ["resize:50%+jpeg:90", "resize:50%+jpeg:20"]
     assert per["resize:50%+jpeg:20"] <= per["pgd-20"]
+
+
+def test_auto_format_falls_back_to_png_when_the_jpeg_cannot_keep_delta(tmp_path, tiny_data, tiny_model_file):
+    d = _photos(tmp_path, tiny_data, n=3, jpeg=True)
+    r = run("robustify", d, "-o", tmp_path / "o", "--model", tiny_model_file, "--survive", "jpeg:40",
+            "--delta", 1 / 255, "--eps", 0.5 / 255, "--json")
+    assert r.exit_code in (0, 3), r.output
+    files = json.loads(r.stdout)["files"]
+    assert any(f["dst"].endswith(".png") for f in files)  # a one-level δ is too tight for JPEG here
+    for f in files:
+        assert f["status"] != "over-budget"          # auto never leaves a file outside δ
+        src, out = load_photo(f["src"]), load_photo(f["dst"])
+        assert np.abs(src.pixels.astype(int) - out.pixels.astype(int)).max() <= 1
+        if f["dst"].endswith(".png"):
+            assert "wrote PNG" in f["metrics"]["format_note"]
+    # a rerun finds the PNG written in place of the JPEG and resumes (skips it)
+    r2 = run("robustify", d, "-o", tmp_path / "o", "--model", tiny_model_file, "--survive", "jpeg:40",
+             "--delta", 1 / 255, "--eps", 0.5 / 255, "--json")
+    assert all(f["status"] == "skipped" for f in json.loads(r2.stdout)["files"])

@@ -14,7 +14,9 @@ from rich.console import Console
 from rich.markup import escape
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_ROBUST = 0, 1, 2, 3
-err_console = Console(stderr=True)
+# outside a terminal (a log file, a pipe) tables are not cut to 80 columns
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+out_console = Console(width=None if sys.stdout.isatty() else 200)
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from .common import err_console, pick_device, print_json
+from .common import out_console, pick_device, print_json
 
 
 def models_cmd(json_out: bool = typer.Option(False, "--json", help="JSON on stdout.")) -> None:
@@ -39,4 +39,4 @@ def models_cmd(json_out: bool = typer.Option(False, "--json", help="JSON on stdo
                   "×".join(map(str, r["input"] or [])), pct(test.get("clean", test.get("top1"))), pct(test.get("pgd20")))
     t.caption = ("fmnist-*: test accuracy on Fashion-MNIST, clean on 10,000 images, PGD-20 (the card's ε) on the first "
                  "1,000; efficientnet-lite0: ImageNet top-1 on labelled photos (benchmarks/results/photos.md)")
-    err_console.print(t)
+    out_console.print(t)  # the listing is this command's output: stdout, so it can be piped

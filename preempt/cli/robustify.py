@@ -27,7 +27,7 @@ def robustify_cmd(
     mean: MeanOpt = None,
     std: StdOpt = None,
     channels: ChannelsOpt = None,
-    norm: Optional[str] = typer.Option(None, help="linf | l2 (default: the model's threat model)."),
+    norm: Optional[Literal["linf", "l2"]] = typer.Option(None, help="linf | l2 (default: the model's threat model)."),
     delta: Optional[float] = typer.Option(None, help="Robustification budget δ (default: the model's)."),
     eps: Optional[float] = typer.Option(None, help="Attack budget ε to be robust against (default: the model's)."),
     steps: int = typer.Option(30, help="Outer steps at most."),

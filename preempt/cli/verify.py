@@ -32,9 +32,9 @@ def verify_cmd(
                                            "'worst' (q 95/85/75/60, long side 1080/2048, double compression)."),
     resize: Optional[str] = typer.Option(None, help="Service resize before --reencode: long side in px (or P%), e.g. '1080' "
                                          "or '1080,2048'."),
-    norm: Optional[str] = typer.Option(None, help="linf | l2 (default: the model's)."),
+    norm: Optional[Literal["linf", "l2"]] = typer.Option(None, help="linf | l2 (default: the model's)."),
     eps: Optional[float] = typer.Option(None, help="Attack budget ε (default: the model's)."),
-    suite: str = typer.Option("pgd", help="pgd (PGD-20) | quick (PGD-20, APGD-CE) | standard (APGD-CE, APGD-T, FAB-T, Square) | rand (APGD with EOT)."),
+    suite: Literal["pgd", "quick", "standard", "rand", "blackbox"] = typer.Option("pgd", help="pgd (PGD-20) | quick (PGD-20, APGD-CE) | standard (APGD-CE, APGD-T, FAB-T, Square) | rand (APGD with EOT) | blackbox (Square + transfer attacks; ONNX models)."),
     steps: int = typer.Option(20, help="PGD steps (suite pgd)."),
     restarts: int = typer.Option(1, help="PGD random restarts."),
     adaptive: bool = typer.Option(False, help="Also run the adaptive white-box attack that first tries to undo robustification."),

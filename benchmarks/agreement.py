@@ -1,0 +1,104 @@
+"""Does robustify's "robust" agree with ``preempt verify``?  Side by side for several checks.
+
+    python benchmarks/agreement.py                         # 1,000 Fashion-MNIST test images, default model
+    python benchmarks/agreement.py --n 200 --variants pgd,strong --no-standard
+
+For each robustify check (``--variants``) it robustifies the images, then attacks the returned
+8-bit pixels as ``preempt verify`` does: the default suite (PGD-20, step ε/4, random start) with
+seeds 0, 1 and 2, and the standard suite (APGD-CE, APGD-T, FAB-T, Square) with seed 0.  It reports
+per variant: robust claimed, robust under each verification, agreement (claim = verdict, over all
+images), claims broken, and the passes per image robustify spent.  Labels: the model's
+prediction on the original.  Each variant's result is saved as soon as it is done
+(benchmarks/results/agreement.json), and a rerun skips what is there, so a long run resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from preempt import load_model, robustify, threat_model
+from preempt.attacks import pgd, run_suite
+
+HERE = Path(__file__).resolve().parent
+
+VARIANTS = {
+    # name: robustify check settings
+    "pgd": dict(check_loss="ce", check_restarts=1),                       # PGD-20, one random start
+    "pgd-x2": dict(check_loss="ce", check_restarts=2),                    # two random starts
+    "pgd+apgd-t": dict(check_loss="ce+apgd-t", check_restarts=1),         # + APGD-T (3 targets, 25 it)
+    "strong": dict(check_loss="ce+apgd-ce+apgd-t", check_restarts=2),     # 2 starts, APGD-CE, APGD-T
+}
+
+
+def verdicts(model, x, y, threat, standard: bool, bs: int = 250) -> dict[str, torch.Tensor]:
+    out = {}
+    for seed in (0, 1, 2):
+        gen = torch.Generator().manual_seed(seed)
+        out[f"pgd20-seed{seed}"] = torch.cat([pgd(model, x[i:i + bs], y[i:i + bs], threat=threat, steps=20,
+                                                  generator=gen).robust for i in range(0, len(x), bs)])
+    if standard:
+        t0 = time.perf_counter()
+        r = run_suite(model, x, y, threat=threat, suite="standard", generator=torch.Generator().manual_seed(0))
+        out["standard"] = r.robust
+        print(f"  standard suite {time.perf_counter() - t0:.0f}s", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--no-standard", action="store_true")
+    ap.add_argument("--out", default=str(HERE / "results" / "agreement.json"))
+    a = ap.parse_args()
+    from preempt.data import fashion_mnist
+
+    model = load_model(a.model)
+    tm = model.card["threat_model"]
+    threat = threat_model(tm["norm"], tm["eps"])
+    x, _ = fashion_mnist("test")
+    x = x[:a.n]
+    y = model.predict(x)
+    path = Path(a.out)
+    doc = json.loads(path.read_text()) if path.exists() else {}
+    key = f"{model.name} n={a.n}"
+    part = doc.setdefault(key, {"model": model.name, "n": a.n, "norm": tm["norm"], "eps": tm["eps"],
+                                "delta": tm["delta"], "variants": {}})
+    for name in a.variants.split(","):
+        if name in part["variants"] and ("standard" in part["variants"][name]["verified"] or a.no_standard):
+            print(f"{name}: done before, skipped", flush=True)
+            continue
+        t0 = time.perf_counter()
+        claims, passes, xs = [], [], []
+        for i in range(0, len(x), 250):
+            r = robustify(model, x[i:i + 250], y[i:i + 250], delta=tm["delta"], eps=tm["eps"], **VARIANTS[name])
+            xs.append(r.x)
+            claims += [im.robust for im in r.images]
+            passes += [im.passes for im in r.images]
+        sec = time.perf_counter() - t0
+        x_r = torch.cat(xs)
+        claim = torch.tensor(claims)
+        v = verdicts(model, x_r, y, threat, not a.no_standard)
+        row = {"check": VARIANTS[name], "claimed": float(claim.float().mean()),
+               "passes_per_image": sum(passes) / len(passes), "seconds_per_image": sec / len(x), "verified": {}}
+        for k, ok in v.items():
+            row["verified"][k] = {"robust": float(ok.float().mean()),
+                                  "agreement": float((ok == claim).float().mean()),
+                                  "claims_broken": int((claim & ~ok).sum()),
+                                  "denied_but_robust": int((~claim & ok).sum())}
+        part["variants"][name] = row
+        doc["machine"] = f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+        doc["command"] = " ".join(["python", *sys.argv])
+        path.write_text(json.dumps(doc, indent=1))
+        print(name, json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
