@@ -17,14 +17,18 @@ import torch
 from PIL import Image
 
 from . import __version__, upload
-from .photos import (Photo, PhotoError, decode, encode, from_tensor, iter_images, load_photo, output_path,
-                     write_atomic)
+from .photos import (Photo, PhotoError, decode, encode, from_tensor, iter_images, load_photo, nothing_found,
+                     output_path, write_atomic)
 from .metrics import psnr, ssim
 from .resolution import at_model_input
 from .robustify import RobustifyConfig, judge, robustify
 from .threat import L2, Linf, threat_model
 
 MAX_BATCH_PIXELS = 2_000_000  # pixels per batch (bounds memory for big photos)
+
+
+class NoImages(Exception):
+    """The paths given hold no image preempt reads; str() is one line saying why."""
 
 
 @dataclass
@@ -93,7 +97,10 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
         if on_file:
             on_file(r)
 
-    inputs = list(iter_images(paths, exclude=out_dir))
+    skipped: list[Path] = []
+    inputs = list(iter_images(paths, exclude=out_dir, skipped=skipped))
+    if not inputs:
+        raise NoImages(nothing_found(list(paths), skipped, out_dir))
     in_set = {p.resolve() for p, _ in inputs if p.exists()}
     todo, claimed = [], {}
     for src, root in inputs:
@@ -317,7 +324,10 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
         raise ValueError(f"{model.name} has no gradients (ONNX): use --suite blackbox, without --adaptive")
     threat = threat_model(cfg.norm, cfg.eps)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    files = [p for p, _ in iter_images(paths)]
+    skipped: list[Path] = []
+    files = [p for p, _ in iter_images(paths, skipped=skipped)]
+    if not files:
+        raise NoImages(nothing_found(list(paths), skipped))
     origs = pair_originals(files, [p for p, _ in iter_images(originals)]) if originals else None
     report = VerifyReport([])
     results = report.files

@@ -21,6 +21,14 @@ import torch
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+HEIF_EXTENSIONS = {".heic", ".heif"}
+try:  # HEIC/HEIF photos (iPhones) when the optional pillow-heif is installed
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    EXTENSIONS |= HEIF_EXTENSIONS
+except ImportError:  # pragma: no cover - depends on the environment
+    pass
 MAX_PIXELS = 100_000_000  # larger images are refused as possible decompression bombs
 META_KEY = "preempt"
 _ORIENTATION = 0x0112
@@ -191,6 +199,12 @@ def decode(data: bytes) -> Photo:
     return load_photo(data)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | Path, data: bytes) -> None:
     """Write via a temporary file in the same folder and an atomic rename."""
     path = Path(path)
@@ -204,6 +218,7 @@ def write_atomic(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; an output is an ordinary file
         os.replace(tmp, path)
     except OSError as e:
         try:
@@ -213,23 +228,44 @@ def write_atomic(path: str | Path, data: bytes) -> None:
         raise PhotoError(f"cannot write {path}: {e.strerror or e}") from e
 
 
-def iter_images(paths: Iterable[str | Path], *, exclude: Path | None = None) -> Iterator[tuple[Path, Path]]:
+def iter_images(paths: Iterable[str | Path], *, exclude: Path | None = None,
+                skipped: list[Path] | None = None) -> Iterator[tuple[Path, Path]]:
     """Yield (file, root) for each given file and each image found under each given folder.
 
     ``root`` is the folder the file was found under (its parent for a file given directly),
-    so outputs can mirror sub-folders.  Files under ``exclude`` (the output folder) are skipped.
+    so outputs can mirror sub-folders.  Files under ``exclude`` (the output folder) are skipped;
+    files of other types found in folders are appended to ``skipped`` when given.
     """
     ex = exclude.resolve() if exclude else None
     for p in paths:
         p = Path(p)
         if p.is_dir():
             for f in sorted(p.rglob("*")):
-                if f.is_file() and f.suffix.lower() in EXTENSIONS and not f.name.startswith("."):
-                    if ex and (ex == f.resolve().parent or ex in f.resolve().parents):
-                        continue
+                if not f.is_file() or f.name.startswith("."):
+                    continue
+                if ex and (ex == f.resolve().parent or ex in f.resolve().parents):
+                    continue
+                if f.suffix.lower() in EXTENSIONS:
                     yield f, p
+                elif skipped is not None:
+                    skipped.append(f)
         else:
             yield p, p.parent
+
+
+def nothing_found(paths: Iterable[str | Path], skipped: list[Path], exclude: Path | None = None) -> str:
+    """One line saying why no image was found: empty folders, only other file types, or only
+    the output folder itself."""
+    where = ", ".join(str(p) for p in paths)
+    if skipped:
+        kinds = sorted({f.suffix.lower() or "(no extension)" for f in skipped})
+        hint = (" (HEIC needs the optional pillow-heif: pip install pillow-heif)"
+                if set(kinds) & HEIF_EXTENSIONS and not HEIF_EXTENSIONS <= EXTENSIONS else "")
+        return (f"no images found in {where}: {len(skipped)} file(s) of types preempt does not read "
+                f"({', '.join(kinds)}; it reads {', '.join(sorted(EXTENSIONS))}){hint}")
+    if exclude is not None and any(Path(p).is_dir() and Path(p).resolve() == exclude.resolve() for p in paths):
+        return f"no images found in {where}: it is the output folder, whose files are never inputs; choose another -o"
+    return f"no images found in {where}"
 
 
 def output_path(src: Path, root: Path, out_dir: Path, fmt: str = "png") -> Path:

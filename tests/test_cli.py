@@ -152,3 +152,44 @@ def test_models_lists_json():
     assert doc["device"] in ("cpu", "cuda")
     for m in doc["models"]:
         assert m["threat_model"]["norm"] in ("linf", "l2")
+
+
+def test_nothing_to_do_is_said_and_exits_1(tmp_path, photo_dir, tiny_model_file):
+    (tmp_path / "empty").mkdir()
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    for name in ("a.heic", "b.gif", "c.svg"):
+        (odd / name).write_bytes(b"x")
+    r = run("robustify", tmp_path / "empty", "-o", tmp_path / "o", "--model", tiny_model_file)
+    assert r.exit_code == 1 and "no images found" in r.stderr
+    r = run("robustify", odd, "-o", tmp_path / "o", "--model", tiny_model_file)
+    assert r.exit_code == 1 and ".heic" in r.stderr and ".svg" in r.stderr
+    r = run("verify", odd, "--model", tiny_model_file)
+    assert r.exit_code == 1 and "no images found" in r.stderr
+    # the output folder given as the input: its files are never inputs, so there is nothing to do
+    r = run("robustify", photo_dir, "-o", photo_dir, "--model", tiny_model_file)
+    assert r.exit_code == 1 and "output folder" in r.stderr
+    assert not any(p.name.endswith(".robust.png") for p in photo_dir.iterdir())
+
+
+def test_outputs_follow_the_umask(tmp_path, photo_dir, tiny_model_file):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        run("robustify", photo_dir / "img0.png", "-o", tmp_path / "o", "--model", tiny_model_file)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "o" / "img0.robust.png").stat().st_mode & 0o777 == 0o644
+
+
+def test_verify_unwritable_report_keeps_the_json_and_size_mismatch_is_one_line(tmp_path, photo_dir, tiny_model_file):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = run("verify", photo_dir / "img0.png", "--model", tiny_model_file, "--json", "--report", blocker / "r.html")
+    assert r.exit_code == 1 and "cannot write the report" in r.stderr
+    assert _json(r)["summary"]["verified"] == 1
+    small = tmp_path / "small.png"
+    Image.new("L", (5, 5)).save(small)
+    r = run("verify", photo_dir / "img0.png", "--original", small, "--model", tiny_model_file, "--json")
+    assert r.exit_code == 1 and "internal error" not in r.output and "size" in r.stderr

@@ -44,7 +44,9 @@ def main() -> None:
     try:
         app(standalone_mode=True)
     except KeyboardInterrupt:
-        err_console.print("interrupted")
+        done = f" after {state.done} file(s)" if state.done else ""
+        err_console.print(f"interrupted{done}; finished outputs are kept, rerun the same command to resume",
+                          highlight=False)
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - a bug of ours: one line, the traceback only with --debug
         if state.debug:

@@ -22,6 +22,7 @@ out_console = Console(width=None if sys.stdout.isatty() else 200)
 @dataclass
 class _State:
     debug: bool = False
+    done: int = 0  # files finished by the running command (for the Ctrl-C message)
 
 
 state = _State()

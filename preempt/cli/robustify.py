@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .common import (EXIT_ERROR, EXIT_NOT_ROBUST, EXIT_OK, EXIT_USAGE, CardOpt, ChannelsOpt, InputSizeOpt, MeanOpt, ModelOpt,
                      ModelSpec, PolicyOpt, ResizeSizeOpt, StdOpt, WeightsOpt, colour_notice, err_console, fail,
-                     model_and_budgets, print_json, report_error)
+                     model_and_budgets, print_json, report_error, state)
 from .tables import summary_table
 
 
@@ -62,7 +62,7 @@ def robustify_cmd(
     Exit codes: 0 every photo robust, 1 a file failed, 2 usage, 3 a photo is not robust or over budget."""
     import torch
 
-    from ..jobs import robustify_files
+    from ..jobs import NoImages, robustify_files
     from ..robustify import RobustifyConfig, resolve_init
 
     from ..upload import parse
@@ -100,6 +100,7 @@ def robustify_cmd(
         task = bar.add_task("", total=None, last="")
 
         def on_file(r) -> None:
+            state.done += 1
             bar.update(task, advance=1, last=Path(r.src).name)
             if r.status == "failed":
                 report_error(f"{r.src}: {r.error}", console=bar.console)
@@ -108,6 +109,8 @@ def robustify_cmd(
             results = robustify_files([p for p in paths if p.exists()], out, clf, config=cfg, fmt=fmt, quality=quality,
                                       overwrite=overwrite, strip_metadata=strip_metadata, batch_size=batch_size,
                                       device=dev, on_file=on_file)
+        except NoImages as e:
+            fail(str(e), EXIT_ERROR, e)
         except ValueError as e:
             fail(str(e), EXIT_USAGE, e)
     missing = sum(not p.exists() for p in paths)

@@ -51,7 +51,8 @@ def verify_cmd(
     report: Optional[Path] = typer.Option(None, help="Also write an HTML report to this file."),
 ) -> None:
     """Attack photos with PGD; exit code 3 if any is not robust."""
-    from ..jobs import VerifyConfig, verify_files
+    from ..jobs import NoImages, VerifyConfig, verify_files
+    from ..photos import PhotoError
     from ..report import summarize, write_html
 
     spec = ModelSpec(model, weights, card, input_size, resize_policy, resize_size, mean, std, channels)
@@ -82,6 +83,8 @@ def verify_cmd(
         raise typer.Exit(EXIT_ERROR)
     try:
         outcome = verify_files(paths, clf, originals=original or None, config=cfg, device=dev)
+    except NoImages as e:
+        fail(str(e), EXIT_ERROR, e)
     except ValueError as e:
         fail(str(e), EXIT_USAGE, e)
     results = outcome.files
@@ -91,7 +94,7 @@ def verify_cmd(
     t = verify_table(results, f"{what} {norm} ε={eps:g} on {clf.name}", with_orig)
     s = summary["summary"]
     t.caption = (f"robust accuracy {s['robust_accuracy']:.1%} ({s['robust']}/{s['verified']})"
-                 + (f", originals {s['original_robust_accuracy']:.1%}" if with_orig else "")
+                 + (f", originals {s['original_robust_accuracy']:.1%}" if "original_robust_accuracy" in s else "")
                  + (f"; {s['failed']} failed" if s["failed"] else ""))
     err_console.print(t)
     if s.get("per_attack"):
@@ -103,14 +106,14 @@ def verify_cmd(
         c = s["certified"]
         err_console.print(f"randomized smoothing σ={sigma:g}: {c['abstain']} abstained, mean certified ℓ2 radius "
                           f"{c['mean_radius']:.3f}, {c['certified_at_eps']} certified at ε", highlight=False)
+    if json_out:  # before the report: an unwritable report path must not lose the JSON
+        print_json(summary)
     if report:
         try:
             write_html(report, summary, results)
-        except OSError as e:
-            fail(f"{report}: cannot write the report ({e.strerror or e})", EXIT_ERROR, e)
+        except (OSError, PhotoError) as e:
+            fail(f"{report}: cannot write the report ({getattr(e, 'strerror', None) or e})", EXIT_ERROR, e)
         err_console.print(f"report written to {report}", highlight=False)
-    if json_out:
-        print_json(summary)
     if s["failed"]:
         raise typer.Exit(EXIT_ERROR)
     raise typer.Exit(EXIT_NOT_ROBUST if s["not_robust"] else EXIT_OK)
