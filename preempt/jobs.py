@@ -19,6 +19,7 @@ from PIL import Image
 from . import __version__, upload
 from .photos import (Photo, PhotoError, decode, encode, from_tensor, iter_images, load_photo, nothing_found,
                      output_path, write_atomic)
+from .memory import check_fits
 from .metrics import psnr, ssim
 from .resolution import at_model_input
 from .robustify import RobustifyConfig, judge, robustify
@@ -120,9 +121,15 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
         else:
             claimed.update({d.resolve(): src for d in names})
             try:
-                todo.append((src, dst, probe(src)))
+                shape = probe(src)
             except PhotoError as e:
                 emit(FileResult(str(src), "failed", error=str(e)))
+                continue
+            too_big = check_fits(shape[1] * shape[2], _path_for(model, shape, cfg))
+            if too_big:
+                emit(FileResult(str(src), "failed", error=too_big))
+                continue
+            todo.append((src, dst, shape))
     dball = threat_model(cfg.norm, cfg.delta)
     classes = model.classes or []
     for batch in _batches(todo, key=lambda t: t[2], max_batch=batch_size):
@@ -186,6 +193,18 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
                                 label_name=classes[info.label] if info.label < len(classes) else None,
                                 metrics=metrics))
     return results
+
+
+def _path_for(model, chw: tuple[int, int, int], cfg: RobustifyConfig) -> str:
+    """model or full: the path robustify will take for a photo of this shape (for the memory estimate)."""
+    from .resolution import resampling_for
+
+    if cfg.survive or cfg.optimizer == "rmsprop":
+        return "full"
+    try:
+        return "model" if resampling_for(model, chw[1:], cfg.resolution) is not None else "full"
+    except Exception:  # noqa: BLE001 - an estimate only
+        return "full"
 
 
 FORMATS = ("auto", "png", "jpeg")
@@ -291,7 +310,7 @@ class VerifyConfig:
 
 def pair_originals(files: list[Path], originals: list[Path]) -> list[Path]:
     """One original per file: by name (``NAME.robust.png`` ↔ ``NAME.*``) where every name matches
-    exactly one original, else by position when the counts agree."""
+    exactly one original, else by position when the counts agree (see :func:`paired_by_name`)."""
     by_stem: dict[str, list[Path]] = defaultdict(list)
     for o in originals:
         by_stem[o.stem].append(o)
@@ -304,10 +323,17 @@ def pair_originals(files: list[Path], originals: list[Path]) -> list[Path]:
                      "give one original per image, in the same order")
 
 
+def paired_by_name(files: list[Path], originals: list[Path]) -> bool:
+    keys = [f.stem[: -len(".robust")] if f.stem.endswith(".robust") else f.stem for f in files]
+    stems = [o.stem for o in originals]
+    return all(stems.count(k) == 1 for k in keys)
+
+
 @dataclass
 class VerifyReport:
     files: list[FileResult]
     flags: list = field(default_factory=list)   # preempt.checks.Flag, from the first batch
+    warnings: list[str] = field(default_factory=list)  # one line each, e.g. doubtful pairs
 
 
 def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str | Path] | None = None,
@@ -328,7 +354,10 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
     files = [p for p, _ in iter_images(paths, skipped=skipped)]
     if not files:
         raise NoImages(nothing_found(list(paths), skipped))
-    origs = pair_originals(files, [p for p, _ in iter_images(originals)]) if originals else None
+    orig_files = [p for p, _ in iter_images(originals)] if originals else []
+    origs = pair_originals(files, orig_files) if originals else None
+    by_position = bool(originals) and not paired_by_name(files, orig_files)
+    delta = ((getattr(model, "card", None) or {}).get("threat_model") or {}).get("delta")
     report = VerifyReport([])
     results = report.files
     classes = model.classes or []
@@ -426,6 +455,10 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
                 if chains:
                     m["original_uploads"] = ups_o[j]
                 m["linf_to_original"] = float((x[j] - xo[j]).abs().max())
+                m["paired_by"] = "position" if by_position else "name"
+                if by_position and delta is not None and cfg.norm == "linf" and m["linf_to_original"] > delta + 0.5 / 255:
+                    report.warnings.append(f"{f}: paired by position with {o.path}, which is {m['linf_to_original']:.3f} "
+                                           f"away (ℓ∞), further than the model's δ = {delta:g}: is it its original?")
                 m["l2_to_original"] = float((x[j] - xo[j]).flatten().norm())
             if cfg.certify:
                 from .smoothing import certify

@@ -193,3 +193,23 @@ def test_verify_unwritable_report_keeps_the_json_and_size_mismatch_is_one_line(t
     Image.new("L", (5, 5)).save(small)
     r = run("verify", photo_dir / "img0.png", "--original", small, "--model", tiny_model_file, "--json")
     assert r.exit_code == 1 and "internal error" not in r.output and "size" in r.stderr
+
+
+def test_pairing_by_position_far_beyond_delta_is_warned(tmp_path, photo_dir, tiny_model_file):
+    a, b = tmp_path / "x.png", tmp_path / "y.png"
+    Image.new("L", (13, 9), 0).save(a)
+    Image.new("L", (13, 9), 255).save(b)
+    r = run("verify", a, "--original", b, "--model", tiny_model_file, "--json")
+    assert r.exit_code in (0, 3), r.output
+    assert "paired by position" in r.stderr and "further than the model's δ" in r.stderr
+    assert _json(r)["images"][0]["metrics"]["paired_by"] == "position"
+
+
+def test_a_photo_too_big_for_memory_fails_alone(tmp_path, photo_dir, tiny_model_file, monkeypatch):
+    Image.new("L", (4000, 3000), 128).save(photo_dir / "huge.png")
+    monkeypatch.setenv("PREEMPT_MEMORY_LIMIT", "1G")
+    r = run("robustify", photo_dir, "-o", tmp_path / "o", "--model", tiny_model_file, "--json")
+    assert r.exit_code == 1
+    files = {f["src"].split("/")[-1]: f for f in _json(r)["files"]}
+    assert files["huge.png"]["status"] == "failed" and "GB of memory" in files["huge.png"]["error"]
+    assert sum(f["status"] in ("robust", "not-robust") for f in files.values()) == 6

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import List, Literal, Optional
 
 import typer
+from rich.markup import escape
 
 from .common import (EXIT_ERROR, EXIT_NOT_ROBUST, EXIT_OK, EXIT_USAGE, CardOpt, ChannelsOpt, InputSizeOpt, MeanOpt,
                      ModelOpt, ModelSpec, PolicyOpt, ResizeSizeOpt, StdOpt, WeightsOpt, err_console, fail,
@@ -99,6 +100,8 @@ def verify_cmd(
     err_console.print(t)
     if s.get("per_attack"):
         err_console.print(attack_table(s, with_orig))
+    for w in outcome.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
     for f in outcome.flags:
         mark = "[yellow]⚠ flag[/]" if f.raised else "[green]✓[/]"
         err_console.print(f"{mark} {f.name}: {f.detail}", highlight=False)
