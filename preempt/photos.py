@@ -194,6 +194,26 @@ def encode(photo: Photo, fmt: str = "png", *, quality: int = 95, strip_metadata:
     return buf.getvalue()
 
 
+def load_image(path: str | Path, device: str | torch.device = "cpu") -> torch.Tensor:
+    """A photo file as the tensor :func:`preempt.robustify` takes: (1, C, H, W) float in [0, 1],
+    C = 1 (grey) or 3 (colour), upright (EXIF orientation applied).  Raises :class:`PhotoError`."""
+    return load_photo(path).tensor(device)[None]
+
+
+def save_image(x: torch.Tensor, path: str | Path, *, quality: int = 95) -> None:
+    """Write a (C, H, W) or (1, C, H, W) tensor in [0, 1] as PNG (lossless) or, by the name's
+    suffix, JPEG — atomically.  robustify's output is on the 8-bit grid, so a PNG holds it exactly."""
+    if x.dim() == 4:
+        if len(x) != 1:
+            raise ValueError(f"save_image writes one image; got a batch of {len(x)}")
+        x = x[0]
+    if x.dim() != 3 or x.shape[0] not in (1, 3):
+        raise ValueError(f"save_image needs (C, H, W) with C = 1 or 3, got {tuple(x.shape)}")
+    px = torch.round(x.detach().clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    fmt = "jpeg" if Path(path).suffix.lower() in (".jpg", ".jpeg") else "png"
+    write_atomic(path, encode(Photo(np.ascontiguousarray(px)), fmt, quality=quality))
+
+
 def decode(data: bytes) -> Photo:
     """Decode bytes produced by :func:`encode` (to judge exactly what will be on disk)."""
     return load_photo(data)

@@ -2,6 +2,7 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from preempt import photos
@@ -134,3 +135,26 @@ def test_output_naming_mirrors_subfolders(tmp_path):
     root = tmp_path / "in"
     assert output_path(root / "a" / "b.jpg", root, tmp_path / "o") == tmp_path / "o" / "a" / "b.robust.png"
     assert output_path(root / "b.jpg", root, tmp_path / "o", "jpeg") == tmp_path / "o" / "b.robust.jpg"
+
+
+def test_top_level_load_image_save_image_round_trip(tmp_path):
+    import preempt
+
+    x = torch.rand(1, 3, 7, 9)
+    preempt.save_image(x, tmp_path / "a.png")
+    y = preempt.load_image(tmp_path / "a.png")
+    assert y.shape == (1, 3, 7, 9) and y.dtype == torch.float32
+    assert torch.equal(y, torch.round(x * 255) / 255)
+    with pytest.raises(ValueError):
+        preempt.save_image(torch.rand(2, 3, 4, 4), tmp_path / "b.png")
+
+
+def test_onnx_without_onnxruntime_is_one_clear_line(tmp_path, monkeypatch):
+    import sys
+
+    from preempt.models import ModelError
+    from preempt.models.onnx import OnnxClassifier
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ModelError, match=r"pip install 'preempt\[onnx\]'"):
+        OnnxClassifier.from_file(tmp_path / "m.onnx", card={})

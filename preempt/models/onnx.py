@@ -30,9 +30,21 @@ class _Graph(nn.Module):
         return self.net((x - self.mean) / self.std)
 
 
+def _need(module: str):
+    """Import an optional ONNX package, or say in one line how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ModelError(f"ONNX support needs {module}, which is not installed: pip install 'preempt[onnx]'") from e
+
+
 def export_onnx(model: Classifier, path: str | Path, *, atol: float = 1e-4, opset: int = 17) -> dict:
     """Export ``model`` to ``path``; returns its card (with the logits check that was made)."""
     path = Path(path)
+    _need("onnx")
+    _need("onnxruntime")
     path.parent.mkdir(parents=True, exist_ok=True)
     g = _Graph(model).eval().cpu()
     h, w = model.pre.input_size
@@ -84,7 +96,7 @@ class OnnxClassifier:
 
     @classmethod
     def from_file(cls, path: str | Path, card: dict | None = None) -> "OnnxClassifier":
-        import onnxruntime as ort
+        ort = _need("onnxruntime")
 
         path = Path(path)
         if card is None:
