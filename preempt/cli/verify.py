@@ -9,7 +9,7 @@ from rich.markup import escape
 
 from .common import (EXIT_ERROR, EXIT_NOT_ROBUST, EXIT_OK, EXIT_USAGE, CardOpt, ChannelsOpt, InputSizeOpt, MeanOpt,
                      ModelOpt, ModelSpec, PolicyOpt, ResizeSizeOpt, StdOpt, WeightsOpt, err_console, fail,
-                     load_model_or_fail, model_and_budgets, print_json, report_error)
+                     load_model_or_fail, model_and_budgets, print_json, report_error, state)
 from .tables import attack_table, verify_table
 
 
@@ -82,12 +82,25 @@ def verify_cmd(
         report_error(f"{p}: no such file or folder")
     if missing:
         raise typer.Exit(EXIT_ERROR)
-    try:
-        outcome = verify_files(paths, clf, originals=original or None, config=cfg, device=dev)
-    except NoImages as e:
-        fail(str(e), EXIT_ERROR, e)
-    except ValueError as e:
-        fail(str(e), EXIT_USAGE, e)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..photos import iter_images
+
+    total = sum(1 for _ in iter_images(paths)) or None
+    with Progress(TextColumn("[bold]verify"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
+                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task("", total=total, last="attacking…")
+
+        def on_file(r) -> None:
+            state.done += 1
+            bar.update(task, advance=1, last=Path(r.src).name)
+
+        try:
+            outcome = verify_files(paths, clf, originals=original or None, config=cfg, device=dev, on_file=on_file)
+        except NoImages as e:
+            fail(str(e), EXIT_ERROR, e)
+        except ValueError as e:
+            fail(str(e), EXIT_USAGE, e)
     results = outcome.files
     summary = summarize(results, cfg.describe(), model=clf.name, device=dev, flags=outcome.flags)
     with_orig = bool(original)
