@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from preempt.robustify import CHECKS  # the committed results used the PGD-20 check
 from preempt import RobustifyConfig, load_model, robustify, threat_model
 from preempt.attacks import pgd, run_suite
 from preempt.data import fashion_mnist
@@ -73,7 +74,7 @@ def evaluate(model, x, y, threat, seed: int, aa_n: int, bs: int = 250) -> dict:
 
 
 def robustified(model, x, norm: str, eps: float, seed: int, bs: int = 250) -> tuple[torch.Tensor, dict]:
-    cfg = RobustifyConfig(norm=norm, eps=eps, delta=eps, seed=seed)
+    cfg = RobustifyConfig(norm=norm, eps=eps, delta=eps, seed=seed, **CHECKS["pgd"])
     t0, outs = time.perf_counter(), []
     model.passes = 0
     for i in range(0, len(x), bs):

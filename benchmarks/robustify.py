@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from preempt.robustify import CHECKS  # the committed results used the PGD-20 check
 from preempt import RobustifyConfig, load_model, robustify, threat_model
 from preempt.attacks import pgd
 from preempt.data import fashion_mnist
@@ -72,7 +73,7 @@ def photo_run(model_name: str | None, size: tuple[int, int], steps: int) -> dict
     x = torch.from_numpy(__import__("numpy").asarray(im).copy()).permute(2, 0, 1).float().div(255)[None]
     model = load_model(model_name)
     tm = model.card.get("threat_model", {"norm": "linf", "eps": 0.1, "delta": 0.1})
-    cfg = RobustifyConfig(norm=tm["norm"], eps=tm["eps"], delta=tm["delta"], steps=steps)
+    cfg = RobustifyConfig(norm=tm["norm"], eps=tm["eps"], delta=tm["delta"], steps=steps, **CHECKS["pgd"])
     rss0 = peak_rss_mb()
     model.passes = 0
     t0 = time.perf_counter()
@@ -113,7 +114,7 @@ def main() -> None:
     res = {"model": model.name, "threat_model": tm, "n": a.n, "clean_acc": clean, "pgd20_acc_before": before,
            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
            "command": "python " + " ".join(sys.argv), "methods": {}}
-    cfgs = {"ours": RobustifyConfig(norm=tm["norm"], eps=tm["eps"], delta=tm["delta"]),
+    cfgs = {"ours": RobustifyConfig(norm=tm["norm"], eps=tm["eps"], delta=tm["delta"], **CHECKS["pgd"]),
             "paper": RobustifyConfig.paper(norm=tm["norm"], eps=tm["eps"], delta=tm["delta"])}
     for name in a.methods.split(","):
         r = run_method(model, x, y, cfgs[name], a.batch)

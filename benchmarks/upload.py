@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from preempt.robustify import CHECKS  # the committed results used the PGD-20 check
 from preempt import load_model, robustify, threat_model
 from preempt.attacks import pgd
 from preempt.jobs import encode_jpeg_within
@@ -75,7 +76,8 @@ def run(name, model, x, y, eps, delta, settings, chains_spec, out, bs):
         t0 = time.perf_counter()
         xs, infos = [], []
         for i in range(0, len(x), bs):
-            r = robustify(model, x[i:i + bs], y[i:i + bs], delta=delta, eps=eps, survive=survive)
+            r = robustify(model, x[i:i + bs], y[i:i + bs], delta=delta, eps=eps, survive=survive,
+                           **CHECKS["pgd"])
             xs.append(r.x)
             infos += r.images
         sec = (time.perf_counter() - t0) / len(x)

@@ -27,7 +27,7 @@ def test_robustify_then_verify(tmp_path, photo_dir, tiny_model_file):
     doc = _json(r)
     files = doc["files"]
     assert len(files) == 6 and all(f["status"] in ("robust", "not-robust") for f in files)
-    assert sum(f["status"] == "robust" for f in files) >= 5
+    assert sum(f["status"] == "robust" for f in files) >= 4  # the strong check claims fewer than one PGD-20 did (5)
     assert r.exit_code == (0 if all(f["status"] == "robust" for f in files) else 3)  # 3: a photo is not robust
     assert all(0 < f["metrics"]["ssim"] <= 1 for f in files)  # thumbnails get a smaller window, not NaN
     # originals untouched, outputs named NAME.robust.png, within δ as files
