@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--no-standard", action="store_true")
     ap.add_argument("--standard-n", type=int, default=None, help="images the standard suite attacks (default: all)")
     ap.add_argument("--out", default=str(HERE / "results" / "agreement.json"))
+    ap.add_argument("--force", action="store_true", help="rerun variants that are already in the results")
     a = ap.parse_args()
     from preempt.data import fashion_mnist
 
@@ -74,7 +75,7 @@ def main() -> None:
     part = doc.setdefault(key, {"model": model.name, "n": a.n, "norm": tm["norm"], "eps": tm["eps"],
                                 "delta": tm["delta"], "variants": {}})
     for name in a.variants.split(","):
-        if name in part["variants"] and (a.no_standard or any(k.startswith("standard")
+        if name in part["variants"] and not a.force and (a.no_standard or any(k.startswith("standard")
                                                              for k in part["variants"][name]["verified"])):
             print(f"{name}: done before, skipped", flush=True)
             continue
@@ -98,6 +99,8 @@ def main() -> None:
                                   "claims_held": float((c & ok).sum() / max(int(c.sum()), 1)),
                                   "claims_broken": int((c & ~ok).sum()),
                                   "denied_but_robust": int((~c & ok).sum())}
+        old = part["variants"].get(name, {}).get("verified", {})
+        row["verified"] = {**old, **row["verified"]}  # a rerun with another --standard-n adds its column
         part["variants"][name] = row
         doc["machine"] = f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
         doc["command"] = " ".join(["python", *sys.argv])

@@ -101,7 +101,7 @@ def load_photo(path: str | Path | bytes) -> Photo:
     except UnidentifiedImageError as e:
         raise PhotoError("not an image (or a format Pillow cannot read)") from e
     except FileNotFoundError as e:
-        raise PhotoError("no such file") from e
+        raise PhotoError("no such file" + (" (a broken symbolic link)" if path is not None and path.is_symlink() else "")) from e
     except PermissionError as e:
         raise PhotoError("permission denied") from e
     except (OSError, SyntaxError, ValueError) as e:
@@ -261,7 +261,8 @@ def iter_images(paths: Iterable[str | Path], *, exclude: Path | None = None,
         p = Path(p)
         if p.is_dir():
             for f in sorted(p.rglob("*")):
-                if not f.is_file() or f.name.startswith("."):
+                broken_link = f.is_symlink() and not f.exists()  # reported (it fails to load), not skipped
+                if (not f.is_file() and not broken_link) or f.name.startswith("."):
                     continue
                 if ex and (ex == f.resolve().parent or ex in f.resolve().parents):
                     continue
