@@ -27,6 +27,22 @@ class Flag:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def verdict(self) -> str:
+        """The check in words, as it came out ("robust accuracy falls as ε grows", or its warning)."""
+        ok, bad = _WORDS.get(self.name, (self.name, self.name))
+        return bad if self.raised else ok
+
+
+# name -> (what a passed check says, what a raised flag says)
+_WORDS = {
+    "randomized": ("the model is deterministic", "the model is randomized: use --suite rand"),
+    "softmax": ("outputs are logits", "outputs look like probabilities (softmax): attacks may see flat gradients"),
+    "zero_gradients": ("gradients are non-zero", "some inputs have all-zero gradients (masked gradients?)"),
+    "square_stronger": ("the white-box attacks beat Square", "Square broke points the white-box attacks missed"),
+    "not_monotone_in_eps": ("robust accuracy falls as ε grows", "robust accuracy does not fall as ε grows"),
+}
+
 
 def run_checks(model, x: torch.Tensor, y: torch.Tensor, threat, *, broken_by: list | None = None,
                sweep: bool = True, generator: torch.Generator | None = None) -> list[Flag]:

@@ -460,6 +460,8 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
                     report.warnings.append(f"{f}: paired by position with {o.path}, which is {m['linf_to_original']:.3f} "
                                            f"away (ℓ∞), further than the model's δ = {delta:g}: is it its original?")
                 m["l2_to_original"] = float((x[j] - xo[j]).flatten().norm())
+                m["psnr_to_original"] = round(float(psnr(x[j:j + 1], xo[j:j + 1])[0]), 2)
+                m["ssim_to_original"] = round(float(ssim(x[j:j + 1], xo[j:j + 1])[0]), 4)
             if cfg.certify:
                 from .smoothing import certify
 

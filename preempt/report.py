@@ -65,6 +65,12 @@ def broken_by(m: dict) -> str:
     return {"no attack": f"{b} alone", "after": f"attack, then {b}", "before": f"{b}, then attack"}.get(how, b)
 
 
+def _verdict(f: dict) -> str:
+    from .checks import Flag
+
+    return Flag(f["name"], f["raised"], f["detail"]).verdict
+
+
 def _png_b64(im: Image.Image, max_side: int = 256) -> str:
     im = im.copy()
     if max(im.size) > max_side or max(im.size) < 64:
@@ -98,13 +104,14 @@ def write_html(path: str | Path, summary: dict, results) -> None:
     for i, r in enumerate(results):
         name = html.escape(Path(r.src).name)
         if r.status == "failed":
-            rows.append(f"<tr><td>{name}</td><td colspan=6 class=bad>failed: {html.escape(r.error or '')}</td></tr>")
+            rows.append(f"<tr><td>{name}</td><td colspan=8 class=bad>failed: {html.escape(r.error or '')}</td></tr>")
             continue
         m = r.metrics
         rows.append(f"<tr><td>{name}</td><td>{html.escape(r.label_name or str(r.label))}</td>"
                     f"<td>{yes(m['clean_correct'])}</td><td>{yes(m['robust'])}</td><td>{html.escape(broken_by(m))}</td>"
                     f"<td>{yes(m['original_robust']) if 'original_robust' in m else '–'}</td>"
-                    f"<td>{m.get('linf_to_original', float('nan')):.4f}</td></tr>")
+                    f"<td>{m.get('linf_to_original', float('nan')):.4f}</td>"
+                    f"<td>{m.get('psnr_to_original', float('nan')):.1f}</td><td>{m.get('ssim_to_original', float('nan')):.3f}</td></tr>")
         figs = []
         try:
             p = load_photo(r.src)
@@ -112,8 +119,10 @@ def write_html(path: str | Path, summary: dict, results) -> None:
             if r.original:
                 o = load_photo(r.original)
                 figs.insert(0, f'<figure><img src="{_png_b64(to_pil(o))}"><figcaption>original</figcaption></figure>')
+                dmax = int(abs(p.pixels.astype(int) - o.pixels.astype(int)).max())
                 figs.append(f'<figure><img src="{_png_b64(_diff_image(p.pixels, o.pixels))}">'
-                            f'<figcaption>difference (amplified)</figcaption></figure>')
+                            f'<figcaption>difference, amplified: grey = unchanged,<br>lighter/darker = raised/lowered,'
+                            f'<br>full range = the largest change ({dmax}/255)</figcaption></figure>')
         except PhotoError:
             pass
         photos.append(f'<div class="photo"><h3>{name}: {yes(m["robust"])}</h3>{"".join(figs)}</div>')
@@ -126,8 +135,8 @@ def write_html(path: str | Path, summary: dict, results) -> None:
                   + "</table>") if pa else ""
     fl = summary.get("flags", [])
     flags_html = ("<h2>Checks</h2><ul>" + "".join(
-        f'<li class="{"bad" if f["raised"] else "ok"}">{"⚠ " if f["raised"] else "✓ "}{html.escape(f["name"])}: '
-        f'{html.escape(f["detail"])}</li>' for f in fl) + "</ul>") if fl else ""
+        f'<li class="{"bad" if f["raised"] else "ok"}">{"⚠ " if f["raised"] else "✓ "}{html.escape(_verdict(f))} '
+        f'(<code>{html.escape(f["name"])}</code>: {html.escape(f["detail"])})</li>' for f in fl) + "</ul>") if fl else ""
     orig_line = (f"<p>Originals: {s['original_robust_accuracy']:.1%} robust ({s['original_robust']}/{s['verified']}).</p>"
                  if "original_robust_accuracy" in s else "")
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>preempt verify report</title>
@@ -140,7 +149,7 @@ torch {summary['torch']}, {summary['created']}.</p>
 {flags_html}
 <p><b>Robust accuracy {s['robust_accuracy']:.1%}</b> ({s['robust']}/{s['verified']} robust; clean accuracy {s['clean_accuracy']:.1%};
 {s['failed']} failed).</p>{orig_line}
-<table><tr><th>file</th><th>label</th><th>clean correct</th><th>robust</th><th>broken by</th><th>original robust</th><th>ℓ∞ to original</th></tr>
+<table><tr><th>file</th><th>label</th><th>clean correct</th><th>robust</th><th>broken by</th><th>original robust</th><th>ℓ∞ to original</th><th>PSNR (dB)</th><th>SSIM</th></tr>
 {''.join(rows)}</table>
 {''.join(photos)}
 </body></html>"""

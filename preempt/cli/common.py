@@ -126,8 +126,19 @@ def load_model_or_fail(name: str | None, device: str):
     return ModelSpec(name).load(device)
 
 
+def _finite(obj: Any) -> Any:
+    """Strict JSON has no NaN or Infinity: they become null (an unchanged photo's PSNR is infinite)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.write(json.dumps(_finite(obj), indent=2, default=str, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 

@@ -117,7 +117,7 @@ def verify_cmd(
         err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
     for f in outcome.flags:
         mark = "[yellow]⚠ flag[/]" if f.raised else "[green]✓[/]"
-        err_console.print(f"{mark} {f.name}: {f.detail}", highlight=False)
+        err_console.print(f"{mark} {f.verdict} ({f.name}: {f.detail})", highlight=False)
     if s.get("certified"):
         c = s["certified"]
         err_console.print(f"randomized smoothing σ={sigma:g}: {c['abstain']} abstained, mean certified ℓ2 radius "
