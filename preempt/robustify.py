@@ -142,8 +142,8 @@ class RobustifyConfig:
 INITS = ("auto", "original", "descent", "random")
 # The check presets (preempt robustify --check).  Measured on 1,000 Fashion-MNIST test images against
 # the default model (benchmarks/results/agreement.json): claims that an independent PGD-20 (seeds
-# 0, 1, 2) then broke: pgd 27, 26, 29; strong 0, 1, 1; that the standard suite broke (first 300):
-# pgd 24 of 285 claims, strong 3 of 266; passes per image 93 vs 237.
+# 0, 1, 2) then broke: pgd 27, 26, 29 of 969; strong 0, 1, 1 of 918; that the standard suite broke:
+# strong 17 of 918 (all 1,000), pgd 24 of 285 (first 300); passes per image 93 vs 237.
 CHECKS = {
     "strong": {"check_loss": "ce+apgd-ce+apgd-t", "check_restarts": 2},  # 2 × PGD-20, APGD-CE, APGD-T (3 targets)
     "pgd": {"check_loss": "ce", "check_restarts": 1},                      # one PGD-20 (before 0.2: the default)
