@@ -108,7 +108,6 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
         dst = output_path(src, root, out_dir, file_format(src, fmt, cfg))
         # --format auto may fall back from JPEG to PNG: both names are this input's
         names = [dst] + ([output_path(src, root, out_dir, "png")] if fmt == "auto" and dst.suffix == ".jpg" else [])
-        r = dst.resolve()
         done_before = [d for d in names if d.exists()]
         if any(d.resolve() in in_set for d in names):
             emit(FileResult(str(src), "failed", str(dst), error="output would overwrite an input"))

@@ -153,8 +153,10 @@ def resized_hw(h: int, w: int, long_side: float | None = None, fraction: float |
     """The size a service resizes an (h, w) photo to: long side at most ``long_side`` px, or a fraction."""
     if fraction is not None:
         f = fraction
-    else:
+    elif long_side is not None:
         f = min(1.0, float(long_side) / max(h, w))
+    else:
+        raise ValueError("resized_hw needs long_side or fraction")
     if f >= 1.0:
         return h, w
     return max(1, round(h * f)), max(1, round(w * f))
@@ -387,7 +389,7 @@ def attack_uploads(model, x: torch.Tensor, y: torch.Tensor, threat, chains: list
     robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
     detail: list[dict] = [{} for _ in range(len(x))]
     passes = 0
-    for chain in concrete(chains, tuple(x.shape[-2:])):
+    for chain in concrete(chains, (int(x.shape[-2]), int(x.shape[-1]))):
         name = str(chain)
         for i in range(len(x)):
             detail[i][name] = "ok"
