@@ -195,10 +195,12 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
 
 
 def _path_for(model, chw: tuple[int, int, int], cfg: RobustifyConfig) -> str:
-    """model or full: the path robustify will take for a photo of this shape (for the memory estimate)."""
+    """model, full or survive: the path robustify will take for a photo of this shape (for the memory estimate)."""
     from .resolution import resampling_for
 
-    if cfg.survive or cfg.optimizer == "rmsprop":
+    if cfg.survive:
+        return "survive"
+    if cfg.optimizer == "rmsprop":
         return "full"
     try:
         return "model" if resampling_for(model, chw[1:], cfg.resolution) is not None else "full"

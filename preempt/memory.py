@@ -3,14 +3,15 @@ with one line, instead of taking the whole batch down with it.
 
 Measured (benchmarks/results/photos.md, 2-core CPU): a 12 MP photo needs 1.4 GB peak RSS on the
 model-resolution path and 3.1 GB on the full-resolution path; per pixel, with the process's own
-~0.4 GB on top, that is about 90 and 230 bytes.  The estimates below round those up.
+~0.4 GB on top, that is about 90 and 230 bytes; with ``--survive resize:1080+jpeg:85`` (full
+resolution plus the real codec's buffers) 4.8 GB, about 360 bytes.  The estimates round those up.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-BYTES_PER_PIXEL = {"model": 110, "full": 280}
+BYTES_PER_PIXEL = {"model": 110, "full": 280, "survive": 400}  # survive: 12 MP took 4.8 GB
 BASE = 500 * 2 ** 20  # the interpreter, torch and the model
 
 
@@ -43,7 +44,7 @@ def available() -> int | None:
 
 
 def needed(pixels: int, path: str) -> int:
-    """Estimated peak bytes to robustify one photo of ``pixels`` pixels on ``path`` (model | full)."""
+    """Estimated peak bytes to robustify one photo of ``pixels`` pixels on ``path`` (model | full | survive)."""
     return BASE + BYTES_PER_PIXEL[path] * pixels
 
 
