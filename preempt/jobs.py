@@ -312,22 +312,24 @@ class VerifyConfig:
 def pair_originals(files: list[Path], originals: list[Path]) -> list[Path]:
     """One original per file: by name (``NAME.robust.png`` ↔ ``NAME.*``) where every name matches
     exactly one original, else by position when the counts agree (see :func:`paired_by_name`)."""
-    by_stem: dict[str, list[Path]] = defaultdict(list)
-    for o in originals:
-        by_stem[o.stem].append(o)
-    keys = [f.stem[: -len(".robust")] if f.stem.endswith(".robust") else f.stem for f in files]
-    if all(len(by_stem.get(k, [])) == 1 for k in keys):
-        return [by_stem[k][0] for k in keys]
+    if paired_by_name(files, originals):
+        by_stem = {o.stem: o for o in originals}
+        return [by_stem[k] for k in _original_stems(files)]
     if len(originals) == len(files):
         return originals
     raise ValueError(f"{len(files)} images but {len(originals)} originals, and their names do not pair them; "
                      "give one original per image, in the same order")
 
 
+def _original_stems(files: list[Path]) -> list[str]:
+    """``NAME.robust.png`` → ``NAME``: the stem each file's original has."""
+    return [f.stem[: -len(".robust")] if f.stem.endswith(".robust") else f.stem for f in files]
+
+
 def paired_by_name(files: list[Path], originals: list[Path]) -> bool:
-    keys = [f.stem[: -len(".robust")] if f.stem.endswith(".robust") else f.stem for f in files]
+    """True where every file's name matches exactly one original."""
     stems = [o.stem for o in originals]
-    return all(stems.count(k) == 1 for k in keys)
+    return all(stems.count(k) == 1 for k in _original_stems(files))
 
 
 @dataclass

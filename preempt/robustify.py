@@ -212,12 +212,18 @@ def judge(model, x: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfig,
     mi = at_model_input(model, x, cfg.eps_ball(), cfg.resolution)
     ok, passes = check(mi.model, mi.x, y, mi.threat, steps=cfg.check_steps, restarts=cfg.check_restarts,
                        loss=cfg.check_loss, generator=generator)
+    return _through_uploads(model, x, y, ok, passes, cfg, cfg.chains(), cfg.check_restarts, generator)
+
+
+def _through_uploads(model, x: torch.Tensor, y: torch.Tensor, ok: torch.Tensor, passes: int, cfg: RobustifyConfig,
+                     chains: list, restarts: int, generator) -> tuple[torch.Tensor, int, list[dict]]:
+    """The survivors of the check (``ok``) attacked through each service transform (real codec,
+    both orders); ``ok`` is updated in place.  Returns (ok, passes, per-image upload outcomes)."""
     details: list[dict] = [{} for _ in range(len(x))]
-    chains = cfg.chains()
     if chains and ok.any():
         idx = ok.nonzero().squeeze(1)
         up, det, p = upload.attack_uploads(model, x[idx], y[idx], cfg.eps_ball(), chains, steps=cfg.check_steps,
-                                           restarts=cfg.check_restarts, resolution=cfg.resolution, generator=generator)
+                                           restarts=restarts, resolution=cfg.resolution, generator=generator)
         passes += p
         ok[idx[~up]] = False
         for j, i in enumerate(idx.tolist()):
@@ -325,17 +331,8 @@ class _Problem:
         c = self.cfg
         ok, passes = check(self.model, self.photo_input(photo), y, self.eball, steps=c.check_steps,
                            restarts=c.check_restarts + extra_restarts, loss=c.check_loss, generator=gen)
-        details: list[dict] = [{} for _ in range(len(photo))]
-        if self.chains and ok.any():
-            idx = ok.nonzero().squeeze(1)
-            up, det, p = upload.attack_uploads(self.full_model, photo[idx], y[idx], self.full_eball, self.chains,
-                                               steps=c.check_steps, restarts=c.check_restarts + extra_restarts,
-                                               resolution=c.resolution, generator=gen)
-            passes += p
-            ok[idx[~up]] = False
-            for j, i in enumerate(idx.tolist()):
-                details[i] = det[j]
-        return ok, passes, details
+        return _through_uploads(self.full_model, photo, y, ok, passes, c, self.chains,
+                                c.check_restarts + extra_restarts, gen)
 
     def eot_loss(self, xr: torch.Tensor, y: torch.Tensor, k: int, gen: torch.Generator) -> tuple[torch.Tensor, int]:
         """Expectation over the service transforms, one sample per outer step: a chain drawn from
