@@ -18,9 +18,16 @@ declare -A CMD=(
   [fmnist-l2-preempt]="--method preempt --norm l2 --eps 1.5 --delta 1.5 --steps 5 --step-size 0.5 --delta-steps 1 --epochs 4"
   [fmnist-l2-pgdat]="--method pgd-at --norm l2 --eps 1.5 --steps 5 --step-size 0.5 --epochs 4 --early-stop"
   [fmnist-gaussian-0.25]="--method gaussian --sigma 0.25 --norm l2 --eps 0.5 --epochs 4"
+  [fmnist-l2-preempt-d3]="--method preempt --norm l2 --eps 1.5 --delta 1.5 --steps 5 --step-size 0.5 --delta-steps 3 --epochs 8"
+  [fmnist-standard]="--method standard --epochs 6"
+  # the defenses measured beside ours (preempt bench defenses); both defend fmnist-standard, so train it first
+  [fmnist-magnet]="--method magnet --classifier fmnist-standard --epochs 20"
+  [fmnist-defense-gan]="--method defense-gan --classifier fmnist-standard --epochs 30"
 )
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(fmnist-linf-fastat fmnist-linf-preempt fmnist-linf-preempt-d3 fmnist-linf-pgdat fmnist-l2-preempt fmnist-l2-pgdat fmnist-gaussian-0.25)
+[ ${#names[@]} -gt 0 ] || names=(fmnist-linf-fastat fmnist-linf-preempt fmnist-linf-preempt-d3 fmnist-linf-pgdat fmnist-l2-preempt
+                                 fmnist-l2-pgdat fmnist-gaussian-0.25 fmnist-l2-preempt-d3 fmnist-standard fmnist-magnet
+                                 fmnist-defense-gan)
 for n in "${names[@]}"; do
   # shellcheck disable=SC2086
   preempt train ${CMD[$n]} --threads 1 --seed 0 -o "weights/$n.safetensors" --run-dir "runs/$n" 2>&1 | tee "weights/logs/$n.log"

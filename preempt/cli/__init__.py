@@ -32,12 +32,14 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 
 from . import export as _export, models as _models, robustify as _robustify, train as _train  # noqa: E402
 from . import verify as _verify  # noqa: E402
+from .bench import bench_app  # noqa: E402
 
 app.command("robustify")(_robustify.robustify_cmd)
 app.command("verify")(_verify.verify_cmd)
 app.command("models")(_models.models_cmd)
 app.command("train")(_train.train_cmd)
 app.command("export")(_export.export_cmd)
+app.add_typer(bench_app, name="bench")
 
 
 def main() -> None:

@@ -15,7 +15,8 @@ from .common import EXIT_USAGE, err_console, fail, pick_device, print_json
 
 def train_cmd(
     method: str = typer.Option("standard", "--method", "-m",
-                               help="preempt | pgd-at | fast-at | free-at | fgsm | gaussian | standard"),
+                               help="preempt | pgd-at | fast-at | free-at | fgsm | gaussian | standard "
+                               "(classifiers); magnet | defense-gan (the defenses' networks, see --classifier)"),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the weights (.safetensors) and card (.json)."),
     dataset: str = typer.Option("fashion-mnist", help="fashion-mnist | cifar10 | folder"),
     data: Optional[str] = typer.Option(None, help="Dataset folder (default: Debian's Fashion-MNIST files)."),
@@ -46,13 +47,41 @@ def train_cmd(
     resume: bool = typer.Option(False, help="Continue from run_dir/checkpoint.pt."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     json_out: bool = typer.Option(False, "--json", help="Print the history as JSON on stdout."),
+    classifier: str = typer.Option("fmnist-standard", help="magnet / defense-gan: the bundled classifier defended."),
+    noise: float = typer.Option(0.1, help="magnet: denoising noise σ of the auto-encoder."),
+    fpr: float = typer.Option(0.01, help="magnet: detector false-positive rate on held-out clean images."),
+    z_dim: int = typer.Option(64, help="defense-gan: latent dimension."),
 ) -> None:
     """Train a classifier (preemptively robust, adversarial baselines, or standard)."""
     from ..data import DataError
     from ..train import METHODS, TrainConfig, train
+    from ..train.generative import GENERATIVE, DefenseTrainConfig, train_defense
 
-    if method not in METHODS:
-        fail(f"--method {method}: choose one of {', '.join(METHODS)}", EXIT_USAGE)
+    if method not in METHODS + GENERATIVE:
+        fail(f"--method {method}: choose one of {', '.join(METHODS + GENERATIVE)}", EXIT_USAGE)
+    argv = sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv else None
+    command = "preempt train " + " ".join(shlex.quote(a) for a in argv) if argv is not None else None
+    if method in GENERATIVE:
+        from ..models import ModelError
+
+        gcfg = DefenseTrainConfig(method=method, classifier=classifier, dataset=dataset, data=data, epochs=epochs,
+                                  batch_size=batch_size, lr=None if lr == 0.05 else lr, noise=noise, fpr=fpr,
+                                  width=None if width == 32 else width, z_dim=z_dim, val_size=val_size, limit=limit,
+                                  seed=seed, threads=threads, device=pick_device(device))
+
+        def show(rec: dict) -> None:
+            if rec.get("end_of_epoch"):
+                err_console.print(f"epoch {rec['epoch']}: loss={rec['loss']:.4f}  ({rec['seconds']:.0f}s)")
+
+        try:
+            card = train_defense(gcfg, out=out, run_dir=run_dir or Path(str(out) + ".run"), resume=resume,
+                                 command=command, on_step=show)
+        except (DataError, ModelError, ValueError, OSError) as e:
+            fail(str(e), exc=e)
+        err_console.print(f"wrote {out} and {Path(out).with_suffix('.json')} ({card['training']['wall_time_s']:.0f}s)")
+        if json_out:
+            print_json(card)
+        return
     cfg = TrainConfig(method=method, dataset=dataset, data=data, arch=arch, width=width, norm=norm, eps=eps,
                       delta=delta, steps=steps, step_size=step_size, delta_steps=delta_steps,
                       preempt_direction=preempt_direction, sigma=sigma, replays=replays, epochs=epochs,
@@ -60,8 +89,6 @@ def train_cmd(
                       image_size=image_size, channels=channels, attack_bn=attack_bn,
                       val_size=val_size, seed=seed, threads=threads, device=pick_device(device))
     quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 reports
-    argv = sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv else None
-    command = "preempt train " + " ".join(shlex.quote(a) for a in argv) if argv is not None else None
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=err_console, transient=False, disable=quiet) as bar:
         task = bar.add_task(f"{method} epoch 1/{epochs}", total=None, info="")

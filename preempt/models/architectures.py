@@ -77,3 +77,48 @@ def efficientnet_lite0(*, num_classes: int = 1000) -> nn.Module:
     from .efficientnet import EfficientNetLite0
 
     return EfficientNetLite0(num_classes)
+
+
+# -- networks of the defenses measured beside preemptive robustification (preempt.defenses) ----------
+
+@register("magnet-ae")
+def magnet_ae(*, in_channels: int = 1, width: int = 3) -> nn.Module:
+    """MagNet's MNIST auto-encoder (Meng & Chen 2017, Table 1, "Detector I & Reformer"): two 3×3
+    sigmoid convolutions, average pooling, one, upsampling, one, and a 3×3 sigmoid convolution back
+    to the image — a few hundred parameters, outputs in [0, 1]."""
+    w = width
+    return nn.Sequential(
+        nn.Conv2d(in_channels, w, 3, padding=1), nn.Sigmoid(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(w, w, 3, padding=1), nn.Sigmoid(),
+        nn.Conv2d(w, w, 3, padding=1), nn.Sigmoid(),
+        nn.Upsample(scale_factor=2, mode="nearest"),
+        nn.Conv2d(w, w, 3, padding=1), nn.Sigmoid(),
+        nn.Conv2d(w, in_channels, 3, padding=1), nn.Sigmoid(),
+    )
+
+
+@register("gan-generator")
+def gan_generator(*, z_dim: int = 64, width: int = 256, out_shape: tuple[int, int, int] = (1, 28, 28)) -> nn.Module:
+    """An MLP generator z ∈ R^z_dim → image in [0, 1] (Defense-GAN's G, kept small for CPUs)."""
+    c, h, w_ = out_shape
+    return nn.Sequential(
+        nn.Linear(z_dim, width), nn.LeakyReLU(0.2),
+        nn.Linear(width, 2 * width), nn.LeakyReLU(0.2),
+        nn.Linear(2 * width, 4 * width), nn.LeakyReLU(0.2),
+        nn.Linear(4 * width, c * h * w_), nn.Sigmoid(),
+        nn.Unflatten(1, (c, h, w_)),
+    )
+
+
+@register("gan-discriminator")
+def gan_discriminator(*, width: int = 256, in_shape: tuple[int, int, int] = (1, 28, 28)) -> nn.Module:
+    """The MLP discriminator trained against :func:`gan_generator` (logit: real vs generated)."""
+    c, h, w_ = in_shape
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(c * h * w_, 4 * width), nn.LeakyReLU(0.2), nn.Dropout(0.3),
+        nn.Linear(4 * width, 2 * width), nn.LeakyReLU(0.2), nn.Dropout(0.3),
+        nn.Linear(2 * width, width), nn.LeakyReLU(0.2),
+        nn.Linear(width, 1),
+    )

@@ -65,8 +65,8 @@ def _zoo_path(card: dict[str, Any]) -> Path | None:
     return p if p.is_file() else None
 
 
-def bundled() -> dict[str, ModelInfo]:
-    """Bundled weights, plus the zoo models whose package is installed."""
+def _weight_cards() -> dict[str, ModelInfo]:
+    """Every ``weights/NAME.json`` card with its ``NAME.safetensors`` (classifiers and defenses)."""
     out: dict[str, ModelInfo] = {}
     for d in weights_dirs():
         for card_path in sorted(d.glob("*.json")):
@@ -78,6 +78,18 @@ def bundled() -> dict[str, ModelInfo]:
             except (OSError, ValueError):
                 continue
             out.setdefault(card_path.stem, ModelInfo(card_path.stem, st, card))
+    return out
+
+
+def bundled_defenses() -> dict[str, ModelInfo]:
+    """Bundled defense networks (cards with ``kind: defense``: MagNet, Defense-GAN); see
+    :func:`preempt.defenses.load_defense`."""
+    return {k: v for k, v in _weight_cards().items() if v.card.get("kind") == "defense"}
+
+
+def bundled() -> dict[str, ModelInfo]:
+    """Bundled classifiers, plus the zoo models whose package is installed."""
+    out = {k: v for k, v in _weight_cards().items() if v.card.get("kind", "classifier") == "classifier"}
     for card_path in sorted(_ZOO.glob("*.json")):
         card = json.loads(card_path.read_text())
         path = _zoo_path(card)

@@ -1,0 +1,1 @@
+"""Benchmarks that ship with the library (``preempt bench``): measurements anyone can rerun."""

@@ -1,0 +1,55 @@
+"""``preempt bench``: measurements that ship with the library."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import EXIT_USAGE, err_console, fail, print_json
+
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that ship with preempt (results as Markdown, JSON, PNG).")
+
+
+@bench_app.command("defenses")
+def defenses_cmd(
+    n: int = typer.Option(1000, min=1, help="Fashion-MNIST test images (the first N)."),
+    eps: float = typer.Option(0.1, help="ℓ∞ attack budget ε (δ = ε for the robustified rows)."),
+    rows: Optional[str] = typer.Option(None, help="Comma-separated rows to measure (default: all): standard, magnet, "
+                                       "defense-gan, pgd-at, fast-at, smoothing, adv-ours, ours-ours."),
+    out: Path = typer.Option(Path("defenses"), "--out", "-o", help="Output prefix: writes PREFIX.md, .json, .png."),
+    force: bool = typer.Option(False, help="Recompute rows already stored in PREFIX.json."),
+    data: Optional[str] = typer.Option(None, help="Fashion-MNIST folder (default: Debian's dataset-fashion-mnist)."),
+    seed: int = typer.Option(0),
+    threads: Optional[int] = typer.Option(None, help="CPU threads."),
+    json_out: bool = typer.Option(False, "--json", help="The whole result document as JSON on stdout."),
+) -> None:
+    """MagNet, Defense-GAN, adversarial training, randomized smoothing and preemptive robustification:
+    clean, non-adaptive and adaptive accuracy and costs on the same images.  Resumes: rows already
+    stored in PREFIX.json with the same models and settings are kept."""
+    import torch
+
+    from ..bench.defenses import ROWS, BenchConfig, Row, run
+    from ..data import DataError
+    from ..models import ModelError
+
+    if threads:
+        torch.set_num_threads(threads)
+    picked = [r.strip() for r in rows.split(",") if r.strip()] if rows else None
+    bad = [r for r in picked or [] if r not in ROWS]
+    if bad:
+        fail(f"--rows: unknown {', '.join(bad)}; choose from {', '.join(ROWS)}", EXIT_USAGE)
+
+    def show(row: Row) -> None:
+        adv = "not evaluated" if row.adaptive is None else f"{100 * row.adaptive:.1f}%"
+        err_console.print(f"{row.name}: clean {100 * row.clean:.1f}%  non-adaptive {100 * row.non_adaptive:.1f}%  "
+                          f"adaptive {adv}  ({row.seconds:.0f} s)", highlight=False)
+
+    try:
+        doc = run(picked, out=out, config=BenchConfig(n=n, eps=eps, seed=seed), data=data, force=force, on_row=show)
+    except (DataError, ModelError, OSError, ValueError) as e:
+        fail(str(e), exc=e)
+    err_console.print(f"wrote {out.with_suffix('.md')}, {out.with_suffix('.json')}"
+                      + (f", {out.with_suffix('.png')}" if out.with_suffix(".png").exists() else ""))
+    if json_out:
+        print_json(doc)

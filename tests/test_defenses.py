@@ -1,0 +1,143 @@
+"""The other defenses (MagNet, Defense-GAN), BPDA, and their training code, on tiny data."""
+import json
+
+import pytest
+import torch
+
+from preempt import Linf
+from preempt.attacks import pgd
+from preempt.attacks.bpda import BPDA, bpda
+from preempt.attacks.losses import ce
+from preempt.defenses import DefenseGAN, MagNet, reconstruction_error, threshold_for_fpr
+from preempt.defenses.magnet import REJECTED, attack as magnet_attack
+from preempt.models import build
+from preempt.train.generative import DefenseTrainConfig, train_defense
+
+from conftest import make_data
+
+
+def _quantize(x):  # a gradient-masking preprocessing: piecewise constant, zero derivative
+    return (x * 4).round() / 4
+
+
+def test_bpda_backward_is_the_identity_on_a_toy_preprocessing(tiny_model, tiny_data):
+    x, y = tiny_data[0][:32], tiny_data[1][:32]
+    leaf = x.clone().requires_grad_(True)
+    (g_bpda,) = torch.autograd.grad(ce(tiny_model(bpda(_quantize)(leaf)), y).sum(), leaf)
+    z = _quantize(x).requires_grad_(True)  # the classifier's gradient at the preprocessed point
+    (g_at_z,) = torch.autograd.grad(ce(tiny_model(z), y).sum(), z)
+    assert torch.allclose(g_bpda, g_at_z)
+    # the plain pipeline masks the gradient completely
+    leaf2 = x.clone().requires_grad_(True)
+    (g_plain,) = torch.autograd.grad(ce(tiny_model(_quantize(leaf2)), y).sum(), leaf2)
+    assert g_plain.abs().max() == 0
+    # a given approximation's vector-Jacobian product replaces the identity
+    leaf3 = x.clone().requires_grad_(True)
+    (g_approx,) = torch.autograd.grad(ce(tiny_model(bpda(_quantize, lambda v: 3 * v)(leaf3)), y).sum(), leaf3)
+    assert torch.allclose(g_approx, 3 * g_at_z)
+
+
+def test_bpda_lets_pgd_break_what_masked_gradients_hid(tiny_model, tiny_data):
+    x, y = tiny_data[0][:200], tiny_data[1][:200]
+    ok = tiny_model.predict(_quantize(x)) == y
+    x, y = x[ok], y[ok]
+    threat = Linf(0.25)
+
+    class Masked(torch.nn.Module):
+        def forward(self, v):
+            return tiny_model(_quantize(v))
+
+    gen = torch.Generator().manual_seed(0)
+    naive = pgd(Masked(), x, y, threat=threat, steps=10, random_start=False, generator=gen).success.float().mean()
+    adaptive = BPDA(tiny_model, _quantize)
+    res = pgd(adaptive, x, y, threat=threat, steps=10, random_start=False, generator=gen)
+    judged = tiny_model.predict(_quantize(res.x_adv)) != y  # judged by the real pipeline
+    assert naive == 0
+    assert judged.float().mean() > 0.3
+    assert BPDA(tiny_model, _quantize, eot=3).predict(x).shape == y.shape
+
+
+def _train_ae(x, steps=300):
+    torch.manual_seed(0)
+    ae = build("magnet-ae", in_channels=1, width=3)
+    opt = torch.optim.Adam(ae.parameters(), lr=2e-2)
+    for _ in range(steps):
+        loss = torch.nn.functional.mse_loss(ae(x), x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return ae.eval()
+
+
+def test_magnet_threshold_hits_its_false_positive_rate_on_held_out_data(tiny_model):
+    x, _ = make_data(2600, seed=5)
+    ae = _train_ae(x[:600])
+    with torch.no_grad():
+        val = reconstruction_error(x[600:1600], ae(x[600:1600]))
+        test = reconstruction_error(x[1600:], ae(x[1600:]))
+    for fpr in (0.01, 0.05, 0.2):
+        tau = threshold_for_fpr(val, fpr)
+        assert (val > tau).float().mean() <= fpr + 1e-9
+        held_out = (test > tau).float().mean().item()
+        assert abs(held_out - fpr) <= max(0.5 * fpr, 0.02), (fpr, held_out)
+    magnet = MagNet(tiny_model, ae, threshold=threshold_for_fpr(val, 0.05))
+    noise = torch.rand(200, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    assert magnet.detect(noise).float().mean() > 0.9  # off-manifold inputs are rejected
+    assert (magnet.predict(noise) == REJECTED).float().mean() > 0.9
+    assert magnet.detect(x[1600:]).float().mean() < 0.1
+
+
+def test_magnet_adaptive_attack_counts_only_accepted_misclassified_iterates(tiny_model):
+    x, y = make_data(400, seed=6)
+    ae = _train_ae(x[:200])
+    with torch.no_grad():
+        tau = threshold_for_fpr(reconstruction_error(x[200:], ae(x[200:])), 0.05)
+    magnet = MagNet(tiny_model, ae, threshold=tau)
+    xs, ys = x[:100], y[:100]
+    res = magnet_attack(magnet, xs, ys, threat=Linf(0.2), steps=20, generator=torch.Generator().manual_seed(0))
+    assert (Linf(0.2).distance(res.x_adv, xs) <= 0.2 + 1e-6).all()
+    got = magnet.predict(res.x_adv[res.success])
+    assert ((got != ys[res.success]) & (got != REJECTED)).all()
+    assert res.success.any()
+
+
+def test_defense_gan_projection_lowers_reconstruction_error_over_its_steps(tiny_model):
+    torch.manual_seed(0)
+    g = build("gan-generator", z_dim=8, width=16, out_shape=(1, 8, 8))
+    with torch.no_grad():  # images on the generator's range, so the projection can reach them
+        x = g(torch.randn(50, 8, generator=torch.Generator().manual_seed(7)))
+    y = tiny_model.predict(x)
+    dg = DefenseGAN(tiny_model, g, z_dim=8, steps=60, restarts=3, lr=0.05)
+    trace: list[float] = []
+    xp, err = dg.project(x, trace=trace)
+    assert len(trace) == 60
+    assert trace[-1] < 0.3 * trace[0]
+    drops = sum(b <= a + 1e-6 for a, b in zip(trace, trace[1:]))
+    assert drops >= 0.9 * (len(trace) - 1)
+    assert torch.allclose(err, (xp - x).pow(2).flatten(1).sum(1), atol=1e-4)
+    # the deployed defense masks the gradient
+    leaf = x.clone().requires_grad_(True)
+    (gr,) = torch.autograd.grad(ce(dg(leaf), y).sum(), leaf)
+    assert gr.abs().max() == 0
+    assert dg.predict(x).shape == y.shape
+
+
+@pytest.mark.parametrize("method", ["magnet", "defense-gan"])
+def test_defense_networks_train_write_a_card_and_resume(method, tmp_path, tiny_model_file):
+    x, _ = make_data(700, seed=8)
+    cfg = DefenseTrainConfig(method=method, classifier=str(tiny_model_file), epochs=2, batch_size=64,
+                             val_size=200, width=3 if method == "magnet" else 16, z_dim=8, proj_steps=5,
+                             proj_restarts=2)
+    run = tmp_path / "run"
+    card = train_defense(cfg, out=tmp_path / "d.safetensors", run_dir=run, images=x, command="test")
+    assert card["kind"] == "defense" and card["defense"] == method
+    assert json.loads((tmp_path / "d.json").read_text())["sha256"] == card["sha256"]
+    assert len(card["training"]["history"]) == 2
+    if method == "magnet":
+        assert card["detector"]["val_fpr"] <= 0.01 + 1e-9
+        h = card["training"]["history"]
+        assert h[-1]["loss"] < h[0]["loss"]
+    # resume: a longer run continues from the checkpoint (two more epochs, not four)
+    cfg.epochs = 3
+    card2 = train_defense(cfg, out=tmp_path / "d2.safetensors", run_dir=run, resume=True, images=x)
+    assert [r["epoch"] for r in card2["training"]["history"]] == [1, 2, 3]
