@@ -34,11 +34,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from preempt.robustify import CHECKS  # the committed results used the PGD-20 check
 from preempt import Linf, load_model, robustify
 from preempt.attacks import apgd, pgd
 from preempt.photos import load_photo
 from preempt.resolution import at_model_input
+from preempt.robustify import CHECKS  # the committed results used the PGD-20 check
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results"

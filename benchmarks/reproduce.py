@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from preempt.robustify import CHECKS  # the committed results used the PGD-20 check
 from preempt import RobustifyConfig, load_model, robustify, threat_model
 from preempt.attacks import pgd, run_suite
 from preempt.data import fashion_mnist
+from preempt.robustify import CHECKS  # the committed results used the PGD-20 check
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {"linf": {"eps": 0.1, "adv": "fmnist-linf-pgdat", "ours": "fmnist-linf-preempt-d3"},
@@ -152,7 +152,7 @@ def checks_text(rows: dict) -> list[str]:
         if keep:
             lines.append(f"Under {what}: robustified images keep "
                          + " and ".join(f"{100 * v:.1f}% ({'Ours/Ours' if nm == 'ours' else 'ADV/Ours'})" for nm, v in keep)
-                         + f" of their clean accuracy (goal ≥ 90% under AA) — "
+                         + " of their clean accuracy (goal ≥ 90% under AA) — "
                          + ("met" if all(round(v, 6) >= 0.9 for _, v in keep) else "NOT met") + ".")
     if "ours_clean_vs_adv_clean_points" in c:
         v = c["ours_clean_vs_adv_clean_points"]

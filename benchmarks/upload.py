@@ -24,12 +24,12 @@ from pathlib import Path
 
 import torch
 
-from preempt.robustify import CHECKS  # the committed results used the PGD-20 check
 from preempt import load_model, robustify, threat_model
 from preempt.attacks import pgd
 from preempt.jobs import encode_jpeg_within
 from preempt.photos import Photo, encode
 from preempt.quantize import to_uint8
+from preempt.robustify import CHECKS  # the committed results used the PGD-20 check
 from preempt.upload import attack_uploads, parse
 
 HERE = Path(__file__).resolve().parent

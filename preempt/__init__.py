@@ -5,5 +5,6 @@ from .robustify import RobustifyConfig, RobustifyResult, robustify
 from .threat import L2, Linf, ThreatModel, threat_model
 
 __version__ = "0.1.0"
-__all__ = ["robustify", "RobustifyConfig", "load_image", "save_image", "RobustifyResult", "load_model", "Linf", "L2", "ThreatModel",
+__all__ = ["robustify", "RobustifyConfig", "load_image", "save_image", "RobustifyResult", "load_model", "Linf", "L2",
+           "ThreatModel",
            "threat_model", "__version__"]

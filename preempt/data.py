@@ -104,8 +104,8 @@ def cifar10(split: str = "train", root: str | Path = "data") -> tuple[torch.Tens
 
 def image_folder(root: str | Path, size: int = 32, channels: int = 3) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Any ImageFolder, resized to size×size."""
-    from torchvision.datasets import ImageFolder
     from torchvision import transforms as T
+    from torchvision.datasets import ImageFolder
 
     tf = [T.Resize((size, size)), T.ToTensor()]
     if channels == 1:

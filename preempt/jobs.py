@@ -9,18 +9,28 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 from PIL import Image
 
 from . import __version__, upload
-from .photos import (Photo, PhotoError, decode, encode, from_tensor, iter_images, load_photo, nothing_found,
-                     output_path, write_atomic)
 from .memory import check_fits
 from .metrics import psnr, ssim
+from .photos import (
+    Photo,
+    PhotoError,
+    decode,
+    encode,
+    from_tensor,
+    iter_images,
+    load_photo,
+    nothing_found,
+    output_path,
+    write_atomic,
+)
 from .resolution import at_model_input
 from .robustify import RobustifyConfig, judge, robustify
 from .threat import L2, Linf, threat_model
@@ -54,7 +64,7 @@ def probe(path: Path) -> tuple[int, int, int]:
             w, h = im.size
             orient = im.getexif().get(0x0112, 1)
             mode = im.mode
-    except Exception:  # noqa: BLE001 - load_photo gives the precise one-line reason
+    except Exception:
         p = load_photo(path)
         return p.pixels.shape[2], p.pixels.shape[0], p.pixels.shape[1]
     if orient in (5, 6, 7, 8):
@@ -204,7 +214,7 @@ def _path_for(model, chw: tuple[int, int, int], cfg: RobustifyConfig) -> str:
         return "full"
     try:
         return "model" if resampling_for(model, chw[1:], cfg.resolution) is not None else "full"
-    except Exception:  # noqa: BLE001 - an estimate only
+    except Exception:
         return "full"
 
 
@@ -447,7 +457,7 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
             report.flags = run_checks(mi.model, mi.x, y, mi.threat, broken_by=broken if cfg.suite == "standard" else None,
                                       generator=gen)
             first = False
-        for j, (f, p, o) in enumerate(batch):
+        for j, (f, _p, o) in enumerate(batch):
             m = {"clean_correct": bool(pred[j] == y[j]), "robust": bool(robust[j]), "broken_by": broken[j],
                  "label_source": source[j], "seconds": round(dt, 4)}
             if chains:

@@ -22,8 +22,9 @@ def _luma(x: torch.Tensor) -> torch.Tensor:
 
 def ssim(a: torch.Tensor, b: torch.Tensor, *, window: int = 11, sigma: float = 1.5, strip: int = 256) -> torch.Tensor:
     """Structural similarity (Wang et al. 2004) per image, on the luma channel: Gaussian window
-    11 (the largest odd size that fits, for smaller images), σ 1.5, K1 0.01, K2 0.03, the mean of the SSIM map over valid positions (one image and one
-    strip of rows at a time, so a 12 MP photo needs no photo-sized buffers)."""
+    11 (the largest odd size that fits, for smaller images), σ 1.5, K1 0.01, K2 0.03, the mean of the
+    SSIM map over valid positions (one image and one strip of rows at a time, so a 12 MP photo needs
+    no photo-sized buffers)."""
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     side = min(a.shape[-2:]) if a.numel() else window
     if side < window:  # a thumbnail: the largest odd window that fits

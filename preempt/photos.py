@@ -12,9 +12,9 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -143,7 +143,8 @@ def load_photo(path: str | Path | bytes) -> Photo:
             meta = meta if isinstance(meta, dict) and "preempt" in meta else {}
         except ValueError:
             meta = {}
-    return Photo(np.array(px, dtype=np.uint8, order="C", copy=True), alpha, mode, fmt, exif.tobytes() if len(exif) else None, icc, meta, path)
+    return Photo(np.array(px, dtype=np.uint8, order="C", copy=True), alpha, mode, fmt,
+                 exif.tobytes() if len(exif) else None, icc, meta, path)
 
 
 def from_tensor(x: torch.Tensor, like: Photo) -> Photo:

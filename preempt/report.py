@@ -99,9 +99,9 @@ def write_html(path: str | Path, summary: dict, results) -> None:
     """One self-contained HTML file: summary, attack parameters, and per photo the image, its
     original and their difference amplified to the full range."""
     s, a = summary["summary"], summary["attack"]
-    yes = lambda b: '<span class="ok">yes</span>' if b else '<span class="bad">no</span>'  # noqa: E731
+    yes = lambda b: '<span class="ok">yes</span>' if b else '<span class="bad">no</span>'
     rows, photos = [], []
-    for i, r in enumerate(results):
+    for r in results:
         name = html.escape(Path(r.src).name)
         if r.status == "failed":
             rows.append(f"<tr><td>{name}</td><td colspan=8 class=bad>failed: {html.escape(r.error or '')}</td></tr>")

@@ -125,7 +125,7 @@ class RobustifyConfig:
         return upload.parse(self.survive)
 
     @classmethod
-    def paper(cls, **kw) -> "RobustifyConfig":
+    def paper(cls, **kw) -> RobustifyConfig:
         """The published algorithm: 100 outer steps, PGD-20 inside, RMSprop on a tanh-reparametrised
         ℓ∞ box from a random start, judged once at the end (2,100 passes per image)."""
         base = dict(steps=100, inner_steps=20, optimizer="rmsprop" if kw.get("norm", "linf") == "linf" else "sign",

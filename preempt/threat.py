@@ -108,7 +108,7 @@ class ThreatModel:
 
         return f
 
-    def with_eps(self, eps: float) -> "ThreatModel":
+    def with_eps(self, eps: float) -> ThreatModel:
         return type(self)(eps)
 
     def __str__(self) -> str:

@@ -191,14 +191,14 @@ class Op:
             return f"jpeg:{self.lo:g}" if self.lo == self.hi else f"jpeg:{self.lo:g}-{self.hi:g}"
         return f"resize:{self.lo * 100:g}%" if self.percent else f"resize:{self.lo:g}"
 
-    def concrete(self) -> list["Op"]:
+    def concrete(self) -> list[Op]:
         """Fixed settings that stand for this op in a verification: a quality range's ends and middle."""
         if self.lo == self.hi:
             return [self]
         mid = float(round((self.lo + self.hi) / 2))
         return [Op(self.kind, v, v, self.percent) for v in sorted({self.lo, mid, self.hi})]
 
-    def sample(self, gen: torch.Generator | None = None) -> "Op":
+    def sample(self, gen: torch.Generator | None = None) -> Op:
         if self.lo == self.hi:
             return self
         v = float(torch.randint(int(self.lo), int(self.hi) + 1, (1,), generator=gen).item())
@@ -250,16 +250,16 @@ class Chain:
         a = self.approx(x)
         return a + (self.real(x) - a).detach()
 
-    def concrete(self) -> list["Chain"]:
+    def concrete(self) -> list[Chain]:
         out: list[Chain] = [Chain(())]
         for op in self.ops:
             out = [Chain((*c.ops, o)) for c in out for o in op.concrete()]
         return out
 
-    def sample(self, gen: torch.Generator | None = None) -> "Chain":
+    def sample(self, gen: torch.Generator | None = None) -> Chain:
         return Chain(tuple(op.sample(gen) for op in self.ops))
 
-    def for_size(self, hw: tuple[int, int]) -> "Chain":
+    def for_size(self, hw: tuple[int, int]) -> Chain:
         """The chain without the ops that would leave a photo of this size unchanged."""
         return Chain(tuple(op for op in self.ops if op.changes(hw)))
 

@@ -3,17 +3,17 @@ import json
 
 import pytest
 import torch
+from conftest import make_data
 
 from preempt import Linf
 from preempt.attacks import pgd
 from preempt.attacks.bpda import BPDA, bpda
 from preempt.attacks.losses import ce
 from preempt.defenses import DefenseGAN, MagNet, reconstruction_error, threshold_for_fpr
-from preempt.defenses.magnet import REJECTED, attack as magnet_attack
+from preempt.defenses.magnet import REJECTED
+from preempt.defenses.magnet import attack as magnet_attack
 from preempt.models import build
 from preempt.train.generative import DefenseTrainConfig, train_defense
-
-from conftest import make_data
 
 
 def _quantize(x):  # a gradient-masking preprocessing: piecewise constant, zero derivative

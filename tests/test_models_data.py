@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from preempt.data import DataError, FASHION_MNIST_CLASSES, fashion_mnist, read_idx
+from preempt.data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, read_idx
 from preempt.models import ModelError, bundled, load_model
 from preempt.models.wrapper import resize
 from preempt.photos import load_photo

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_data
 from typer.testing import CliRunner
 
-from conftest import make_data
-from preempt import Linf, L2, robustify
+from preempt import L2, Linf, robustify
 from preempt.attacks import pgd
 from preempt.cli import app
 from preempt.models import Classifier, Model, ModelError, Preprocessing, Resampling, load_model

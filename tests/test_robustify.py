@@ -1,5 +1,5 @@
-import torch
 import pytest
+import torch
 
 from preempt import L2, Linf, RobustifyConfig, robustify
 from preempt.attacks import pgd

@@ -2,13 +2,12 @@ import json
 
 import pytest
 import torch
+from conftest import make_data, tiny_classifier
 
 from preempt import Linf
 from preempt.attacks import losses
 from preempt.train import METHODS, TrainConfig, train
 from preempt.train.methods import batch_loss, descend
-
-from conftest import make_data, tiny_classifier
 
 DATA = (*make_data(700, seed=1), ["a", "b", "c", "d"])
 

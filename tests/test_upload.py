@@ -12,8 +12,20 @@ from typer.testing import CliRunner
 from preempt import Linf, robustify
 from preempt.cli import app
 from preempt.photos import load_photo
-from preempt.upload import (WORST, Chain, Op, Through, attack_uploads, concrete, jpeg_approx, jpeg_real, parse,
-                            resize_approx, resize_real, service_spec)
+from preempt.upload import (
+    WORST,
+    Chain,
+    Op,
+    Through,
+    attack_uploads,
+    concrete,
+    jpeg_approx,
+    jpeg_real,
+    parse,
+    resize_approx,
+    resize_real,
+    service_spec,
+)
 
 runner = CliRunner()
 

@@ -63,7 +63,7 @@ def apgd(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps:
     if not isinstance(threat, (Linf, L2)):
         raise TypeError("APGD supports Linf and L2")
     if target is not None:
-        loss_fn = lambda z, yy: losses.dlr_targeted(z, yy, tgt)  # noqa: E731
+        loss_fn = lambda z, yy: losses.dlr_targeted(z, yy, tgt)
     else:
         loss_fn = losses.get(loss)
     x = x.detach()

@@ -1,7 +1,7 @@
 """Per-sample losses the attacks maximise.  Each returns a (N,) tensor."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

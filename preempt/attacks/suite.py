@@ -25,9 +25,9 @@ of workers.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -123,7 +123,7 @@ def run_suite(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, s
                 torch.set_num_threads(per)
                 try:
                     with ThreadPoolExecutor(w) as ex:
-                        results = list(ex.map(lambda cg: job(cg[0], _attack(name, cg[1], surrogate), per),
+                        results = list(ex.map(lambda cg, name=name, per=per: job(cg[0], _attack(name, cg[1], surrogate), per),
                                               zip(idx.tensor_split(w), gens)))
                 finally:
                     torch.set_num_threads(threads)

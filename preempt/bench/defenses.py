@@ -33,9 +33,10 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -167,7 +168,8 @@ def _row_classifier(key: str, x, y, threat: ThreatModel, cfg: BenchConfig, gen) 
 
 def _row_magnet(x, y, threat: ThreatModel, cfg: BenchConfig, gen) -> Row:
     from ..defenses import MagNet, load_defense
-    from ..defenses.magnet import REJECTED, attack as magnet_attack
+    from ..defenses.magnet import REJECTED
+    from ..defenses.magnet import attack as magnet_attack
 
     mg = load_defense(DEFENSES["magnet"])
     assert isinstance(mg, MagNet)
@@ -269,7 +271,8 @@ def _row_smoothing(x, y, threat: ThreatModel, cfg: BenchConfig, gen) -> Row:
                notes=[f"prediction: majority vote of {cfg.smooth_n} noisy copies; CERTIFY (Cohen et al.) with n0 = "
                       f"{cfg.certify_n0}, n = {cfg.certify_n}, α = {cfg.certify_alpha:g}: ℓ∞ ε = {cfg.eps:g} is certified "
                       f"through the ℓ2 ball of radius ε·√d = {need:.2f} that holds it, beyond the largest radius these "
-                      f"settings can certify ({rmax:.2f}), so its certified accuracy at ε is {100 * (r >= need).float().mean().item():.1f}%; "
+                      f"settings can certify ({rmax:.2f}), so its certified accuracy at ε is "
+                      f"{100 * (r >= need).float().mean().item():.1f}%; "
                       "certified ℓ2 accuracy at radius " + ", ".join(f"{k}: {100 * v:.1f}%" for k, v in cert.items())])
 
 

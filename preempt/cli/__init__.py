@@ -30,7 +30,11 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
     state.debug = debug
 
 
-from . import export as _export, models as _models, robustify as _robustify, train as _train  # noqa: E402
+# the commands register after the app exists
+from . import export as _export  # noqa: E402
+from . import models as _models  # noqa: E402
+from . import robustify as _robustify  # noqa: E402
+from . import train as _train  # noqa: E402
 from . import verify as _verify  # noqa: E402
 from .bench import bench_app  # noqa: E402
 
@@ -50,7 +54,7 @@ def main() -> None:
         err_console.print(f"interrupted{done}; finished outputs are kept, rerun the same command to resume",
                           highlight=False)
         sys.exit(130)
-    except Exception as e:  # noqa: BLE001 - a bug of ours: one line, the traceback only with --debug
+    except Exception as e:
         if state.debug:
             raise
         report_error(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)")

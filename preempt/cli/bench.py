@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,13 +14,13 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that ship with pr
 def defenses_cmd(
     n: int = typer.Option(1000, min=1, help="Fashion-MNIST test images (the first N)."),
     eps: float = typer.Option(0.1, help="ℓ∞ attack budget ε (δ = ε for the robustified rows)."),
-    rows: Optional[str] = typer.Option(None, help="Comma-separated rows to measure (default: all): standard, magnet, "
+    rows: str | None = typer.Option(None, help="Comma-separated rows to measure (default: all): standard, magnet, "
                                        "defense-gan, pgd-at, fast-at, smoothing, adv-ours, ours-ours."),
     out: Path = typer.Option(Path("defenses"), "--out", "-o", help="Output prefix: writes PREFIX.md, .json, .png."),
     force: bool = typer.Option(False, help="Recompute rows already stored in PREFIX.json."),
-    data: Optional[str] = typer.Option(None, help="Fashion-MNIST folder (default: Debian's dataset-fashion-mnist)."),
+    data: str | None = typer.Option(None, help="Fashion-MNIST folder (default: Debian's dataset-fashion-mnist)."),
     seed: int = typer.Option(0),
-    threads: Optional[int] = typer.Option(None, help="CPU threads."),
+    threads: int | None = typer.Option(None, help="CPU threads."),
     json_out: bool = typer.Option(False, "--json", help="The whole result document as JSON on stdout."),
 ) -> None:
     """MagNet, Defense-GAN, adversarial training, randomized smoothing and preemptive robustification:

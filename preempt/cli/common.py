@@ -7,7 +7,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn, Optional
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 from rich.console import Console
@@ -56,21 +56,21 @@ def pick_device(device: str) -> str:
 
 
 # Options every command that loads a model takes (bring your own model).
-ModelOpt = Annotated[Optional[str], typer.Option(
+ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", help="Bundled name (preempt models), efficientnet-lite0, torchvision:NAME, or a model file "
     "(.safetensors/.pt state_dict with a card beside it, TorchScript, or .onnx for verify).")]
-WeightsOpt = Annotated[Optional[Path], typer.Option(
+WeightsOpt = Annotated[Path | None, typer.Option(
     "--weights", help="State-dict file for --model torchvision:NAME (safetensors, or a torch file read with weights_only).")]
-CardOpt = Annotated[Optional[Path], typer.Option(
+CardOpt = Annotated[Path | None, typer.Option(
     "--card", help="Model card (JSON or TOML: preprocessing, classes, threat model) instead of the one beside the model.")]
-InputSizeOpt = Annotated[Optional[str], typer.Option("--input-size", help="Model input size: N or HxW (overrides the card).")]
-PolicyOpt = Annotated[Optional[Literal["whole", "crop"]], typer.Option(
+InputSizeOpt = Annotated[str | None, typer.Option("--input-size", help="Model input size: N or HxW (overrides the card).")]
+PolicyOpt = Annotated[Literal["whole", "crop"] | None, typer.Option(
     "--resize-policy",
     help="whole: resize the whole photo; crop: shorter side to --resize-size, then a centre crop (torchvision's ImageNet way).")]
-ResizeSizeOpt = Annotated[Optional[int], typer.Option("--resize-size", help="Shorter side before the centre crop.")]
-MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="Normalisation mean per channel, e.g. 0.485,0.456,0.406.")]
-StdOpt = Annotated[Optional[str], typer.Option("--std", help="Normalisation std per channel, e.g. 0.229,0.224,0.225.")]
-ChannelsOpt = Annotated[Optional[int], typer.Option("--channels", min=1, max=3, help="1: grey model, 3: colour model.")]
+ResizeSizeOpt = Annotated[int | None, typer.Option("--resize-size", help="Shorter side before the centre crop.")]
+MeanOpt = Annotated[str | None, typer.Option("--mean", help="Normalisation mean per channel, e.g. 0.485,0.456,0.406.")]
+StdOpt = Annotated[str | None, typer.Option("--std", help="Normalisation std per channel, e.g. 0.229,0.224,0.225.")]
+ChannelsOpt = Annotated[int | None, typer.Option("--channels", min=1, max=3, help="1: grey model, 3: colour model.")]
 
 
 @dataclass

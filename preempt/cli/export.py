@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -11,7 +10,7 @@ from .common import EXIT_USAGE, err_console, fail, load_model_or_fail, print_jso
 
 def export_cmd(
     onnx: Path = typer.Option(..., "--onnx", help="Where to write the ONNX file (a card NAME.json is written beside it)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Bundled model name or weight file."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Bundled model name or weight file."),
     json_out: bool = typer.Option(False, "--json", help="The card as JSON on stdout."),
 ) -> None:
     """Export a model to ONNX and check that onnxruntime gives the same logits."""
@@ -27,7 +26,7 @@ def export_cmd(
         card = export_onnx(clf, onnx)
     except (ModelError, OSError) as e:
         fail(f"{onnx}: {e}", exc=e)
-    except Exception as e:  # noqa: BLE001 - torch's exporter raises its own types
+    except Exception as e:
         fail(f"{onnx}: export failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", exc=e)
     err_console.print(f"wrote {onnx} (max |logit difference| vs torch "
                       f"{card['onnx_check']['max_abs_logit_difference']:.1e} on 16 probes)", highlight=False)

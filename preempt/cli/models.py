@@ -9,7 +9,7 @@ from .common import out_console, pick_device, print_json
 
 def models_cmd(json_out: bool = typer.Option(False, "--json", help="JSON on stdout.")) -> None:
     """List the bundled models with their threat model and metrics."""
-    from ..models import bundled, default_model_name, ModelError
+    from ..models import ModelError, bundled, default_model_name
 
     have = bundled()
     try:
@@ -33,7 +33,7 @@ def models_cmd(json_out: bool = typer.Option(False, "--json", help="JSON on stdo
     for r in rows:
         tm = r["threat_model"] or {}
         test = r["metrics"].get("test", {}) or r["metrics"].get("labelled_photos", {})
-        pct = lambda v: f"{100 * v:.1f}%" if isinstance(v, (int, float)) else "–"  # noqa: E731
+        pct = lambda v: f"{100 * v:.1f}%" if isinstance(v, (int, float)) else "–"
         t.add_row(r["name"] + (" (default)" if r["default"] else ""), str(r["method"]),
                   f"{tm.get('norm')} ε={tm.get('eps')} δ={tm.get('delta')}",
                   "×".join(map(str, r["input"] or [])), pct(test.get("clean", test.get("top1"))), pct(test.get("pgd20")))

@@ -3,19 +3,39 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import List, Literal, Optional
+from typing import Literal
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .common import (EXIT_ERROR, EXIT_NOT_ROBUST, EXIT_OK, EXIT_USAGE, CardOpt, ChannelsOpt, InputSizeOpt, MeanOpt, ModelOpt,
-                     ModelSpec, PolicyOpt, ResizeSizeOpt, StdOpt, WeightsOpt, colour_notice, err_console, fail,
-                     model_and_budgets, print_json, report_error, state)
+from .common import (
+    EXIT_ERROR,
+    EXIT_NOT_ROBUST,
+    EXIT_OK,
+    EXIT_USAGE,
+    CardOpt,
+    ChannelsOpt,
+    InputSizeOpt,
+    MeanOpt,
+    ModelOpt,
+    ModelSpec,
+    PolicyOpt,
+    ResizeSizeOpt,
+    StdOpt,
+    WeightsOpt,
+    colour_notice,
+    err_console,
+    fail,
+    model_and_budgets,
+    print_json,
+    report_error,
+    state,
+)
 from .tables import summary_table
 
 
 def robustify_cmd(
-    paths: List[Path] = typer.Argument(..., help="Photos and/or folders (walked for images)."),
+    paths: list[Path] = typer.Argument(..., help="Photos and/or folders (walked for images)."),
     out: Path = typer.Option(Path("robustified"), "--out", "-o",
                              help="Output folder; NAME.ext becomes OUT/[sub-folders/]NAME.robust.png."),
     model: ModelOpt = None,
@@ -27,9 +47,9 @@ def robustify_cmd(
     mean: MeanOpt = None,
     std: StdOpt = None,
     channels: ChannelsOpt = None,
-    norm: Optional[Literal["linf", "l2"]] = typer.Option(None, help="linf | l2 (default: the model's threat model)."),
-    delta: Optional[float] = typer.Option(None, help="Robustification budget δ (default: the model's)."),
-    eps: Optional[float] = typer.Option(None, help="Attack budget ε to be robust against (default: the model's)."),
+    norm: Literal["linf", "l2"] | None = typer.Option(None, help="linf | l2 (default: the model's threat model)."),
+    delta: float | None = typer.Option(None, help="Robustification budget δ (default: the model's)."),
+    eps: float | None = typer.Option(None, help="Attack budget ε to be robust against (default: the model's)."),
     steps: int = typer.Option(30, help="Outer steps at most."),
     inner_steps: int = typer.Option(10, help="Steps of the unrolled inner attack (T)."),
     check_steps: int = typer.Option(20, help="Steps of the PGD check that decides 'robust'."),
@@ -43,17 +63,17 @@ def robustify_cmd(
     resolution: Literal["auto", "model", "full"] = typer.Option("auto",
                                    help="Where robustify works: auto/model = at the model's input resolution, lifted to the "
                                         "photo (fast for large photos); full = every pass on every pixel (the reference path)."),
-    survive: Optional[str] = typer.Option(None, help="Stay robust through what a service does to uploads, e.g. "
+    survive: str | None = typer.Option(None, help="Stay robust through what a service does to uploads, e.g. "
                                           "'jpeg:75-95,resize:1080,2048' or 'worst' (expectation over these in the loss; "
                                           "the check runs them through the real codec). Works on the photo's own pixels."),
     fmt: Literal["auto", "png", "jpeg"] = typer.Option("auto", "--format",
                              help="auto: JPEG for JPEG inputs when --survive includes jpeg (at the highest quality "
                                   "robustified for), else PNG; png: lossless; jpeg: kept inside δ or reported over-budget, "
                                   "verified again as decoded."),
-    quality: Optional[int] = typer.Option(None, min=1, max=100, help="JPEG quality (default: the highest in --survive, else 95)."),
+    quality: int | None = typer.Option(None, min=1, max=100, help="JPEG quality (default: the highest in --survive, else 95)."),
     overwrite: bool = typer.Option(False, help="Replace existing outputs (default: skip them, so reruns resume)."),
     strip_metadata: bool = typer.Option(False, help="Drop EXIF and ICC profile."),
-    sigma: Optional[float] = typer.Option(None, "--smoothing-sigma", help="Robustify the randomized-smoothing classifier with Gaussian noise σ (loss averaged over --noise-samples draws)."),
+    sigma: float | None = typer.Option(None, "--smoothing-sigma", help="Robustify the randomized-smoothing classifier with Gaussian noise σ (loss averaged over --noise-samples draws)."),
     noise_samples: int = typer.Option(8, help="Noise draws per pass with --smoothing-sigma."),
     batch_size: int = typer.Option(64, help="Photos of the same size robustified together."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
@@ -67,7 +87,6 @@ def robustify_cmd(
 
     from ..jobs import NoImages, robustify_files
     from ..robustify import CHECKS, RobustifyConfig, resolve_init
-
     from ..upload import parse
 
     try:

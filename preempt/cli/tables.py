@@ -35,7 +35,7 @@ def verify_table(results, title: str, with_original: bool) -> Table:
     cols = ["file", "label", "clean", "robust", "broken by"] + (["original robust", "ℓ∞ Δ"] if with_original else [])
     for col in cols:
         t.add_column(col, overflow="fold", min_width={"file": 16, "label": 8}.get(col))
-    yes = lambda b: "[green]yes[/]" if b else "[red]no[/]"  # noqa: E731
+    yes = lambda b: "[green]yes[/]" if b else "[red]no[/]"
     for r in results:
         if r.status == "failed":
             t.add_row(escape(Path(r.src).name), "[red]failed[/]", escape(r.error or ""), "", "",

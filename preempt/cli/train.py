@@ -5,7 +5,6 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -19,12 +18,12 @@ def train_cmd(
                                "(classifiers); magnet | defense-gan (the defenses' networks, see --classifier)"),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the weights (.safetensors) and card (.json)."),
     dataset: str = typer.Option("fashion-mnist", help="fashion-mnist | cifar10 | folder"),
-    data: Optional[str] = typer.Option(None, help="Dataset folder (default: Debian's Fashion-MNIST files)."),
+    data: str | None = typer.Option(None, help="Dataset folder (default: Debian's Fashion-MNIST files)."),
     norm: str = typer.Option("linf", help="linf | l2"),
     eps: float = typer.Option(0.1, help="Attack budget ε used while training."),
-    delta: Optional[float] = typer.Option(None, help="Robustification budget δ (preempt; default ε)."),
+    delta: float | None = typer.Option(None, help="Robustification budget δ (preempt; default ε)."),
     steps: int = typer.Option(10, help="Attack steps while training (pgd-at, preempt)."),
-    step_size: Optional[float] = typer.Option(None, help="Attack step size (default ε/4; fast-at 1.25ε)."),
+    step_size: float | None = typer.Option(None, help="Attack step size (default ε/4; fast-at 1.25ε)."),
     delta_steps: int = typer.Option(2, help="preempt: descent steps that find x̂_r."),
     preempt_direction: str = typer.Option("descent", help="preempt: descent (the paper) or ascent (reference code)."),
     sigma: float = typer.Option(0.25, help="gaussian: noise σ."),
@@ -39,11 +38,11 @@ def train_cmd(
     attack_bn: str = typer.Option("train", help="BatchNorm mode while crafting training attacks: train | eval."),
     image_size: int = typer.Option(32, help="ImageFolder: resize images to this."),
     channels: int = typer.Option(3, help="ImageFolder: 1 (grey) or 3 (colour)."),
-    limit: Optional[int] = typer.Option(None, help="Train on the first N images only."),
+    limit: int | None = typer.Option(None, help="Train on the first N images only."),
     val_size: int = typer.Option(2000),
     seed: int = typer.Option(0),
-    threads: Optional[int] = typer.Option(None, help="CPU threads."),
-    run_dir: Optional[Path] = typer.Option(None, help="Checkpoints and log.jsonl (default: <out>.run/)."),
+    threads: int | None = typer.Option(None, help="CPU threads."),
+    run_dir: Path | None = typer.Option(None, help="Checkpoints and log.jsonl (default: <out>.run/)."),
     resume: bool = typer.Option(False, help="Continue from run_dir/checkpoint.pt."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     json_out: bool = typer.Option(False, "--json", help="Print the history as JSON on stdout."),

@@ -2,20 +2,40 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Literal, Optional
+from typing import Literal
 
 import typer
 from rich.markup import escape
 
-from .common import (EXIT_ERROR, EXIT_NOT_ROBUST, EXIT_OK, EXIT_USAGE, CardOpt, ChannelsOpt, InputSizeOpt, MeanOpt,
-                     ModelOpt, ModelSpec, PolicyOpt, ResizeSizeOpt, StdOpt, WeightsOpt, err_console, fail,
-                     load_model_or_fail, model_and_budgets, print_json, report_error, state)
+from .common import (
+    EXIT_ERROR,
+    EXIT_NOT_ROBUST,
+    EXIT_OK,
+    EXIT_USAGE,
+    CardOpt,
+    ChannelsOpt,
+    InputSizeOpt,
+    MeanOpt,
+    ModelOpt,
+    ModelSpec,
+    PolicyOpt,
+    ResizeSizeOpt,
+    StdOpt,
+    WeightsOpt,
+    err_console,
+    fail,
+    load_model_or_fail,
+    model_and_budgets,
+    print_json,
+    report_error,
+    state,
+)
 from .tables import attack_table, verify_table
 
 
 def verify_cmd(
-    paths: List[Path] = typer.Argument(..., help="Photos and/or folders to attack."),
-    original: Optional[List[Path]] = typer.Option(None, "--original", help="The originals, one per photo in the same order (files or folders); attacked too, for before vs after."),
+    paths: list[Path] = typer.Argument(..., help="Photos and/or folders to attack."),
+    original: list[Path] | None = typer.Option(None, "--original", help="The originals, one per photo in the same order (files or folders); attacked too, for before vs after."),
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     card: CardOpt = None,
@@ -28,13 +48,13 @@ def verify_cmd(
     resolution: Literal["auto", "model", "full"] = typer.Option("auto",
                                    help="auto/model: attack a large photo at the model's input resolution over the image "
                                         "of its ε-ball (contains every full-resolution attack; fast); full: attack every pixel."),
-    reencode: Optional[str] = typer.Option(None, help="Also attack each photo as a service would receive it: through the "
+    reencode: str | None = typer.Option(None, help="Also attack each photo as a service would receive it: through the "
                                            "real codec, before and after the attack, e.g. 'jpeg:85', 'jpeg:95,jpeg:75' or "
                                            "'worst' (q 95/85/75/60, long side 1080/2048, double compression)."),
-    resize: Optional[str] = typer.Option(None, help="Service resize before --reencode: long side in px (or P%), e.g. '1080' "
+    resize: str | None = typer.Option(None, help="Service resize before --reencode: long side in px (or P%), e.g. '1080' "
                                          "or '1080,2048'."),
-    norm: Optional[Literal["linf", "l2"]] = typer.Option(None, help="linf | l2 (default: the model's)."),
-    eps: Optional[float] = typer.Option(None, help="Attack budget ε (default: the model's)."),
+    norm: Literal["linf", "l2"] | None = typer.Option(None, help="linf | l2 (default: the model's)."),
+    eps: float | None = typer.Option(None, help="Attack budget ε (default: the model's)."),
     suite: Literal["pgd", "quick", "standard", "rand", "blackbox"] = typer.Option("pgd", help="pgd (PGD-20) | quick (PGD-20, APGD-CE) | standard (APGD-CE, APGD-T, FAB-T, Square) | rand (APGD with EOT) | blackbox (Square + transfer attacks; ONNX models)."),
     steps: int = typer.Option(20, help="PGD steps (suite pgd)."),
     restarts: int = typer.Option(1, help="PGD random restarts."),
@@ -44,12 +64,12 @@ def verify_cmd(
     n0: int = typer.Option(100, help="CERTIFY: samples that pick the class."),
     n: int = typer.Option(10000, help="CERTIFY: samples that bound its probability."),
     alpha: float = typer.Option(0.001, help="CERTIFY: failure probability."),
-    surrogate: Optional[str] = typer.Option(None, help="blackbox suite: a torch model to craft transfer attacks on (default: the bundled default)."),
+    surrogate: str | None = typer.Option(None, help="blackbox suite: a torch model to craft transfer attacks on (default: the bundled default)."),
     checks: bool = typer.Option(True, help="Honesty checks (randomized model, softmax, zero gradients, ...)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     seed: int = typer.Option(0),
     json_out: bool = typer.Option(False, "--json", help="JSON on stdout."),
-    report: Optional[Path] = typer.Option(None, help="Also write an HTML report to this file."),
+    report: Path | None = typer.Option(None, help="Also write an HTML report to this file."),
 ) -> None:
     """Attack photos with PGD; exit code 3 if any is not robust."""
     from ..jobs import NoImages, VerifyConfig, verify_files

@@ -1,9 +1,18 @@
 """Models: the :class:`Model` protocol, architectures, the preprocessing wrapper, loading."""
-from .architectures import build, names as architectures
+from .architectures import build
+from .architectures import names as architectures
 from .files import ModelError
 from .protocol import Model
-from .registry import (DEFAULT_MODEL, IMAGENET_MODEL, bundled, default_model_name, from_card, imagenet_available,
-                       load_model, save_model)
+from .registry import (
+                       DEFAULT_MODEL,
+                       IMAGENET_MODEL,
+                       bundled,
+                       default_model_name,
+                       from_card,
+                       imagenet_available,
+                       load_model,
+                       save_model,
+)
 from .resample import Resampling
 from .wrapper import Classifier, Preprocessing
 

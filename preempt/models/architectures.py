@@ -1,7 +1,8 @@
 """Network architectures known to preempt, built by name from a model card."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 

@@ -76,7 +76,7 @@ def _pretrained_state(name: str) -> dict[str, torch.Tensor]:
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
     try:
         return w.get_state_dict(progress=False, check_hash=True)
-    except Exception as e:  # noqa: BLE001 - offline, proxy, hash: one line, with the way out
+    except Exception as e:
         raise ModelError(f"torchvision:{name}: its pretrained weights are not in torch's cache ({cached}) and could not "
                          f"be downloaded ({type(e).__name__}); pass --weights FILE (a state_dict)") from e
 
@@ -119,7 +119,7 @@ def load_torchscript(path: Path, *, card: dict[str, Any] | None = None,
                          "beside it (or --card) or --input-size")
     try:
         net = torch.jit.load(str(path), map_location="cpu")
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ModelError(f"{path}: torch.jit.load failed ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from e
     c.setdefault("name", path.stem)
     c.setdefault("format", "torchscript")

@@ -39,7 +39,7 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
 
             return load_file(str(path))
         state = torch.load(str(path), map_location="cpu", weights_only=True)  # never unpickle objects
-    except Exception as e:  # noqa: BLE001 - the cause goes into one clear line
+    except Exception as e:
         raise ModelError(f"{path}: cannot read weights ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):

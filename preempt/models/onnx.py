@@ -95,7 +95,7 @@ class OnnxClassifier:
         self.training = False
 
     @classmethod
-    def from_file(cls, path: str | Path, card: dict | None = None) -> "OnnxClassifier":
+    def from_file(cls, path: str | Path, card: dict | None = None) -> OnnxClassifier:
         ort = _need("onnxruntime")
 
         path = Path(path)
@@ -106,7 +106,7 @@ class OnnxClassifier:
             card = read_card(cp)
         try:
             sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise ModelError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from e
         card = dict(card, name=card.get("name", path.stem))
         return cls(sess, card)

@@ -81,7 +81,7 @@ class Resampling:
     @classmethod
     def of(cls, hw: tuple[int, int], input_size: tuple[int, int], *, policy: str = "whole",
            resize_size: int | None = None, mode: str = "bilinear",
-           device: str | torch.device = "cpu") -> "Resampling":
+           device: str | torch.device = "cpu") -> Resampling:
         rh, rw = _matrices(tuple(hw), tuple(input_size), policy, resize_size, mode)
         return cls(rh.to(device, torch.float32), rw.to(device, torch.float32))
 

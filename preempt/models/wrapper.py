@@ -8,8 +8,9 @@ normalisation.  Gradients therefore flow back to the full-resolution photo.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +59,7 @@ class Preprocessing:
             raise ValueError(f"std must be > 0, got {list(self.std)}")
 
     @classmethod
-    def from_card(cls, card: dict[str, Any]) -> "Preprocessing":
+    def from_card(cls, card: dict[str, Any]) -> Preprocessing:
         p = dict(card["preprocessing"])
         if "scale" in p:  # input = x·scale + offset  ⇔  mean = −offset/scale, std = 1/scale
             scale, offset = float(p.pop("scale")), float(p.pop("offset", 0.0))
@@ -132,8 +133,11 @@ class Classifier(nn.Module):
         self.classes = list(classes) if classes is not None else None
         self.card = card or {}
         c = pre.channels
-        self.register_buffer("mean", torch.tensor(pre.mean, dtype=torch.float32).view(1, -1, 1, 1).expand(1, c, 1, 1).clone(), persistent=False)
-        self.register_buffer("std", torch.tensor(pre.std, dtype=torch.float32).view(1, -1, 1, 1).expand(1, c, 1, 1).clone(), persistent=False)
+        def per_channel(v):
+            return torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1).expand(1, c, 1, 1).clone()
+
+        self.register_buffer("mean", per_channel(pre.mean), persistent=False)
+        self.register_buffer("std", per_channel(pre.std), persistent=False)
         self.passes = 0
 
     differentiable = True
@@ -175,7 +179,7 @@ class Classifier(nn.Module):
         nh, nw, top, left = crop_box(tuple(x.shape[-2:]), size, self.pre.resize_size)
         return resize(x, (nh, nw), self.pre.resize)[..., top:top + size[0], left:left + size[1]]
 
-    def at_input_size(self) -> "Classifier":
+    def at_input_size(self) -> Classifier:
         """The same network and colour/normalisation, for inputs already at the network's input
         size (no resize or crop): what attacks run on once a photo has been resampled."""
         head = Classifier(self.net, replace(self.pre, policy="whole", resize_size=None), classes=self.classes,

@@ -6,9 +6,9 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -136,7 +136,8 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Pat
             opt.load_state_dict(state["optimizer"])
             start_epoch, best, elapsed = state["epoch"], state["best"], state["elapsed"]
             best_state = state.get("best_model")
-            history = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines() if l.strip()][:start_epoch]
+            lines = (run / "log.jsonl").read_text().splitlines()
+            history = [json.loads(line) for line in lines if line.strip()][:start_epoch]
             torch.set_rng_state(state["rng"])
             if "gen" in state:
                 gen.set_state(state["gen"])
@@ -230,7 +231,7 @@ class _Dist:
         self.rank, self.world, self.local_rank = rank, world, local_rank
 
     @classmethod
-    def setup(cls, device: str) -> "_Dist":
+    def setup(cls, device: str) -> _Dist:
         import os
 
         world = int(os.environ.get("WORLD_SIZE", "1"))
