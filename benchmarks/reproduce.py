@@ -13,10 +13,16 @@ Every row is stored in results/reproduce.json with its model's sha256, the image
 and its time; ``--rows``/``--norms`` recompute only some rows and keep the others (a row is
 kept only while its model file and settings are unchanged), then results/reproduce.md is
 rebuilt from all of them.
+
+Long runs survive interruption: inside a row, the robustified images and every chunk of
+``--aa-chunk`` AA images are checkpointed under ``--work`` (default runs/reproduce/, keyed by
+model sha256, norm, n, seed and check), so rerunning the same command resumes where it stopped.
+Robustify uses its default (strong) check unless ``--check pgd``.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import sys
@@ -28,7 +34,7 @@ import torch
 from preempt import RobustifyConfig, load_model, robustify, threat_model
 from preempt.attacks import pgd, run_suite
 from preempt.data import fashion_mnist
-from preempt.robustify import CHECKS  # the committed results used the PGD-20 check
+from preempt.robustify import CHECKS
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {"linf": {"eps": 0.1, "adv": "fmnist-linf-pgdat", "ours": "fmnist-linf-preempt-d3"},
@@ -52,7 +58,37 @@ NOTES = [
 ROWS = {"adv-none": "ADV / None", "adv-ours": "ADV / Ours", "ours-ours": "Ours / Ours"}
 
 
-def evaluate(model, x, y, threat, seed: int, aa_n: int, bs: int = 250) -> dict:
+def _aa_chunked(model, x, y, threat, seed: int, chunk: int, work: Path | None) -> dict:
+    """The standard suite in chunks of ``chunk`` images, each checkpointed as work/aa-<start>.json."""
+    robust: list[bool] = []
+    after: dict[str, float] = {}
+    seconds = 0.0
+    for start in range(0, len(x), chunk):
+        ck = work / f"aa-{start}.json" if work else None
+        if ck and ck.exists():
+            part = json.loads(ck.read_text())
+        else:
+            t0 = time.perf_counter()
+            r = run_suite(model, x[start:start + chunk], y[start:start + chunk], threat=threat, suite="standard",
+                          generator=torch.Generator().manual_seed(seed + 1 + start))
+            m = len(r.robust)
+            part = {"robust": r.robust.tolist(), "after": {k: v * m for k, v in r.per_attack.items()},
+                    "seconds": time.perf_counter() - t0}
+            if ck:
+                ck.parent.mkdir(parents=True, exist_ok=True)
+                tmp = ck.with_suffix(".tmp")
+                tmp.write_text(json.dumps(part))
+                tmp.replace(ck)
+        robust += part["robust"]
+        for k, v in part["after"].items():
+            after[k] = after.get(k, 0.0) + v
+        seconds += part["seconds"]
+        print(f"  AA {start + len(part['robust'])}/{len(x)}: robust so far {sum(robust)}", flush=True)
+    return {"robust": torch.tensor(robust), "per_attack": {k: v / len(x) for k, v in after.items()}, "seconds": seconds}
+
+
+def evaluate(model, x, y, threat, seed: int, aa_n: int, bs: int = 250, aa_chunk: int = 50,
+             work: Path | None = None) -> dict:
     gen = torch.Generator().manual_seed(seed)
     correct, rob = [], []
     t0 = time.perf_counter()
@@ -64,22 +100,39 @@ def evaluate(model, x, y, threat, seed: int, aa_n: int, bs: int = 250) -> dict:
     out = {"clean": correct.float().mean().item(), "pgd20": rob.float().mean().item(),
            "pgd20_seconds": time.perf_counter() - t0, "aa": None}
     if aa_n > 0:
-        t0 = time.perf_counter()
-        r = run_suite(model, x[:aa_n], y[:aa_n], threat=threat, suite="standard",
-                      generator=torch.Generator().manual_seed(seed + 1))
-        out.update(aa=r.robust.float().mean().item(), aa_n=aa_n, aa_clean=correct[:aa_n].float().mean().item(),
-                   aa_pgd20=rob[:aa_n].float().mean().item(), aa_per_attack=r.per_attack,
-                   aa_seconds=time.perf_counter() - t0)
+        r = _aa_chunked(model, x[:aa_n], y[:aa_n], threat, seed, aa_chunk, work)
+        out.update(aa=r["robust"].float().mean().item(), aa_n=aa_n, aa_clean=correct[:aa_n].float().mean().item(),
+                   aa_pgd20=rob[:aa_n].float().mean().item(), aa_per_attack=r["per_attack"], aa_chunk=aa_chunk,
+                   aa_seconds=r["seconds"])
     return out
 
 
-def robustified(model, x, norm: str, eps: float, seed: int, bs: int = 250) -> tuple[torch.Tensor, dict]:
-    cfg = RobustifyConfig(norm=norm, eps=eps, delta=eps, seed=seed, **CHECKS["pgd"])
-    t0, outs = time.perf_counter(), []
-    model.passes = 0
+def robustified(model, x, norm: str, eps: float, seed: int, check: str, bs: int = 250,
+                work: Path | None = None) -> tuple[torch.Tensor, dict]:
+    """Robustify x in batches of ``bs``; each batch is checkpointed as work/xr-<start>.safetensors."""
+    from safetensors.torch import load_file, save_file
+
+    cfg = RobustifyConfig(norm=norm, eps=eps, delta=eps, seed=seed, **CHECKS[check])
+    outs, seconds, passes = [], 0.0, 0
     for i in range(0, len(x), bs):
-        outs.append(robustify(model, x[i:i + bs], config=cfg).x)
-    return torch.cat(outs), {"seconds": time.perf_counter() - t0, "passes_per_image": model.passes / len(x)}
+        ck = work / f"xr-{i}.safetensors" if work else None
+        if ck and ck.exists():
+            part = load_file(str(ck))
+            outs.append(part["x"])
+            seconds, passes = seconds + float(part["seconds"]), passes + int(part["passes"])
+            continue
+        model.passes = 0
+        t0 = time.perf_counter()
+        xr = robustify(model, x[i:i + bs], config=cfg).x
+        dt = time.perf_counter() - t0
+        outs.append(xr)
+        seconds, passes = seconds + dt, passes + model.passes
+        if ck:
+            ck.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ck.with_suffix(".tmp")
+            save_file({"x": xr.contiguous(), "seconds": torch.tensor(dt), "passes": torch.tensor(model.passes)}, str(tmp))
+            tmp.replace(ck)
+    return torch.cat(outs), {"seconds": seconds, "passes_per_image": passes / len(x), "check": check}
 
 
 def _pct(v) -> str:
@@ -169,9 +222,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--out", default=str(ROOT / "results" / "reproduce"))
+    ap.add_argument("--ours-l2", default=SETTINGS["l2"]["ours"], help="the ℓ2 preempt model (Ours) to use")
+    ap.add_argument("--check", default="strong", choices=sorted(CHECKS), help="robustify's check (default: strong)")
+    ap.add_argument("--aa-chunk", type=int, default=50, help="AA images per checkpoint")
+    ap.add_argument("--work", default=str(ROOT / "runs" / "reproduce"), help="checkpoints of unfinished rows")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    SETTINGS["l2"]["ours"] = a.ours_l2
     aa_n = a.n if a.aa_n is None else min(a.aa_n, a.n)
     x, y = fashion_mnist("test")
     x, y = x[:a.n], y[:a.n]
@@ -200,12 +258,14 @@ def main() -> None:
         for key in a.rows.split(","):
             name = ROWS[key]
             model = adv if name.startswith("ADV") else ours
+            tag = f"{norm}-{key}-{sha[name.split(' / ')[0]]}-{a.n}-{a.seed}-{a.check}-{aa_n}-{a.aa_chunk}"
+            work = Path(a.work) / hashlib.sha256(tag.encode()).hexdigest()[:16]
             t0 = time.perf_counter()
             if name.endswith("None"):
-                row = evaluate(model, x, y, threat, a.seed + 100, aa_n)
+                row = evaluate(model, x, y, threat, a.seed + 100, aa_n, aa_chunk=a.aa_chunk, work=work)
             else:
-                xr, info = robustified(model, x, norm, s["eps"], a.seed)
-                row = {**evaluate(model, xr, y, threat, a.seed + 100, aa_n), "robustify": info}
+                xr, info = robustified(model, x, norm, s["eps"], a.seed, a.check, work=work / "xr")
+                row = {**evaluate(model, xr, y, threat, a.seed + 100, aa_n, aa_chunk=a.aa_chunk, work=work), "robustify": info}
             row.update(model=model.name, sha256=sha[name.split(" / ")[0]], command=command,
                        machine=machine, seconds=time.perf_counter() - t0)
             t["rows"][name] = row
