@@ -113,7 +113,8 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
     if not inputs:
         raise NoImages(nothing_found(list(paths), skipped, out_dir))
     in_set = {p.resolve() for p, _ in inputs if p.exists()}
-    todo, claimed = [], {}
+    todo = []
+    claimed: dict[Path, Path] = {}  # an output path (resolved) -> the input that writes it
     for src, root in inputs:
         dst = output_path(src, root, out_dir, file_format(src, fmt, cfg))
         # --format auto may fall back from JPEG to PNG: both names are this input's
@@ -384,9 +385,11 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
     for i, f in enumerate(files):
         try:
             photo = load_photo(f)
-            orig = load_photo(origs[i]) if origs else None
-            if orig is not None and orig.pixels.shape != photo.pixels.shape:
-                raise PhotoError(f"original {origs[i]} has size {orig.size}, not {photo.size}")
+            orig = None
+            if origs:
+                orig = load_photo(origs[i])
+                if orig.pixels.shape != photo.pixels.shape:
+                    raise PhotoError(f"original {origs[i]} has size {orig.size}, not {photo.size}")
             todo.append((f, photo, orig))
         except PhotoError as e:
             emit(FileResult(str(f), "failed", error=str(e)))
@@ -449,8 +452,7 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
         t0 = time.perf_counter()
         robust, broken, ups = attack(x, y, pred == y)
         # y is the model's label on the originals, so they are correct by construction
-        rob_o, broken_o, ups_o = (attack(xo, y, torch.ones_like(y, dtype=torch.bool)) if xo is not None
-                                  else (None, None, None))
+        on_originals = attack(xo, y, torch.ones_like(y, dtype=torch.bool)) if xo is not None else None
         dt = (time.perf_counter() - t0) / len(batch)
         if first and cfg.checks:
             mi = at_model_input(model, x, threat, cfg.resolution)
@@ -462,7 +464,8 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
                  "label_source": source[j], "seconds": round(dt, 4)}
             if chains:
                 m["uploads"] = ups[j]
-            if rob_o is not None:
+            if xo is not None and on_originals is not None:
+                rob_o, broken_o, ups_o = on_originals
                 m["original_robust"] = bool(rob_o[j])
                 m["original_broken_by"] = broken_o[j]
                 if chains:

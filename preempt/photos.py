@@ -71,21 +71,25 @@ def load_photo(path: str | Path | bytes) -> Photo:
     """Read a photo from a file (or from encoded bytes); raise :class:`PhotoError` with one clear
     line for anything wrong."""
     data = path if isinstance(path, (bytes, bytearray)) else None
-    path = None if data is not None else Path(path)
+    file = None if isinstance(path, (bytes, bytearray)) else Path(path)
     try:
-        if data is not None:
+        source: Path | io.BytesIO
+        if file is None:
             if not data:
                 raise PhotoError("empty file")
-        elif path.is_dir():
+            source = io.BytesIO(data)
+        elif file.is_dir():
             raise PhotoError("is a directory")
-        elif path.stat().st_size == 0:
+        elif file.stat().st_size == 0:
             raise PhotoError("empty file")
+        else:
+            source = file
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             old = Image.MAX_IMAGE_PIXELS
             Image.MAX_IMAGE_PIXELS = MAX_PIXELS
             try:
-                with Image.open(io.BytesIO(data) if data is not None else path) as im:
+                with Image.open(source) as im:
                     fmt = im.format
                     im.load()
                     exif = im.getexif()
@@ -101,7 +105,7 @@ def load_photo(path: str | Path | bytes) -> Photo:
     except UnidentifiedImageError as e:
         raise PhotoError("not an image (or a format Pillow cannot read)") from e
     except FileNotFoundError as e:
-        raise PhotoError("no such file" + (" (a broken symbolic link)" if path is not None and path.is_symlink() else "")) from e
+        raise PhotoError("no such file" + (" (a broken symbolic link)" if file is not None and file.is_symlink() else "")) from e
     except PermissionError as e:
         raise PhotoError("permission denied") from e
     except (OSError, SyntaxError, ValueError) as e:
@@ -144,7 +148,7 @@ def load_photo(path: str | Path | bytes) -> Photo:
         except ValueError:
             meta = {}
     return Photo(np.array(px, dtype=np.uint8, order="C", copy=True), alpha, mode, fmt,
-                 exif.tobytes() if len(exif) else None, icc, meta, path)
+                 exif.tobytes() if len(exif) else None, icc, meta, file)
 
 
 def from_tensor(x: torch.Tensor, like: Photo) -> Photo:

@@ -62,7 +62,8 @@ def broken_by(m: dict) -> str:
     if not b:
         return ""
     how = (m.get("uploads") or {}).get(b)
-    return {"no attack": f"{b} alone", "after": f"attack, then {b}", "before": f"{b}, then attack"}.get(how, b)
+    words: dict[str | None, str] = {"no attack": f"{b} alone", "after": f"attack, then {b}", "before": f"{b}, then attack"}
+    return words.get(how, b)
 
 
 def _verdict(f: dict) -> str:
@@ -76,7 +77,7 @@ def _png_b64(im: Image.Image, max_side: int = 256) -> str:
     if max(im.size) > max_side or max(im.size) < 64:
         scale = max_side / max(im.size)
         im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
-                       Image.NEAREST if scale > 1 else Image.LANCZOS)
+                       Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     im.save(buf, "PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -61,7 +61,8 @@ class ModelInput:
 def at_model_input(model, x: torch.Tensor, threat: ThreatModel, resolution: str = "auto") -> ModelInput:
     """``(model, x, threat)`` → the cheaper, at-least-as-strong attack problem at model resolution
     (or the same problem where that does not apply)."""
-    r = resampling_for(model, tuple(x.shape[-2:]), resolution)
+    h, w = x.shape[-2:]
+    r = resampling_for(model, (int(h), int(w)), resolution)
     if r is None:
         return ModelInput(model, x, threat)
     return ModelInput(model.at_input_size(), r.apply(x), threat.with_eps(threat.eps * r.gain(threat.norm)), r)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 
@@ -144,7 +145,7 @@ INITS = ("auto", "original", "descent", "random")
 # the default model (benchmarks/results/agreement.json): claims that an independent PGD-20 (seeds
 # 0, 1, 2) then broke: pgd 27, 26, 29 of 969; strong 0, 1, 1 of 918; that the standard suite broke:
 # strong 17 of 918 (all 1,000), pgd 24 of 285 (first 300); passes per image 93 vs 237.
-CHECKS = {
+CHECKS: dict[str, dict[str, Any]] = {
     "strong": {"check_loss": "ce+apgd-ce+apgd-t", "check_restarts": 2},  # 2 × PGD-20, APGD-CE, APGD-T (3 targets)
     "pgd": {"check_loss": "ce", "check_restarts": 1},                      # one PGD-20 (before 0.2: the default)
 }
@@ -273,6 +274,7 @@ class _Problem:
             self.centre, self.ball = x_o, self.dball
             return
         r = resampling
+        assert r is not None, "a working grid comes with the model-input resampling (_working_grid)"
         self.z_o = r.apply(x_o)
         uh, uw = work.lift_matrices()
         self.ah, self.aw = r.rh @ uh, r.rw @ uw
@@ -341,7 +343,8 @@ class _Problem:
         made of it).  Real codec forward, differentiable approximation backward."""
         c = self.cfg
         pick = int(torch.randint(len(self.chains), (1,), generator=gen).item())
-        chain = self.chains[pick].sample(gen).for_size(tuple(xr.shape[-2:]))
+        xh, xw = xr.shape[-2:]
+        chain = self.chains[pick].sample(gen).for_size((int(xh), int(xw)))
         if not chain.ops:
             return xr.new_zeros(len(xr)), 0
         if k % 2:
@@ -379,7 +382,8 @@ def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
     y = y.to(dev)
     if cfg.resolution == "model" and cfg.optimizer == "rmsprop":
         raise ValueError("optimizer='rmsprop' works at full resolution only")
-    r, work = _working_grid(model, tuple(x_o.shape[-2:]), cfg)
+    photo_h, photo_w = x_o.shape[-2:]
+    r, work = _working_grid(model, (int(photo_h), int(photo_w)), cfg)
     prob = _Problem(model, x_o, cfg, r, work)
     dball, eball = prob.ball, prob.eball
     alpha0 = (cfg.step_size if cfg.step_size is not None else dball.eps / 4)

@@ -141,3 +141,63 @@ def test_defense_networks_train_write_a_card_and_resume(method, tmp_path, tiny_m
     cfg.epochs = 3
     card2 = train_defense(cfg, out=tmp_path / "d2.safetensors", run_dir=run, resume=True, images=x)
     assert [r["epoch"] for r in card2["training"]["history"]] == [1, 2, 3]
+
+
+def _fashion_mnist_or_skip():
+    from preempt.data import DataError, fashion_mnist
+
+    try:
+        fashion_mnist("test")
+    except (DataError, OSError):
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+
+
+def test_bundled_defenses_load_and_defend_their_classifier():
+    from preempt.defenses import load_defense
+    from preempt.models import bundled
+    from preempt.models.registry import bundled_defenses
+
+    have = bundled_defenses()
+    assert {"fmnist-magnet", "fmnist-defense-gan"} <= set(have)
+    assert not set(have) & set(bundled())  # defense networks are not offered as classifiers
+    magnet = load_defense("fmnist-magnet")
+    assert isinstance(magnet, MagNet) and magnet.card["classifier"] == "fmnist-standard"
+    dgan = load_defense("fmnist-defense-gan", steps=3, restarts=1)
+    assert isinstance(dgan, DefenseGAN) and dgan.steps == 3
+    x = torch.rand(2, 1, 28, 28)
+    assert magnet.predict(x).shape == (2,) and dgan.predict(x).shape == (2,)
+
+
+def test_bench_defenses_cli_measures_resumes_and_refuses_unknown_rows(tmp_path):
+    from typer.testing import CliRunner
+
+    from preempt.cli import app
+
+    _fashion_mnist_or_skip()
+    runner = CliRunner()
+    out = tmp_path / "d"
+    r = runner.invoke(app, ["bench", "defenses", "--n", "6", "--rows", "standard,magnet", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert set(doc["rows"]) == {"standard", "magnet"}
+    for row in doc["rows"].values():
+        assert row["n"] == 6 and 0 <= row["adaptive"] <= row["non_adaptive"] <= row["clean"] <= 1
+    md = out.with_suffix(".md").read_text()
+    assert "| MagNet |" in md and "| Standard model |" in md
+    first = doc["rows"]["magnet"]["seconds"]
+    r = runner.invoke(app, ["bench", "defenses", "--n", "6", "--rows", "magnet", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.with_suffix(".json").read_text())["rows"]["magnet"]["seconds"] == first  # kept, not rerun
+    r = runner.invoke(app, ["bench", "defenses", "--rows", "bogus", "-o", str(out)])
+    assert r.exit_code == 2 and "bogus" in r.output
+
+
+def test_bench_report_says_when_a_row_had_no_adaptive_attack():
+    from preempt.bench.defenses import render
+
+    row = {"key": "magnet", "name": "MagNet", "model": "m", "n": 10, "clean": 0.9, "non_adaptive": 0.8,
+           "non_adaptive_attack": "PGD-20", "adaptive": None, "adaptive_attack": None, "per_attack": {"clean": 0.9},
+           "certified": None, "train_s": 10.0, "inference_ms": 1.0, "robustify_ms": None, "robustify_passes": None,
+           "seconds": 1.0, "depends": {}, "notes": []}
+    md = render({"config": {"n": 10, "eps": 0.1, "seed": 0}, "rows": {"magnet": row}})
+    assert "not evaluated" in md and "evaluated only with a non-adaptive attack" in md

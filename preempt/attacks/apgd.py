@@ -62,6 +62,7 @@ def apgd(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps:
     towards ``target`` (success is still any label other than ``y``)."""
     if not isinstance(threat, (Linf, L2)):
         raise TypeError("APGD supports Linf and L2")
+    tgt: torch.Tensor  # the targets of the points attacked in the current restart (set in the loop)
     if target is not None:
         loss_fn = lambda z, yy: losses.dlr_targeted(z, yy, tgt)
     else:
@@ -75,7 +76,8 @@ def apgd(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps:
         idx = (~success).nonzero().squeeze(1)
         if len(idx) == 0:
             break
-        tgt = target[idx] if target is not None else None
+        if target is not None:
+            tgt = target[idx]
         xa, ok, p, history = _run(model, x[idx], y[idx], threat, steps, loss_fn, rho, eot, generator)
         passes += p
         best_adv[idx[ok]] = xa[ok]

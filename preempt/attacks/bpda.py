@@ -32,7 +32,7 @@ Preprocess = Callable[[torch.Tensor], torch.Tensor]
 
 class _Bpda(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, fn: Preprocess, approx: Preprocess | None) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, fn: Preprocess, approx: Preprocess | None) -> torch.Tensor:
         ctx.approx = approx
         if approx is not None:
             ctx.save_for_backward(x)
@@ -43,7 +43,7 @@ class _Bpda(torch.autograd.Function):
         return out.detach()
 
     @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad_out: torch.Tensor):
         if ctx.approx is None:
             return grad_out, None, None
         (x,) = ctx.saved_tensors

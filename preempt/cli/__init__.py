@@ -11,7 +11,7 @@ import typer
 
 from .common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, err_console, report_error, state
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Preemptive robustification of photos against adversarial man-in-the-middle attacks.")
 
 

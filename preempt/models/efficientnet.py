@@ -9,6 +9,8 @@ column at the bottom/right, not PyTorch's symmetric padding.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,7 +18,7 @@ from torch import nn
 # (repeats, kernel, stride, expand ratio, in, out) — EfficientNet-B0's stages, which Lite0 keeps
 _STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
            (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
-_BN = dict(eps=1e-3, momentum=0.01)
+_BN: dict[str, Any] = dict(eps=1e-3, momentum=0.01)
 
 
 class SameConv2d(nn.Conv2d):

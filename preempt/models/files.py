@@ -68,7 +68,7 @@ def read_card(path: Path) -> dict[str, Any]:
     try:
         if path.suffix == ".toml":
             try:
-                import tomllib
+                import tomllib  # type: ignore[import-not-found]  # stdlib on 3.11+, handled below on 3.10
             except ModuleNotFoundError:  # Python 3.10
                 raise ModelError(f"{path}: TOML cards need Python ≥ 3.11; write the card as JSON") from None
             card = tomllib.loads(text)

@@ -12,6 +12,7 @@ import inspect
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,8 +50,8 @@ def export_onnx(model: Classifier, path: str | Path, *, atol: float = 1e-4, opse
     g = _Graph(model).eval().cpu()
     h, w = model.pre.input_size
     example = torch.rand(2, model.pre.channels, h, w)
-    kw = dict(input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}},
-              opset_version=opset)
+    kw: dict[str, Any] = dict(input_names=["image"], output_names=["logits"],
+                              dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}}, opset_version=opset)
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         kw["dynamo"] = False  # the TorchScript exporter needs no extra packages
     with warnings.catch_warnings():

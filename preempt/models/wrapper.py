@@ -120,6 +120,9 @@ class Classifier(nn.Module):
     rounding.  Weights are saved contiguous whatever the layout.
     """
 
+    mean: torch.Tensor  # (1, C, 1, 1) buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, net: nn.Module, pre: Preprocessing, *, classes: Sequence[str] | None = None,
                  card: dict[str, Any] | None = None, channels_last: bool | None = None) -> None:
         super().__init__()
@@ -176,7 +179,8 @@ class Classifier(nn.Module):
         size = self.pre.input_size
         if self.pre.policy == "whole":
             return resize(x, size, self.pre.resize)
-        nh, nw, top, left = crop_box(tuple(x.shape[-2:]), size, self.pre.resize_size)
+        h, w = x.shape[-2:]
+        nh, nw, top, left = crop_box((int(h), int(w)), size, self.pre.resize_size)
         return resize(x, (nh, nw), self.pre.resize)[..., top:top + size[0], left:left + size[1]]
 
     def at_input_size(self) -> Classifier:

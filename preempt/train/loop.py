@@ -86,7 +86,7 @@ def accuracy(model, x, y, bs: int = 1000) -> float:
 def robust_accuracy(model, x, y, threat, steps: int, bs: int = 500, seed: int = 0) -> float:
     model.eval()
     gen = torch.Generator(device=x.device).manual_seed(seed)
-    ok = 0
+    ok: float = 0
     for i in range(0, len(x), bs):
         ok += pgd(model, x[i:i + bs], y[i:i + bs], threat=threat, steps=steps, generator=gen).robust.sum().item()
     return ok / max(len(x), 1)
@@ -120,6 +120,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Pat
     update_model = dist.wrap(model)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           nesterov=cfg.momentum > 0)
+    assert cfg.delta is not None, "TrainConfig.__post_init__ sets delta (None: equal to eps)"
     threat, dball = threat_model(cfg.norm, cfg.eps), threat_model(cfg.norm, cfg.delta)
     n_batches = math.ceil(len(xt) / cfg.batch_size)
     total = cfg.epochs * n_batches
