@@ -79,6 +79,8 @@ def load_photo(path: str | Path | bytes) -> Photo:
                 raise PhotoError("empty file")
             source = io.BytesIO(data)
         elif file.is_dir():
+            if not os.access(file, os.R_OK | os.X_OK):
+                raise PhotoError("permission denied: this folder cannot be listed, so its photos were not read")
             raise PhotoError("is a directory")
         elif file.stat().st_size == 0:
             raise PhotoError("empty file")
@@ -265,7 +267,10 @@ def iter_images(paths: Iterable[str | Path], *, exclude: Path | None = None,
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            for f in sorted(p.rglob("*")):
+            for f in _walk(p):
+                if f.is_dir():  # a folder that could not be listed: reported (it fails to load), not skipped
+                    yield f, p
+                    continue
                 broken_link = f.is_symlink() and not f.exists()  # reported (it fails to load), not skipped
                 if (not f.is_file() and not broken_link) or f.name.startswith("."):
                     continue
@@ -277,6 +282,22 @@ def iter_images(paths: Iterable[str | Path], *, exclude: Path | None = None,
                     skipped.append(f)
         else:
             yield p, p.parent
+
+
+def _walk(root: Path) -> list[Path]:
+    """Every file below ``root``, sorted, as ``sorted(root.rglob("*"))`` finds them — but a
+    sub-folder that cannot be listed (permission denied) is returned itself instead of being
+    skipped silently."""
+    out: list[Path] = []
+    unreadable: list[Path] = []
+
+    def onerror(e: OSError) -> None:
+        if e.filename is not None and Path(e.filename) != root:
+            unreadable.append(Path(e.filename))
+
+    for dirpath, _dirnames, filenames in os.walk(root, onerror=onerror):
+        out += [Path(dirpath) / n for n in filenames]
+    return sorted(out + unreadable)
 
 
 def nothing_found(paths: Iterable[str | Path], skipped: list[Path], exclude: Path | None = None) -> str:

@@ -209,3 +209,38 @@ def test_verify_goes_past_hostile_inputs(corpus, tiny_model_file):
         assert (files[name]["status"] == "failed") == bad, (name, files[name])
         if bad:
             assert expect in files[name]["error"]
+
+
+def test_unreadable_files_and_folders_fail_alone_and_are_named(tmp_path, tiny_model_file, monkeypatch):
+    """chmod 000 as a non-root user: simulated (CI runs as root, for whom nothing is unreadable)."""
+    import os
+
+    d = tmp_path / "in"
+    (d / "locked").mkdir(parents=True)
+    (d / "good.png").write_bytes(_png(_grey()))
+    (d / "secret.png").write_bytes(_png(_grey()))
+    (d / "locked" / "inside.png").write_bytes(_png(_grey()))
+    locked, secret = str(d / "locked"), str(d / "secret.png")
+    real_scandir, real_access, real_open = os.scandir, os.access, Image.open
+
+    def scandir(path=".", *a):
+        if os.fspath(path) == locked:
+            raise PermissionError(13, "Permission denied", locked)
+        return real_scandir(path, *a)
+
+    def image_open(fp, *a, **kw):
+        if isinstance(fp, (str, os.PathLike)) and os.fspath(fp) == secret:
+            raise PermissionError(13, "Permission denied", secret)
+        return real_open(fp, *a, **kw)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: os.fspath(p) != locked and real_access(p, mode, **kw))
+    monkeypatch.setattr(Image, "open", image_open)
+    r = runner.invoke(app, ["robustify", str(d), "-o", str(tmp_path / "out"), "--model", str(tiny_model_file),
+                            "--json", "--check", "pgd"])
+    assert r.exit_code == 1, r.output
+    files = {f["src"].rsplit("/", 1)[-1]: f for f in json.loads(r.stdout)["files"]}
+    assert files["good.png"]["status"] in ("robust", "not-robust")
+    assert files["secret.png"]["status"] == "failed" and "permission denied" in files["secret.png"]["error"]
+    assert files["locked"]["status"] == "failed" and "cannot be listed" in files["locked"]["error"]
+    assert "locked" in r.stderr and "secret.png" in r.stderr
