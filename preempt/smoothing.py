@@ -14,7 +14,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+
+from .models.wrapping import Wrapped
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -119,34 +120,18 @@ def certify(model, x: torch.Tensor, *, sigma: float, n0: int = 100, n: int = 100
     return Certificate(top, sigma * float(torch.special.ndtri(torch.tensor(p, dtype=torch.float64))), p, k, n)
 
 
-class Smoothed(nn.Module):
+class Smoothed(Wrapped):
     """Logits of the soft smoothed classifier: log mean softmax f(x + η), η ~ N(0, σ²I).
     Implements :class:`~preempt.models.Model` (noise is added to the photo's own pixels, so
     robustify and verify keep the full-resolution path for it)."""
 
-    differentiable = True
-
     def __init__(self, model, sigma: float, samples: int = 8, generator: torch.Generator | None = None) -> None:
-        super().__init__()
-        self.model, self.sigma, self.samples, self.generator = model, sigma, samples, generator
-        self.classes = getattr(model, "classes", None)
-        self.card = getattr(model, "card", {})
+        super().__init__(model)
+        self.sigma, self.samples, self.generator = sigma, samples, generator
 
     @property
     def name(self) -> str:
-        return f"{getattr(self.model, 'name', 'model')}+smoothing(σ={self.sigma:g})"
-
-    @property
-    def pre(self):
-        return self.model.pre
-
-    @property
-    def passes(self) -> int:
-        return self.model.passes
-
-    @passes.setter
-    def passes(self, v: int) -> None:
-        self.model.passes = v
+        return f"{super().name}+smoothing(σ={self.sigma:g})"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = len(x)

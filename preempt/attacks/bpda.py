@@ -25,7 +25,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
+
+from ..models.wrapping import Wrapped
 
 Preprocess = Callable[[torch.Tensor], torch.Tensor]
 
@@ -58,35 +59,19 @@ def bpda(fn: Preprocess, approx: Preprocess | None = None) -> Preprocess:
     return lambda x: _Bpda.apply(x, fn, approx)
 
 
-class BPDA(nn.Module):
+class BPDA(Wrapped):
     """``model(preprocess(x))`` with preprocess's backward replaced by ``approx`` (default identity);
     ``eot`` > 1 averages the logits over that many draws of a randomized ``preprocess``."""
 
-    differentiable = True
-
     def __init__(self, model: Any, preprocess: Preprocess, *, approx: Preprocess | None = None, eot: int = 1) -> None:
-        super().__init__()
+        super().__init__(model)
         if eot < 1:
             raise ValueError(f"eot must be >= 1, got {eot}")
-        self.model, self.preprocess, self.approx, self.eot = model, preprocess, approx, eot
-        self.classes = getattr(model, "classes", None)
-        self.card = getattr(model, "card", {})
+        self.preprocess, self.approx, self.eot = preprocess, approx, eot
 
     @property
     def name(self) -> str:
-        return f"bpda({getattr(self.model, 'name', 'model')})"
-
-    @property
-    def pre(self):
-        return self.model.pre
-
-    @property
-    def passes(self) -> int:
-        return self.model.passes
-
-    @passes.setter
-    def passes(self, v: int) -> None:
-        self.model.passes = v
+        return f"bpda({super().name})"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = bpda(self.preprocess, self.approx)
@@ -94,8 +79,3 @@ class BPDA(nn.Module):
         for _ in range(self.eot - 1):
             out = out + self.model(g(x))
         return out / self.eot
-
-    def predict(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        with torch.no_grad():
-            parts = [self(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]
-        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long, device=x.device)

@@ -25,41 +25,31 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..models.wrapping import Wrapped
 
-class DefenseGAN(nn.Module):
+
+class DefenseGAN(Wrapped):
     """``classifier(G(z*(x)))``; implements :class:`preempt.models.Model` (without gradients
     through the projection: wrap it in :class:`~preempt.attacks.bpda.BPDA` to attack it)."""
 
-    differentiable = True
-
     def __init__(self, classifier: Any, generator: nn.Module, *, z_dim: int, steps: int = 100, restarts: int = 4,
                  lr: float = 0.05, seed: int = 0, card: dict[str, Any] | None = None) -> None:
-        super().__init__()
+        super().__init__(classifier, card or {"name": "defense-gan"})
         if steps < 0 or restarts < 1:
             raise ValueError(f"Defense-GAN needs steps >= 0 and restarts >= 1, got {steps}, {restarts}")
-        self.classifier, self.generator = classifier, generator.eval()
+        self.generator = generator.eval()
         for q in self.generator.parameters():
             q.requires_grad_(False)
         self.z_dim, self.steps, self.restarts, self.lr = z_dim, steps, restarts, lr
         self.rng = torch.Generator().manual_seed(seed)
-        self.card = card or {}
-        self.classes = getattr(classifier, "classes", None)
+
+    @property
+    def classifier(self) -> Any:
+        return self.model
 
     @property
     def name(self) -> str:
-        return self.card.get("name", "defense-gan")
-
-    @property
-    def pre(self):
-        return self.classifier.pre
-
-    @property
-    def passes(self) -> int:
-        return self.classifier.passes
-
-    @passes.setter
-    def passes(self, v: int) -> None:
-        self.classifier.passes = v
+        return str(self.card.get("name", "defense-gan"))
 
     def project(self, x: torch.Tensor, *, steps: int | None = None, trace: list[float] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,8 +82,3 @@ class DefenseGAN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the deployed defense: the projection is not differentiated (its gradient is masked)
         return self.classifier(self.project(x)[0] + 0 * x)
-
-    def predict(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-        with torch.no_grad():
-            parts = [self(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]
-        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long, device=x.device)

@@ -32,6 +32,7 @@ from torch import nn
 from ..attacks.base import AttackResult
 from ..attacks.bpda import bpda
 from ..attacks.losses import ce
+from ..models.wrapping import Wrapped
 from ..threat import ThreatModel
 
 REJECTED = -1
@@ -51,37 +52,25 @@ def threshold_for_fpr(errors: torch.Tensor, fpr: float) -> float:
     return float(e[max(k - 1, 0)]) if len(e) else float("inf")
 
 
-class MagNet(nn.Module):
+class MagNet(Wrapped):
     """Detector + reformer in front of ``classifier``; implements :class:`preempt.models.Model`
     (the logits are the classifier's on the reformed image)."""
 
-    differentiable = True
-
     def __init__(self, classifier: Any, autoencoder: nn.Module, *, threshold: float, p: int = 1,
                  card: dict[str, Any] | None = None) -> None:
-        super().__init__()
-        self.classifier, self.autoencoder = classifier, autoencoder.eval()
+        super().__init__(classifier, card or {"name": "magnet"})
+        self.autoencoder = autoencoder.eval()
         for q in self.autoencoder.parameters():
             q.requires_grad_(False)
         self.threshold, self.p = float(threshold), p
-        self.card = card or {}
-        self.classes = getattr(classifier, "classes", None)
+
+    @property
+    def classifier(self) -> Any:
+        return self.model
 
     @property
     def name(self) -> str:
-        return self.card.get("name", "magnet")
-
-    @property
-    def pre(self):
-        return self.classifier.pre
-
-    @property
-    def passes(self) -> int:
-        return self.classifier.passes
-
-    @passes.setter
-    def passes(self, v: int) -> None:
-        self.classifier.passes = v
+        return str(self.card.get("name", "magnet"))
 
     def reform(self, x: torch.Tensor) -> torch.Tensor:
         return self.autoencoder(x)
