@@ -391,38 +391,55 @@ def render(doc: dict[str, Any]) -> str:
 
 
 def plot(doc: dict[str, Any], path: Path) -> bool:
-    """Accuracy (clean, adaptive) against the per-image cost at use (inference + robustification)."""
+    """Clean, non-adaptive and adaptive accuracy against the per-image cost at use (inference +
+    robustification) and against the training cost, one panel each."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.lines import Line2D
+        from matplotlib.ticker import FuncFormatter, NullFormatter
     except ImportError:
         return False
     rows = [r for k, r in doc["rows"].items() if k in ROWS]
     if not rows:
         return False
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    for r in rows:
-        cost = r["inference_ms"] + (r["robustify_ms"] or 0.0)
-        adv = r["adaptive"] if r["adaptive"] is not None else r["non_adaptive"]
-        ax.plot([cost, cost], [100 * adv, 100 * r["clean"]], color="0.8", zorder=1)
-        ax.scatter([cost], [100 * r["clean"]], marker="o", color="tab:blue", zorder=2)
-        ax.scatter([cost], [100 * r["non_adaptive"]], marker="^", color="tab:orange", zorder=2)
-        ax.scatter([cost], [100 * adv], marker="x", color="tab:red", zorder=3)
-        ax.annotate(r["name"], (cost, 100 * r["clean"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("cost per image at use: inference + robustification (ms, log scale)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(-2, 100)
-    ax.set_title(f"Fashion-MNIST, ℓ∞ ε = {doc['config']['eps']:g}, {doc['config']['n']} test images")
-    from matplotlib.lines import Line2D
-
-    ax.legend(handles=[Line2D([], [], marker="o", ls="", color="tab:blue", label="clean"),
-                       Line2D([], [], marker="^", ls="", color="tab:orange", label="non-adaptive attack"),
-                       Line2D([], [], marker="x", ls="", color="tab:red", label="adaptive attack")],
-              loc="lower left", fontsize=8)
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), dpi=110, sharey=True)
+    costs = {"at use: inference + robustification per image (ms)":
+             lambda r: r["inference_ms"] + (r["robustify_ms"] or 0.0),
+             "training: the defense's networks and its classifier (min)":
+             lambda r: max((r["train_s"] or 0.0) / 60, 0.1)}
+    for ax, (label, cost_of) in zip(axes, costs.items()):
+        label_y: list[tuple[float, float]] = []  # (cost, y) of the labels placed so far
+        for r in sorted(rows, key=lambda r: (r["adaptive"] if r["adaptive"] is not None else r["non_adaptive"])):
+            cost = cost_of(r)
+            adv = r["adaptive"] if r["adaptive"] is not None else r["non_adaptive"]
+            ax.plot([cost, cost], [100 * adv, 100 * r["clean"]], color="0.8", zorder=1)
+            ax.scatter([cost], [100 * r["clean"]], marker="o", color="tab:blue", zorder=2)
+            ax.scatter([cost], [100 * r["non_adaptive"]], marker="^", color="tab:orange", zorder=2)
+            ax.scatter([cost], [100 * adv], marker="x", color="tab:red", zorder=3)
+            # labels of rows with close costs are pushed up until they are 6 points apart
+            y = 100 * adv
+            for c, ly in sorted(label_y, key=lambda t: t[1]):
+                if 0.5 < cost / c < 2 and abs(y - ly) < 6:
+                    y = ly + 6
+            label_y.append((cost, y))
+            ax.annotate(r["name"], (cost, 100 * adv), xytext=(cost * 1.25, y - 1.5), fontsize=8,
+                        arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5})
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(f"cost {label}, log scale")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (%)")
+    axes[0].set_ylim(-5, 100)
+    axes[0].legend(handles=[Line2D([], [], marker="o", ls="", color="tab:blue", label="clean"),
+                            Line2D([], [], marker="^", ls="", color="tab:orange", label="non-adaptive attack"),
+                            Line2D([], [], marker="x", ls="", color="tab:red", label="adaptive attack")],
+                   loc="center right", fontsize=8)
+    fig.suptitle(f"Fashion-MNIST, ℓ∞ ε = {doc['config']['eps']:g}, {doc['config']['n']} test images "
+                 "(labels at the adaptive-attack point)")
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp)
