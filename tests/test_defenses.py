@@ -201,3 +201,28 @@ def test_bench_report_says_when_a_row_had_no_adaptive_attack():
            "seconds": 1.0, "depends": {}, "notes": []}
     md = render({"config": {"n": 10, "eps": 0.1, "seed": 0}, "rows": {"magnet": row}})
     assert "not evaluated" in md and "evaluated only with a non-adaptive attack" in md
+
+
+def test_defense_gan_linearized_projection_has_the_gauss_newton_gradient(tiny_model):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(5, 64, bias=False)
+    g = torch.nn.Sequential(lin, torch.nn.Unflatten(1, (1, 8, 8)))
+    dg = DefenseGAN(tiny_model, g, z_dim=5, steps=200, restarts=2, lr=0.05)
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    dg.rng.manual_seed(3)
+    value, _ = dg.project(x)
+    dg.rng.manual_seed(3)
+    leaf = x.clone().requires_grad_(True)
+    out = dg.project_linearized(leaf, damping=1e-3)
+    assert torch.allclose(out, value, atol=1e-6)  # the value is the real projection's
+    w = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    (grad,) = torch.autograd.grad((out * w).sum(), leaf)
+    jac = lin.weight.detach()  # G is linear: J = W everywhere
+    a = jac.T @ jac
+    a = a + 1e-3 * a.diagonal().mean() * torch.eye(5)
+    expect = (jac @ torch.linalg.solve(a, jac.T @ w.flatten(1).T)).T.reshape(w.shape)
+    assert torch.allclose(grad, expect, atol=1e-5)
+    # for a linear G the real projection is the orthogonal projection onto W's range: the same map
+    p = jac @ torch.linalg.solve(jac.T @ jac, jac.T)
+    assert torch.allclose(value.flatten(1), x.flatten(1) @ p.T, atol=2e-2)
+    assert dg.linearized().predict(x).shape == (3,)
