@@ -446,7 +446,7 @@ def plot(doc: dict[str, Any], path: Path) -> bool:
     axes[0].legend(handles=[Line2D([], [], marker="o", ls="", color="tab:blue", label="clean"),
                             Line2D([], [], marker="^", ls="", color="tab:orange", label="non-adaptive attack"),
                             Line2D([], [], marker="x", ls="", color="tab:red", label="adaptive attack")],
-                   loc="center right", fontsize=8)
+                   loc="lower right", fontsize=8)
     fig.suptitle(f"Fashion-MNIST, ℓ∞ ε = {doc['config']['eps']:g}, {doc['config']['n']} test images "
                  "(labels at the adaptive-attack point)")
     fig.tight_layout()
