@@ -166,6 +166,20 @@ def _row_classifier(key: str, x, y, threat: ThreatModel, cfg: BenchConfig, gen) 
                depends={"model": model.card.get("sha256")})
 
 
+def _in_front(defense, x, y, threat: ThreatModel, cfg: BenchConfig, gen,
+              defended: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[_Worst, float, float]:
+    """What both preprocessing defenses share: clean accuracy (timed), then the non-adaptive attack
+    (PGD-20 on the undefended classifier, judged by ``defended(x_adv, y)``); returns the running
+    worst case, the inference ms per image and the training seconds (defense + classifier)."""
+    clf = defense.classifier
+    pred, inf_ms = _timed_predict(defense.predict, x, cfg.batch)
+    w = _Worst(pred == y)
+    w.run("pgd-20 on the classifier (non-adaptive)",
+          lambda idx: defended(_pgd20(clf, x[idx], y[idx], threat, gen, cfg.batch), y[idx]))
+    train_s = sum(v for v in (_card_train_s(defense.card), _card_train_s(clf.card)) if v is not None)
+    return w, inf_ms, train_s
+
+
 def _row_magnet(x, y, threat: ThreatModel, cfg: BenchConfig, gen) -> Row:
     from ..defenses import MagNet, load_defense
     from ..defenses.magnet import REJECTED
@@ -174,15 +188,12 @@ def _row_magnet(x, y, threat: ThreatModel, cfg: BenchConfig, gen) -> Row:
     mg = load_defense(DEFENSES["magnet"])
     assert isinstance(mg, MagNet)
     clf = mg.classifier
-    pred, inf_ms = _timed_predict(mg.predict, x, cfg.batch)
-    w = _Worst(pred == y)
 
     def defended(xa, yy):
         p = mg.predict(xa)
         return (p == yy) | (p == REJECTED)
 
-    w.run("pgd-20 on the classifier (non-adaptive)",
-          lambda idx: defended(_pgd20(clf, x[idx], y[idx], threat, gen, cfg.batch), y[idx]))
+    w, inf_ms, train_s = _in_front(mg, x, y, threat, cfg, gen, defended)
     non_adaptive = w.acc
     variants: tuple[tuple[str, dict[str, Any]], ...] = (
         ("pgd-50 through the reformer (ignores the detector)", {"penalty": 0.0}),
@@ -194,7 +205,6 @@ def _row_magnet(x, y, threat: ThreatModel, cfg: BenchConfig, gen) -> Row:
                                        y[idx[s]]) for s in _chunks(len(idx), cfg.batch)])
 
         w.run(label, adaptive_attack)
-    train_s = sum(v for v in (_card_train_s(mg.card), _card_train_s(clf.card)) if v is not None)
     det = mg.card["detector"]
     fpr = (mg.detect(x).float().mean().item())
     return Row("magnet", ROWS["magnet"], mg.name, len(x), w.after["clean"], non_adaptive,
@@ -214,10 +224,7 @@ def _row_defense_gan(x, y, threat: ThreatModel, cfg: BenchConfig, gen) -> Row:
     dg = load_defense(DEFENSES["defense-gan"])
     assert isinstance(dg, DefenseGAN)
     clf = dg.classifier
-    pred, inf_ms = _timed_predict(dg.predict, x, cfg.batch)
-    w = _Worst(pred == y)
-    w.run("pgd-20 on the classifier (non-adaptive)",
-          lambda idx: dg.predict(_pgd20(clf, x[idx], y[idx], threat, gen, cfg.batch)) == y[idx])
+    w, inf_ms, train_s = _in_front(dg, x, y, threat, cfg, gen, lambda xa, yy: dg.predict(xa) == yy)
     non_adaptive = w.acc
     attacked = BPDA(clf, lambda v: dg.project(v)[0])
     w.run("bpda pgd-20 (identity projection backward)",
@@ -228,7 +235,6 @@ def _row_defense_gan(x, y, threat: ThreatModel, cfg: BenchConfig, gen) -> Row:
     w.run("bpda apgd-dlr-50 (linearized projection backward)", lambda idx: dg.predict(torch.cat([
         apgd(lin, x[idx[s]], y[idx[s]], threat=threat, steps=50, loss="dlr", generator=gen).x_adv
         for s in _chunks(len(idx), cfg.batch)])) == y[idx])
-    train_s = sum(v for v in (_card_train_s(dg.card), _card_train_s(clf.card)) if v is not None)
     return Row("defense-gan", ROWS["defense-gan"], dg.name, len(x), w.after["clean"], non_adaptive,
                "PGD-20 on the undefended classifier, then Defense-GAN", w.acc,
                "BPDA PGD-20 (projection forward, identity backward), then BPDA PGD-20 and APGD-DLR-50 with the "
