@@ -108,9 +108,9 @@ def attack(magnet: MagNet, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatMo
     and misclassified (that iterate is returned)."""
     alpha = threat.eps / 4 if step_size is None else step_size
     x = x.detach()
-    reform = magnet.reform if reformer_grad == "exact" else bpda(magnet.reform)
     if reformer_grad not in ("exact", "bpda"):
         raise ValueError(f"reformer_grad must be 'exact' or 'bpda', got {reformer_grad!r}")
+    reform = magnet.reform if reformer_grad == "exact" else bpda(magnet.reform)
     tau = max(magnet.threshold, 1e-12)
     x_adv = threat.random_start(x, generator=generator)
     best, success, passes = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device), 0
