@@ -57,3 +57,12 @@ def _ssim_map(x: torch.Tensor, y: torch.Tensor, gh: torch.Tensor, gw: torch.Tens
     syy = blur(y * y) - my * my
     sxy = blur(x * y) - mx * my
     return ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+
+
+def change(x: torch.Tensor, x_o: torch.Tensor) -> dict[str, torch.Tensor]:
+    """How far each image of ``x`` moved from its original ``x_o``: ℓ∞ and ℓ2 distance, PSNR and
+    SSIM, each an (N,) tensor on the CPU."""
+    from .threat import L2, Linf
+
+    return {"linf": Linf(0).distance(x, x_o).cpu(), "l2": L2(0).distance(x, x_o).cpu(),
+            "psnr": psnr(x, x_o).cpu(), "ssim": ssim(x, x_o).cpu()}

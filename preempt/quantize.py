@@ -7,11 +7,9 @@ photo preempt reads is).
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .threat import L2, Linf, ThreatModel
+from .threat import ThreatModel
 
 LEVELS = 255
 
@@ -24,25 +22,18 @@ def quantize(x_r: torch.Tensor, x_o: torch.Tensor, threat: ThreatModel) -> torch
     """Round ``x_r`` to the 8-bit grid, staying within ``threat.eps`` of the 8-bit ``x_o``."""
     ko = to_levels(x_o)
     kr = to_levels(x_r)
-    d = kr - ko
-    if isinstance(threat, Linf):
-        m = math.floor(threat.eps * LEVELS + 1e-6)
-        d = d.clamp(-m, m)
-    elif isinstance(threat, L2):
-        too_far = d.flatten(1).norm(dim=1) > threat.eps * LEVELS + 1e-6
-        if too_far.any():
-            # rounding towards zero never lengthens a vector
-            d[too_far] = torch.trunc((x_r - x_o)[too_far] * LEVELS)
-    else:  # pragma: no cover - a new norm must say how it quantises
-        raise TypeError(f"no quantisation rule for {type(threat).__name__}")
+    d = threat.restore_budget(kr - ko, lambda: (x_r - x_o) * LEVELS, LEVELS)
     return (ko + d).clamp(0, LEVELS) / LEVELS
 
 
-def quantize_change_linf(u: torch.Tensor, x_o: torch.Tensor, eps: float) -> torch.Tensor:
-    """``quantize(x_o + u, x_o, Linf(eps))`` computed in place in ``u`` (overwritten), with one
-    photo-sized buffer instead of five: what keeps a 12 MP photo's peak memory low."""
-    m = math.floor(eps * LEVELS + 1e-6)
-    u.mul_(LEVELS).round_().clamp_(-m, m)  # the change in levels: round(x_r·255) − ko, ko integral
+def quantize_change(u: torch.Tensor, x_o: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
+    """``quantize(x_o + u, x_o, threat)`` with ``u`` overwritten.  For a separable ball (ℓ∞) it is
+    computed in place, with one photo-sized buffer instead of five: what keeps a 12 MP photo's
+    peak memory low."""
+    if not threat.separable:
+        return quantize(u.add_(x_o), x_o, threat)
+    # the change in levels: round(x_r·255) − ko, ko integral; per pixel, so no unrounded copy is needed
+    threat.restore_budget(u.mul_(LEVELS).round_(), lambda: u, LEVELS)
     return u.add_(x_o, alpha=LEVELS).round_().clamp_(0, LEVELS).div_(LEVELS)
 
 

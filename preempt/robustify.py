@@ -27,11 +27,11 @@ import torch
 from . import upload
 from .attacks import losses
 from .attacks.pgd import pgd, pgd_unrolled
-from .metrics import psnr, ssim
+from .metrics import change
 from .models.resample import Resampling
-from .quantize import quantize, quantize_change_linf
+from .quantize import quantize, quantize_change
 from .resolution import RESOLUTIONS, resampling_for
-from .threat import L2, Linf, ThreatModel, threat_model
+from .threat import ThreatModel, threat_model
 
 
 @dataclass
@@ -306,10 +306,7 @@ class _Problem:
         if self.work is None:
             return quantize(v, x_o, self.dball) if self.cfg.quantize else v.clamp(0, 1)
         u = self.work.lift(v)
-        if self.cfg.quantize and isinstance(self.dball, Linf):
-            return quantize_change_linf(u, x_o, self.dball.eps)
-        x = u.add_(x_o)
-        return quantize(x, x_o, self.dball) if self.cfg.quantize else x.clamp_(0, 1)
+        return quantize_change(u, x_o, self.dball) if self.cfg.quantize else u.add_(x_o).clamp_(0, 1)
 
     def photo_input(self, photo: torch.Tensor) -> torch.Tensor:
         return photo if self.r is None else self.r.apply(photo)
@@ -470,14 +467,11 @@ def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
             passes[won.cpu()] += p
             seconds[won.cpu()] = time.perf_counter() - t0
 
-    linf = Linf(0).distance(final, x_o).cpu()
-    l2 = L2(0).distance(final, x_o).cpu()
-    ps = psnr(final, x_o).cpu()
-    ss = ssim(final, x_o)
+    moved = change(final, x_o)
     images = [
         ImageResult(robust=bool(robust[i]), label=int(y[i]), loss=float(last_loss[i]), steps=int(steps_used[i]),
-                    passes=int(passes[i]), linf=float(linf[i]), l2=float(l2[i]), psnr=float(ps[i]),
-                    ssim=float(ss[i]), scale=float(scale[i]), seconds=float(seconds[i]), uploads=uploads[i])
+                    passes=int(passes[i]), **{k: float(v[i]) for k, v in moved.items()},
+                    scale=float(scale[i]), seconds=float(seconds[i]), uploads=uploads[i])
         for i in range(n)
     ]
     return RobustifyResult(final, images, {**asdict(cfg), "init": init, "resolution": prob.resolution})

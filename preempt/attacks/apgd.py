@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ..threat import L2, Linf, ThreatModel, _per_sample
+from ..threat import ThreatModel
 from . import losses
 from .base import AttackResult
 
@@ -35,13 +35,7 @@ def checkpoints(n_iter: int) -> list[int]:
 
 def _start(threat: ThreatModel, x: torch.Tensor, generator) -> torch.Tensor:
     # a point on the sphere of the norm (as the reference: a normalised random direction times ε)
-    if isinstance(threat, Linf):
-        t = 2 * torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) - 1
-        t = t / _per_sample(t.flatten(1).abs().amax(1) + 1e-12, t)
-    else:
-        t = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        t = t / _per_sample(t.flatten(1).norm(dim=1) + 1e-12, t)
-    return (x + threat.eps * t).clamp(0, 1)
+    return (x + threat.sample_sphere(x, generator=generator)).clamp(0, 1)
 
 
 def _loss_and_grad(model, x_adv, y, loss_fn, eot: int):
@@ -60,8 +54,6 @@ def apgd(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps:
          restarts: int = 1, eot: int = 1, generator: torch.Generator | None = None) -> AttackResult:
     """APGD with ``loss`` (``ce`` or ``dlr``); with ``target`` given, the targeted DLR loss
     towards ``target`` (success is still any label other than ``y``)."""
-    if not isinstance(threat, (Linf, L2)):
-        raise TypeError("APGD supports Linf and L2")
     tgt: torch.Tensor  # the targets of the points attacked in the current restart (set in the loop)
     if target is not None:
         loss_fn = lambda z, yy: losses.dlr_targeted(z, yy, tgt)
@@ -90,7 +82,6 @@ def apgd(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps:
 
 def _run(model, x, y, threat, n_iter, loss_fn, rho, eot, generator):
     n = len(x)
-    linf = isinstance(threat, Linf)
     proj = threat.projector(x)
     x_adv = proj(_start(threat, x, generator))
     logits, loss, grad = _loss_and_grad(model, x_adv, y, loss_fn, eot)
@@ -110,8 +101,7 @@ def _run(model, x, y, threat, n_iter, loss_fn, rho, eot, generator):
     for i in range(n_iter):
         history.append(step.clone())
         a = 0.75 if i > 0 else 1.0
-        dirn = grad.sign() if linf else grad / _per_sample(grad.flatten(1).norm(dim=1) + 1e-12, grad)
-        z = proj(x_adv + _per_sample(step, x) * dirn)
+        z = proj(threat.step(x_adv, grad, step))
         x_new = proj(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_old))
         x_old, x_adv = x_adv, x_new
         logits, loss, grad = _loss_and_grad(model, x_adv, y, loss_fn, eot)

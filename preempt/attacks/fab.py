@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import torch
 
-from ..threat import L2, Linf, ThreatModel
+from ..threat import ThreatModel
 from .base import AttackResult
+
+PROJECTIONS = ("linf", "l2")  # the norms project_hyperplane_box solves
 
 
 def project_hyperplane_box(p: torch.Tensor, w: torch.Tensor, b: torch.Tensor, norm: str,
@@ -79,7 +81,7 @@ def _fab_run(model, x, y, t, threat, steps, alpha_max, eta, beta):
     pass — slower, measured.)  A point leaves the batch once an adversarial point within ε is
     found."""
     n = len(x)
-    norm = "linf" if isinstance(threat, Linf) else "l2"
+    norm = threat.norm
     best = torch.full((n,), float("inf"), device=x.device, dtype=x.dtype)
     adv = x.clone()
     act = torch.arange(n, device=x.device)       # points still searching
@@ -95,7 +97,7 @@ def _fab_run(model, x, y, t, threat, steps, alpha_max, eta, beta):
         b = -df + (w * x1.flatten(1)).sum(1)
         d = project_hyperplane_box(torch.cat([x1.flatten(1), x0]), torch.cat([w, w]), torch.cat([b, b]), norm)
         d1, d2 = d[:m], d[m:]
-        a0 = (d.abs().amax(1) if norm == "linf" else d.norm(dim=1)).clamp_min(1e-8)
+        a0 = threat.size(d).clamp_min(1e-8)
         a1, a2 = a0[:m], a0[m:]
         alpha = (a1 / (a1 + a2)).clamp(0, alpha_max)[:, None]
         x1 = ((x1.flatten(1) + eta * d1) * (1 - alpha) + (x0 + eta * d2) * alpha).clamp(0, 1).view_as(xo)
@@ -120,8 +122,8 @@ def _fab_run(model, x, y, t, threat, steps, alpha_max, eta, beta):
 def fab_targeted(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps: int = 100,
                  n_targets: int = 9, alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9) -> AttackResult:
     """FAB-T: success where an adversarial point within ``threat.eps`` was found for some target."""
-    if not isinstance(threat, (Linf, L2)):
-        raise TypeError("FAB supports Linf and L2")
+    if threat.norm not in PROJECTIONS:
+        raise TypeError(f"FAB supports {', '.join(PROJECTIONS)}, not {threat}")
     x = x.detach()
     with torch.no_grad():
         z = model(x)

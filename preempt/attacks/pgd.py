@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ..threat import Linf, ThreatModel
+from ..threat import ThreatModel
 from . import losses
 from .base import AttackResult
 
@@ -116,9 +116,9 @@ def pgd_unrolled(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel
     loss_fn = losses.get(loss)
     alpha = threat.eps / 4 if step_size is None else step_size
     if graph == "auto":
-        graph = "diag" if isinstance(threat, Linf) and not create_graph else "full"
+        graph = "diag" if threat.separable and not create_graph else "full"
     if graph == "diag":
-        if not isinstance(threat, Linf) or create_graph:
+        if not threat.separable or create_graph:
             raise ValueError("graph='diag' is exact only for first-order ℓ∞ PGD")
         return _unrolled_linf_diag(model, x, y, threat, steps, alpha, random_start, loss_fn, generator)
     x_t = threat.random_start(x, generator=generator) if random_start and threat.eps > 0 else x

@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from ..threat import L2, Linf, ThreatModel, _per_sample
+from ..threat import ThreatModel, per_sample
 from . import losses
 from .base import AttackResult
 
@@ -97,7 +97,7 @@ def _l2_init(x: torch.Tensor, eps: float, gen) -> torch.Tensor:
         for j in range(start_w, w - s + 1, s):
             sign = torch.randint(0, 2, (n, c, 1, 1), generator=gen, device=x.device).to(x.dtype) * 2 - 1
             delta[:, :, i:i + s, j:j + s] += e * sign
-    delta = delta / _per_sample(delta.flatten(1).norm(dim=1) + 1e-12, delta)
+    delta = delta / per_sample(delta.flatten(1).norm(dim=1) + 1e-12, delta)
     return (x + eps * delta).clamp(0, 1)
 
 
@@ -123,7 +123,7 @@ def _l2_proposal(xa, xb, eps, s, gen):
     delta[ar, i2, j2] = 0.0
     delta[ar, i1, j1] = new
     delta = delta.permute(0, 3, 1, 2)
-    delta = delta / _per_sample(delta.flatten(1).norm(dim=1) + 1e-12, delta)
+    delta = delta / per_sample(delta.flatten(1).norm(dim=1) + 1e-12, delta)
     return (xa + eps * delta).clamp(0, 1)
 
 
@@ -143,36 +143,46 @@ def _linf_proposal(xa, xb, win, eps, gen):
     return x_new
 
 
+def _linf_init(x: torch.Tensor, eps: float, gen) -> torch.Tensor:
+    n, c, _, w = x.shape
+    stripes = torch.randint(0, 2, (n, c, 1, w), generator=gen, device=x.device).to(x.dtype) * 2 - 1
+    return (x + eps * stripes).clamp(0, 1)
+
+
+def _linf_step(xa: torch.Tensor, xb: torch.Tensor, eps: float, p: float, gen) -> torch.Tensor:
+    h, w = xa.shape[-2:]
+    s = max(int(round(math.sqrt(p * h * w))), 1)
+    s = min(s, h - 1 if h > 1 else 1, w - 1 if w > 1 else 1)
+    return _linf_proposal(xa, xb, _windows(len(xa), h, w, s, gen, xa.device), eps, gen)
+
+
+def _l2_step(xa: torch.Tensor, xb: torch.Tensor, eps: float, p: float, gen) -> torch.Tensor:
+    h, w = xa.shape[-2:]
+    s = max(int(round(math.sqrt(p * h * w))), 3)
+    s = min(s + 1 - s % 2, h, w)
+    return _l2_proposal(xa, xb, eps, s, gen)
+
+
+# the attack's two norm-specific parts: (initial point, proposal at square-fraction p)
+_BY_NORM = {"linf": (_linf_init, _linf_step), "l2": (_l2_init, _l2_step)}
+
+
 def square(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, queries: int = 5000,
            p_init: float = 0.8, generator: torch.Generator | None = None) -> AttackResult:
-    if not isinstance(threat, (Linf, L2)):
-        raise TypeError("Square supports Linf and L2")
+    try:
+        init, propose = _BY_NORM[threat.norm]
+    except KeyError:
+        raise TypeError(f"Square supports {', '.join(_BY_NORM)}, not {threat}") from None
     x = x.detach()
-    n, c, h, w = x.shape
     eps = threat.eps
-    gen = generator
-    dev, dt = x.device, x.dtype
-    if isinstance(threat, Linf):
-        stripes = torch.randint(0, 2, (n, c, 1, w), generator=gen, device=dev).to(dt) * 2 - 1
-        x_best = (x + eps * stripes).clamp(0, 1)
-    else:
-        x_best = _l2_init(x, eps, gen)
+    x_best = init(x, eps, generator)
     margin = _margin(model, x_best, y)
-    passes = n
+    passes = len(x)
     for it in range(1, queries):
         act = (margin > 0).nonzero().squeeze(1)
         if len(act) == 0:
             break
-        xa, xb = x[act], x_best[act]
-        p = p_selection(p_init, it, queries)
-        if isinstance(threat, Linf):
-            s = max(int(round(math.sqrt(p * h * w))), 1)
-            s = min(s, h - 1 if h > 1 else 1, w - 1 if w > 1 else 1)
-            x_new = _linf_proposal(xa, xb, _windows(len(act), h, w, s, gen, dev), eps, gen)
-        else:
-            s = max(int(round(math.sqrt(p * h * w))), 3)
-            s = min(s + 1 - s % 2, h, w)
-            x_new = _l2_proposal(xa, xb, eps, s, gen)
+        x_new = propose(x[act], x_best[act], eps, p_selection(p_init, it, queries), generator)
         m_new = _margin(model, x_new, y[act])
         passes += len(act)
         better = m_new < margin[act]
