@@ -10,7 +10,7 @@ Parts (results in benchmarks/results/photos.{json,md}):
   (labelled by hand: a cat, an espresso), ℓ∞ ε ∈ {1, 2}/255 × δ ∈ {ε, 2ε, 4ε}: top-1 of the
   originals, PGD-20 and APGD-CE robust accuracy (w.r.t. the model's own label on the original)
   before and after robustify, PSNR/SSIM of the written pixels, passes and seconds per photo.
-  Attacks run at model resolution over the image of the ε-ball (preempt.resolution), with seeds
+  Attacks run at model resolution over the image of the ε-ball (preempt.core.resolution), with seeds
   robustify never saw.  For contrast, the bundled robust Fashion-MNIST model at δ = ε = 0.1 on
   200 test images (when Debian's dataset is installed).
 * ``paths``: the same photos at ε = 1/255, δ = 4/255 through the full-resolution path and the
@@ -36,9 +36,9 @@ from PIL import Image
 
 from preempt import Linf, load_model, robustify
 from preempt.attacks import apgd, pgd
-from preempt.photos import load_photo
-from preempt.resolution import at_model_input
-from preempt.robustify import CHECKS  # the committed results used the PGD-20 check
+from preempt.core.resolution import at_model_input
+from preempt.core.robustify import CHECKS  # the committed results used the PGD-20 check
+from preempt.pipeline.photos import load_photo
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results"

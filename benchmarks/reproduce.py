@@ -33,8 +33,8 @@ import torch
 
 from preempt import RobustifyConfig, load_model, robustify, threat_model
 from preempt.attacks import pgd, run_suite
+from preempt.core.robustify import CHECKS
 from preempt.data import fashion_mnist
-from preempt.robustify import CHECKS
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {"linf": {"eps": 0.1, "adv": "fmnist-linf-pgdat", "ours": "fmnist-linf-preempt-d3"},

@@ -95,9 +95,9 @@ def test_losses_hand_computed():
 
 
 from preempt.attacks import apgd, apgd_targeted, fab_targeted, run_suite, square  # noqa: E402
-from preempt.attacks.apgd import checkpoints  # noqa: E402
+from preempt.attacks.auto_pgd import checkpoints  # noqa: E402
 from preempt.attacks.fab import project_hyperplane_box  # noqa: E402
-from preempt.attacks.square import p_selection  # noqa: E402
+from preempt.attacks.square_search import p_selection  # noqa: E402
 
 ATTACKS = {
     "apgd-ce": lambda m, x, y, t, g: apgd(m, x, y, threat=t, steps=30, generator=g),
@@ -218,7 +218,7 @@ def test_fab_drops_points_once_broken_within_eps(tiny_model, tiny_data):
 
 
 def test_square_linf_never_proposes_an_unchanged_window():
-    from preempt.attacks.square import _linf_proposal, _windows
+    from preempt.attacks.square_search import _linf_proposal, _windows
 
     g = torch.Generator().manual_seed(0)
     xa = torch.full((500, 1, 6, 6), 0.5)
@@ -231,7 +231,7 @@ def test_square_linf_never_proposes_an_unchanged_window():
 
 
 def test_square_l2_eta_pattern_hand_computed():
-    from preempt.attacks.square import eta
+    from preempt.attacks.square_search import eta
 
     top = torch.tensor([[0.25, 1.25, 0.25]])
     bottom = torch.tensor([[0.25, 0.25, 0.25], [0.25, 1.25, 0.25]])

@@ -6,7 +6,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from preempt.cli import app
-from preempt.photos import load_photo
+from preempt.pipeline.photos import load_photo
 
 runner = CliRunner()
 

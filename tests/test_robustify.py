@@ -78,7 +78,7 @@ def test_paper_configuration_runs_within_budget(tiny_model, tiny_data):
 def test_init_auto_follows_the_card(tiny_model, tiny_data):
     import copy
 
-    from preempt.robustify import resolve_init
+    from preempt.core.robustify import resolve_init
 
     x, _ = tiny_data
     x = x[:12]

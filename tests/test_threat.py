@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from preempt import L2, Linf, threat_model
-from preempt.quantize import quantize
+from preempt.core.quantize import quantize
 
 SHAPES = st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 5), st.integers(1, 5))
 

@@ -11,8 +11,7 @@ from typer.testing import CliRunner
 
 from preempt import Linf, robustify
 from preempt.cli import app
-from preempt.photos import load_photo
-from preempt.upload import (
+from preempt.core.upload import (
     WORST,
     Chain,
     Op,
@@ -26,6 +25,7 @@ from preempt.upload import (
     resize_real,
     service_spec,
 )
+from preempt.pipeline.photos import load_photo
 
 runner = CliRunner()
 

@@ -9,9 +9,9 @@ from typer.testing import CliRunner
 
 from preempt import Linf
 from preempt.attacks import adaptive, pgd
-from preempt.checks import run_checks
+from preempt.attacks.checks import run_checks
 from preempt.cli import app
-from preempt.smoothing import Smoothed, certify, clopper_pearson_lower
+from preempt.defenses.smoothing import Smoothed, certify, clopper_pearson_lower
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ..threat import ThreatModel
+from ..core.threat import ThreatModel
 from .base import AttackResult
 
 PROJECTIONS = ("linf", "l2")  # the norms project_hyperplane_box solves

@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..threat import ThreatModel
-from .adaptive import adaptive
-from .apgd import apgd, apgd_targeted
+from ..core.threat import ThreatModel
+from .adaptive_attack import adaptive
+from .auto_pgd import apgd, apgd_targeted
 from .fab import fab_targeted
-from .pgd import pgd
-from .square import square
+from .projected_gradient import pgd
+from .square_search import square
 from .transfer import transfer
 
 

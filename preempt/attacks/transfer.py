@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from .apgd import apgd
+from .auto_pgd import apgd
 from .base import AttackResult
-from .pgd import pgd
+from .projected_gradient import pgd
 
 
 def transfer(model, x: torch.Tensor, y: torch.Tensor, *, threat, surrogate, attack: str = "pgd",

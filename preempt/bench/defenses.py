@@ -42,8 +42,8 @@ import torch
 
 from ..attacks import adaptive, apgd, apgd_targeted, pgd
 from ..attacks.bpda import BPDA
+from ..core.threat import Linf, ThreatModel
 from ..models import load_model
-from ..threat import Linf, ThreatModel
 
 ROWS: dict[str, str] = {
     "standard": "Standard model", "magnet": "MagNet", "defense-gan": "Defense-GAN", "pgd-at": "PGD-AT",
@@ -143,7 +143,7 @@ def _card_train_s(card: dict[str, Any]) -> float | None:
 
 
 def _row_classifier(key: str, x, y, threat: ThreatModel, cfg: BenchConfig, gen) -> Row:
-    from ..robustify import RobustifyConfig, robustify
+    from ..core.robustify import RobustifyConfig, robustify
 
     model = load_model(MODELS[key])
     robust = key.endswith("-ours")
@@ -248,7 +248,7 @@ def _row_defense_gan(x, y, threat: ThreatModel, cfg: BenchConfig, gen) -> Row:
 
 
 def _row_smoothing(x, y, threat: ThreatModel, cfg: BenchConfig, gen) -> Row:
-    from ..smoothing import Smoothed, certify
+    from ..defenses.smoothing import Smoothed, certify
 
     base = load_model(MODELS["smoothing"])
     ngen = torch.Generator().manual_seed(cfg.seed + 7)

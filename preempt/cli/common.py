@@ -164,9 +164,9 @@ def colour_notice(paths: list[Path], model, *, given: bool) -> None:
     """Say so when colour photos are about to be judged by a grey model picked by default."""
     if given or model.pre.channels != 1:
         return
-    from ..jobs import probe
     from ..models import IMAGENET_MODEL, imagenet_available
-    from ..photos import PhotoError, iter_images
+    from ..pipeline.jobs import probe
+    from ..pipeline.photos import PhotoError, iter_images
 
     for p, _ in iter_images([p for p in paths if p.exists()]):
         try:

@@ -85,9 +85,9 @@ def robustify_cmd(
     Exit codes: 0 every photo robust, 1 a file failed, 2 usage, 3 a photo is not robust or over budget."""
     import torch
 
-    from ..jobs import NoImages, robustify_files
-    from ..robustify import CHECKS, RobustifyConfig, resolve_init
-    from ..upload import parse
+    from ..core.robustify import CHECKS, RobustifyConfig, resolve_init
+    from ..core.upload import parse
+    from ..pipeline.jobs import NoImages, robustify_files
 
     try:
         parse(survive)
@@ -106,7 +106,7 @@ def robustify_cmd(
         if not p.exists():
             report_error(f"{p}: no such file or folder")
     if sigma is not None:
-        from ..smoothing import Smoothed
+        from ..defenses.smoothing import Smoothed
 
         if not (math.isfinite(sigma) and sigma > 0):
             fail(f"--smoothing-sigma {sigma}: must be a finite number > 0", EXIT_USAGE)

@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from ..report import broken_by
+from ..pipeline.report import broken_by
 
 
 def summary_table(results, title: str) -> Table:

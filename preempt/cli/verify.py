@@ -72,9 +72,9 @@ def verify_cmd(
     report: Path | None = typer.Option(None, help="Also write an HTML report to this file."),
 ) -> None:
     """Attack photos with PGD; exit code 3 if any is not robust."""
-    from ..jobs import NoImages, VerifyConfig, verify_files
-    from ..photos import PhotoError
-    from ..report import summarize, write_html
+    from ..pipeline.jobs import NoImages, VerifyConfig, verify_files
+    from ..pipeline.photos import PhotoError
+    from ..pipeline.report import summarize, write_html
 
     spec = ModelSpec(model, weights, card, input_size, resize_policy, resize_size, mean, std, channels)
     dev, clf, norm, eps, _ = model_and_budgets(spec, device, norm, eps)
@@ -90,7 +90,7 @@ def verify_cmd(
     cfg = VerifyConfig(norm=norm, eps=eps, suite=suite, steps=steps, restarts=restarts, seed=seed, adaptive=adaptive,
                        checks=checks, certify=certify, surrogate=sur, sigma=sigma, n0=n0, n=n, alpha=alpha,
                        resolution=resolution)
-    from ..upload import service_spec
+    from ..core.upload import service_spec
 
     try:
         uploads = service_spec(reencode, resize)
@@ -104,7 +104,7 @@ def verify_cmd(
         raise typer.Exit(EXIT_ERROR)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..photos import iter_images
+    from ..pipeline.photos import iter_images
 
     total = sum(1 for _ in iter_images(paths)) or None
     with Progress(TextColumn("[bold]verify"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),

@@ -3,7 +3,7 @@
 * :class:`MagNet` — detector + reformer auto-encoder (Meng & Chen 2017);
 * :class:`DefenseGAN` — projection onto a generator's range (Samangouei et al. 2018);
 * BPDA, the attack that breaks such preprocessing, is :mod:`preempt.attacks.bpda`;
-* randomized smoothing is :mod:`preempt.smoothing`; adversarial training is ``preempt train``.
+* randomized smoothing is :mod:`preempt.defenses.smoothing`; adversarial training is ``preempt train``.
 
 Bundled defense weights live in ``weights/`` beside the classifiers, with cards whose ``kind``
 is ``"defense"``; :func:`load_defense` builds one around the classifier its card names.

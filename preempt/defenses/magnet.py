@@ -32,8 +32,8 @@ from torch import nn
 from ..attacks.base import AttackResult
 from ..attacks.bpda import bpda
 from ..attacks.losses import ce
+from ..core.threat import ThreatModel
 from ..models.wrapping import Wrapped
-from ..threat import ThreatModel
 
 REJECTED = -1
 

@@ -19,7 +19,7 @@ class Model(Protocol):
     and which robustify refuses; ``passes`` counts images forwarded.
 
     Implemented by :class:`~preempt.models.Classifier` (bundled, torchvision, TorchScript and
-    card-described models), :class:`~preempt.smoothing.Smoothed` and
+    card-described models), :class:`~preempt.defenses.smoothing.Smoothed` and
     :class:`~preempt.models.onnx.OnnxClassifier`.
     """
 

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import data as datasets
-from ..attacks.pgd import pgd
+from ..attacks.projected_gradient import pgd
+from ..core.threat import threat_model
 from ..models import Classifier, Preprocessing, build, save_model
-from ..threat import threat_model
 from .methods import METHODS, batch_loss
 
 

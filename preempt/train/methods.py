@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from ..attacks import losses
-from ..attacks.pgd import _grad, pgd
-from ..threat import ThreatModel
+from ..attacks.projected_gradient import _grad, pgd
+from ..core.threat import ThreatModel
 
 METHODS = ("standard", "gaussian", "fgsm", "fast-at", "free-at", "pgd-at", "preempt")
 

@@ -20,7 +20,7 @@ import torch
 
 from . import losses
 from .base import AttackResult
-from .pgd import pgd, pgd_unrolled
+from .projected_gradient import pgd, pgd_unrolled
 
 
 def adaptive(model, x: torch.Tensor, y: torch.Tensor, *, threat, splits: tuple[float, ...] = (0.25, 0.5, 0.75),

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .models.resample import Resampling
-from .models.wrapper import Classifier
+from ..models.resample import Resampling
+from ..models.wrapper import Classifier
 from .threat import ThreatModel
 
 RESOLUTIONS = ("auto", "model", "full")

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .attacks import losses
-from .attacks.pgd import _grad, pgd
+from . import losses
+from .projected_gradient import _grad, pgd
 
 
 @dataclass

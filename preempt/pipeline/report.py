@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import __version__
+from .. import __version__
 from .photos import PhotoError, load_photo, to_pil, write_atomic
 
 SCHEMA_VERSION = 1
@@ -67,7 +67,7 @@ def broken_by(m: dict) -> str:
 
 
 def _verdict(f: dict) -> str:
-    from .checks import Flag
+    from ..attacks.checks import Flag
 
     return Flag(f["name"], f["raised"], f["detail"]).verdict
 

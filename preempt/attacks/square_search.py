@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from ..threat import ThreatModel, per_sample
+from ..core.threat import ThreatModel, per_sample
 from . import losses
 from .base import AttackResult
 

@@ -9,7 +9,7 @@ A threat model is a ball ``B_ε(c) ∩ [0,1]^d`` around a centre ``c``.  It know
 * ``distance(a, b)`` / ``size(delta)`` measure per-sample distances,
 * ``sample_sphere(like)`` draw a point on its sphere (APGD's start),
 * ``restore_budget(d, exact)`` bring an integer change (8-bit levels) back inside the ball
-  (what :mod:`preempt.quantize` builds on).
+  (what :mod:`preempt.core.quantize` builds on).
 
 ``separable`` says whether the ball is a product of per-pixel intervals (ℓ∞): then clipping a
 change pixel by pixel keeps it inside, and PGD's unrolled Jacobian is diagonal.  Attacks whose

@@ -16,9 +16,13 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from . import __version__, upload
+from .. import __version__
+from ..core import upload
+from ..core.metrics import psnr, ssim
+from ..core.resolution import at_model_input
+from ..core.robustify import RobustifyConfig, judge, robustify
+from ..core.threat import L2, Linf, threat_model
 from .memory import check_fits
-from .metrics import psnr, ssim
 from .photos import (
     Photo,
     PhotoError,
@@ -31,9 +35,6 @@ from .photos import (
     output_path,
     write_atomic,
 )
-from .resolution import at_model_input
-from .robustify import RobustifyConfig, judge, robustify
-from .threat import L2, Linf, threat_model
 
 MAX_BATCH_PIXELS = 2_000_000  # pixels per batch (bounds memory for big photos)
 
@@ -207,7 +208,7 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
 
 def _path_for(model, chw: tuple[int, int, int], cfg: RobustifyConfig) -> str:
     """model, full or survive: the path robustify will take for a photo of this shape (for the memory estimate)."""
-    from .resolution import resampling_for
+    from ..core.resolution import resampling_for
 
     if cfg.survive:
         return "survive"
@@ -292,7 +293,7 @@ class VerifyConfig:
     restarts: int = 1               # PGD restarts
     seed: int = 0
     adaptive: bool = False          # also the adaptive white-box attack (preempt.attacks.adaptive)
-    checks: bool = True             # honesty flags (preempt.checks)
+    checks: bool = True             # honesty flags (preempt.attacks.checks)
     certify: bool = False           # randomized-smoothing certificate per image (ℓ2 radius)
     surrogate: object = None        # blackbox suite: a torch model to craft transfer attacks on
     sigma: float = 0.25
@@ -300,12 +301,12 @@ class VerifyConfig:
     n: int = 10000
     alpha: float = 0.001
     resolution: str = "auto"        # auto | model | full: attack the model input or every photo pixel
-    uploads: str | None = None      # service transforms (preempt.upload spec): each photo also attacked through
+    uploads: str | None = None      # service transforms (preempt.core.upload spec): each photo also attacked through
                                     # the real codec, before and after the transform
 
     def describe(self) -> dict:
         """The attacks' parameters, as reports state them."""
-        from .attacks.suite import attack_names
+        from ..attacks.suite import attack_names
 
         attacks = [f"pgd-{self.steps}"] if self.suite == "pgd" else (
             ["square"] + (["transfer-pgd-20", "transfer-apgd-ce"] if self.surrogate is not None else [])
@@ -346,7 +347,7 @@ def paired_by_name(files: list[Path], originals: list[Path]) -> bool:
 @dataclass
 class VerifyReport:
     files: list[FileResult]
-    flags: list = field(default_factory=list)   # preempt.checks.Flag, from the first batch
+    flags: list = field(default_factory=list)   # preempt.attacks.checks.Flag, from the first batch
     warnings: list[str] = field(default_factory=list)  # one line each, e.g. doubtful pairs
 
 
@@ -356,8 +357,8 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
     """Attack every photo (and its original, when given); one FileResult per photo, plus the
     honesty flags.  With ``config.adaptive`` the adaptive white-box attack runs on what survived;
     with ``config.certify`` each photo gets a randomized-smoothing certificate."""
-    from .attacks import adaptive, pgd, run_suite
-    from .checks import run_checks
+    from ..attacks import adaptive, pgd, run_suite
+    from ..attacks.checks import run_checks
 
     cfg = config or VerifyConfig()
     if not model.differentiable and (cfg.suite != "blackbox" or cfg.adaptive):
@@ -399,7 +400,7 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
     def attack(x, y, correct) -> tuple[torch.Tensor, list, list[dict]]:
         """``correct``: the clean predictions already compared with ``y`` (no second forward pass).
         Photos larger than the model input are attacked at model resolution over the image of
-        their ε-ball, which contains every full-resolution attack (preempt.resolution)."""
+        their ε-ball, which contains every full-resolution attack (preempt.core.resolution)."""
         x_full = x
         mi = at_model_input(model, x, threat, cfg.resolution)
         model_, x, threat_ = mi.model, mi.x, mi.threat
@@ -479,7 +480,7 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
                 m["psnr_to_original"] = round(float(psnr(x[j:j + 1], xo[j:j + 1])[0]), 2)
                 m["ssim_to_original"] = round(float(ssim(x[j:j + 1], xo[j:j + 1])[0]), 4)
             if cfg.certify:
-                from .smoothing import certify
+                from ..defenses.smoothing import certify
 
                 c = certify(model, x[j], sigma=cfg.sigma, n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, generator=gen)
                 m["certificate"] = {"prediction": c.prediction, "radius": c.radius, "abstain": c.abstain,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ..threat import ThreatModel
+from ..core.threat import ThreatModel
 from . import losses
 from .base import AttackResult
 

@@ -24,11 +24,11 @@ from typing import Any
 
 import torch
 
+from ..attacks import losses
+from ..attacks.projected_gradient import pgd, pgd_unrolled
+from ..models.resample import Resampling
 from . import upload
-from .attacks import losses
-from .attacks.pgd import pgd, pgd_unrolled
 from .metrics import change
-from .models.resample import Resampling
 from .quantize import quantize, quantize_change
 from .resolution import RESOLUTIONS, resampling_for
 from .threat import ThreatModel, threat_model
@@ -89,12 +89,12 @@ class RobustifyConfig:
                                # | descent: one signed step down the clean loss (the x̂_r of preempt training)
                                # | auto: what the model card recommends, else original
     early_stop: bool = True    # False: no checks before the last step (the paper's algorithm)
-    resolution: str = "auto"   # auto | model | full: where the loop works (see preempt.resolution)
+    resolution: str = "auto"   # auto | model | full: where the loop works (see preempt.core.resolution)
     goal: str = "strongest"    # strongest | least-visible: shrink a verified change while it stays robust
     shrink_steps: int = 4      # bisection steps of least-visible (scale precision 1/2^steps)
     work_scale: int = 3        # model resolution: the change's grid, in multiples of the model input
     survive: str | None = None  # service transforms to stay robust through, e.g. "jpeg:75-95,resize:1080"
-                                # (preempt.upload): expectation over them in the loss, real codec in the check
+                                # (preempt.core.upload): expectation over them in the loss, real codec in the check
     seed: int = 0
 
     def validate(self) -> None:
@@ -180,7 +180,7 @@ def check(model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *, steps
     ``ce`` / ``dlr`` (PGD-``steps`` with that loss, ``restarts`` random starts each), ``apgd-ce``
     (APGD-CE, ``apgd_steps`` iterations) and ``apgd-t`` (APGD-T on the ``apgd_targets`` highest
     other classes)."""
-    from .attacks.apgd import apgd, apgd_targeted
+    from ..attacks.auto_pgd import apgd, apgd_targeted
 
     robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
     passes = 0
@@ -256,7 +256,7 @@ class _Problem:
     way (``r``), else on the photo.  The variable is the photo itself (B_δ(x_o) ∩ [0, 1]), or,
     for photos much larger than the model input, a change e on a grid a few times finer than the
     model input (``work``): the photo is x_o + U·e and the model input z_o + (Rh·Uh)·e·(Rw·Uw)ᵀ
-    (see :mod:`preempt.resolution`)."""
+    (see :mod:`preempt.core.resolution`)."""
 
     def __init__(self, model, x_o: torch.Tensor, cfg: RobustifyConfig, resampling: Resampling | None,
                  work: Resampling | None = None) -> None:

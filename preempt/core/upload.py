@@ -25,7 +25,7 @@ a bare number repeats the previous op (``resize:1080,2048``).  ``worst`` is the 
 
 Example::
 
-    from preempt.upload import parse
+    from preempt.core.upload import parse
     chains = parse("resize:1080+jpeg:85")
     x_service = chains[0].real(x)          # what the classifier behind the service sees
 """
@@ -383,7 +383,7 @@ def attack_uploads(model, x: torch.Tensor, y: torch.Tensor, threat, chains: list
     upload (``after``: the attacker's ε-change goes in, then the real codec) and PGD on the
     service's output (``before``: the codec, then the attacker) must not change it.
     Returns (robust mask, per image {chain: "ok" | "no attack" | "after" | "before"}, passes)."""
-    from .attacks.pgd import pgd
+    from ..attacks.projected_gradient import pgd
     from .resolution import at_model_input
 
     robust = torch.ones(len(x), dtype=torch.bool, device=x.device)

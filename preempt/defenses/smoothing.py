@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .models.wrapping import Wrapped
+from ..models.wrapping import Wrapped
 
 
 def _betacf(a: float, b: float, x: float) -> float:
