@@ -29,7 +29,7 @@ from preempt.attacks import pgd
 from preempt.core.quantize import to_uint8
 from preempt.core.robustify import CHECKS  # the committed results used the PGD-20 check
 from preempt.core.upload import attack_uploads, parse
-from preempt.pipeline.jobs import encode_jpeg_within
+from preempt.pipeline.jpeg import encode_jpeg_within
 from preempt.pipeline.photos import Photo, encode
 
 HERE = Path(__file__).resolve().parent

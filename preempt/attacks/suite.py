@@ -1,7 +1,7 @@
 """Attack suites: several attacks in order, each only on the points still robust, worst case per
 point (the AutoAttack protocol of Croce & Hein 2020).
 
-* ``pgd`` — PGD-20 (step ε/4, random start).
+* ``pgd`` — PGD-20 (step ε/4, random start), ``restarts`` times (``steps`` sets its length).
 * ``quick`` — PGD-20, then APGD-CE.
 * ``standard`` — APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square (5,000 queries):
   AutoAttack's "standard" version.
@@ -27,6 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -34,26 +35,56 @@ import torch
 from ..core.threat import ThreatModel
 from .adaptive_attack import adaptive
 from .auto_pgd import apgd, apgd_targeted
+from .base import Survivors
 from .fab import fab_targeted
 from .projected_gradient import pgd
 from .square_search import square
 from .transfer import transfer
 
 
-def attack_names(suite: str, surrogate=None) -> list[str]:
-    names = {"pgd": ["pgd-20"], "quick": ["pgd-20", "apgd-ce"],
-             "standard": ["apgd-ce", "apgd-t", "fab-t", "square"],
-             "rand": ["apgd-ce-eot", "apgd-dlr-eot"], "adaptive": ["adaptive"],
-             "blackbox": ["square"] + (["transfer-pgd-20", "transfer-apgd-ce"] if surrogate is not None else [])}
-    if suite not in names:
-        raise ValueError(f"unknown suite {suite!r}; choose from {sorted(names)}")
-    return names[suite]
+@dataclass(frozen=True)
+class Suite:
+    """A named sequence of attacks; ``attacks(steps, restarts, surrogate)`` gives their names."""
+
+    name: str
+    help: str
+    attacks: Callable[[int, int, object], list[str]]
 
 
-def _attack(name: str, gen: torch.Generator | None, surrogate=None) -> Callable:
+# The one definition of every suite: run_suite runs these, reports and the CLI help name them.
+SUITES: dict[str, Suite] = {s.name: s for s in [
+    Suite("pgd", "PGD-STEPS (step ε/4, random start), --restarts times",
+          lambda steps, restarts, sur: [f"pgd-{steps}"] * restarts),
+    Suite("quick", "PGD-20, APGD-CE", lambda steps, restarts, sur: ["pgd-20", "apgd-ce"]),
+    Suite("standard", "APGD-CE, APGD-T, FAB-T, Square (AutoAttack's standard version)",
+          lambda steps, restarts, sur: ["apgd-ce", "apgd-t", "fab-t", "square"]),
+    Suite("rand", "APGD-CE and APGD-DLR with EOT over 20 draws (randomized models)",
+          lambda steps, restarts, sur: ["apgd-ce-eot", "apgd-dlr-eot"]),
+    Suite("blackbox", "Square, then transfer PGD-20 and APGD-CE from a surrogate (models without gradients, ONNX)",
+          lambda steps, restarts, sur: ["square"] + (["transfer-pgd-20", "transfer-apgd-ce"] if sur is not None else [])),
+]}
+
+
+def suite_help() -> str:
+    """One line per suite, for --help."""
+    return " | ".join(f"{s.name} ({s.help})" for s in SUITES.values())
+
+
+def attack_names(suite: str, surrogate=None, *, steps: int = 20, restarts: int = 1) -> list[str]:
+    """The attacks ``suite`` runs, in order (``adaptive`` is the adaptive attack on its own)."""
+    if suite == "adaptive":
+        return ["adaptive"]
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; choose from {', '.join(SUITES)}")
+    return SUITES[suite].attacks(steps, restarts, surrogate)
+
+
+def _attack(name: str, gen: torch.Generator | None, surrogate=None, step_size: float | None = None) -> Callable:
     """The attack ``name`` as ``f(model, x, y, threat)``, drawing from ``gen``."""
+    if name.startswith("pgd-") and name[4:].isdigit():
+        steps = int(name[4:])
+        return lambda m, x, y, t: pgd(m, x, y, threat=t, steps=steps, step_size=step_size, generator=gen)
     A = {
-        "pgd-20": lambda m, x, y, t: pgd(m, x, y, threat=t, steps=20, generator=gen),
         "apgd-ce": lambda m, x, y, t: apgd(m, x, y, threat=t, loss="ce", generator=gen),
         "apgd-t": lambda m, x, y, t: apgd_targeted(m, x, y, threat=t, generator=gen),
         "fab-t": lambda m, x, y, t: fab_targeted(m, x, y, threat=t),
@@ -66,9 +97,6 @@ def _attack(name: str, gen: torch.Generator | None, surrogate=None) -> Callable:
                                                         generator=gen),
     }
     return A[name]
-
-
-SUITES = ("pgd", "quick", "standard", "rand", "blackbox")  # "adaptive" runs as its own row
 
 
 @dataclass
@@ -90,51 +118,60 @@ def default_workers(model) -> int:
 
 
 def run_suite(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, suite: str = "standard",
-              generator: torch.Generator | None = None, surrogate=None, workers: int | None = None) -> SuiteResult:
-    """``suite="blackbox"`` (for models without gradients, such as ONNX ones): Square, then
-    transfer attacks crafted on ``surrogate`` when one is given.  ``workers``: see the module
-    docstring (default :func:`default_workers`)."""
+              generator: torch.Generator | None = None, surrogate=None, workers: int | None = None,
+              steps: int = 20, restarts: int = 1, step_size: float | None = None,
+              correct: torch.Tensor | None = None) -> SuiteResult:
+    """Run ``suite`` (see :data:`SUITES`) on ``x``; worst case per point.  ``suite="blackbox"``
+    (for models without gradients, such as ONNX ones): Square, then transfer attacks crafted on
+    ``surrogate`` when one is given.  ``steps``, ``restarts``, ``step_size``: the ``pgd`` suite's
+    PGD.  ``correct``: the clean predictions already compared with ``y`` (saves a forward pass).
+    ``workers``: see the module docstring (default :func:`default_workers`)."""
     x = x.detach()
-    robust = model.predict(x) == y
-    broken: list[str | None] = [None if r else "clean" for r in robust.tolist()]
-    x_adv = x.clone()
-    res = SuiteResult(robust, x_adv, broken)
-    res.per_attack["clean"] = robust.float().mean().item()
+    robust = (model.predict(x) == y) if correct is None else correct.clone()
+    s = Survivors(robust, x)
+    assert s.x_adv is not None
+    res = SuiteResult(s.robust, s.x_adv, s.broken_by, passes=s.passes)
+    res.per_attack["clean"] = s.robust.float().mean().item()
     n_workers = workers if workers is not None else default_workers(model)
-    threads = torch.get_num_threads()
 
     def job(chunk, attack, nthreads=None):
         if nthreads is not None:  # OpenMP's thread count is per thread: set it in each worker
             torch.set_num_threads(nthreads)
         return chunk, attack(model, x[chunk], y[chunk], threat)
 
-    for name in attack_names(suite, surrogate):
-        idx = robust.nonzero().squeeze(1)
+    for name in attack_names(suite, surrogate, steps=steps, restarts=restarts):
+        idx = s.index
         t0 = time.perf_counter()
         if len(idx):
             w = min(n_workers, len(idx))
             if w <= 1:
-                results = [job(idx, _attack(name, generator, surrogate))]
+                results = [job(idx, _attack(name, generator, surrogate, step_size))]
             else:
                 seeds = torch.randint(0, 2 ** 62, (w,), generator=generator).tolist()
                 gens = [torch.Generator(device=x.device).manual_seed(sd) if generator is not None else None
                         for sd in seeds]
-                per = max(1, threads // w)
-                torch.set_num_threads(per)
-                try:
+                with _threads_per_worker(w) as per:
                     with ThreadPoolExecutor(w) as ex:
-                        results = list(ex.map(lambda cg, name=name, per=per: job(cg[0], _attack(name, cg[1], surrogate), per),
-                                              zip(idx.tensor_split(w), gens)))
-                finally:
-                    torch.set_num_threads(threads)
-            res.passes[name] = 0
+                        results = list(ex.map(
+                            lambda cg, name=name, per=per: job(cg[0], _attack(name, cg[1], surrogate, step_size), per),
+                            zip(idx.tensor_split(w), gens)))
+            s.passes.setdefault(name, 0)
             for chunk, r in results:
-                hit = chunk[r.success]
-                x_adv[hit] = r.x_adv[r.success]
-                robust[hit] = False
-                for j in hit.tolist():
-                    broken[j] = name
-                res.passes[name] += r.passes
-        res.seconds[name] = time.perf_counter() - t0
-        res.per_attack[name] = robust.float().mean().item()
+                s.record(name, chunk, r)
+        res.seconds[name] = res.seconds.get(name, 0.0) + time.perf_counter() - t0
+        res.per_attack[name] = s.robust.float().mean().item()
+    res.robust = s.robust
     return res
+
+
+@contextmanager
+def _threads_per_worker(workers: int):
+    """torch's thread count split between ``workers`` Python threads for the block, restored after
+    it (the only place preempt changes the process-wide count, and never beyond the block)."""
+    threads = torch.get_num_threads()
+    per = max(1, threads // workers)
+    torch.set_num_threads(per)
+    try:
+        yield per
+    finally:
+        torch.set_num_threads(threads)

@@ -165,7 +165,7 @@ def colour_notice(paths: list[Path], model, *, given: bool) -> None:
     if given or model.pre.channels != 1:
         return
     from ..models import IMAGENET_MODEL, imagenet_available
-    from ..pipeline.jobs import probe
+    from ..pipeline.batching import probe
     from ..pipeline.photos import PhotoError, iter_images
 
     for p, _ in iter_images([p for p in paths if p.exists()]):

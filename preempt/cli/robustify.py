@@ -87,7 +87,7 @@ def robustify_cmd(
 
     from ..core.robustify import CHECKS, RobustifyConfig, resolve_init
     from ..core.upload import parse
-    from ..pipeline.jobs import NoImages, robustify_files
+    from ..pipeline import NoImages, robustify_files
 
     try:
         parse(survive)

@@ -72,7 +72,7 @@ def verify_cmd(
     report: Path | None = typer.Option(None, help="Also write an HTML report to this file."),
 ) -> None:
     """Attack photos with PGD; exit code 3 if any is not robust."""
-    from ..pipeline.jobs import NoImages, VerifyConfig, verify_files
+    from ..pipeline import NoImages, VerifyConfig, verify_files
     from ..pipeline.photos import PhotoError
     from ..pipeline.report import summarize, write_html
 

@@ -1,0 +1,33 @@
+"""What the file jobs return: one :class:`FileResult` per input, typed status and metrics."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+Status = Literal["robust", "not-robust", "over-budget", "skipped", "failed"]
+STATUSES: tuple[Status, ...] = ("robust", "not-robust", "over-budget", "skipped", "failed")
+NOT_ROBUST: tuple[Status, ...] = ("not-robust", "over-budget")  # written, but the claim does not hold: exit 3
+
+
+class NoImages(Exception):
+    """The paths given hold no image preempt reads; str() is one line saying why."""
+
+
+@dataclass
+class FileResult:
+    src: str
+    status: Status
+    dst: str | None = None
+    error: str | None = None
+    label: int | None = None
+    label_name: str | None = None
+    original: str | None = None
+    metrics: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None and v != {}}
+
+
+def label_name(classes: list[str] | None, label: int) -> str | None:
+    """The class name of ``label``, where the model has names."""
+    return classes[label] if classes and 0 <= label < len(classes) else None

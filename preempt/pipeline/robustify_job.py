@@ -1,0 +1,201 @@
+"""``preempt robustify`` on files: plan the outputs, batch the photos, robustify, write what was judged.
+
+Photos of the same size and channel count are batched together; a bad file fails alone and the
+batch goes on; outputs are written atomically and never over an input; an existing output is
+skipped unless ``overwrite``, so a rerun resumes where an interrupted one stopped.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..core.metrics import change
+from ..core.robustify import ImageResult, RobustifyConfig, judge, robustify
+from ..core.threat import ThreatModel
+from .batching import batches, probe
+from .jpeg import encode_jpeg_within, file_format, jpeg_quality
+from .memory import check_fits
+from .photos import (
+    Photo,
+    PhotoError,
+    decode,
+    encode,
+    from_tensor,
+    iter_images,
+    load_photo,
+    nothing_found,
+    output_path,
+    write_atomic,
+)
+from .results import FileResult, NoImages, Status, label_name
+
+
+@dataclass
+class _Planned:
+    src: Path
+    dst: Path
+    shape: tuple[int, int, int]  # (C, H, W) from the header
+
+
+def plan_outputs(inputs: list[tuple[Path, Path]], out_dir: Path, model, cfg: RobustifyConfig, *, fmt: str,
+                 overwrite: bool, emit: Callable[[FileResult], None]) -> list[_Planned]:
+    """The inputs to robustify, each with its output path; the others are emitted as failed
+    (the output would overwrite an input, two inputs would write one file, the photo cannot be
+    read or would not fit in memory) or skipped (the output exists and ``overwrite`` is off)."""
+    in_set = {p.resolve() for p, _ in inputs if p.exists()}
+    todo: list[_Planned] = []
+    claimed: dict[Path, Path] = {}  # an output path (resolved) -> the input that writes it
+    for src, root in inputs:
+        dst = output_path(src, root, out_dir, file_format(src, fmt, cfg))
+        # --format auto may fall back from JPEG to PNG: both names are this input's
+        names = [dst] + ([output_path(src, root, out_dir, "png")] if fmt == "auto" and dst.suffix == ".jpg" else [])
+        done_before = [d for d in names if d.exists()]
+        if any(d.resolve() in in_set for d in names):
+            emit(FileResult(str(src), "failed", str(dst), error="output would overwrite an input"))
+            continue
+        if any(d.resolve() in claimed for d in names):
+            other = next(claimed[d.resolve()] for d in names if d.resolve() in claimed)
+            emit(FileResult(str(src), "failed", str(dst), error=f"output name collides with {other}"))
+            continue
+        claimed.update({d.resolve(): src for d in names})
+        if done_before and not overwrite:
+            emit(FileResult(str(src), "skipped", str(done_before[0]), error="output exists (use --overwrite)"))
+            continue
+        try:
+            shape = probe(src)
+        except PhotoError as e:
+            emit(FileResult(str(src), "failed", error=str(e)))
+            continue
+        too_big = check_fits(shape[1] * shape[2], _path_for(model, shape, cfg))
+        if too_big:
+            emit(FileResult(str(src), "failed", error=too_big))
+            continue
+        todo.append(_Planned(src, dst, shape))
+    return todo
+
+
+def _path_for(model, chw: tuple[int, int, int], cfg: RobustifyConfig) -> str:
+    """model, full or survive: the path robustify will take for a photo of this shape (for the memory estimate)."""
+    from ..core.resolution import resampling_for
+
+    if cfg.survive:
+        return "survive"
+    if cfg.optimizer == "rmsprop":
+        return "full"
+    try:
+        return "model" if resampling_for(model, chw[1:], cfg.resolution) is not None else "full"
+    except Exception:
+        return "full"
+
+
+def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
+                    config: RobustifyConfig | None = None, fmt: str = "auto", quality: int | None = None,
+                    overwrite: bool = False, strip_metadata: bool = False, batch_size: int = 64,
+                    device: str = "cpu", on_file: Callable[[FileResult], None] | None = None,
+                    on_plan: Callable[[int], None] | None = None) -> list[FileResult]:
+    """Robustify every photo under ``paths`` into ``out_dir``; returns one FileResult per input.
+
+    ``fmt``: ``png``, ``jpeg``, or ``auto`` (JPEG for JPEG inputs when ``config.survive`` includes a
+    JPEG re-encode, at the highest quality robustified for, if that JPEG stays inside δ and robust;
+    PNG otherwise).  A JPEG is kept inside the δ-ball (:func:`encode_jpeg_within`) or reported
+    ``over-budget``, and judged as decoded.  ``on_plan(n)`` is told the number of inputs once they
+    are listed (for a progress bar)."""
+    cfg = config or RobustifyConfig()
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    out_dir = Path(out_dir)
+    results: list[FileResult] = []
+
+    def emit(r: FileResult) -> None:
+        results.append(r)
+        if on_file:
+            on_file(r)
+
+    skipped: list[Path] = []
+    inputs = list(iter_images(paths, exclude=out_dir, skipped=skipped))
+    if not inputs:
+        raise NoImages(nothing_found(list(paths), skipped, out_dir))
+    if on_plan:
+        on_plan(len(inputs))
+    todo = plan_outputs(inputs, out_dir, model, cfg, fmt=fmt, overwrite=overwrite, emit=emit)
+    writer = _Writer(model, cfg, fmt=fmt, quality=quality, strip_metadata=strip_metadata, generator=gen)
+    for batch in batches(todo, key=lambda t: t.shape, max_batch=batch_size):
+        photos: list[tuple[_Planned, Photo]] = []
+        for item in batch:
+            try:
+                photos.append((item, load_photo(item.src)))
+            except PhotoError as e:
+                emit(FileResult(str(item.src), "failed", error=str(e)))
+        groups = defaultdict(list)  # the header can lie; group again on decoded pixels
+        for item, photo in photos:
+            groups[photo.pixels.shape].append((item, photo))
+        for group in groups.values():
+            x = torch.stack([p.tensor(device) for _, p in group])
+            t0 = time.perf_counter()
+            res = robustify(model, x, config=cfg)
+            seconds = (time.perf_counter() - t0) / len(group)
+            for i, (item, photo) in enumerate(group):
+                emit(writer.write(item, photo, x[i], res.x[i], res.images[i], seconds))
+    return results
+
+
+class _Writer:
+    """Encodes one robustified photo, judges exactly what will be on disk, writes it atomically."""
+
+    def __init__(self, model, cfg: RobustifyConfig, *, fmt: str, quality: int | None, strip_metadata: bool,
+                 generator: torch.Generator) -> None:
+        self.model, self.cfg, self.fmt, self.quality = model, cfg, fmt, quality
+        self.strip_metadata, self.gen = strip_metadata, generator
+        self.dball: ThreatModel = cfg.delta_ball()
+        self.classes = model.classes or []
+
+    def write(self, item: _Planned, photo: Photo, x_o: torch.Tensor, x_r: torch.Tensor, info: ImageResult,
+              seconds: float) -> FileResult:
+        cfg, src, dst = self.cfg, item.src, item.dst
+        meta = {"preempt": __version__, "model": self.model.name, "norm": cfg.norm, "delta": cfg.delta,
+                "eps": cfg.eps, "label": info.label, "source": src.name}
+        try:
+            out = from_tensor(x_r, photo)
+            metrics = {**info.to_dict(), "seconds": round(seconds, 4)}
+            status: Status = "robust" if info.robust else "not-robust"
+            data = b""
+            if file_format(src, self.fmt, cfg) == "jpeg":
+                data, status, metrics = self._jpeg(out, x_o, info, metrics, meta)
+                if self.fmt == "auto" and status != "robust" and info.robust:
+                    # auto promised the least surprise: the JPEG did not keep δ or robustness, the PNG does
+                    dst = dst.with_suffix(".png")
+                    metrics = {**info.to_dict(), "seconds": round(seconds, 4), "passes": metrics["passes"],
+                               "format_note": f"JPEG {status} at quality {metrics['quality']}: wrote PNG"}
+                    data = b""
+            if not data:
+                data = encode(out, "png", strip_metadata=self.strip_metadata, meta=meta)
+                if not (decode(data).pixels == out.pixels).all():  # judge exactly what will be on disk
+                    raise PhotoError("PNG round trip changed pixels")
+                status = "robust" if info.robust else "not-robust"
+            metrics["robust"] = status == "robust"
+            metrics["bytes"] = len(data)
+            write_atomic(dst, data)
+        except PhotoError as e:
+            return FileResult(str(src), "failed", str(dst), error=str(e))
+        return FileResult(str(src), status, str(dst), label=info.label, label_name=label_name(self.classes, info.label),
+                          metrics=metrics)
+
+    def _jpeg(self, out: Photo, x_o: torch.Tensor, info: ImageResult, metrics: dict,
+              meta: dict) -> tuple[bytes, Status, dict]:
+        """Lossy: keep the file inside the δ-ball, then verify again what was written."""
+        q = jpeg_quality(self.quality, self.cfg)
+        data, xs, q_used, within = encode_jpeg_within(out, x_o, self.dball, q, strip_metadata=self.strip_metadata,
+                                                      meta=meta)
+        y1 = torch.tensor([info.label], device=xs.device)
+        ok, p, det = judge(self.model, xs[None], y1, self.cfg, generator=self.gen)
+        moved = change(xs[None], x_o[None])
+        metrics = {**metrics, "passes": metrics["passes"] + int(p), "robust_before_encoding": info.robust,
+                   "uploads": det[0], "quality": q_used, **{k: float(v[0]) for k, v in moved.items()},
+                   "within_budget": within}
+        status: Status = "over-budget" if not within else ("robust" if bool(ok[0]) else "not-robust")
+        return data, status, metrics

@@ -1,0 +1,240 @@
+"""``preempt verify`` on files: label sources, pairing with originals, the attacks, the report rows.
+
+Photos of one size are attacked together (see :mod:`preempt.attacks.suite` for the suites); a
+photo that cannot be read fails alone and the rest go on.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..attacks.base import Survivors
+from ..attacks.suite import attack_names
+from ..core import upload
+from ..core.metrics import change
+from ..core.resolution import at_model_input
+from ..core.threat import threat_model
+from .batching import batches, chw
+from .photos import PhotoError, iter_images, load_photo, nothing_found
+from .results import FileResult, NoImages, label_name
+
+
+@dataclass
+class VerifyConfig:
+    norm: str = "linf"
+    eps: float = 0.1
+    suite: str = "pgd"              # a name in preempt.attacks.suite.SUITES
+    steps: int = 20                 # PGD steps (suite "pgd")
+    step_size: float | None = None  # PGD step, default ε/4
+    restarts: int = 1               # PGD restarts
+    seed: int = 0
+    adaptive: bool = False          # also the adaptive white-box attack (preempt.attacks.adaptive)
+    checks: bool = True             # honesty flags (preempt.attacks.checks)
+    certify: bool = False           # randomized-smoothing certificate per image (ℓ2 radius)
+    surrogate: object = None        # blackbox suite: a torch model to craft transfer attacks on
+    sigma: float = 0.25
+    n0: int = 100
+    n: int = 10000
+    alpha: float = 0.001
+    resolution: str = "auto"        # auto | model | full: attack the model input or every photo pixel
+    uploads: str | None = None      # service transforms (preempt.core.upload spec): each photo also attacked through
+                                    # the real codec, before and after the transform
+
+    def describe(self) -> dict:
+        """The attacks' parameters, as reports state them."""
+        # each attack once (the pgd suite's restarts repeat one name)
+        attacks = list(dict.fromkeys(attack_names(self.suite, self.surrogate, steps=self.steps, restarts=self.restarts)))
+        attacks += ["adaptive"] if self.adaptive else []
+        attacks += [str(c) for c in upload.concrete(upload.parse(self.uploads), (1 << 30, 1 << 30))]
+        return {"suite": self.suite, "attacks": attacks, "attack": "pgd" if self.suite == "pgd" else self.suite,
+                "steps": self.steps, "step_size": self.step_size or self.eps / 4, "norm": self.norm,
+                "eps": self.eps, "random_start": True, "restarts": self.restarts, "seed": self.seed,
+                "surrogate": getattr(self.surrogate, "name", None), "resolution": self.resolution,
+                "uploads": self.uploads,
+                "certify": {"sigma": self.sigma, "n0": self.n0, "n": self.n, "alpha": self.alpha} if self.certify else None}
+
+
+def pair_originals(files: list[Path], originals: list[Path]) -> list[Path]:
+    """One original per file: by name (``NAME.robust.png`` ↔ ``NAME.*``) where every name matches
+    exactly one original, else by position when the counts agree (see :func:`paired_by_name`)."""
+    if paired_by_name(files, originals):
+        by_stem = {o.stem: o for o in originals}
+        return [by_stem[k] for k in _original_stems(files)]
+    if len(originals) == len(files):
+        return originals
+    raise ValueError(f"{len(files)} images but {len(originals)} originals, and their names do not pair them; "
+                     "give one original per image, in the same order")
+
+
+def _original_stems(files: list[Path]) -> list[str]:
+    """``NAME.robust.png`` → ``NAME``: the stem each file's original has."""
+    return [f.stem[: -len(".robust")] if f.stem.endswith(".robust") else f.stem for f in files]
+
+
+def paired_by_name(files: list[Path], originals: list[Path]) -> bool:
+    """True where every file's name matches exactly one original."""
+    stems = [o.stem for o in originals]
+    return all(stems.count(k) == 1 for k in _original_stems(files))
+
+
+@dataclass
+class VerifyReport:
+    files: list[FileResult]
+    flags: list = field(default_factory=list)   # preempt.attacks.checks.Flag, from the first batch
+    warnings: list[str] = field(default_factory=list)  # one line each, e.g. doubtful pairs
+
+
+def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str | Path] | None = None,
+                 config: VerifyConfig | None = None, device: str = "cpu", batch_size: int = 64,
+                 on_file: Callable[[FileResult], None] | None = None,
+                 on_plan: Callable[[int], None] | None = None) -> VerifyReport:
+    """Attack every photo (and its original, when given); one FileResult per photo, plus the
+    honesty flags.  With ``config.adaptive`` the adaptive white-box attack runs on what survived;
+    with ``config.certify`` each photo gets a randomized-smoothing certificate.  ``on_plan(n)``
+    is told the number of photos once they are listed."""
+    from ..attacks.checks import run_checks
+
+    cfg = config or VerifyConfig()
+    if not model.differentiable and (cfg.suite != "blackbox" or cfg.adaptive):
+        raise ValueError(f"{model.name} has no gradients (ONNX): use --suite blackbox, without --adaptive")
+    skipped: list[Path] = []
+    files = [p for p, _ in iter_images(paths, skipped=skipped)]
+    if not files:
+        raise NoImages(nothing_found(list(paths), skipped))
+    if on_plan:
+        on_plan(len(files))
+    orig_files = [p for p, _ in iter_images(originals)] if originals else []
+    origs = pair_originals(files, orig_files) if originals else None
+    by_position = bool(originals) and not paired_by_name(files, orig_files)
+    report = VerifyReport([])
+    job = _Attacker(model, cfg, torch.Generator(device=device).manual_seed(cfg.seed))
+    delta = ((getattr(model, "card", None) or {}).get("threat_model") or {}).get("delta")
+    classes = model.classes or []
+
+    def emit(r: FileResult) -> None:
+        report.files.append(r)
+        if on_file:
+            on_file(r)
+
+    todo = []
+    for i, f in enumerate(files):
+        try:
+            photo = load_photo(f)
+            orig = None
+            if origs:
+                orig = load_photo(origs[i])
+                if orig.pixels.shape != photo.pixels.shape:
+                    raise PhotoError(f"original {origs[i]} has size {orig.size}, not {photo.size}")
+            todo.append((f, photo, orig))
+        except PhotoError as e:
+            emit(FileResult(str(f), "failed", error=str(e)))
+
+    first = True
+    for batch in batches(todo, key=lambda t: chw(t[1]), max_batch=batch_size):
+        x = torch.stack([p.tensor(device) for _, p, _ in batch])
+        pred = model.predict(x)
+        xo = torch.stack([o.tensor(device) for _, _, o in batch]) if origs else None
+        y, source = _labels(model, batch, pred, xo, len(classes))
+        t0 = time.perf_counter()
+        robust, broken, ups = job.attack(x, y, pred == y)
+        # y is the model's label on the originals, so they are correct by construction
+        on_originals = job.attack(xo, y, torch.ones_like(y, dtype=torch.bool)) if xo is not None else None
+        dt = (time.perf_counter() - t0) / len(batch)
+        if first and cfg.checks:
+            mi = at_model_input(model, x, job.threat, cfg.resolution)
+            report.flags = run_checks(mi.model, mi.x, y, mi.threat, broken_by=broken if cfg.suite == "standard" else None,
+                                      generator=job.gen)
+            first = False
+        for j, (f, _p, o) in enumerate(batch):
+            m = {"clean_correct": bool(pred[j] == y[j]), "robust": bool(robust[j]), "broken_by": broken[j],
+                 "label_source": source[j], "seconds": round(dt, 4)}
+            if job.chains:
+                m["uploads"] = ups[j]
+            if xo is not None and on_originals is not None:
+                m.update(_against_original(x[j], xo[j], j, on_originals, with_uploads=bool(job.chains)))
+                m["paired_by"] = "position" if by_position else "name"
+                if by_position and delta is not None and cfg.norm == "linf" and m["linf_to_original"] > delta + 0.5 / 255:
+                    report.warnings.append(f"{f}: paired by position with {o.path}, which is {m['linf_to_original']:.3f} "
+                                           f"away (ℓ∞), further than the model's δ = {delta:g}: is it its original?")
+            if cfg.certify:
+                m["certificate"] = job.certificate(x[j], int(y[j]))
+            lab = int(y[j])
+            emit(FileResult(str(f), "robust" if robust[j] else "not-robust", label=lab, label_name=label_name(classes, lab),
+                            original=str(o.path) if o is not None else None, metrics=m))
+    return report
+
+
+def _labels(model, batch: list, pred: torch.Tensor, xo: torch.Tensor | None,
+            n_classes: int) -> tuple[torch.Tensor, list[str]]:
+    """The label each photo is judged against, and where it came from: the model's answer on the
+    original when given, else a label in the file's metadata, else the model's answer on the photo."""
+    if xo is not None:
+        return model.predict(xo), ["original"] * len(batch)
+    y, source = pred.clone(), []
+    for j, (_, p, _) in enumerate(batch):
+        lab = p.meta.get("label")
+        if isinstance(lab, int) and 0 <= lab < (n_classes or 10 ** 9):
+            y[j] = lab
+            source.append("file metadata")
+        else:
+            source.append("prediction")
+    return y, source
+
+
+def _against_original(x: torch.Tensor, xo: torch.Tensor, j: int, on_originals: tuple, *, with_uploads: bool) -> dict:
+    """The original's own verdict and how far the photo is from it."""
+    rob_o, broken_o, ups_o = on_originals
+    moved = change(x[None], xo[None])
+    m = {"original_robust": bool(rob_o[j]), "original_broken_by": broken_o[j]}
+    if with_uploads:
+        m["original_uploads"] = ups_o[j]
+    m.update({"linf_to_original": float(moved["linf"][0]), "l2_to_original": float(moved["l2"][0]),
+              "psnr_to_original": round(float(moved["psnr"][0]), 2), "ssim_to_original": round(float(moved["ssim"][0]), 4)})
+    return m
+
+
+class _Attacker:
+    """The attacks verify runs on one batch: the suite where verify attacks (the model input over
+    the image of the ε-ball for photos larger than it, preempt.core.resolution), the adaptive
+    attack on what survived, each service transform through the real codec, a certificate."""
+
+    def __init__(self, model, cfg: VerifyConfig, gen: torch.Generator) -> None:
+        self.model, self.cfg, self.gen = model, cfg, gen
+        self.threat = threat_model(cfg.norm, cfg.eps)
+        self.chains = upload.parse(cfg.uploads)
+
+    def attack(self, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor) -> tuple[torch.Tensor, list, list[dict]]:
+        """(robust, broken_by, per-image upload outcomes); ``correct``: the clean predictions already
+        compared with ``y`` (no second forward pass)."""
+        from ..attacks import adaptive, run_suite
+
+        cfg, gen = self.cfg, self.gen
+        mi = at_model_input(self.model, x, self.threat, cfg.resolution)
+        r = run_suite(mi.model, mi.x, y, threat=mi.threat, suite=cfg.suite, generator=gen, surrogate=cfg.surrogate,
+                      steps=cfg.steps, restarts=cfg.restarts, step_size=cfg.step_size, correct=correct)
+        s = Survivors(r.robust, broken_by=r.broken_by)
+        if cfg.adaptive:
+            s.attack("adaptive", lambda idx: adaptive(mi.model, mi.x[idx], y[idx], threat=mi.threat, generator=gen))
+        details: list[dict] = [{} for _ in range(len(x))]
+        if self.chains and correct.any():  # every clean-correct photo, so the report names each transform's outcome
+            idx = correct.nonzero().squeeze(1)
+            up, det, _ = upload.attack_uploads(self.model, x[idx], y[idx], self.threat, self.chains, steps=cfg.steps,
+                                               restarts=cfg.restarts, resolution=cfg.resolution, generator=gen)
+            for j, i in enumerate(idx.tolist()):
+                details[i] = det[j]
+                if not up[j]:
+                    s.hit(next(k for k, v in det[j].items() if v != "ok"), idx[j:j + 1])
+        return s.robust, s.broken_by, details
+
+    def certificate(self, x: torch.Tensor, label: int) -> dict:
+        from ..defenses.smoothing import certify
+
+        cfg = self.cfg
+        c = certify(self.model, x, sigma=cfg.sigma, n0=cfg.n0, n=cfg.n, alpha=cfg.alpha, generator=self.gen)
+        return {"prediction": c.prediction, "radius": c.radius, "abstain": c.abstain, "p_lower": c.p_lower,
+                "sigma": cfg.sigma, "n0": cfg.n0, "n": cfg.n, "alpha": cfg.alpha,
+                "certified_at_eps": (not c.abstain) and c.prediction == label and cfg.norm == "l2" and c.radius >= cfg.eps}
