@@ -29,6 +29,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import torch
 
@@ -63,6 +64,10 @@ SUITES: dict[str, Suite] = {s.name: s for s in [
     Suite("blackbox", "Square, then transfer PGD-20 and APGD-CE from a surrogate (models without gradients, ONNX)",
           lambda steps, restarts, sur: ["square"] + (["transfer-pgd-20", "transfer-apgd-ce"] if sur is not None else [])),
 ]}
+
+
+SuiteName = Literal["pgd", "quick", "standard", "rand", "blackbox"]  # for type hints and the CLI's choices
+assert set(get_args(SuiteName)) == set(SUITES), "SuiteName must list SUITES"
 
 
 def suite_help() -> str:

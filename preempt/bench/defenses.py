@@ -33,7 +33,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,7 +137,7 @@ def _classifier_attacks(w: _Worst, model, x, y, threat, gen, cfg: BenchConfig, *
         lambda a, b: apgd_targeted(model, a, b, threat=threat, n_targets=cfg.apgd_targets, generator=gen)))
 
 
-def _card_train_s(card: dict[str, Any]) -> float | None:
+def _card_train_s(card: Mapping[str, Any]) -> float | None:
     t = (card.get("training") or {}).get("wall_time_s")
     return float(t) if t is not None else None
 

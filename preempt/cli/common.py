@@ -148,15 +148,12 @@ def model_and_budgets(model: str | None | ModelSpec, device: str, norm: str | No
     Returns (device, model, norm, eps, delta)."""
     dev = pick_device(device)
     clf = (model if isinstance(model, ModelSpec) else ModelSpec(model)).load(dev)
-    tm = clf.card.get("threat_model", {})
-    norm = norm or tm.get("norm", "linf")
-    if norm not in ("linf", "l2"):
-        fail(f"--norm {norm}: choose linf or l2", EXIT_USAGE)
-    delta = delta if delta is not None else tm.get("delta", tm.get("eps", 0.1))
-    eps = eps if eps is not None else tm.get("eps", delta)
-    for opt, v in (("--delta", delta), ("--eps", eps)):
-        if not (math.isfinite(v) and v >= 0):
-            fail(f"{opt} {v}: must be a finite number >= 0", EXIT_USAGE)
+    from ..models.card import budgets
+
+    try:
+        norm, eps, delta = budgets(clf.card, norm, eps, delta)
+    except ValueError as e:
+        fail(str(e), EXIT_USAGE, e)
     return dev, clf, norm, eps, delta
 
 

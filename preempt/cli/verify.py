@@ -7,6 +7,7 @@ from typing import Literal
 import typer
 from rich.markup import escape
 
+from ..attacks.suite import SuiteName, suite_help
 from .common import (
     EXIT_ERROR,
     EXIT_NOT_ROBUST,
@@ -55,7 +56,7 @@ def verify_cmd(
                                          "or '1080,2048'."),
     norm: Literal["linf", "l2"] | None = typer.Option(None, help="linf | l2 (default: the model's)."),
     eps: float | None = typer.Option(None, help="Attack budget ε (default: the model's)."),
-    suite: Literal["pgd", "quick", "standard", "rand", "blackbox"] = typer.Option("pgd", help="pgd (PGD-20) | quick (PGD-20, APGD-CE) | standard (APGD-CE, APGD-T, FAB-T, Square) | rand (APGD with EOT) | blackbox (Square + transfer attacks; ONNX models)."),
+    suite: SuiteName = typer.Option("pgd", help=suite_help() + "."),
     steps: int = typer.Option(20, help="PGD steps (suite pgd)."),
     restarts: int = typer.Option(1, help="PGD random restarts."),
     adaptive: bool = typer.Option(False, help="Also run the adaptive white-box attack that first tries to undo robustification."),
@@ -78,16 +79,16 @@ def verify_cmd(
 
     spec = ModelSpec(model, weights, card, input_size, resize_policy, resize_size, mean, std, channels)
     dev, clf, norm, eps, _ = model_and_budgets(spec, device, norm, eps)
-    from ..attacks import SUITES
+    from ..pipeline.verify_job import suite_for
 
-    if not clf.differentiable and suite != "blackbox":
-        err_console.print(f"{clf.name} has no gradients (ONNX): using --suite blackbox (Square + transfer attacks)",
-                          highlight=False)
-        suite = "blackbox"
-    if suite not in SUITES:
-        fail(f"--suite {suite}: choose one of {', '.join(SUITES)}", EXIT_USAGE)
-    sur = load_model_or_fail(surrogate, dev) if suite == "blackbox" else None
-    cfg = VerifyConfig(norm=norm, eps=eps, suite=suite, steps=steps, restarts=restarts, seed=seed, adaptive=adaptive,
+    try:
+        run, note = suite_for(clf, suite)
+    except ValueError as e:
+        fail(str(e), EXIT_USAGE, e)
+    if note:
+        err_console.print(note, highlight=False)
+    sur = load_model_or_fail(surrogate, dev) if run == "blackbox" else None
+    cfg = VerifyConfig(norm=norm, eps=eps, suite=run, steps=steps, restarts=restarts, seed=seed, adaptive=adaptive,
                        checks=checks, certify=certify, surrogate=sur, sigma=sigma, n0=n0, n=n, alpha=alpha,
                        resolution=resolution)
     from ..core.upload import service_spec
@@ -124,7 +125,7 @@ def verify_cmd(
     results = outcome.files
     summary = summarize(results, cfg.describe(), model=clf.name, device=dev, flags=outcome.flags)
     with_orig = bool(original)
-    what = (f"PGD-{steps}" if suite == "pgd" else f"suite {suite}") + (f", uploads {uploads}" if uploads else "")
+    what = (f"PGD-{steps}" if run == "pgd" else f"suite {run}") + (f", uploads {uploads}" if uploads else "")
     t = verify_table(results, f"{what} {norm} ε={eps:g} on {clf.name}", with_orig)
     s = summary["summary"]
     t.caption = (f"robust accuracy {s['robust_accuracy']:.1%} ({s['robust']}/{s['verified']})"

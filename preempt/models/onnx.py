@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .card import as_card
 from .files import ModelError, read_card, sha256
 from .wrapper import Classifier, Preprocessing
 
@@ -88,7 +89,7 @@ class OnnxClassifier:
 
     def __init__(self, session, card: dict) -> None:
         self.session = session
-        self.card = card
+        self.card = as_card(card)
         self.pre = Preprocessing.from_card(card)
         self.classes = card.get("classes")
         self.passes = 0

@@ -1,10 +1,11 @@
 """The one interface every model preempt attacks or robustifies against implements."""
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 
+from .card import Card
 from .wrapper import Preprocessing
 
 
@@ -25,7 +26,7 @@ class Model(Protocol):
 
     pre: Preprocessing
     classes: list[str] | None
-    card: dict[str, Any]
+    card: Card
     differentiable: bool
     passes: int
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 
 from .architectures import build
+from .card import Card, as_card
 from .files import ModelError, card_beside, is_torchscript, read_card, read_state, sha256
 from .protocol import Model
 from .wrapper import Classifier, Preprocessing
@@ -205,7 +207,7 @@ def load_model(spec: str | Path | None = None, *, weights: str | Path | None = N
     return from_card(c, read_state(path), where=str(path)).to(device)
 
 
-def save_model(model: Classifier, path: Path, card: dict[str, Any]) -> dict[str, Any]:
+def save_model(model: Classifier, path: Path, card: Mapping[str, Any]) -> Card:
     """Write ``path`` (.safetensors) and its card; fills in name and sha256."""
     from safetensors.torch import save_file
 
@@ -216,4 +218,4 @@ def save_model(model: Classifier, path: Path, card: dict[str, Any]) -> dict[str,
     card = dict(card, name=path.stem, sha256=sha256(path))
     card.setdefault("preprocessing", model.pre.to_card())
     path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
-    return card
+    return as_card(card)

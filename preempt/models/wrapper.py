@@ -8,7 +8,7 @@ normalisation.  Gradients therefore flow back to the full-resolution photo.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .card import Card, as_card
 from .resample import POLICIES, Resampling, crop_box
 
 # ITU-R BT.601 luma, the weights PIL uses for "L"
@@ -124,7 +125,7 @@ class Classifier(nn.Module):
     std: torch.Tensor
 
     def __init__(self, net: nn.Module, pre: Preprocessing, *, classes: Sequence[str] | None = None,
-                 card: dict[str, Any] | None = None, channels_last: bool | None = None) -> None:
+                 card: Card | Mapping[str, Any] | None = None, channels_last: bool | None = None) -> None:
         super().__init__()
         if channels_last is None:
             channels_last = any(isinstance(m, nn.Conv2d) for m in net.modules())
@@ -134,7 +135,7 @@ class Classifier(nn.Module):
         self.net = net
         self.pre = pre
         self.classes = list(classes) if classes is not None else None
-        self.card = card or {}
+        self.card = as_card(card)
         c = pre.channels
         def per_channel(v):
             return torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1).expand(1, c, 1, 1).clone()

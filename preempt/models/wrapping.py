@@ -1,10 +1,13 @@
 """A model around another model — smoothing, BPDA, the defenses — that keeps its description."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
+
+from .card import Card, as_card
 
 
 class Wrapped(nn.Module):
@@ -14,11 +17,11 @@ class Wrapped(nn.Module):
 
     differentiable = True
 
-    def __init__(self, model: Any, card: dict[str, Any] | None = None) -> None:
+    def __init__(self, model: Any, card: Card | Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.model = model
         self.classes = getattr(model, "classes", None)
-        self.card = card if card is not None else getattr(model, "card", {})
+        self.card: Card = as_card(card if card is not None else getattr(model, "card", {}))
 
     @property
     def name(self) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..attacks.base import Survivors
-from ..attacks.suite import attack_names
+from ..attacks.suite import SUITES, attack_names
 from ..core import upload
 from ..core.metrics import change
 from ..core.resolution import at_model_input
@@ -56,6 +56,16 @@ class VerifyConfig:
                 "surrogate": getattr(self.surrogate, "name", None), "resolution": self.resolution,
                 "uploads": self.uploads,
                 "certify": {"sigma": self.sigma, "n0": self.n0, "n": self.n, "alpha": self.alpha} if self.certify else None}
+
+
+def suite_for(model, suite: str) -> tuple[str, str | None]:
+    """The suite to run on ``model``: ``suite`` itself, or ``blackbox`` for a model without
+    gradients (ONNX), with a one-line note saying so."""
+    if suite not in SUITES:
+        raise ValueError(f"--suite {suite}: choose one of {', '.join(SUITES)}")
+    if not model.differentiable and suite != "blackbox":
+        return "blackbox", f"{model.name} has no gradients (ONNX): using --suite blackbox (Square + transfer attacks)"
+    return suite, None
 
 
 def pair_originals(files: list[Path], originals: list[Path]) -> list[Path]:
