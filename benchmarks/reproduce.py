@@ -33,7 +33,7 @@ import torch
 
 from preempt import RobustifyConfig, load_model, robustify, threat_model
 from preempt.attacks import pgd, run_suite
-from preempt.core.robustify import CHECKS
+from preempt.core.check import CHECKS
 from preempt.data import fashion_mnist
 
 ROOT = Path(__file__).resolve().parent.parent

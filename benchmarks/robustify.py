@@ -23,7 +23,7 @@ import torch
 
 from preempt import RobustifyConfig, load_model, robustify, threat_model
 from preempt.attacks import pgd
-from preempt.core.robustify import CHECKS  # the committed results used the PGD-20 check
+from preempt.core.check import CHECKS  # the committed results used the PGD-20 check
 from preempt.data import fashion_mnist
 
 HERE = Path(__file__).resolve().parent

@@ -26,8 +26,8 @@ import torch
 
 from preempt import load_model, robustify, threat_model
 from preempt.attacks import pgd
+from preempt.core.check import CHECKS  # the committed results used the PGD-20 check
 from preempt.core.quantize import to_uint8
-from preempt.core.robustify import CHECKS  # the committed results used the PGD-20 check
 from preempt.core.upload import attack_uploads, parse
 from preempt.pipeline.jpeg import encode_jpeg_within
 from preempt.pipeline.photos import Photo, encode

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from preempt import Linf
 from preempt.attacks import adaptive, pgd
-from preempt.attacks.checks import run_checks
+from preempt.attacks.honesty import honesty_flags
 from preempt.cli import app
 from preempt.defenses.smoothing import Smoothed, certify, clopper_pearson_lower
 
@@ -87,9 +87,9 @@ def test_flags_catch_a_randomized_softmax_model(tiny_model, tiny_data):
         def forward(self, z):
             return torch.softmax(tiny_model(z + 0.05 * torch.randn_like(z)), 1)
 
-    flags = {f.name: f.raised for f in run_checks(Noisy(), x[:20], y[:20], Linf(0.1), sweep=False)}
+    flags = {f.name: f.raised for f in honesty_flags(Noisy(), x[:20], y[:20], Linf(0.1), sweep=False)}
     assert flags["randomized"] and flags["softmax"]
-    ok = {f.name: f.raised for f in run_checks(tiny_model, x[:20], y[:20], Linf(0.1))}
+    ok = {f.name: f.raised for f in honesty_flags(tiny_model, x[:20], y[:20], Linf(0.1))}
     assert not ok["randomized"] and not ok["softmax"] and not ok["zero_gradients"] and not ok["not_monotone_in_eps"]
 
 

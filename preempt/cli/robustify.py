@@ -85,7 +85,8 @@ def robustify_cmd(
     Exit codes: 0 every photo robust, 1 a file failed, 2 usage, 3 a photo is not robust or over budget."""
     import torch
 
-    from ..core.robustify import CHECKS, RobustifyConfig, resolve_init
+    from ..core.check import CHECKS
+    from ..core.robustify import RobustifyConfig, resolve_init
     from ..core.upload import parse
     from ..pipeline import NoImages, robustify_files
 

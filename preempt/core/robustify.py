@@ -20,14 +20,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Protocol
 
 import torch
 
 from ..attacks import losses
-from ..attacks.projected_gradient import pgd, pgd_unrolled
+from ..attacks.projected_gradient import pgd_unrolled
 from ..models.resample import Resampling
 from . import upload
+from .check import CHECK_STAGES, CHECKS, check, through_uploads
 from .metrics import change
 from .quantize import quantize, quantize_change
 from .resolution import RESOLUTIONS, resampling_for
@@ -141,14 +142,6 @@ class RobustifyConfig:
 
 
 INITS = ("auto", "original", "descent", "random")
-# The check presets (preempt robustify --check).  Measured on 1,000 Fashion-MNIST test images against
-# the default model (benchmarks/results/agreement.json): claims that an independent PGD-20 (seeds
-# 0, 1, 2) then broke: pgd 27, 26, 29 of 969; strong 0, 1, 1 of 918; that the standard suite broke:
-# strong 17 of 918 (all 1,000), pgd 24 of 285 (first 300); passes per image 93 vs 237.
-CHECKS: dict[str, dict[str, Any]] = {
-    "strong": {"check_loss": "ce+apgd-ce+apgd-t", "check_restarts": 2},  # 2 × PGD-20, APGD-CE, APGD-T (3 targets)
-    "pgd": {"check_loss": "ce", "check_restarts": 1},                      # one PGD-20 (before 0.2: the default)
-}
 GOALS = ("strongest", "least-visible")
 
 
@@ -169,70 +162,7 @@ def resolve_init(init: str, model) -> str:
     return rec if rec in INITS[1:] else "original"
 
 
-CHECK_STAGES = ("ce", "dlr", "apgd-ce", "apgd-t")
-
-
-def check(model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *, steps: int = 20,
-          restarts: int = 1, loss: str = "ce", apgd_steps: int = 25, apgd_targets: int = 3,
-          generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
-    """The check behind "robust": (robust mask, passes).  Robust = no iterate of any stage changed
-    the label.  ``loss`` names the stages, run in turn on the points still robust, joined by ``+``:
-    ``ce`` / ``dlr`` (PGD-``steps`` with that loss, ``restarts`` random starts each), ``apgd-ce``
-    (APGD-CE, ``apgd_steps`` iterations) and ``apgd-t`` (APGD-T on the ``apgd_targets`` highest
-    other classes)."""
-    from ..attacks.auto_pgd import apgd, apgd_targeted
-
-    robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
-    passes = 0
-    for name in loss.split("+"):
-        if name not in CHECK_STAGES:
-            raise ValueError(f"check stage {name!r}: choose from {', '.join(CHECK_STAGES)} joined by +")
-        for _ in range(restarts if name in ("ce", "dlr") else 1):
-            idx = robust.nonzero().squeeze(1)
-            if len(idx) == 0:
-                break
-            if name == "apgd-ce":
-                res = apgd(model, x[idx], y[idx], threat=threat, steps=apgd_steps, loss="ce", generator=generator)
-            elif name == "apgd-t":
-                res = apgd_targeted(model, x[idx], y[idx], threat=threat, steps=apgd_steps, n_targets=apgd_targets,
-                                    generator=generator)
-            else:
-                res = pgd(model, x[idx], y[idx], threat=threat, steps=steps, loss=name, generator=generator)
-            passes += res.passes
-            robust[idx[res.success]] = False
-    return robust, passes
-
-
-def judge(model, x: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfig,
-          generator: torch.Generator | None = None) -> tuple[torch.Tensor, int, list[dict]]:
-    """robustify's check on images as written (e.g. decoded from a JPEG): the configured PGD check
-    where verify attacks, then each ``survive`` transform through the real codec.
-    Returns (robust, passes, per-image upload outcomes)."""
-    from .resolution import at_model_input
-
-    mi = at_model_input(model, x, cfg.eps_ball(), cfg.resolution)
-    ok, passes = check(mi.model, mi.x, y, mi.threat, steps=cfg.check_steps, restarts=cfg.check_restarts,
-                       loss=cfg.check_loss, generator=generator)
-    return _through_uploads(model, x, y, ok, passes, cfg, cfg.chains(), cfg.check_restarts, generator)
-
-
-def _through_uploads(model, x: torch.Tensor, y: torch.Tensor, ok: torch.Tensor, passes: int, cfg: RobustifyConfig,
-                     chains: list, restarts: int, generator) -> tuple[torch.Tensor, int, list[dict]]:
-    """The survivors of the check (``ok``) attacked through each service transform (real codec,
-    both orders); ``ok`` is updated in place.  Returns (ok, passes, per-image upload outcomes)."""
-    details: list[dict] = [{} for _ in range(len(x))]
-    if chains and ok.any():
-        idx = ok.nonzero().squeeze(1)
-        up, det, p = upload.attack_uploads(model, x[idx], y[idx], cfg.eps_ball(), chains, steps=cfg.check_steps,
-                                           restarts=restarts, resolution=cfg.resolution, generator=generator)
-        passes += p
-        ok[idx[~up]] = False
-        for j, i in enumerate(idx.tolist()):
-            details[i] = det[j]
-    return ok, passes, details
-
-
-def check_images(x: torch.Tensor) -> None:
+def validate_images(x: torch.Tensor) -> None:
     """One clear error for tensors robustify cannot mean: wrong type, shape, dtype or range."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"images must be a torch.Tensor (N, C, H, W), got {type(x).__name__}; "
@@ -330,7 +260,7 @@ class _Problem:
         c = self.cfg
         ok, passes = check(self.model, self.photo_input(photo), y, self.eball, steps=c.check_steps,
                            restarts=c.check_restarts + extra_restarts, loss=c.check_loss, generator=gen)
-        return _through_uploads(self.full_model, photo, y, ok, passes, c, self.chains,
+        return through_uploads(self.full_model, photo, y, ok, passes, c, self.chains,
                                 c.check_restarts + extra_restarts, gen)
 
     def eot_loss(self, xr: torch.Tensor, y: torch.Tensor, k: int, gen: torch.Generator) -> tuple[torch.Tensor, int]:
@@ -368,113 +298,177 @@ def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
         raise ValueError(f"{model.name} has no gradients (an ONNX model): robustify needs the torch model "
                          "(a bundled name, torchvision:NAME, a TorchScript or state_dict file); "
                          "ONNX models can only be verified")
-    check_images(x)
-    dev = x.device
-    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
-    t0 = time.perf_counter()
-    x_o = x.detach()
-    n = len(x_o)
-    if y is None:
-        y = model.predict(x_o)
-    y = y.to(dev)
+    validate_images(x)
     if cfg.resolution == "model" and cfg.optimizer == "rmsprop":
         raise ValueError("optimizer='rmsprop' works at full resolution only")
-    photo_h, photo_w = x_o.shape[-2:]
-    r, work = _working_grid(model, (int(photo_h), int(photo_w)), cfg)
+    gen = torch.Generator(device=x.device).manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    x_o = x.detach()
+    y = (model.predict(x_o) if y is None else y).to(x.device)
+    r, work = _working_grid(model, (int(x_o.shape[-2]), int(x_o.shape[-1])), cfg)
     prob = _Problem(model, x_o, cfg, r, work)
-    dball, eball = prob.ball, prob.eball
-    alpha0 = (cfg.step_size if cfg.step_size is not None else dball.eps / 4)
-
     init = resolve_init(cfg.init, model)
-    x_r = prob.start(init, y, gen)
-    if cfg.optimizer == "rmsprop":
-        lo, hi = (x_o - cfg.delta).clamp_min(0), (x_o + cfg.delta).clamp_max(1)
-        w = torch.atanh(((x_r - lo) / (hi - lo).clamp_min(1e-12) - 0.5) * 1.999)
-        sq = torch.zeros_like(w)
-    final = x_o.clone()
-    done = torch.zeros(n, dtype=torch.bool, device=dev)
-    robust = torch.zeros(n, dtype=torch.bool, device=dev)
-    steps_used = torch.zeros(n, dtype=torch.long)
-    passes = torch.full((n,), 1 if init == "descent" else 0, dtype=torch.long)
-    last_loss = torch.full((n,), float("nan"))
-    seconds = torch.zeros(n)
-    survived = torch.zeros(n, dtype=torch.bool, device=dev)  # inner attack failed at last step
-
-    uploads: list[dict] = [{} for _ in range(n)]
+    opt: _Optimizer = (_TanhRMSprop if cfg.optimizer == "rmsprop" else _SignDescent)(prob, cfg, prob.start(init, y, gen))
+    book = _Ledger(x_o, first_passes=1 if init == "descent" else 0, t0=t0)
 
     def run_check(idx: torch.Tensor) -> None:
-        q = prob.photo(x_r[idx], idx)
+        q = prob.photo(opt.current(idx), idx)
         ok, p, det = prob.check(q, y[idx], gen)
-        passes[idx.cpu()] += int(round(p / max(len(idx), 1)))
-        final[idx] = q
-        robust[idx] = ok
-        for j, i in enumerate(idx.tolist()):
-            uploads[i] = det[j]
-        win = idx[ok]
-        done[win] = True
-        seconds[win.cpu()] = time.perf_counter() - t0
+        book.checked(idx, q, ok, p, det)
 
     for k in range(1, cfg.steps + 1):
-        idx = (~done).nonzero().squeeze(1)
+        idx = book.pending()
         if len(idx) == 0:
             break
-        ya = y[idx]
+        leaf, xr = opt.variable(idx)
         with torch.enable_grad():
-            if cfg.optimizer == "rmsprop":
-                leaf = w[idx].detach().requires_grad_(True)
-                xr = lo[idx] + (torch.tanh(leaf) + 1) / 2 * (hi[idx] - lo[idx])
-            else:
-                leaf = xr = x_r[idx].detach().requires_grad_(True)
-            x_a, p = pgd_unrolled(prob.model, prob.inputs(xr, idx), ya, threat=eball, steps=cfg.inner_steps,
-                                  step_size=cfg.inner_step_size, create_graph=cfg.create_graph, generator=gen)
-            logits = prob.model(x_a)
-            loss = losses.ce(logits, ya)
-            total = loss
-            if prob.chains:
-                eot, p_eot = prob.eot_loss(xr, ya, k, gen)
-                total, p = loss + eot, p + p_eot
-            (g,) = torch.autograd.grad(total.sum(), leaf)
-        passes[idx.cpu()] += p // len(idx) + 1
-        steps_used[idx.cpu()] = k
-        last_loss[idx.cpu()] = loss.detach().cpu()
-        survived[idx] = logits.argmax(1) == ya
-        if cfg.optimizer == "rmsprop":
-            sq[idx] = 0.99 * sq[idx] + 0.01 * g * g
-            w[idx] = leaf.detach() - cfg.lr * g / (sq[idx].sqrt() + 1e-8)
-            x_r[idx] = lo[idx] + (torch.tanh(w[idx]) + 1) / 2 * (hi[idx] - lo[idx])
-        else:
-            alpha = alpha0 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (k - 1) / max(cfg.steps, 1))))
-            x_r[idx] = prob.project(dball.step(xr.detach(), -g, alpha), idx)
+            loss, survived, p = _outer_loss(prob, xr, idx, y[idx], k, gen)
+            (g,) = torch.autograd.grad(loss[0].sum(), leaf)
+        book.stepped(idx, k, p, loss[1])
+        opt.update(idx, leaf, xr, g, k)
         last = k == cfg.steps
         if last or (cfg.early_stop and k >= cfg.min_steps and (k - cfg.min_steps) % cfg.check_every == 0):
-            cand = idx if last else idx[survived[idx]]
+            cand = idx if last else idx[survived]  # a check only where the inner attack itself failed
             if len(cand):
                 run_check(cand)
-    left = (~done).nonzero().squeeze(1)
+    left = book.pending()
     if len(left):
         if cfg.steps == 0:
             run_check(left)
         else:
-            final[left] = prob.photo(x_r[left], left)
-        seconds[left.cpu()] = time.perf_counter() - t0
-
-    scale = torch.ones(n)
+            book.final[left] = prob.photo(opt.current(left), left)
+        book.finish(left)
     if cfg.goal == "least-visible":
-        won = robust.nonzero().squeeze(1)
+        won = book.robust.nonzero().squeeze(1)
         if len(won):
-            s, q, p = _shrink(prob, x_r[won], won, y[won], gen, cfg.shrink_steps, uploads)
-            final[won], scale[won.cpu()] = q, s.cpu()
-            passes[won.cpu()] += p
-            seconds[won.cpu()] = time.perf_counter() - t0
+            s, q, p = _shrink(prob, opt.current(won), won, y[won], gen, cfg.shrink_steps, book.uploads)
+            book.shrunk(won, q, s, p)
+    return RobustifyResult(book.final, book.images(y), {**asdict(cfg), "init": init, "resolution": prob.resolution})
 
-    moved = change(final, x_o)
-    images = [
-        ImageResult(robust=bool(robust[i]), label=int(y[i]), loss=float(last_loss[i]), steps=int(steps_used[i]),
-                    passes=int(passes[i]), **{k: float(v[i]) for k, v in moved.items()},
-                    scale=float(scale[i]), seconds=float(seconds[i]), uploads=uploads[i])
-        for i in range(n)
-    ]
-    return RobustifyResult(final, images, {**asdict(cfg), "init": init, "resolution": prob.resolution})
+
+def _outer_loss(prob: _Problem, xr: torch.Tensor, idx: torch.Tensor, y: torch.Tensor, k: int,
+                gen: torch.Generator) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor, int]:
+    """The outer objective at ``xr`` (differentiable): CE of the unrolled inner attack's point,
+    plus, with ``survive``, the expectation over the service transforms.  Returns ((total, CE),
+    whether the inner attack failed per image, passes per image)."""
+    c = prob.cfg
+    x_a, p = pgd_unrolled(prob.model, prob.inputs(xr, idx), y, threat=prob.eball, steps=c.inner_steps,
+                          step_size=c.inner_step_size, create_graph=c.create_graph, generator=gen)
+    logits = prob.model(x_a)
+    loss = losses.ce(logits, y)
+    total = loss
+    if prob.chains:
+        eot, p_eot = prob.eot_loss(xr, y, k, gen)
+        total, p = loss + eot, p + p_eot
+    return (total, loss.detach()), (logits.argmax(1) == y).detach(), p // len(xr) + 1
+
+
+class _Optimizer(Protocol):
+    def current(self, idx: torch.Tensor) -> torch.Tensor: ...
+    def variable(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def update(self, idx: torch.Tensor, leaf: torch.Tensor, xr: torch.Tensor, g: torch.Tensor, k: int) -> None: ...
+
+
+class _SignDescent:
+    """Steepest descent in the δ-ball's norm (sign steps for ℓ∞), the step cosine-decayed from
+    ``step_size`` (default δ/4) to a tenth of it, projected back into the ball."""
+
+    def __init__(self, prob: _Problem, cfg: RobustifyConfig, start: torch.Tensor) -> None:
+        self.prob, self.cfg, self.x = prob, cfg, start
+        self.alpha0 = cfg.step_size if cfg.step_size is not None else prob.ball.eps / 4
+
+    def current(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.x[idx]
+
+    def variable(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        leaf = self.x[idx].detach().requires_grad_(True)
+        return leaf, leaf
+
+    def update(self, idx, leaf, xr, g, k) -> None:
+        steps = max(self.cfg.steps, 1)
+        alpha = self.alpha0 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (k - 1) / steps)))
+        self.x[idx] = self.prob.project(self.prob.ball.step(xr.detach(), -g, alpha), idx)
+
+
+class _TanhRMSprop:
+    """The reference code's optimizer (ℓ∞): x_r = lo + (tanh(w) + 1)/2 · (hi − lo) over the box
+    B_δ(x_o) ∩ [0, 1], RMSprop on w."""
+
+    def __init__(self, prob: _Problem, cfg: RobustifyConfig, start: torch.Tensor) -> None:
+        self.prob, self.cfg = prob, cfg
+        x_o = prob.x_o
+        self.lo, self.hi = (x_o - cfg.delta).clamp_min(0), (x_o + cfg.delta).clamp_max(1)
+        self.w = torch.atanh(((start - self.lo) / (self.hi - self.lo).clamp_min(1e-12) - 0.5) * 1.999)
+        self.sq = torch.zeros_like(self.w)
+        self.x = start
+
+    def _box(self, w: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return self.lo[idx] + (torch.tanh(w) + 1) / 2 * (self.hi[idx] - self.lo[idx])
+
+    def current(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.x[idx]
+
+    def variable(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        leaf = self.w[idx].detach().requires_grad_(True)
+        return leaf, self._box(leaf, idx)
+
+    def update(self, idx, leaf, xr, g, k) -> None:
+        self.sq[idx] = 0.99 * self.sq[idx] + 0.01 * g * g
+        self.w[idx] = leaf.detach() - self.cfg.lr * g / (self.sq[idx].sqrt() + 1e-8)
+        self.x[idx] = self._box(self.w[idx], idx)
+
+
+class _Ledger:
+    """Per-image bookkeeping of one robustify call: the photo kept (the last one checked), whether
+    it is verified, outer steps, passes, last loss, seconds, upload outcomes, shrink scale."""
+
+    def __init__(self, x_o: torch.Tensor, first_passes: int, t0: float) -> None:
+        n, dev = len(x_o), x_o.device
+        self.x_o, self.t0 = x_o, t0
+        self.final = x_o.clone()
+        self.done = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.robust = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.steps = torch.zeros(n, dtype=torch.long)
+        self.passes = torch.full((n,), first_passes, dtype=torch.long)
+        self.loss = torch.full((n,), float("nan"))
+        self.seconds = torch.zeros(n)
+        self.scale = torch.ones(n)
+        self.uploads: list[dict] = [{} for _ in range(n)]
+
+    def pending(self) -> torch.Tensor:
+        return (~self.done).nonzero().squeeze(1)
+
+    def stepped(self, idx: torch.Tensor, k: int, passes: int, loss: torch.Tensor) -> None:
+        i = idx.cpu()
+        self.passes[i] += passes
+        self.steps[i] = k
+        self.loss[i] = loss.cpu()
+
+    def checked(self, idx: torch.Tensor, q: torch.Tensor, ok: torch.Tensor, passes: int, det: list[dict]) -> None:
+        """The check's verdict on the photos ``q`` of images ``idx``: verified ones are final."""
+        self.passes[idx.cpu()] += int(round(passes / max(len(idx), 1)))
+        self.final[idx] = q
+        self.robust[idx] = ok
+        for j, i in enumerate(idx.tolist()):
+            self.uploads[i] = det[j]
+        win = idx[ok]
+        self.done[win] = True
+        self.finish(win)
+
+    def finish(self, idx: torch.Tensor) -> None:
+        self.seconds[idx.cpu()] = time.perf_counter() - self.t0
+
+    def shrunk(self, idx: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, passes: int) -> None:
+        self.final[idx], self.scale[idx.cpu()] = q, scale.cpu()
+        self.passes[idx.cpu()] += passes
+        self.finish(idx)
+
+    def images(self, y: torch.Tensor) -> list[ImageResult]:
+        moved = change(self.final, self.x_o)
+        return [ImageResult(robust=bool(self.robust[i]), label=int(y[i]), loss=float(self.loss[i]),
+                            steps=int(self.steps[i]), passes=int(self.passes[i]), **{k: float(v[i]) for k, v in moved.items()},
+                            scale=float(self.scale[i]), seconds=float(self.seconds[i]), uploads=self.uploads[i])
+                for i in range(len(self.final))]
 
 
 def _working_grid(model, hw: tuple[int, int], cfg: RobustifyConfig) -> tuple[Resampling | None, Resampling | None]:

@@ -67,7 +67,7 @@ def broken_by(m: dict) -> str:
 
 
 def _verdict(f: dict) -> str:
-    from ..attacks.checks import Flag
+    from ..attacks.honesty import Flag
 
     return Flag(f["name"], f["raised"], f["detail"]).verdict
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from ..core.check import judge
 from ..core.metrics import change
-from ..core.robustify import ImageResult, RobustifyConfig, judge, robustify
+from ..core.robustify import ImageResult, RobustifyConfig, robustify
 from ..core.threat import ThreatModel
 from .batching import batches, probe
 from .jpeg import encode_jpeg_within, file_format, jpeg_quality

@@ -33,7 +33,7 @@ class VerifyConfig:
     restarts: int = 1               # PGD restarts
     seed: int = 0
     adaptive: bool = False          # also the adaptive white-box attack (preempt.attacks.adaptive)
-    checks: bool = True             # honesty flags (preempt.attacks.checks)
+    checks: bool = True             # honesty flags (preempt.attacks.honesty)
     certify: bool = False           # randomized-smoothing certificate per image (ℓ2 radius)
     surrogate: object = None        # blackbox suite: a torch model to craft transfer attacks on
     sigma: float = 0.25
@@ -94,7 +94,7 @@ def paired_by_name(files: list[Path], originals: list[Path]) -> bool:
 @dataclass
 class VerifyReport:
     files: list[FileResult]
-    flags: list = field(default_factory=list)   # preempt.attacks.checks.Flag, from the first batch
+    flags: list = field(default_factory=list)   # preempt.attacks.honesty.Flag, from the first batch
     warnings: list[str] = field(default_factory=list)  # one line each, e.g. doubtful pairs
 
 
@@ -106,7 +106,7 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
     honesty flags.  With ``config.adaptive`` the adaptive white-box attack runs on what survived;
     with ``config.certify`` each photo gets a randomized-smoothing certificate.  ``on_plan(n)``
     is told the number of photos once they are listed."""
-    from ..attacks.checks import run_checks
+    from ..attacks.honesty import honesty_flags
 
     cfg = config or VerifyConfig()
     if not model.differentiable and (cfg.suite != "blackbox" or cfg.adaptive):
@@ -156,7 +156,7 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
         dt = (time.perf_counter() - t0) / len(batch)
         if first and cfg.checks:
             mi = at_model_input(model, x, job.threat, cfg.resolution)
-            report.flags = run_checks(mi.model, mi.x, y, mi.threat, broken_by=broken if cfg.suite == "standard" else None,
+            report.flags = honesty_flags(mi.model, mi.x, y, mi.threat, broken_by=broken if cfg.suite == "standard" else None,
                                       generator=job.gen)
             first = False
         for j, (f, _p, o) in enumerate(batch):

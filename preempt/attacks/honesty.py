@@ -44,7 +44,7 @@ _WORDS = {
 }
 
 
-def run_checks(model, x: torch.Tensor, y: torch.Tensor, threat, *, broken_by: list | None = None,
+def honesty_flags(model, x: torch.Tensor, y: torch.Tensor, threat, *, broken_by: list | None = None,
                sweep: bool = True, generator: torch.Generator | None = None) -> list[Flag]:
     flags = []
     with torch.no_grad():
