@@ -90,7 +90,7 @@ def test_flags_catch_a_randomized_softmax_model(tiny_model, tiny_data):
     flags = {f.name: f.raised for f in honesty_flags(Noisy(), x[:20], y[:20], Linf(0.1), sweep=False)}
     assert flags["randomized"] and flags["softmax"]
     ok = {f.name: f.raised for f in honesty_flags(tiny_model, x[:20], y[:20], Linf(0.1))}
-    assert not ok["randomized"] and not ok["softmax"] and not ok["zero_gradients"] and not ok["not_monotone_in_eps"]
+    assert not ok["randomized"] and not ok["softmax"] and not ok["zero_gradients"] and not ok["eps_sweep"]
 
 
 def test_onnx_export_and_blackbox_verify(tmp_path, photo_dir, tiny_model_file):
@@ -116,7 +116,7 @@ def test_verify_json_matches_the_documented_schema(tmp_path, photo_dir, tiny_mod
             "--adaptive", "--certify", "--n", "200", "--n0", "20")
     doc = json.loads(v.stdout)
     jsonschema.validate(doc, schema)
-    assert {f["name"] for f in doc["flags"]} >= {"randomized", "softmax", "zero_gradients", "not_monotone_in_eps"}
+    assert {f["name"] for f in doc["flags"]} >= {"randomized", "softmax", "zero_gradients", "eps_sweep"}
     assert doc["summary"]["per_attack"].keys() == {"clean", "pgd-20", "apgd-ce", "adaptive"}
     assert doc["summary"]["certified"]["abstain"] >= 0
     broken = tmp_path / "broken.png"

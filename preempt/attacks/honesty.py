@@ -6,7 +6,7 @@ robustness (Croce & Hein 2020, "flags").  Each returns a flag that is printed an
 * ``softmax`` — the model returns probabilities, not logits (flat gradients for CE-based attacks);
 * ``zero_gradients`` — some inputs have an all-zero input gradient (gradient masking);
 * ``square_stronger`` — the black-box Square attack broke points the white-box attacks did not;
-* ``not_monotone_in_eps`` — PGD robust accuracy rises with ε over a small sweep (½ε, ε, 2ε).
+* ``eps_sweep`` — PGD robust accuracy rises with ε over a small sweep (½ε, ε, 2ε).
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ _WORDS = {
     "softmax": ("outputs are logits", "outputs look like probabilities (softmax): attacks may see flat gradients"),
     "zero_gradients": ("gradients are non-zero", "some inputs have all-zero gradients (masked gradients?)"),
     "square_stronger": ("the white-box attacks beat Square", "Square broke points the white-box attacks missed"),
-    "not_monotone_in_eps": ("robust accuracy falls as ε grows", "robust accuracy does not fall as ε grows"),
+    "eps_sweep": ("robust accuracy falls as ε grows", "robust accuracy does not fall as ε grows"),
 }
 
 
@@ -68,6 +68,6 @@ def honesty_flags(model, x: torch.Tensor, y: torch.Tensor, threat, *, broken_by:
             r = pgd(model, x, y, threat=threat.with_eps(f * threat.eps), steps=20, generator=generator)
             accs.append(r.robust.float().mean().item())
         mono = all(accs[i] >= accs[i + 1] for i in range(len(accs) - 1))
-        flags.append(Flag("not_monotone_in_eps", not mono,
+        flags.append(Flag("eps_sweep", not mono,
                           "PGD-20 robust accuracy at ½ε, ε, 2ε: " + ", ".join(f"{v:.1%}" for v in accs)))
     return flags

@@ -125,12 +125,14 @@ def default_workers(model) -> int:
 def run_suite(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, suite: str = "standard",
               generator: torch.Generator | None = None, surrogate=None, workers: int | None = None,
               steps: int = 20, restarts: int = 1, step_size: float | None = None,
-              correct: torch.Tensor | None = None) -> SuiteResult:
+              correct: torch.Tensor | None = None,
+              on_attack: Callable[[str, int], None] | None = None) -> SuiteResult:
     """Run ``suite`` (see :data:`SUITES`) on ``x``; worst case per point.  ``suite="blackbox"``
     (for models without gradients, such as ONNX ones): Square, then transfer attacks crafted on
     ``surrogate`` when one is given.  ``steps``, ``restarts``, ``step_size``: the ``pgd`` suite's
     PGD.  ``correct``: the clean predictions already compared with ``y`` (saves a forward pass).
-    ``workers``: see the module docstring (default :func:`default_workers`)."""
+    ``workers``: see the module docstring (default :func:`default_workers`).  ``on_attack(name, n)``
+    is called as each attack starts on the ``n`` points still robust (for progress bars)."""
     x = x.detach()
     robust = (model.predict(x) == y) if correct is None else correct.clone()
     s = Survivors(robust, x)
@@ -147,6 +149,8 @@ def run_suite(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, s
     for name in attack_names(suite, surrogate, steps=steps, restarts=restarts):
         idx = s.index
         t0 = time.perf_counter()
+        if on_attack is not None:
+            on_attack(name, len(idx))
         if len(idx):
             w = min(n_workers, len(idx))
             if w <= 1:

@@ -131,7 +131,7 @@ def robustify_cmd(
         try:
             results = robustify_files([p for p in paths if p.exists()], out, clf, config=cfg, fmt=fmt, quality=quality,
                                       overwrite=overwrite, strip_metadata=strip_metadata, batch_size=batch_size,
-                                      device=dev, on_file=on_file)
+                                      device=dev, on_file=on_file, on_plan=lambda n: bar.update(task, total=n))
         except NoImages as e:
             fail(str(e), EXIT_ERROR, e)
         except ValueError as e:

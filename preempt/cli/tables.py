@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from ..pipeline.report import broken_by
+from ..pipeline.report import after_attack, broken_by
 
 
 def summary_table(results, title: str) -> Table:
@@ -32,18 +32,18 @@ def summary_table(results, title: str) -> Table:
 
 def verify_table(results, title: str, with_original: bool) -> Table:
     t = Table(title=title)
-    cols = ["file", "label", "clean", "robust", "broken by"] + (["original robust", "ℓ∞ Δ"] if with_original else [])
+    cols = ["file", "label", "clean", "robust", "broken by", "label after"] + (["original robust", "ℓ∞ Δ"] if with_original else [])
     for col in cols:
         t.add_column(col, overflow="fold", min_width={"file": 16, "label": 8}.get(col))
     yes = lambda b: "[green]yes[/]" if b else "[red]no[/]"
     for r in results:
         if r.status == "failed":
-            t.add_row(escape(Path(r.src).name), "[red]failed[/]", escape(r.error or ""), "", "",
+            t.add_row(escape(Path(r.src).name), "[red]failed[/]", escape(r.error or ""), "", "", "",
                       *([""] * 2 if with_original else []))
             continue
         m = r.metrics
         row = [escape(Path(r.src).name), r.label_name or str(r.label), yes(m["clean_correct"]), yes(m["robust"]),
-               escape(broken_by(m))]
+               escape(broken_by(m)), escape(after_attack(m))]
         if with_original:
             row += [yes(m["original_robust"]), f"{m['linf_to_original']:.3f}"]
         t.add_row(*row)

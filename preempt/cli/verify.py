@@ -105,19 +105,20 @@ def verify_cmd(
         raise typer.Exit(EXIT_ERROR)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..pipeline.photos import iter_images
-
-    total = sum(1 for _ in iter_images(paths)) or None
     with Progress(TextColumn("[bold]verify"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
                   TimeElapsedColumn(), console=err_console, transient=True) as bar:
-        task = bar.add_task("", total=total, last="attacking…")
+        task = bar.add_task("", total=None, last="reading…")
 
         def on_file(r) -> None:
             state.done += 1
             bar.update(task, advance=1, last=Path(r.src).name)
 
+        def on_attack(name: str, left: int) -> None:
+            bar.update(task, last=f"{name} on {left} still robust…")
+
         try:
-            outcome = verify_files(paths, clf, originals=original or None, config=cfg, device=dev, on_file=on_file)
+            outcome = verify_files(paths, clf, originals=original or None, config=cfg, device=dev, on_file=on_file,
+                                   on_plan=lambda n: bar.update(task, total=n), on_attack=on_attack)
         except NoImages as e:
             fail(str(e), EXIT_ERROR, e)
         except ValueError as e:
@@ -137,7 +138,7 @@ def verify_cmd(
     for w in outcome.warnings:
         err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
     for f in outcome.flags:
-        mark = "[yellow]⚠ flag[/]" if f.raised else "[green]✓[/]"
+        mark = "[yellow]⚠ flag:[/]" if f.raised else "[green]✓ passed:[/]"
         err_console.print(f"{mark} {f.verdict} ({f.name}: {f.detail})", highlight=False)
     if s.get("certified"):
         c = s["certified"]

@@ -22,6 +22,7 @@ fast path is tested and benchmarked against.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -52,7 +53,7 @@ def resampling_for(model, hw: tuple[int, int], resolution: str = "auto") -> Resa
 class ModelInput:
     """What attacks see: ``model`` on inputs ``x`` (N,C,h,w) within ``threat``."""
 
-    model: object
+    model: Any
     x: torch.Tensor
     threat: ThreatModel
     resampling: Resampling | None = None

@@ -66,6 +66,16 @@ def broken_by(m: dict) -> str:
     return words.get(how, b)
 
 
+def after_attack(m: dict) -> str:
+    """The label the attack's adversarial point got ("" where unbroken; "–" where it broke through a
+    service transform, whose output is not kept)."""
+    if not m.get("broken_by") or m["broken_by"] == "clean":
+        return ""
+    if "label_after_attack" not in m:
+        return "–"
+    return str(m.get("label_name_after_attack") or m["label_after_attack"])
+
+
 def _verdict(f: dict) -> str:
     from ..attacks.honesty import Flag
 
@@ -105,11 +115,12 @@ def write_html(path: str | Path, summary: dict, results) -> None:
     for r in results:
         name = html.escape(Path(r.src).name)
         if r.status == "failed":
-            rows.append(f"<tr><td>{name}</td><td colspan=8 class=bad>failed: {html.escape(r.error or '')}</td></tr>")
+            rows.append(f"<tr><td>{name}</td><td colspan=9 class=bad>failed: {html.escape(r.error or '')}</td></tr>")
             continue
         m = r.metrics
         rows.append(f"<tr><td>{name}</td><td>{html.escape(r.label_name or str(r.label))}</td>"
                     f"<td>{yes(m['clean_correct'])}</td><td>{yes(m['robust'])}</td><td>{html.escape(broken_by(m))}</td>"
+                    f"<td>{html.escape(after_attack(m))}</td>"
                     f"<td>{yes(m['original_robust']) if 'original_robust' in m else '–'}</td>"
                     f"<td>{m.get('linf_to_original', float('nan')):.4f}</td>"
                     f"<td>{m.get('psnr_to_original', float('nan')):.1f}</td><td>{m.get('ssim_to_original', float('nan')):.3f}</td></tr>")
@@ -126,7 +137,11 @@ def write_html(path: str | Path, summary: dict, results) -> None:
                             f'<br>full range = the largest change ({dmax}/255)</figcaption></figure>')
         except PhotoError:
             pass
-        photos.append(f'<div class="photo"><h3>{name}: {yes(m["robust"])}</h3>{"".join(figs)}</div>')
+        label = html.escape(r.label_name or str(r.label))
+        flip = (f"; after {html.escape(broken_by(m))}: {html.escape(after_attack(m))}" if after_attack(m) not in ("", "–")
+                else "")
+        photos.append(f'<div class="photo"><h3>{name}: robust {yes(m["robust"])} (label {label}{flip})</h3>'
+                      f'{"".join(figs)}</div>')
     pgd_line = (f"; PGD step {a['step_size']:g}, random start, {a['restarts']} restart(s)"
                 if a.get("suite", "pgd") == "pgd" else "")
     pa, po = s.get("per_attack", {}), s.get("original_per_attack", {})
@@ -136,7 +151,7 @@ def write_html(path: str | Path, summary: dict, results) -> None:
                   + "</table>") if pa else ""
     fl = summary.get("flags", [])
     flags_html = ("<h2>Checks</h2><ul>" + "".join(
-        f'<li class="{"bad" if f["raised"] else "ok"}">{"⚠ " if f["raised"] else "✓ "}{html.escape(_verdict(f))} '
+        f'<li class="{"bad" if f["raised"] else "ok"}">{"⚠ flag: " if f["raised"] else "✓ passed: "}{html.escape(_verdict(f))} '
         f'(<code>{html.escape(f["name"])}</code>: {html.escape(f["detail"])})</li>' for f in fl) + "</ul>") if fl else ""
     orig_line = (f"<p>Originals: {s['original_robust_accuracy']:.1%} robust ({s['original_robust']}/{s['verified']}).</p>"
                  if "original_robust_accuracy" in s else "")
@@ -150,7 +165,7 @@ torch {summary['torch']}, {summary['created']}.</p>
 {flags_html}
 <p><b>Robust accuracy {s['robust_accuracy']:.1%}</b> ({s['robust']}/{s['verified']} robust; clean accuracy {s['clean_accuracy']:.1%};
 {s['failed']} failed).</p>{orig_line}
-<table><tr><th>file</th><th>label</th><th>clean correct</th><th>robust</th><th>broken by</th><th>original robust</th><th>ℓ∞ to original</th><th>PSNR (dB)</th><th>SSIM</th></tr>
+<table><tr><th>file</th><th>label</th><th>clean correct</th><th>robust</th><th>broken by</th><th>label after attack</th><th>original robust</th><th>ℓ∞ to original</th><th>PSNR (dB)</th><th>SSIM</th></tr>
 {''.join(rows)}</table>
 {''.join(photos)}
 </body></html>"""

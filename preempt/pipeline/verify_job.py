@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -101,11 +102,13 @@ class VerifyReport:
 def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str | Path] | None = None,
                  config: VerifyConfig | None = None, device: str = "cpu", batch_size: int = 64,
                  on_file: Callable[[FileResult], None] | None = None,
-                 on_plan: Callable[[int], None] | None = None) -> VerifyReport:
+                 on_plan: Callable[[int], None] | None = None,
+                 on_attack: Callable[[str, int], None] | None = None) -> VerifyReport:
     """Attack every photo (and its original, when given); one FileResult per photo, plus the
     honesty flags.  With ``config.adaptive`` the adaptive white-box attack runs on what survived;
     with ``config.certify`` each photo gets a randomized-smoothing certificate.  ``on_plan(n)``
-    is told the number of photos once they are listed."""
+    is told the number of photos once they are listed; ``on_attack(name, n)`` each time an attack
+    starts on the ``n`` points still robust (for progress)."""
     from ..attacks.honesty import honesty_flags
 
     cfg = config or VerifyConfig()
@@ -121,7 +124,7 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
     origs = pair_originals(files, orig_files) if originals else None
     by_position = bool(originals) and not paired_by_name(files, orig_files)
     report = VerifyReport([])
-    job = _Attacker(model, cfg, torch.Generator(device=device).manual_seed(cfg.seed))
+    job = _Attacker(model, cfg, torch.Generator(device=device).manual_seed(cfg.seed), on_attack)
     delta = ((getattr(model, "card", None) or {}).get("threat_model") or {}).get("delta")
     classes = model.classes or []
 
@@ -150,7 +153,8 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
         xo = torch.stack([o.tensor(device) for _, _, o in batch]) if origs else None
         y, source = _labels(model, batch, pred, xo, len(classes))
         t0 = time.perf_counter()
-        robust, broken, ups = job.attack(x, y, pred == y)
+        out = job.attack(x, y, pred == y)
+        robust, broken, ups = out.robust, out.broken_by, out.uploads
         # y is the model's label on the originals, so they are correct by construction
         on_originals = job.attack(xo, y, torch.ones_like(y, dtype=torch.bool)) if xo is not None else None
         dt = (time.perf_counter() - t0) / len(batch)
@@ -160,8 +164,12 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
                                       generator=job.gen)
             first = False
         for j, (f, _p, o) in enumerate(batch):
-            m = {"clean_correct": bool(pred[j] == y[j]), "robust": bool(robust[j]), "broken_by": broken[j],
+            m: dict[str, Any] = {"clean_correct": bool(pred[j] == y[j]), "robust": bool(robust[j]), "broken_by": broken[j],
                  "label_source": source[j], "seconds": round(dt, 4)}
+            after = out.label_after[j]
+            if after is not None:
+                m["label_after_attack"] = after
+                m["label_name_after_attack"] = label_name(classes, after)
             if job.chains:
                 m["uploads"] = ups[j]
             if xo is not None and on_originals is not None:
@@ -195,11 +203,11 @@ def _labels(model, batch: list, pred: torch.Tensor, xo: torch.Tensor | None,
     return y, source
 
 
-def _against_original(x: torch.Tensor, xo: torch.Tensor, j: int, on_originals: tuple, *, with_uploads: bool) -> dict:
+def _against_original(x: torch.Tensor, xo: torch.Tensor, j: int, on_originals: _Outcome, *, with_uploads: bool) -> dict:
     """The original's own verdict and how far the photo is from it."""
-    rob_o, broken_o, ups_o = on_originals
+    rob_o, broken_o, ups_o = on_originals.robust, on_originals.broken_by, on_originals.uploads
     moved = change(x[None], xo[None])
-    m = {"original_robust": bool(rob_o[j]), "original_broken_by": broken_o[j]}
+    m: dict[str, Any] = {"original_robust": bool(rob_o[j]), "original_broken_by": broken_o[j]}
     if with_uploads:
         m["original_uploads"] = ups_o[j]
     m.update({"linf_to_original": float(moved["linf"][0]), "l2_to_original": float(moved["l2"][0]),
@@ -207,28 +215,47 @@ def _against_original(x: torch.Tensor, xo: torch.Tensor, j: int, on_originals: t
     return m
 
 
+@dataclass
+class _Outcome:
+    robust: torch.Tensor
+    broken_by: list[str | None]
+    uploads: list[dict]              # per image, each service transform's outcome
+    label_after: list[int | None]    # the label of the adversarial point that broke it (None: unbroken, or broken
+                                     # through a service transform)
+
+
 class _Attacker:
     """The attacks verify runs on one batch: the suite where verify attacks (the model input over
     the image of the ε-ball for photos larger than it, preempt.core.resolution), the adaptive
     attack on what survived, each service transform through the real codec, a certificate."""
 
-    def __init__(self, model, cfg: VerifyConfig, gen: torch.Generator) -> None:
-        self.model, self.cfg, self.gen = model, cfg, gen
+    def __init__(self, model, cfg: VerifyConfig, gen: torch.Generator,
+                 on_attack: Callable[[str, int], None] | None = None) -> None:
+        self.model, self.cfg, self.gen, self.on_attack = model, cfg, gen, on_attack
         self.threat = threat_model(cfg.norm, cfg.eps)
         self.chains = upload.parse(cfg.uploads)
 
-    def attack(self, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor) -> tuple[torch.Tensor, list, list[dict]]:
-        """(robust, broken_by, per-image upload outcomes); ``correct``: the clean predictions already
-        compared with ``y`` (no second forward pass)."""
+    def attack(self, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor) -> _Outcome:
+        """``correct``: the clean predictions already compared with ``y`` (no second forward pass)."""
         from ..attacks import adaptive, run_suite
 
         cfg, gen = self.cfg, self.gen
         mi = at_model_input(self.model, x, self.threat, cfg.resolution)
         r = run_suite(mi.model, mi.x, y, threat=mi.threat, suite=cfg.suite, generator=gen, surrogate=cfg.surrogate,
-                      steps=cfg.steps, restarts=cfg.restarts, step_size=cfg.step_size, correct=correct)
-        s = Survivors(r.robust, broken_by=r.broken_by)
+                      steps=cfg.steps, restarts=cfg.restarts, step_size=cfg.step_size, correct=correct,
+                      on_attack=self.on_attack)
+        s = Survivors(r.robust, r.x_adv, broken_by=r.broken_by)
         if cfg.adaptive:
+            if self.on_attack:
+                self.on_attack("adaptive", int(s.robust.sum()))
             s.attack("adaptive", lambda idx: adaptive(mi.model, mi.x[idx], y[idx], threat=mi.threat, generator=gen))
+        # the label each attack's adversarial point gets (what the service would have said)
+        after: list[int | None] = [None] * len(x)
+        hit = torch.tensor([b not in (None, "clean") for b in s.broken_by], dtype=torch.bool)
+        if hit.any() and s.x_adv is not None:
+            idx = hit.nonzero().squeeze(1).to(x.device)
+            for i, lab in zip(idx.tolist(), mi.model.predict(s.x_adv[idx]).tolist()):
+                after[i] = int(lab)
         details: list[dict] = [{} for _ in range(len(x))]
         if self.chains and correct.any():  # every clean-correct photo, so the report names each transform's outcome
             idx = correct.nonzero().squeeze(1)
@@ -236,9 +263,9 @@ class _Attacker:
                                                restarts=cfg.restarts, resolution=cfg.resolution, generator=gen)
             for j, i in enumerate(idx.tolist()):
                 details[i] = det[j]
-                if not up[j]:
+                if not up[j] and s.robust[i]:
                     s.hit(next(k for k, v in det[j].items() if v != "ok"), idx[j:j + 1])
-        return s.robust, s.broken_by, details
+        return _Outcome(s.robust, s.broken_by, details, after)
 
     def certificate(self, x: torch.Tensor, label: int) -> dict:
         from ..defenses.smoothing import certify

@@ -1,0 +1,111 @@
+"""The pieces the restructure made explicit: the threat model's norm-specific parts, the survivors
+bookkeeping, the one suite registry, the typed card's budgets, and what verify now reports."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from preempt import L2, Linf
+from preempt.attacks.base import AttackResult, Survivors
+from preempt.attacks.suite import SUITES, SuiteName, attack_names, run_suite
+from preempt.core.quantize import quantize, quantize_change
+from preempt.models.card import budgets
+
+
+@pytest.mark.parametrize("ball", [Linf(0.1), L2(0.5)])
+def test_sample_sphere_lies_on_the_sphere(ball):
+    like = torch.zeros(7, 1, 6, 6)
+    d = ball.sample_sphere(like, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(ball.size(d), torch.full((7,), ball.eps), atol=1e-5)
+
+
+def test_separable_is_the_per_pixel_ball_only():
+    assert Linf(0.1).separable and not L2(0.1).separable
+
+
+@pytest.mark.parametrize("ball", [Linf(4 / 255), L2(0.2)])
+def test_restored_budget_stays_in_the_ball_and_quantize_change_matches_quantize(ball):
+    g = torch.Generator().manual_seed(1)
+    x_o = torch.round(torch.rand(5, 3, 8, 8, generator=g) * 255) / 255
+    u = (torch.rand(x_o.shape, generator=g) - 0.5) * 0.2
+    x_r = ball.project(x_o + u, x_o)
+    q = quantize(x_r, x_o, ball)
+    assert torch.equal(q, torch.round(q * 255) / 255)                        # on the 8-bit grid
+    assert (ball.distance(q, x_o) <= ball.eps + 1e-6).all()                   # inside δ
+    assert torch.allclose(quantize_change(x_r - x_o, x_o, ball), q, atol=1e-6)  # the in-place form agrees
+
+
+def test_survivors_attacks_only_what_is_left_and_names_the_first_break():
+    x = torch.arange(4.0).view(4, 1, 1, 1)
+    s = Survivors(torch.tensor([True, True, False, True]), x)
+    assert s.broken_by == [None, None, "clean", None]
+    seen = []
+
+    def fake(succeed):
+        def f(idx):
+            seen.append(idx.tolist())
+            ok = torch.tensor([i in succeed for i in idx.tolist()])
+            return AttackResult(x[idx] + 10, ok, passes=len(idx))
+        return f
+
+    s.attack("a", fake({1}))
+    s.attack("b", fake({0, 1}))
+    assert seen == [[0, 1, 3], [0, 3]]
+    assert s.broken_by == ["b", "a", "clean", None]
+    assert s.robust.tolist() == [False, False, False, True]
+    assert s.x_adv[:, 0, 0, 0].tolist() == [10.0, 11.0, 2.0, 3.0]
+    assert s.passes == {"a": 3, "b": 2}
+
+
+def test_the_cli_type_and_the_registry_list_the_same_suites():
+    from typing import get_args
+
+    assert set(get_args(SuiteName)) == set(SUITES)
+    assert attack_names("pgd", steps=7, restarts=3) == ["pgd-7"] * 3
+    assert attack_names("blackbox") == ["square"]
+    with pytest.raises(ValueError, match="unknown suite"):
+        attack_names("nope")
+
+
+def test_run_suite_reports_each_attack_as_it_starts(tiny_model, tiny_data):
+    x, y = tiny_data
+    calls = []
+    r = run_suite(tiny_model, x[:12], y[:12], threat=Linf(0.05), suite="quick", workers=1,
+                  generator=torch.Generator().manual_seed(0), on_attack=lambda name, n: calls.append((name, n)))
+    assert [c[0] for c in calls] == ["pgd-20", "apgd-ce"]
+    assert calls[0][1] == int((tiny_model.predict(x[:12]) == y[:12]).sum())
+    assert calls[1][1] == int(r.per_attack["pgd-20"] * 12 + 0.5)
+
+
+def test_budgets_fill_from_the_card_and_name_the_bad_option():
+    card = {"threat_model": {"norm": "l2", "eps": 1.5, "delta": 1.0}}
+    assert budgets(card) == ("l2", 1.5, 1.0)
+    assert budgets(card, eps=0.5) == ("l2", 0.5, 1.0)
+    assert budgets({}) == ("linf", 0.1, 0.1)
+    assert budgets({"threat_model": {"eps": 0.2}}) == ("linf", 0.2, 0.2)
+    with pytest.raises(ValueError, match="--norm"):
+        budgets(card, norm="l7")
+    with pytest.raises(ValueError, match="--delta"):
+        budgets(card, delta=math.nan)
+
+
+def test_verify_names_the_label_after_the_attack(tmp_path, photo_dir, tiny_model_file):
+    from preempt.cli import app
+
+    report = tmp_path / "r.html"
+    r = CliRunner().invoke(app, ["verify", str(photo_dir), "--model", str(tiny_model_file), "--eps", "0.9", "--json",
+                                 "--report", str(report)])
+    assert r.exit_code == 3, r.output
+    doc = json.loads(r.stdout)
+    broken = [f for f in doc["images"] if f["metrics"]["broken_by"] not in (None, "clean")]
+    assert broken
+    for f in broken:
+        m = f["metrics"]
+        assert m["label_after_attack"] != f["label"]  # the attack changed the answer
+        assert m["label_name_after_attack"] in ("a", "b", "c", "d")
+    html = report.read_text()
+    assert "label after attack" in html and "✓ passed:" in html
