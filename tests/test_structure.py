@@ -109,3 +109,40 @@ def test_verify_names_the_label_after_the_attack(tmp_path, photo_dir, tiny_model
         assert m["label_name_after_attack"] in ("a", "b", "c", "d")
     html = report.read_text()
     assert "label after attack" in html and "✓ passed:" in html
+
+
+@pytest.mark.parametrize("name", ["pgd", "apgd", "apgd-t", "fab-t", "square", "adaptive", "check"])
+@pytest.mark.parametrize("ball", [Linf(0.05), L2(0.3)])
+def test_each_attack_reports_the_passes_the_model_counted(tiny_model, tiny_data, name, ball):
+    """Two counters, one truth: what an attack reports is what Classifier.passes metered."""
+    from preempt.attacks import adaptive, apgd, apgd_targeted, fab_targeted, pgd, square
+    from preempt.core.check import check
+
+    x, y = tiny_data[0][:10], tiny_data[1][:10]
+    g = torch.Generator().manual_seed(0)
+    run = {"pgd": lambda: pgd(tiny_model, x, y, threat=ball, generator=g).passes,
+           "apgd": lambda: apgd(tiny_model, x, y, threat=ball, steps=10, generator=g).passes,
+           "apgd-t": lambda: apgd_targeted(tiny_model, x, y, threat=ball, steps=10, generator=g).passes,
+           "fab-t": lambda: fab_targeted(tiny_model, x, y, threat=ball, steps=10).passes,
+           "square": lambda: square(tiny_model, x, y, threat=ball, queries=50, generator=g).passes,
+           "adaptive": lambda: adaptive(tiny_model, x, y, threat=ball, generator=g).passes,
+           "check": lambda: check(tiny_model, x, y, ball, loss="ce+apgd-ce+apgd-t", restarts=2, generator=g)[1]}[name]
+    before = tiny_model.passes
+    reported = run()
+    assert reported == tiny_model.passes - before > 0
+
+
+def test_no_hidden_global_state(tmp_path, tiny_model, tiny_data):
+    """Reading a photo leaves Pillow's pixel limit alone; a suite with worker threads leaves torch's
+    thread count as it found it."""
+    import numpy as np
+    from PIL import Image
+
+    from preempt.pipeline.photos import load_photo
+
+    limit, threads = Image.MAX_IMAGE_PIXELS, torch.get_num_threads()
+    Image.fromarray(np.zeros((5, 5, 3), np.uint8)).save(tmp_path / "a.png")
+    load_photo(tmp_path / "a.png")
+    x, y = tiny_data
+    run_suite(tiny_model, x[:8], y[:8], threat=Linf(0.05), suite="pgd", workers=2, generator=torch.Generator().manual_seed(0))
+    assert Image.MAX_IMAGE_PIXELS == limit and torch.get_num_threads() == threads

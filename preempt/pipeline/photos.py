@@ -87,19 +87,18 @@ def load_photo(path: str | Path | bytes) -> Photo:
         else:
             source = file
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            old = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-            try:
-                with Image.open(source) as im:
-                    fmt = im.format
-                    im.load()
-                    exif = im.getexif()
-                    icc = im.info.get("icc_profile")
-                    meta_raw = im.info.get(META_KEY) or im.info.get("comment")
-                    im = ImageOps.exif_transpose(im) or im
-            finally:
-                Image.MAX_IMAGE_PIXELS = old
+            # our own limit (MAX_PIXELS) decides, from the header, without touching Pillow's global one
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise Image.DecompressionBombError(f"{im.width}×{im.height} = {im.width * im.height:,} pixels, "
+                                                       f"over preempt's limit of {MAX_PIXELS:,}")
+                fmt = im.format
+                im.load()
+                exif = im.getexif()
+                icc = im.info.get("icc_profile")
+                meta_raw = im.info.get(META_KEY) or im.info.get("comment")
+                im = ImageOps.exif_transpose(im) or im
     except PhotoError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
