@@ -146,3 +146,13 @@ def test_no_hidden_global_state(tmp_path, tiny_model, tiny_data):
     x, y = tiny_data
     run_suite(tiny_model, x[:8], y[:8], threat=Linf(0.05), suite="pgd", workers=2, generator=torch.Generator().manual_seed(0))
     assert Image.MAX_IMAGE_PIXELS == limit and torch.get_num_threads() == threads
+
+
+def test_robustify_reports_each_outer_step(tiny_model, tiny_data):
+    from preempt import robustify
+
+    x = tiny_data[0][:4]
+    calls = []
+    res = robustify(tiny_model, x, delta=0.1, eps=0.1, steps=6, on_step=lambda k, n, done: calls.append((k, n, done)))
+    assert [c[0] for c in calls] == list(range(1, len(calls) + 1)) and all(c[1] == 6 for c in calls)
+    assert calls[-1][2] == int(res.robust.sum()) or len(calls) == 6

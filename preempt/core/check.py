@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 CHECKS: dict[str, dict[str, Any]] = {
     "strong": {"check_loss": "ce+apgd-ce+apgd-t", "check_restarts": 2},  # 2 × PGD-20, APGD-CE, APGD-T (3 targets)
     "pgd": {"check_loss": "ce", "check_restarts": 1},                      # one PGD-20 (before 0.2: the default)
+    # 2 × PGD-20, then APGD-CE and APGD-T on 9 targets at AutoAttack's 100 iterations: ~4× the passes of strong
+    "thorough": {"check_loss": "ce+apgd-ce+apgd-t", "check_restarts": 2, "check_apgd_steps": 100, "check_apgd_targets": 9},
 }
 CHECK_STAGES = ("ce", "dlr", "apgd-ce", "apgd-t")
 
@@ -66,7 +68,8 @@ def judge(model, x: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfig,
     Returns (robust, passes, per-image upload outcomes)."""
     mi = at_model_input(model, x, cfg.eps_ball(), cfg.resolution)
     ok, passes = check(mi.model, mi.x, y, mi.threat, steps=cfg.check_steps, restarts=cfg.check_restarts,
-                       loss=cfg.check_loss, generator=generator)
+                       loss=cfg.check_loss, apgd_steps=cfg.check_apgd_steps, apgd_targets=cfg.check_apgd_targets,
+                       generator=generator)
     return through_uploads(model, x, y, ok, passes, cfg, cfg.chains(), cfg.check_restarts, generator)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
@@ -80,6 +81,8 @@ class RobustifyConfig:
     check_steps: int = 20
     check_restarts: int = 2    # random starts of each PGD stage
     check_loss: str = "ce+apgd-ce+apgd-t"  # the check's stages (see check() and CHECKS)
+    check_apgd_steps: int = 25  # iterations of the check's APGD stages
+    check_apgd_targets: int = 3  # target classes of its APGD-T stage
     min_steps: int = 5         # outer steps before the first check
     quantize: bool = True
     create_graph: bool = False  # second-order unrolling (ℓ2 only)
@@ -109,8 +112,9 @@ class RobustifyConfig:
         for stage in self.check_loss.split("+"):
             if stage not in CHECK_STAGES:
                 raise ValueError(f"check stage {stage!r}: choose from {', '.join(CHECK_STAGES)} joined by +")
-        if self.check_steps < 1 or self.check_restarts < 1:
-            raise ValueError("check_steps and check_restarts must be >= 1: without a check nothing is verified")
+        if min(self.check_steps, self.check_restarts, self.check_apgd_steps, self.check_apgd_targets) < 1:
+            raise ValueError("check_steps, check_restarts, check_apgd_steps and check_apgd_targets must be >= 1: "
+                             "without a check nothing is verified")
         if self.optimizer not in ("sign", "rmsprop"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}")
         if self.optimizer == "rmsprop" and self.norm != "linf":
@@ -259,7 +263,8 @@ class _Problem:
         upload outcomes)."""
         c = self.cfg
         ok, passes = check(self.model, self.photo_input(photo), y, self.eball, steps=c.check_steps,
-                           restarts=c.check_restarts + extra_restarts, loss=c.check_loss, generator=gen)
+                           restarts=c.check_restarts + extra_restarts, loss=c.check_loss, apgd_steps=c.check_apgd_steps,
+                           apgd_targets=c.check_apgd_targets, generator=gen)
         return through_uploads(self.full_model, photo, y, ok, passes, c, self.chains,
                                 c.check_restarts + extra_restarts, gen)
 
@@ -285,10 +290,12 @@ class _Problem:
 
 
 def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
-              config: RobustifyConfig | None = None, **overrides) -> RobustifyResult:
+              config: RobustifyConfig | None = None, on_step: Callable[[int, int, int], None] | None = None,
+              **overrides) -> RobustifyResult:
     """Robustify a batch of same-sized images ``x`` (N,C,H,W) in [0,1].
 
     Keyword overrides set :class:`RobustifyConfig` fields, e.g. ``robustify(m, x, delta=0.1, eps=0.1)``.
+    ``on_step(k, steps, verified)`` is called after each outer step (for progress on large photos).
     """
     cfg = config or RobustifyConfig()
     if overrides:
@@ -331,6 +338,8 @@ def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
             cand = idx if last else idx[survived]  # a check only where the inner attack itself failed
             if len(cand):
                 run_check(cand)
+        if on_step is not None:
+            on_step(k, cfg.steps, int(book.done.sum()))
     left = book.pending()
     if len(left):
         if cfg.steps == 0:

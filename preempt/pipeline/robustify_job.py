@@ -99,14 +99,16 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
                     config: RobustifyConfig | None = None, fmt: str = "auto", quality: int | None = None,
                     overwrite: bool = False, strip_metadata: bool = False, batch_size: int = 64,
                     device: str = "cpu", on_file: Callable[[FileResult], None] | None = None,
-                    on_plan: Callable[[int], None] | None = None) -> list[FileResult]:
+                    on_plan: Callable[[int], None] | None = None,
+                    on_step: Callable[[list[Path], int, int, int], None] | None = None) -> list[FileResult]:
     """Robustify every photo under ``paths`` into ``out_dir``; returns one FileResult per input.
 
     ``fmt``: ``png``, ``jpeg``, or ``auto`` (JPEG for JPEG inputs when ``config.survive`` includes a
     JPEG re-encode, at the highest quality robustified for, if that JPEG stays inside δ and robust;
     PNG otherwise).  A JPEG is kept inside the δ-ball (:func:`encode_jpeg_within`) or reported
     ``over-budget``, and judged as decoded.  ``on_plan(n)`` is told the number of inputs once they
-    are listed (for a progress bar)."""
+    are listed, ``on_step(files, k, steps, verified)`` after each outer step of a batch (for a
+    progress bar)."""
     cfg = config or RobustifyConfig()
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     out_dir = Path(out_dir)
@@ -138,11 +140,19 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
         for group in groups.values():
             x = torch.stack([p.tensor(device) for _, p in group])
             t0 = time.perf_counter()
-            res = robustify(model, x, config=cfg)
+            res = robustify(model, x, config=cfg, on_step=_progress(on_step, [item.src for item, _ in group]))
             seconds = (time.perf_counter() - t0) / len(group)
             for i, (item, photo) in enumerate(group):
                 emit(writer.write(item, photo, x[i], res.x[i], res.images[i], seconds))
     return results
+
+
+def _progress(on_step: Callable[[list[Path], int, int, int], None] | None,
+              files: list[Path]) -> Callable[[int, int, int], None] | None:
+    """robustify's per-step callback, naming the batch's files."""
+    if on_step is None:
+        return None
+    return lambda k, steps, verified: on_step(files, k, steps, verified)
 
 
 class _Writer:
