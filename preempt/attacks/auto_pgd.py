@@ -22,7 +22,7 @@ import torch
 
 from ..core.threat import ThreatModel
 from . import losses
-from .base import AttackResult
+from .base import AttackResult, Survivors
 
 
 def checkpoints(n_iter: int) -> list[int]:
@@ -138,21 +138,20 @@ def apgd_targeted(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatMode
     x = x.detach()
     with torch.no_grad():
         order = model(x).sort(1, descending=True).indices
-    passes = len(x)
-    best = x.clone()
-    success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    s = Survivors(torch.ones(len(x), dtype=torch.bool, device=x.device), x)
+
+    def towards(k: int):
+        def run(idx: torch.Tensor) -> AttackResult:
+            ranked = order[idx]  # the k-th ranked class other than the label
+            tgt = ranked[ranked != y[idx, None]].view(len(idx), -1)[:, k - 1]
+            return apgd(model, x[idx], y[idx], threat=threat, steps=steps, target=tgt, rho=rho, eot=eot,
+                        generator=generator)
+        return run
+
     for k in range(1, min(n_targets, order.shape[1] - 1) + 1):
-        idx = (~success).nonzero().squeeze(1)
-        if len(idx) == 0:
+        if s.attack(f"target-{k}", towards(k)) is None:
             break
-        # the k-th ranked class other than the label
-        ranked = order[idx]
-        others = ranked[ranked != y[idx, None]].view(len(idx), -1)
-        tgt = others[:, k - 1]
-        res = apgd(model, x[idx], y[idx], threat=threat, steps=steps, target=tgt, rho=rho, eot=eot,
-                   generator=generator)
-        passes += res.passes
-        best[idx[res.success]] = res.x_adv[res.success]
-        success[idx[res.success]] = True
-    return AttackResult(best, success, passes, {"attack": "apgd-t", "steps": steps, "n_targets": n_targets,
-                                                "threat": str(threat)})
+    assert s.x_adv is not None
+    passes = len(x) + sum(s.passes.values())
+    return AttackResult(s.x_adv, ~s.robust, passes, {"attack": "apgd-t", "steps": steps, "n_targets": n_targets,
+                                                     "threat": str(threat)})

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..core.threat import ThreatModel
-from .base import AttackResult
+from .base import AttackResult, Survivors
 
 PROJECTIONS = ("linf", "l2")  # the norms project_hyperplane_box solves
 
@@ -128,19 +128,20 @@ def fab_targeted(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel
     with torch.no_grad():
         z = model(x)
     order = z.sort(1, descending=True).indices
-    passes = len(x)
-    success = z.argmax(1) != y
-    best_adv = x.clone()
+    s = Survivors(z.argmax(1) == y, x)
+
+    def towards(k: int):
+        def run(idx: torch.Tensor) -> AttackResult:
+            ranked = order[idx]  # the k-th ranked class other than the label
+            tgt = ranked[ranked != y[idx, None]].view(len(idx), -1)[:, k - 1]
+            adv, dist, p = _fab_run(model, x[idx], y[idx], tgt, threat, steps, alpha_max, eta, beta)
+            return AttackResult(adv, dist <= threat.eps + 1e-6, p)
+        return run
+
     for k in range(1, min(n_targets, z.shape[1] - 1) + 1):
-        idx = (~success).nonzero().squeeze(1)
-        if len(idx) == 0:
+        if s.attack(f"target-{k}", towards(k)) is None:
             break
-        ranked = order[idx]
-        tgt = ranked[ranked != y[idx, None]].view(len(idx), -1)[:, k - 1]
-        adv, dist, p = _fab_run(model, x[idx], y[idx], tgt, threat, steps, alpha_max, eta, beta)
-        passes += p
-        ok = dist <= threat.eps + 1e-6
-        best_adv[idx[ok]] = adv[ok]
-        success[idx[ok]] = True
-    return AttackResult(best_adv, success, passes, {"attack": "fab-t", "steps": steps, "n_targets": n_targets,
-                                                    "threat": str(threat)})
+    assert s.x_adv is not None
+    passes = len(x) + sum(s.passes.values())
+    return AttackResult(s.x_adv, ~s.robust, passes, {"attack": "fab-t", "steps": steps, "n_targets": n_targets,
+                                                     "threat": str(threat)})
