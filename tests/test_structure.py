@@ -156,3 +156,16 @@ def test_robustify_reports_each_outer_step(tiny_model, tiny_data):
     res = robustify(tiny_model, x, delta=0.1, eps=0.1, steps=6, on_step=lambda k, n, done: calls.append((k, n, done)))
     assert [c[0] for c in calls] == list(range(1, len(calls) + 1)) and all(c[1] == 6 for c in calls)
     assert calls[-1][2] == int(res.robust.sum()) or len(calls) == 6
+
+
+@pytest.mark.parametrize("sigma", ["nan", "0", "-1", "inf"])
+def test_a_meaningless_smoothing_sigma_is_a_usage_error(tmp_path, photo_dir, tiny_model_file, sigma):
+    from preempt.cli import app
+    from preempt.defenses.smoothing import Smoothed
+
+    r = CliRunner().invoke(app, ["robustify", str(photo_dir), "-o", str(tmp_path / "out"), "--model",
+                                 str(tiny_model_file), "--smoothing-sigma", sigma])
+    assert r.exit_code == 2 and "--smoothing-sigma" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    with pytest.raises(ValueError, match="sigma"):
+        Smoothed(None, float(sigma))

@@ -1,7 +1,6 @@
 """``preempt robustify``: robustified copies of photos, judged as saved."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Literal
 
@@ -111,9 +110,10 @@ def robustify_cmd(
     if sigma is not None:
         from ..defenses.smoothing import Smoothed
 
-        if not (math.isfinite(sigma) and sigma > 0):
-            fail(f"--smoothing-sigma {sigma}: must be a finite number > 0", EXIT_USAGE)
-        clf = Smoothed(clf, sigma, noise_samples, generator=torch.Generator(device=dev).manual_seed(seed))
+        try:
+            clf = Smoothed(clf, sigma, noise_samples, generator=torch.Generator(device=dev).manual_seed(seed))
+        except ValueError as e:
+            fail(f"--smoothing-sigma / --noise-samples: {e}", EXIT_USAGE, e)
     cfg = RobustifyConfig(norm=norm, delta=delta, eps=eps, steps=steps, inner_steps=inner_steps,
                           check_steps=check_steps, init=resolve_init(init, clf), seed=seed, goal=goal, **CHECKS[check],
                           resolution=resolution, survive=survive)

@@ -126,6 +126,10 @@ class Smoothed(Wrapped):
     robustify and verify keep the full-resolution path for it)."""
 
     def __init__(self, model, sigma: float, samples: int = 8, generator: torch.Generator | None = None) -> None:
+        if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"smoothing sigma {sigma}: must be a finite number > 0")
+        if samples < 1:
+            raise ValueError(f"smoothing samples {samples}: must be >= 1")
         super().__init__(model)
         self.sigma, self.samples, self.generator = sigma, samples, generator
 
