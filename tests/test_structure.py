@@ -169,3 +169,38 @@ def test_a_meaningless_smoothing_sigma_is_a_usage_error(tmp_path, photo_dir, tin
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     with pytest.raises(ValueError, match="sigma"):
         Smoothed(None, float(sigma))
+
+
+def _package_sources():
+    import ast
+    from pathlib import Path
+
+    root = Path(__import__("preempt").__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        yield path.relative_to(root).as_posix(), ast.parse(path.read_text())
+
+
+def test_the_layout_rules_hold():
+    """Static guards of the structure: no Linf/L2 isinstance outside core/threat.py, no private
+    name imported from another module, no subpackage re-exporting a function under one of its
+    modules' names (which would shadow the module)."""
+    import ast
+    import importlib
+    import pkgutil
+
+    import preempt
+
+    for rel, tree in _package_sources():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance" and rel != "core/threat.py":
+                names = {getattr(n, "id", None) for n in ast.walk(node.args[1])}
+                assert not names & {"Linf", "L2"}, f"{rel}:{node.lineno}: isinstance on a threat model"
+            if isinstance(node, ast.ImportFrom):
+                private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                assert not private, f"{rel}:{node.lineno}: imports private {private} from {node.module}"
+    packages = ["preempt"] + [i.name for i in pkgutil.walk_packages(preempt.__path__, "preempt.") if i.ispkg]
+    for name in packages:
+        pkg = importlib.import_module(name)
+        for sub in pkgutil.iter_modules(pkg.__path__):
+            attr = getattr(pkg, sub.name, None)
+            assert attr is None or type(attr).__name__ == "module", f"{name}.{sub.name} is shadowed by {attr!r}"

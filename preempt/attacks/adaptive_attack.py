@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from . import losses
-from .base import AttackResult
+from .base import AttackResult, Survivors
 from .projected_gradient import pgd, pgd_unrolled
 
 
@@ -27,33 +27,37 @@ def adaptive(model, x: torch.Tensor, y: torch.Tensor, *, threat, splits: tuple[f
              undo_steps: int = 10, inner_steps: int = 10, final_steps: int = 20,
              generator: torch.Generator | None = None) -> AttackResult:
     x = x.detach()
-    success = model.predict(x) != y
-    best = x.clone()
-    passes = len(x)
-    for split in splits:
-        idx = (~success).nonzero().squeeze(1)
-        if len(idx) == 0:
-            break
-        xr, yr = x[idx], y[idx]
+    s = Survivors(model.predict(x) == y, x)
+
+    def split_at(split: float):
         undo, rest = threat.with_eps(split * threat.eps), threat.with_eps((1 - split) * threat.eps)
-        xu = xr.clone()
-        hit = torch.zeros(len(idx), dtype=torch.bool, device=x.device)
-        for _ in range(undo_steps):
-            leaf = xu.detach().requires_grad_(True)
-            with torch.enable_grad():
-                xa, p = pgd_unrolled(model, leaf, yr, threat=rest, steps=inner_steps, generator=generator)
-                logits = model(xa)
-                (g,) = torch.autograd.grad(losses.ce(logits, yr).sum(), leaf)
-            passes += p + len(idx)
-            broke = (logits.argmax(1) != yr) & ~hit
-            best[idx[broke]] = xa.detach()[broke]
-            hit |= broke
-            xu = undo.project(undo.step(leaf.detach(), g, undo.eps / 4), xr)
-        res = pgd(model, xu, yr, threat=rest, steps=final_steps, generator=generator)
-        passes += res.passes
-        fin = res.success & ~hit
-        best[idx[fin]] = res.x_adv[fin]
-        hit |= res.success
-        success[idx[hit]] = True
-    return AttackResult(best, success, passes, {"attack": "adaptive", "splits": list(splits), "undo_steps": undo_steps,
-                                                "inner_steps": inner_steps, "threat": str(threat)})
+
+        def run(idx: torch.Tensor) -> AttackResult:
+            xr, yr = x[idx], y[idx]
+            xu, best = xr.clone(), xr.clone()
+            hit = torch.zeros(len(idx), dtype=torch.bool, device=x.device)
+            passes = 0
+            for _ in range(undo_steps):
+                leaf = xu.detach().requires_grad_(True)
+                with torch.enable_grad():
+                    xa, p = pgd_unrolled(model, leaf, yr, threat=rest, steps=inner_steps, generator=generator)
+                    logits = model(xa)
+                    (g,) = torch.autograd.grad(losses.ce(logits, yr).sum(), leaf)
+                passes += p + len(idx)
+                broke = (logits.argmax(1) != yr) & ~hit
+                best[broke] = xa.detach()[broke]
+                hit |= broke
+                xu = undo.project(undo.step(leaf.detach(), g, undo.eps / 4), xr)
+            res = pgd(model, xu, yr, threat=rest, steps=final_steps, generator=generator)
+            fin = res.success & ~hit
+            best[fin] = res.x_adv[fin]
+            return AttackResult(best, hit | res.success, passes + res.passes)
+        return run
+
+    for split in splits:
+        if s.attack(f"split-{split:g}", split_at(split)) is None:
+            break
+    assert s.x_adv is not None
+    passes = len(x) + sum(s.passes.values())
+    return AttackResult(s.x_adv, ~s.robust, passes, {"attack": "adaptive", "splits": list(splits), "undo_steps": undo_steps,
+                                                     "inner_steps": inner_steps, "threat": str(threat)})

@@ -60,22 +60,21 @@ def apgd(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps:
     else:
         loss_fn = losses.get(loss)
     x = x.detach()
-    best_adv = x.clone()
-    success = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-    passes = 0
+    s = Survivors(torch.ones(len(x), dtype=torch.bool, device=x.device), x)
     history = None
-    for _ in range(restarts):
-        idx = (~success).nonzero().squeeze(1)
-        if len(idx) == 0:
-            break
+
+    def restart(idx: torch.Tensor) -> AttackResult:
+        nonlocal tgt, history
         if target is not None:
             tgt = target[idx]
         xa, ok, p, history = _run(model, x[idx], y[idx], threat, steps, loss_fn, rho, eot, generator)
-        passes += p
-        best_adv[idx[ok]] = xa[ok]
-        success[idx[ok]] = True
-    best_adv[~success] = x[~success]
-    return AttackResult(best_adv, success, passes, {"attack": "apgd", "steps": steps, "loss": "dlr-targeted"
+        return AttackResult(xa, ok, p)
+
+    for _ in range(restarts):
+        if s.attack("restart", restart) is None:
+            break
+    assert s.x_adv is not None
+    return AttackResult(s.x_adv, ~s.robust, sum(s.passes.values()), {"attack": "apgd", "steps": steps, "loss": "dlr-targeted"
                                                     if target is not None else str(loss), "threat": str(threat),
                                                     "step_history": history})
 

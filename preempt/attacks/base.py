@@ -51,8 +51,8 @@ class Survivors:
 
     def hit(self, name: str, idx: torch.Tensor, x_adv: torch.Tensor | None = None) -> None:
         """Mark the points ``idx`` broken by ``name`` (first break wins the name), with their adversarial points."""
-        for i in idx.tolist():
-            if self.robust[i]:
+        for i, was in zip(idx.tolist(), self.robust[idx].tolist()):
+            if was:
                 self.broken_by[i] = name
         self.robust[idx] = False
         if self.x_adv is not None and x_adv is not None:
@@ -69,5 +69,11 @@ class Survivors:
 
     def record(self, name: str, idx: torch.Tensor, r: AttackResult) -> None:
         """Write back the result ``r`` of attack ``name`` run on the points ``idx``."""
-        self.hit(name, idx[r.success], r.x_adv[r.success])
+        self.hit(name, idx[r.success], r.x_adv[r.success] if self.x_adv is not None else None)
         self.passes[name] = self.passes.get(name, 0) + r.passes
+
+    def attack_mask(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """As :meth:`attack`, for an attack that returns only its success mask (no points, no passes)."""
+        idx = self.index
+        if len(idx):
+            self.hit(name, idx[fn(idx)])

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from . import losses
-from .projected_gradient import _grad, pgd
+from .projected_gradient import loss_and_grad, pgd
 
 
 @dataclass
@@ -56,7 +56,7 @@ def honesty_flags(model, x: torch.Tensor, y: torch.Tensor, threat, *, broken_by:
     flags.append(Flag("softmax", soft, "outputs lie in [0,1] and sum to 1" if soft else "outputs are logits"))
     differentiable = model.differentiable
     if differentiable:
-        _, g = _grad(model, x, y, losses.ce)
+        _, g = loss_and_grad(model, x, y, losses.ce)
         zero = (g.flatten(1).abs().amax(1) == 0).float().mean().item()
         flags.append(Flag("zero_gradients", zero > 0, f"{zero:.1%} of inputs have an all-zero gradient"))
     if broken_by is not None:

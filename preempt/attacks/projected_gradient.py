@@ -27,7 +27,7 @@ from . import losses
 from .base import AttackResult
 
 
-def _grad(model, x: torch.Tensor, y: torch.Tensor, loss_fn, *, create_graph: bool = False):
+def loss_and_grad(model, x: torch.Tensor, y: torch.Tensor, loss_fn, *, create_graph: bool = False):
     """Return logits at x and d sum(loss)/dx."""
     if not x.requires_grad:
         x = x.detach().requires_grad_(True)
@@ -65,7 +65,7 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps: 
         xa = x_adv if whole else x_adv[active]
         ya = y if whole else y[active]
         if t < steps:
-            logits, g = _grad(model, xa, ya, loss_fn)
+            logits, g = loss_and_grad(model, xa, ya, loss_fn)
         else:
             with torch.no_grad():
                 logits = model(xa)
@@ -124,7 +124,7 @@ def pgd_unrolled(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel
     x_t = threat.random_start(x, generator=generator) if random_start and threat.eps > 0 else x
     passes = 0
     for _ in range(steps):
-        _, g = _grad(model, x_t, y, loss_fn, create_graph=create_graph)
+        _, g = loss_and_grad(model, x_t, y, loss_fn, create_graph=create_graph)
         passes += len(x)
         if not create_graph:
             g = g.detach()
@@ -137,7 +137,7 @@ def _unrolled_linf_diag(model, x, y, threat, steps, alpha, random_start, loss_fn
     c = x.detach()
     lo_e, hi_e = c - eps, c + eps
     if random_start and eps > 0:
-        x_t = c + threat._sample(c, eps, generator)
+        x_t = c + threat.sample_delta(c, eps, generator=generator)
         jac = (x_t >= 0) & (x_t <= 1)
         x_t.clamp_(0, 1)
     else:
@@ -145,7 +145,7 @@ def _unrolled_linf_diag(model, x, y, threat, steps, alpha, random_start, loss_fn
         x_t = c.clone()
     passes = 0
     for _ in range(steps):
-        _, g = _grad(model, x_t, y, loss_fn)
+        _, g = loss_and_grad(model, x_t, y, loss_fn)
         passes += len(x)
         x_t.add_(g.sign_(), alpha=alpha)  # u = x_t + α·sign(g), in place: photos are large
         inside = (x_t >= lo_e) & (x_t <= hi_e)

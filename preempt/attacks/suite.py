@@ -146,6 +146,7 @@ def run_suite(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, s
             torch.set_num_threads(nthreads)
         return chunk, attack(model, x[chunk], y[chunk], threat)
 
+    pgd_step = step_size if suite == "pgd" else None  # --step-size is the pgd suite's; the others keep ε/4
     for name in attack_names(suite, surrogate, steps=steps, restarts=restarts):
         idx = s.index
         t0 = time.perf_counter()
@@ -154,7 +155,7 @@ def run_suite(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, s
         if len(idx):
             w = min(n_workers, len(idx))
             if w <= 1:
-                results = [job(idx, _attack(name, generator, surrogate, step_size))]
+                results = [job(idx, _attack(name, generator, surrogate, pgd_step))]
             else:
                 seeds = torch.randint(0, 2 ** 62, (w,), generator=generator).tolist()
                 gens = [torch.Generator(device=x.device).manual_seed(sd) if generator is not None else None
@@ -162,7 +163,7 @@ def run_suite(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, s
                 with _threads_per_worker(w) as per:
                     with ThreadPoolExecutor(w) as ex:
                         results = list(ex.map(
-                            lambda cg, name=name, per=per: job(cg[0], _attack(name, cg[1], surrogate, step_size), per),
+                            lambda cg, name=name, per=per: job(cg[0], _attack(name, cg[1], surrogate, pgd_step), per),
                             zip(idx.tensor_split(w), gens)))
             s.passes.setdefault(name, 0)
             for chunk, r in results:
@@ -176,7 +177,8 @@ def run_suite(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, s
 @contextmanager
 def _threads_per_worker(workers: int):
     """torch's thread count split between ``workers`` Python threads for the block, restored after
-    it (the only place preempt changes the process-wide count, and never beyond the block)."""
+    it (the only place the attacks change the process-wide count, never beyond the block; the
+    training and bench commands set it once for their process, from --threads)."""
     threads = torch.get_num_threads()
     per = max(1, threads // workers)
     torch.set_num_threads(per)

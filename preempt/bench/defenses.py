@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from ..attacks import adaptive, apgd, apgd_targeted, pgd
+from ..attacks.base import Survivors
 from ..attacks.bpda import BPDA
 from ..core.threat import Linf, ThreatModel
 from ..models import load_model
@@ -106,23 +107,22 @@ def _pgd20(model, x, y, threat, gen, bs):
     return torch.cat([pgd(model, x[s], y[s], threat=threat, steps=20, generator=gen).x_adv for s in _chunks(len(x), bs)])
 
 
-class _Worst:
-    """Worst case per image over a sequence of attacks, each run on the images still robust."""
+class _Worst(Survivors):
+    """Worst case per image over a sequence of attacks, each run on the images still robust, with
+    the accuracy after each."""
 
     def __init__(self, ok: torch.Tensor) -> None:
-        self.ok = ok.clone()
-        self.after: dict[str, float] = {"clean": ok.float().mean().item()}
+        super().__init__(ok)
+        self.after: dict[str, float] = {"clean": self.acc}
 
     def run(self, name: str, attack: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """``attack(idx) -> still_ok`` (bool per index) on the indices still robust."""
-        idx = self.ok.nonzero().squeeze(1)
-        if len(idx):
-            self.ok[idx] = attack(idx)
-        self.after[name] = self.ok.float().mean().item()
+        self.attack_mask(name, lambda idx: ~attack(idx))
+        self.after[name] = self.acc
 
     @property
     def acc(self) -> float:
-        return self.ok.float().mean().item()
+        return self.robust.float().mean().item()
 
 
 def _classifier_attacks(w: _Worst, model, x, y, threat, gen, cfg: BenchConfig, *, robustified: bool) -> None:

@@ -15,7 +15,7 @@ def export_cmd(
 ) -> None:
     """Export a model to ONNX and check that onnxruntime gives the same logits."""
     from ..models import ModelError
-    from ..onnx import export_onnx
+    from ..models.onnx import export_onnx
 
     if onnx.suffix != ".onnx":
         fail(f"--onnx {onnx}: the file name must end in .onnx", EXIT_USAGE)

@@ -33,7 +33,7 @@ def quantize_change(u: torch.Tensor, x_o: torch.Tensor, threat: ThreatModel) -> 
     if not threat.separable:
         return quantize(u.add_(x_o), x_o, threat)
     # the change in levels: round(x_r·255) − ko, ko integral; per pixel, so no unrounded copy is needed
-    threat.restore_budget(u.mul_(LEVELS).round_(), lambda: u, LEVELS)
+    u = threat.restore_budget(u.mul_(LEVELS).round_(), lambda: u, LEVELS)
     return u.add_(x_o, alpha=LEVELS).round_().clamp_(0, LEVELS).div_(LEVELS)
 
 

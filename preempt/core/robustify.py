@@ -327,8 +327,8 @@ def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
         idx = book.pending()
         if len(idx) == 0:
             break
-        leaf, xr = opt.variable(idx)
         with torch.enable_grad():
+            leaf, xr = opt.variable(idx)
             loss, survived, p = _outer_loss(prob, xr, idx, y[idx], k, gen)
             (g,) = torch.autograd.grad(loss[0].sum(), leaf)
         book.stepped(idx, k, p, loss[1])

@@ -58,7 +58,8 @@ class ThreatModel:
 
     eps: float
     norm: ClassVar[str] = ""
-    separable: ClassVar[bool] = False  # a product of per-pixel intervals (ℓ∞)
+    separable: ClassVar[bool] = False  # a product of per-pixel intervals (ℓ∞): its steepest-ascent step
+                                       # is the sign step and its projection a per-pixel clamp
 
     def __post_init__(self) -> None:
         if not (self.eps >= 0 and math.isfinite(self.eps)):

@@ -34,6 +34,7 @@ from __future__ import annotations
 import io
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -383,6 +384,7 @@ def attack_uploads(model, x: torch.Tensor, y: torch.Tensor, threat, chains: list
     upload (``after``: the attacker's ε-change goes in, then the real codec) and PGD on the
     service's output (``before``: the codec, then the attacker) must not change it.
     Returns (robust mask, per image {chain: "ok" | "no attack" | "after" | "before"}, passes)."""
+    from ..attacks.base import AttackResult, Survivors
     from ..attacks.projected_gradient import pgd
     from .resolution import at_model_input
 
@@ -397,21 +399,22 @@ def attack_uploads(model, x: torch.Tensor, y: torch.Tensor, threat, chains: list
         with torch.inference_mode():
             keep = model.predict(z) == y
         passes += len(x)
-        for i in (~keep).nonzero().squeeze(1).tolist():
-            detail[i][name] = "no attack"
-        alive = keep.nonzero().squeeze(1)
+        s = Survivors(keep, initially="no attack")  # what the transform alone breaks needs no attack
+
+        def attack(order: str, chain: Chain = chain, z: torch.Tensor = z) -> Callable[[torch.Tensor], AttackResult]:
+            def run(idx: torch.Tensor) -> AttackResult:
+                if order == "after":  # the attacker perturbs the upload, the service transforms it
+                    return pgd(Through(model, chain), x[idx], y[idx], threat=threat, steps=steps, generator=generator)
+                mi = at_model_input(model, z[idx], threat, resolution)  # ... or perturbs what the service made
+                return pgd(mi.model, mi.x, y[idx], threat=mi.threat, steps=steps, generator=generator)
+            return run
+
         for order in ORDERS:
             for _ in range(restarts):
-                if len(alive) == 0:
+                if s.attack(order, attack(order)) is None:
                     break
-                if order == "after":
-                    res = pgd(Through(model, chain), x[alive], y[alive], threat=threat, steps=steps, generator=generator)
-                else:
-                    mi = at_model_input(model, z[alive], threat, resolution)
-                    res = pgd(mi.model, mi.x, y[alive], threat=mi.threat, steps=steps, generator=generator)
-                passes += res.passes
-                for i in alive[res.success].tolist():
-                    detail[i][name] = order
-                alive = alive[~res.success]
-        robust &= torch.tensor([detail[i][name] == "ok" for i in range(len(x))], device=x.device)
+        passes += sum(s.passes.values())
+        for i, b in enumerate(s.broken_by):
+            detail[i][name] = b or "ok"
+        robust &= s.robust
     return robust, detail, passes

@@ -1,6 +1,6 @@
 """Models: the :class:`Model` protocol, architectures, the preprocessing wrapper, loading."""
 from .architectures import build
-from .architectures import names as architectures
+from .architectures import names as architecture_names
 from .files import ModelError
 from .protocol import Model
 from .registry import (
@@ -16,6 +16,6 @@ from .registry import (
 from .resample import Resampling
 from .wrapper import Classifier, Preprocessing
 
-__all__ = ["Model", "build", "architectures", "Classifier", "Preprocessing", "Resampling", "load_model",
+__all__ = ["Model", "build", "architecture_names", "Classifier", "Preprocessing", "Resampling", "load_model",
            "save_model", "from_card", "bundled", "default_model_name", "imagenet_available", "DEFAULT_MODEL",
            "IMAGENET_MODEL", "ModelError"]

@@ -15,7 +15,7 @@ from PIL import Image
 from .. import __version__
 from .photos import PhotoError, load_photo, to_pil, write_atomic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: label_after_attack; flag not_monotone_in_eps renamed eps_sweep
 
 
 def summarize(results, attack: dict, *, model: str, device: str, flags=()) -> dict:

@@ -33,7 +33,7 @@ class VerifyConfig:
     step_size: float | None = None  # PGD step, default ε/4
     restarts: int = 1               # PGD restarts
     seed: int = 0
-    adaptive: bool = False          # also the adaptive white-box attack (preempt.attacks.adaptive)
+    adaptive: bool = False          # also the adaptive white-box attack (preempt.attacks.adaptive_attack)
     checks: bool = True             # honesty flags (preempt.attacks.honesty)
     certify: bool = False           # randomized-smoothing certificate per image (ℓ2 radius)
     surrogate: object = None        # blackbox suite: a torch model to craft transfer attacks on
@@ -243,7 +243,7 @@ class _Attacker:
         mi = at_model_input(self.model, x, self.threat, cfg.resolution)
         r = run_suite(mi.model, mi.x, y, threat=mi.threat, suite=cfg.suite, generator=gen, surrogate=cfg.surrogate,
                       steps=cfg.steps, restarts=cfg.restarts, step_size=cfg.step_size, correct=correct,
-                      on_attack=self.on_attack)
+                      on_attack=self.on_attack, workers=1 if cfg.suite == "pgd" else None)
         s = Survivors(r.robust, r.x_adv, broken_by=r.broken_by)
         if cfg.adaptive:
             if self.on_attack:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attacks import losses
-from ..attacks.projected_gradient import _grad, pgd
+from ..attacks.projected_gradient import loss_and_grad, pgd
 from ..core.threat import ThreatModel
 
 METHODS = ("standard", "gaussian", "fgsm", "fast-at", "free-at", "pgd-at", "preempt")
@@ -38,7 +38,7 @@ def descend(model, x, y, ball: ThreatModel, steps: int, step_size: float | None 
     sign = 1.0 if ascent else -1.0
     xr = x.detach().clone()
     for _ in range(steps):
-        _, g = _grad(model, xr, y, losses.ce)
+        _, g = loss_and_grad(model, xr, y, losses.ce)
         xr = ball.project(ball.step(xr, sign * g, alpha), x).detach()
     return xr
 
@@ -54,12 +54,12 @@ def batch_loss(method: str, model, x, y, cfg, threat: ThreatModel, delta_ball: T
         noise = torch.randn(x.shape, generator=gen, device=x.device) * cfg.sigma
         return _ce(model, x + noise, y)
     if method == "fgsm":
-        _, g = _grad(attack_model, x, y, losses.ce)
+        _, g = loss_and_grad(attack_model, x, y, losses.ce)
         xa = threat.project(threat.step(x, g, threat.eps), x).detach()
         return cfg.fgsm_alpha * _ce(model, x, y) + (1 - cfg.fgsm_alpha) * _ce(model, xa, y)
     if method == "fast-at":
         x0 = threat.random_start(x, generator=gen)
-        _, g = _grad(attack_model, x0, y, losses.ce)
+        _, g = loss_and_grad(attack_model, x0, y, losses.ce)
         alpha = cfg.step_size if cfg.step_size is not None else 1.25 * threat.eps
         xa = threat.project(threat.step(x0, g, alpha), x).detach()
         return _ce(model, xa, y)
