@@ -55,7 +55,7 @@ def robustify_cmd(
     check: Literal["strong", "thorough", "pgd"] = typer.Option("strong", help="What decides 'robust': strong = PGD-20 twice, "
                                                    "then APGD-CE and APGD-T on the survivors (agrees with preempt verify); "
                                                    "thorough = the same with AutoAttack's 100 APGD iterations and 9 targets "
-                                                   "(closer to --suite standard, more passes); "
+                                                   "(5× the passes; measured: no change under the standard suite); "
                                                    "pgd = one PGD-20 (2.5× cheaper, ~3% of its claims fall to another PGD-20)."),
     init: Literal["auto", "original", "descent", "random"] = typer.Option("auto",
                              help="Start: auto (what the model card recommends, else original), original, descent or random."),
