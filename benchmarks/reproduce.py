@@ -55,7 +55,7 @@ NOTES = [
     "Robustify's check is the default strong one (2 × PGD-20, APGD-CE, APGD-T on 3 targets, 25 iterations each). "
     "`--check thorough` (APGD at AutoAttack's 100 iterations, 9 targets) was tried for ℓ∞ ADV/Ours: 1,111 instead of "
     "217 passes per image, and on the first 200 AA images exactly the same images robust (170 with either check); "
-    "the run was stopped there to give the CPU to the ℓ2 rows (runs/reproduce-thorough.log).",
+    "the run was stopped there to give the CPU to the ℓ2 rows (benchmarks/results/check-thorough.json).",
     "AA runs on the first 500 images (`--aa-n 500`), in checkpointed chunks of 50: about 2 s per robust image on one "
     "core of this 2-core CPU, three rows sharing the two cores.",
 ]
@@ -245,7 +245,9 @@ def main() -> None:
     if doc.get("n") != a.n or doc.get("seed") != a.seed or "tables" not in doc:
         doc = {"n": a.n, "seed": a.seed, "tables": {}}
     doc["notes"] = NOTES
-    doc.update(machine=machine, attack="PGD-20, step eps/4, random start, 1 restart, true labels; "
+    if a.rows:  # a rebuild (--rows "") keeps the machine the rows were measured on
+        doc["machine"] = machine
+    doc.update(attack="PGD-20, step eps/4, random start, 1 restart, true labels; "
                "AA = run_suite(suite='standard')")
     command = "python " + " ".join(sys.argv)
     for norm in a.norms.split(","):
