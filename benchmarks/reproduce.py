@@ -112,11 +112,12 @@ def evaluate(model, x, y, threat, seed: int, aa_n: int, bs: int = 250, aa_chunk:
 
 
 def robustified(model, x, norm: str, eps: float, seed: int, check: str, bs: int = 250,
-                work: Path | None = None) -> tuple[torch.Tensor, dict]:
+                work: Path | None = None, steps: int | None = None) -> tuple[torch.Tensor, dict]:
     """Robustify x in batches of ``bs``; each batch is checkpointed as work/xr-<start>.safetensors."""
     from safetensors.torch import load_file, save_file
 
-    cfg = RobustifyConfig(norm=norm, eps=eps, delta=eps, seed=seed, **CHECKS[check])
+    cfg = RobustifyConfig(norm=norm, eps=eps, delta=eps, seed=seed, **CHECKS[check],
+                          **({"steps": steps} if steps is not None else {}))
     outs, seconds, passes = [], 0.0, 0
     for i in range(0, len(x), bs):
         ck = work / f"xr-{i}.safetensors" if work else None
@@ -136,7 +137,7 @@ def robustified(model, x, norm: str, eps: float, seed: int, check: str, bs: int 
             tmp = ck.with_suffix(".tmp")
             save_file({"x": xr.contiguous(), "seconds": torch.tensor(dt), "passes": torch.tensor(model.passes)}, str(tmp))
             tmp.replace(ck)
-    return torch.cat(outs), {"seconds": seconds, "passes_per_image": passes / len(x), "check": check}
+    return torch.cat(outs), {"seconds": seconds, "passes_per_image": passes / len(x), "check": check, "steps": cfg.steps}
 
 
 def _pct(v) -> str:
@@ -231,6 +232,7 @@ def main() -> None:
     ap.add_argument("--ours-l2", default=SETTINGS["l2"]["ours"], help="the ℓ2 preempt model (Ours) to use")
     ap.add_argument("--check", default="strong", choices=sorted(CHECKS), help="robustify's check (default: strong)")
     ap.add_argument("--aa-chunk", type=int, default=50, help="AA images per checkpoint")
+    ap.add_argument("--steps", type=int, default=None, help="robustify's outer steps at most (default: its own, 30)")
     ap.add_argument("--work", default=str(ROOT / "runs" / "reproduce"), help="checkpoints of unfinished rows")
     a = ap.parse_args()
     if a.threads:
@@ -267,12 +269,13 @@ def main() -> None:
             name = ROWS[key]
             model = adv if name.startswith("ADV") else ours
             tag = f"{norm}-{key}-{sha[name.split(' / ')[0]]}-{a.n}-{a.seed}-{a.check}-{aa_n}-{a.aa_chunk}"
+            tag += f"-steps{a.steps}" if a.steps is not None else ""  # (the default keeps the stored rows' keys)
             work = Path(a.work) / hashlib.sha256(tag.encode()).hexdigest()[:16]
             t0 = time.perf_counter()
             if name.endswith("None"):
                 row = evaluate(model, x, y, threat, a.seed + 100, aa_n, aa_chunk=a.aa_chunk, work=work)
             else:
-                xr, info = robustified(model, x, norm, s["eps"], a.seed, a.check, work=work / "xr")
+                xr, info = robustified(model, x, norm, s["eps"], a.seed, a.check, work=work / "xr", steps=a.steps)
                 row = {**evaluate(model, xr, y, threat, a.seed + 100, aa_n, aa_chunk=a.aa_chunk, work=work), "robustify": info}
             row.update(model=model.name, sha256=sha[name.split(" / ")[0]], command=command,
                        machine=machine, seconds=time.perf_counter() - t0)

@@ -136,20 +136,10 @@ def apgd_targeted(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatMode
     """APGD-T: targeted DLR towards each of the ``n_targets`` highest-ranked other classes."""
     x = x.detach()
     with torch.no_grad():
-        order = model(x).sort(1, descending=True).indices
+        z = model(x)
     s = Survivors(torch.ones(len(x), dtype=torch.bool, device=x.device), x)
-
-    def towards(k: int):
-        def run(idx: torch.Tensor) -> AttackResult:
-            ranked = order[idx]  # the k-th ranked class other than the label
-            tgt = ranked[ranked != y[idx, None]].view(len(idx), -1)[:, k - 1]
-            return apgd(model, x[idx], y[idx], threat=threat, steps=steps, target=tgt, rho=rho, eot=eot,
-                        generator=generator)
-        return run
-
-    for k in range(1, min(n_targets, order.shape[1] - 1) + 1):
-        if s.attack(f"target-{k}", towards(k)) is None:
-            break
+    s.per_target(z, y, n_targets, lambda idx, tgt: apgd(model, x[idx], y[idx], threat=threat, steps=steps, target=tgt,
+                                                        rho=rho, eot=eot, generator=generator))
     assert s.x_adv is not None
     passes = len(x) + sum(s.passes.values())
     return AttackResult(s.x_adv, ~s.robust, passes, {"attack": "apgd-t", "steps": steps, "n_targets": n_targets,

@@ -72,6 +72,22 @@ class Survivors:
         self.hit(name, idx[r.success], r.x_adv[r.success] if self.x_adv is not None else None)
         self.passes[name] = self.passes.get(name, 0) + r.passes
 
+    def per_target(self, logits: torch.Tensor, y: torch.Tensor, n_targets: int,
+                   fn: Callable[[torch.Tensor, torch.Tensor], AttackResult]) -> None:
+        """The targeted protocol (APGD-T, FAB-T): ``fn(idx, targets)`` on the survivors, towards their
+        k-th highest-ranked class other than the label (by the clean ``logits``), k = 1 … n_targets."""
+        order = logits.sort(1, descending=True).indices
+
+        def towards(k: int) -> Callable[[torch.Tensor], AttackResult]:
+            def run(idx: torch.Tensor) -> AttackResult:
+                ranked = order[idx]
+                return fn(idx, ranked[ranked != y[idx, None]].view(len(idx), -1)[:, k - 1])
+            return run
+
+        for k in range(1, min(n_targets, order.shape[1] - 1) + 1):
+            if self.attack(f"target-{k}", towards(k)) is None:
+                break
+
     def attack_mask(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """As :meth:`attack`, for an attack that returns only its success mask (no points, no passes)."""
         idx = self.index

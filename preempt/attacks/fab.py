@@ -127,20 +127,13 @@ def fab_targeted(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel
     x = x.detach()
     with torch.no_grad():
         z = model(x)
-    order = z.sort(1, descending=True).indices
     s = Survivors(z.argmax(1) == y, x)
 
-    def towards(k: int):
-        def run(idx: torch.Tensor) -> AttackResult:
-            ranked = order[idx]  # the k-th ranked class other than the label
-            tgt = ranked[ranked != y[idx, None]].view(len(idx), -1)[:, k - 1]
-            adv, dist, p = _fab_run(model, x[idx], y[idx], tgt, threat, steps, alpha_max, eta, beta)
-            return AttackResult(adv, dist <= threat.eps + 1e-6, p)
-        return run
+    def towards(idx: torch.Tensor, tgt: torch.Tensor) -> AttackResult:
+        adv, dist, p = _fab_run(model, x[idx], y[idx], tgt, threat, steps, alpha_max, eta, beta)
+        return AttackResult(adv, dist <= threat.eps + 1e-6, p)
 
-    for k in range(1, min(n_targets, z.shape[1] - 1) + 1):
-        if s.attack(f"target-{k}", towards(k)) is None:
-            break
+    s.per_target(z, y, n_targets, towards)
     assert s.x_adv is not None
     passes = len(x) + sum(s.passes.values())
     return AttackResult(s.x_adv, ~s.robust, passes, {"attack": "fab-t", "steps": steps, "n_targets": n_targets,
