@@ -173,8 +173,7 @@ class _Writer:
         try:
             out = from_tensor(x_r, photo)
             metrics = {**info.to_dict(), "seconds": round(seconds, 4)}
-            status: Status = "robust" if info.robust else "not-robust"
-            data = b""
+            data: bytes | None = None
             if file_format(src, self.fmt, cfg) == "jpeg":
                 data, status, metrics = self._jpeg(out, x_o, info, metrics, meta)
                 if self.fmt == "auto" and status != "robust" and info.robust:
@@ -182,10 +181,10 @@ class _Writer:
                     dst = dst.with_suffix(".png")
                     metrics = {**info.to_dict(), "seconds": round(seconds, 4), "passes": metrics["passes"],
                                "format_note": f"JPEG {status} at quality {metrics['quality']}: wrote PNG"}
-                    data = b""
-            if not data:
+                    data = None
+            if data is None:  # lossless: the file holds exactly the pixels robustify judged
                 data = encode(out, "png", strip_metadata=self.strip_metadata, meta=meta)
-                if not (decode(data).pixels == out.pixels).all():  # judge exactly what will be on disk
+                if not (decode(data).pixels == out.pixels).all():
                     raise PhotoError("PNG round trip changed pixels")
                 status = "robust" if info.robust else "not-robust"
             metrics["robust"] = status == "robust"
