@@ -112,12 +112,13 @@ def evaluate(model, x, y, threat, seed: int, aa_n: int, bs: int = 250, aa_chunk:
 
 
 def robustified(model, x, norm: str, eps: float, seed: int, check: str, bs: int = 250,
-                work: Path | None = None, steps: int | None = None) -> tuple[torch.Tensor, dict]:
-    """Robustify x in batches of ``bs``; each batch is checkpointed as work/xr-<start>.safetensors."""
+                work: Path | None = None, **options) -> tuple[torch.Tensor, dict]:
+    """Robustify x in batches of ``bs``; each batch is checkpointed as work/xr-<start>.safetensors.
+    ``options``: RobustifyConfig fields other than the defaults (steps, settle, inner_loss)."""
     from safetensors.torch import load_file, save_file
 
-    cfg = RobustifyConfig(norm=norm, eps=eps, delta=eps, seed=seed, **CHECKS[check],
-                          **({"steps": steps} if steps is not None else {}))
+    options = {k: v for k, v in options.items() if v is not None}
+    cfg = RobustifyConfig(norm=norm, eps=eps, delta=eps, seed=seed, **CHECKS[check], **options)
     outs, seconds, passes = [], 0.0, 0
     for i in range(0, len(x), bs):
         ck = work / f"xr-{i}.safetensors" if work else None
@@ -137,7 +138,8 @@ def robustified(model, x, norm: str, eps: float, seed: int, check: str, bs: int 
             tmp = ck.with_suffix(".tmp")
             save_file({"x": xr.contiguous(), "seconds": torch.tensor(dt), "passes": torch.tensor(model.passes)}, str(tmp))
             tmp.replace(ck)
-    return torch.cat(outs), {"seconds": seconds, "passes_per_image": passes / len(x), "check": check, "steps": cfg.steps}
+    return torch.cat(outs), {"seconds": seconds, "passes_per_image": passes / len(x), "check": check, "steps": cfg.steps,
+                             "settle": cfg.settle, "inner_loss": cfg.inner_loss}
 
 
 def _pct(v) -> str:
@@ -169,8 +171,10 @@ def render(doc: dict) -> str:
         for name in ("ADV / Ours", "Ours / Ours"):
             if name in rows and "robustify" in rows[name]:
                 ri = rows[name]["robustify"]
-                md.append(f"- Robustify ({name}): {ri['passes_per_image']:.0f} classifier passes and "
-                          f"{1000 * ri['seconds'] / doc['n']:.0f} ms per image.")
+                opts = [f"check {ri.get('check', 'strong')}", f"≤ {ri.get('steps', 30)} outer steps",
+                        f"settle {ri.get('settle', 0)}", f"inner loss {ri.get('inner_loss', 'ce')}"]
+                md.append(f"- Robustify ({name}; {', '.join(opts)}): {ri['passes_per_image']:.0f} classifier passes "
+                          f"and {1000 * ri['seconds'] / doc['n']:.0f} ms per image; `{rows[name]['command']}`.")
         for name, r in rows.items():
             if r.get("aa_seconds"):
                 md.append(f"- AA time, {name}: {r['aa_seconds']:.0f} s for {r['aa_n']} images; after each attack: "
@@ -233,6 +237,9 @@ def main() -> None:
     ap.add_argument("--check", default="strong", choices=sorted(CHECKS), help="robustify's check (default: strong)")
     ap.add_argument("--aa-chunk", type=int, default=50, help="AA images per checkpoint")
     ap.add_argument("--steps", type=int, default=None, help="robustify's outer steps at most (default: its own, 30)")
+    ap.add_argument("--settle", type=int, default=None,
+                    help="robustify's outer steps after an image first passes its check (default: its own, 0)")
+    ap.add_argument("--inner-loss", default=None, choices=["ce", "ce+dlr-t"], help="robustify's inner attack loss")
     ap.add_argument("--work", default=str(ROOT / "runs" / "reproduce"), help="checkpoints of unfinished rows")
     a = ap.parse_args()
     if a.threads:
@@ -270,12 +277,16 @@ def main() -> None:
             model = adv if name.startswith("ADV") else ours
             tag = f"{norm}-{key}-{sha[name.split(' / ')[0]]}-{a.n}-{a.seed}-{a.check}-{aa_n}-{a.aa_chunk}"
             tag += f"-steps{a.steps}" if a.steps is not None else ""  # (the default keeps the stored rows' keys)
+            if not name.endswith("None"):  # robustify's own options do not change the rows without it
+                tag += f"-settle{a.settle}" if a.settle is not None else ""
+                tag += f"-inner-{a.inner_loss}" if a.inner_loss is not None else ""
             work = Path(a.work) / hashlib.sha256(tag.encode()).hexdigest()[:16]
             t0 = time.perf_counter()
             if name.endswith("None"):
                 row = evaluate(model, x, y, threat, a.seed + 100, aa_n, aa_chunk=a.aa_chunk, work=work)
             else:
-                xr, info = robustified(model, x, norm, s["eps"], a.seed, a.check, work=work / "xr", steps=a.steps)
+                xr, info = robustified(model, x, norm, s["eps"], a.seed, a.check, work=work / "xr", steps=a.steps,
+                                       settle=a.settle, inner_loss=a.inner_loss)
                 row = {**evaluate(model, xr, y, threat, a.seed + 100, aa_n, aa_chunk=a.aa_chunk, work=work), "robustify": info}
             row.update(model=model.name, sha256=sha[name.split(" / ")[0]], command=command,
                        machine=machine, seconds=time.perf_counter() - t0)

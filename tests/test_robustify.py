@@ -95,3 +95,39 @@ def test_init_auto_follows_the_card(tiny_model, tiny_data):
     y = tiny_model.predict(x)
     ce = torch.nn.functional.cross_entropy
     assert ce(tiny_model(d.x), y) < ce(tiny_model(o.x), y)
+
+
+def test_settle_takes_extra_steps_after_the_first_pass(tiny_model, tiny_data):
+    x, _ = tiny_data
+    x = _grid(x[:40])
+    res = robustify(tiny_model, x, steps=20, min_steps=2, check_every=2, settle=3)
+    won = res.robust
+    assert won.any()
+    steps = torch.tensor([i.steps for i in res.images])
+    assert (steps[won] >= 2 + 3).all()  # first check at step 2, then 3 more steps before the second
+    with pytest.raises(ValueError, match="settle"):
+        robustify(tiny_model, x, settle=-1)
+
+
+def test_settle_keeps_the_first_verified_photo_when_the_second_check_fails(tiny_model, tiny_data, monkeypatch):
+    from preempt.core import robustify as module
+
+    x, _ = tiny_data
+    x = _grid(x[:40])
+    first: list[tuple[torch.Tensor, torch.Tensor]] = []
+    check = module._Problem.check
+
+    def only_first_passes(self, photo, y, gen, extra_restarts=0):
+        ok, p, det = check(self, photo, y, gen, extra_restarts)
+        if first:
+            ok = torch.zeros_like(ok)
+        first.append((photo.clone(), ok.clone()))
+        return ok, p, det
+
+    monkeypatch.setattr(module._Problem, "check", only_first_passes)
+    res = robustify(tiny_model, x, steps=12, min_steps=2, check_every=1, settle=2)
+    photos, ok = first[0]
+    assert ok.any()
+    assert int(res.robust.sum()) == int(ok.sum())  # nothing else passed; the first passes stay robust
+    for q in photos[ok]:  # each first verified photo is what was written, not the later unverified one
+        assert any(torch.equal(q, r) for r in res.x[res.robust])

@@ -57,6 +57,9 @@ def robustify_cmd(
                                                    "thorough = the same with AutoAttack's 100 APGD iterations and 9 targets "
                                                    "(5× the passes; measured: no change under the standard suite); "
                                                    "pgd = one PGD-20 (2.5× cheaper, ~3% of its claims fall to another PGD-20)."),
+    settle: int = typer.Option(0, min=0, help="Outer steps more after a photo first passes its check, then checked "
+                                              "again (kept only if it passes too): a deeper point for more passes. "
+                                              "--settle 30 runs every step (measured in results/reproduce.md)."),
     init: Literal["auto", "original", "descent", "random"] = typer.Option("auto",
                              help="Start: auto (what the model card recommends, else original), original, descent or random."),
     goal: Literal["strongest", "least-visible"] = typer.Option("strongest",
@@ -115,10 +118,11 @@ def robustify_cmd(
         except ValueError as e:
             fail(f"--smoothing-sigma / --noise-samples: {e}", EXIT_USAGE, e)
     cfg = RobustifyConfig(norm=norm, delta=delta, eps=eps, steps=steps, inner_steps=inner_steps,
-                          check_steps=check_steps, init=resolve_init(init, clf), seed=seed, goal=goal, **CHECKS[check],
-                          resolution=resolution, survive=survive)
+                          check_steps=check_steps, settle=settle, init=resolve_init(init, clf), seed=seed, goal=goal,
+                          **CHECKS[check], resolution=resolution, survive=survive)
     err_console.print(f"model {clf.name} on {dev}; {norm} δ={delta:g} ε={eps:g}; "
                       f"≤{steps} outer × {inner_steps} inner steps, check {check} (PGD-{check_steps}), goal {goal}"
+                      + (f", settle {settle}" if settle else "")
                       + (f"; surviving {survive}" if survive else ""), highlight=False)
     with Progress(TextColumn("[bold]robustify"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
                   TimeElapsedColumn(), console=err_console) as bar:

@@ -11,7 +11,9 @@ Differences from the paper's Algorithm 1, each measured in ``benchmarks/robustif
 * images are batched and leave the batch once they are *verified*: every ``check_every`` outer
   steps the current x_r is quantised to 8 bits and attacked with a full PGD check (default
   PGD-20, ε/4 steps, random start).  If no iterate changes the label the quantised image is
-  final.  A check is only spent on images the inner attack itself failed to break;
+  final.  A check is only spent on images the inner attack itself failed to break.  With
+  ``settle`` > 0 a verified image takes that many more outer steps (to a deeper point) and is
+  checked again; the later photo is kept only if it passes too;
 * the outer step size decays (cosine) from ``step_size`` to a tenth of it;
 * the result is judged as saved: the returned pixels are the quantised ones the check ran on.
 """
@@ -84,6 +86,10 @@ class RobustifyConfig:
     check_apgd_steps: int = 25  # iterations of the check's APGD stages
     check_apgd_targets: int = 3  # target classes of its APGD-T stage
     min_steps: int = 5         # outer steps before the first check
+    settle: int = 0            # outer steps more after an image is first verified, then checked again: the later
+                               # photo is kept if it passes too (a deeper point than the first one to pass)
+    inner_loss: str = "ce"     # ce | ce+dlr-t: even outer steps attack with targeted DLR (AutoAttack's APGD-T
+                               # loss), the target cycling through the 3 most likely wrong classes
     quantize: bool = True
     create_graph: bool = False  # second-order unrolling (ℓ2 only)
     optimizer: str = "sign"    # sign: steepest descent in the norm, cosine-decayed steps;
@@ -107,14 +113,16 @@ class RobustifyConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-        if self.steps < 0 or self.inner_steps < 1 or self.check_every < 1:
-            raise ValueError("steps must be >= 0, inner_steps and check_every >= 1")
+        if self.steps < 0 or self.inner_steps < 1 or self.check_every < 1 or self.settle < 0:
+            raise ValueError("steps and settle must be >= 0, inner_steps and check_every >= 1")
         for stage in self.check_loss.split("+"):
             if stage not in CHECK_STAGES:
                 raise ValueError(f"check stage {stage!r}: choose from {', '.join(CHECK_STAGES)} joined by +")
         if min(self.check_steps, self.check_restarts, self.check_apgd_steps, self.check_apgd_targets) < 1:
             raise ValueError("check_steps, check_restarts, check_apgd_steps and check_apgd_targets must be >= 1: "
                              "without a check nothing is verified")
+        if self.inner_loss not in ("ce", "ce+dlr-t"):
+            raise ValueError(f"inner_loss {self.inner_loss!r}: choose ce or ce+dlr-t")
         if self.optimizer not in ("sign", "rmsprop"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}")
         if self.optimizer == "rmsprop" and self.norm != "linf":
@@ -318,10 +326,18 @@ def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
     opt: _Optimizer = (_TanhRMSprop if cfg.optimizer == "rmsprop" else _SignDescent)(prob, cfg, prob.start(init, y, gen))
     book = _Ledger(x_o, first_passes=1 if init == "descent" else 0, t0=t0)
 
-    def run_check(idx: torch.Tensor) -> None:
-        q = prob.photo(opt.current(idx), idx)
+    anchor = opt.current(book.pending()).clone() if cfg.settle else None  # variable of each first verified photo
+
+    def run_check(idx: torch.Tensor, k: int = 0) -> None:
+        v = opt.current(idx)
+        q = prob.photo(v, idx)
         ok, p, det = prob.check(q, y[idx], gen)
-        book.checked(idx, q, ok, p, det)
+        if anchor is not None:
+            second = book.verified_at[idx] >= 0
+            anchor[idx[~second & ok]] = v[~second & ok]
+            back = idx[second & ~ok]  # the extra steps lost the pass: final is the first photo (least-visible shrinks it)
+            opt.restore(back, anchor[back])
+        book.checked(idx, q, ok, p, det, k, settle=cfg.settle if k < cfg.steps else 0)
 
     for k in range(1, cfg.steps + 1):
         idx = book.pending()
@@ -334,12 +350,18 @@ def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
         book.stepped(idx, k, p, loss[1])
         opt.update(idx, leaf, xr, g, k)
         last = k == cfg.steps
+        settling = book.verified_at[idx] >= 0
+        if settling.any():  # verified images whose extra steps are done (or ran out) get their second check
+            due = idx[settling & ((k - book.verified_at[idx] >= cfg.settle) | last)]
+            if len(due):
+                run_check(due, k)
         if last or (cfg.early_stop and k >= cfg.min_steps and (k - cfg.min_steps) % cfg.check_every == 0):
-            cand = idx if last else idx[survived]  # a check only where the inner attack itself failed
+            fresh = idx[~settling]
+            cand = fresh if last else fresh[survived[~settling]]  # a check only where the inner attack itself failed
             if len(cand):
-                run_check(cand)
+                run_check(cand, k)
         if on_step is not None:
-            on_step(k, cfg.steps, int(book.done.sum()))
+            on_step(k, cfg.steps, int(book.robust.sum()))
     left = book.pending()
     if len(left):
         if cfg.steps == 0:
@@ -361,8 +383,20 @@ def _outer_loss(prob: _Problem, xr: torch.Tensor, idx: torch.Tensor, y: torch.Te
     plus, with ``survive``, the expectation over the service transforms.  Returns ((total, CE),
     whether the inner attack failed per image, passes per image)."""
     c = prob.cfg
-    x_a, p = pgd_unrolled(prob.model, prob.inputs(xr, idx), y, threat=prob.eball, steps=c.inner_steps,
+    z = prob.inputs(xr, idx)
+    attack_loss: str | losses.Loss = "ce"
+    if c.inner_loss == "ce+dlr-t" and k % 2 == 0:  # even steps: targeted DLR at the k/2-th most likely wrong class
+        with torch.no_grad():
+            wrong = prob.model(z).scatter(1, y[:, None], float("-inf"))
+            rank = (k // 2 - 1) % min(3, wrong.shape[1] - 1)
+            target = wrong.argsort(1, descending=True)[:, rank]
+
+        def attack_loss(logits: torch.Tensor, y_: torch.Tensor) -> torch.Tensor:
+            return losses.dlr_targeted(logits, y_, target)
+    x_a, p = pgd_unrolled(prob.model, z, y, threat=prob.eball, steps=c.inner_steps, loss=attack_loss,
                           step_size=c.inner_step_size, create_graph=c.create_graph, generator=gen)
+    if attack_loss != "ce":
+        p += len(xr)
     logits = prob.model(x_a)
     loss = losses.ce(logits, y)
     total = loss
@@ -376,6 +410,7 @@ class _Optimizer(Protocol):
     def current(self, idx: torch.Tensor) -> torch.Tensor: ...
     def variable(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
     def update(self, idx: torch.Tensor, leaf: torch.Tensor, xr: torch.Tensor, g: torch.Tensor, k: int) -> None: ...
+    def restore(self, idx: torch.Tensor, v: torch.Tensor) -> None: ...
 
 
 class _SignDescent:
@@ -392,6 +427,9 @@ class _SignDescent:
     def variable(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         leaf = self.x[idx].detach().requires_grad_(True)
         return leaf, leaf
+
+    def restore(self, idx: torch.Tensor, v: torch.Tensor) -> None:
+        self.x[idx] = v
 
     def update(self, idx, leaf, xr, g, k) -> None:
         steps = max(self.cfg.steps, 1)
@@ -421,6 +459,9 @@ class _TanhRMSprop:
         leaf = self.w[idx].detach().requires_grad_(True)
         return leaf, self._box(leaf, idx)
 
+    def restore(self, idx: torch.Tensor, v: torch.Tensor) -> None:
+        self.x[idx] = v  # (the image is final: w is not stepped again)
+
     def update(self, idx, leaf, xr, g, k) -> None:
         self.sq[idx] = 0.99 * self.sq[idx] + 0.01 * g * g
         self.w[idx] = leaf.detach() - self.cfg.lr * g / (self.sq[idx].sqrt() + 1e-8)
@@ -437,6 +478,7 @@ class _Ledger:
         self.final = x_o.clone()
         self.done = torch.zeros(n, dtype=torch.bool, device=dev)
         self.robust = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.verified_at = torch.full((n,), -1, dtype=torch.long, device=dev)  # outer step of the first pass (settle)
         self.steps = torch.zeros(n, dtype=torch.long)
         self.passes = torch.full((n,), first_passes, dtype=torch.long)
         self.loss = torch.full((n,), float("nan"))
@@ -453,16 +495,24 @@ class _Ledger:
         self.steps[i] = k
         self.loss[i] = loss.cpu()
 
-    def checked(self, idx: torch.Tensor, q: torch.Tensor, ok: torch.Tensor, passes: int, det: list[dict]) -> None:
-        """The check's verdict on the photos ``q`` of images ``idx``: verified ones are final."""
+    def checked(self, idx: torch.Tensor, q: torch.Tensor, ok: torch.Tensor, passes: int, det: list[dict],
+                k: int = 0, settle: int = 0) -> None:
+        """The check's verdict on the photos ``q`` of images ``idx`` at outer step ``k``.  A first
+        pass makes an image final, or with ``settle`` > 0 starts its extra steps (the photo kept
+        meanwhile); a second check (after them) is final whatever it says, and its photo replaces
+        the first one only if it passed too."""
         self.passes[idx.cpu()] += int(round(passes / max(len(idx), 1)))
-        self.final[idx] = q
-        self.robust[idx] = ok
+        second = self.verified_at[idx] >= 0
+        keep = ~second | ok  # a failed second check keeps the verified first photo
+        self.final[idx[keep]] = q[keep]
+        self.robust[idx] |= ok
         for j, i in enumerate(idx.tolist()):
-            self.uploads[i] = det[j]
-        win = idx[ok]
-        self.done[win] = True
-        self.finish(win)
+            if keep[j]:
+                self.uploads[i] = det[j]
+        fin = idx[second | (ok & (settle == 0))]
+        self.verified_at[idx[~second & ok]] = k
+        self.done[fin] = True
+        self.finish(fin)
 
     def finish(self, idx: torch.Tensor) -> None:
         self.seconds[idx.cpu()] = time.perf_counter() - self.t0
