@@ -213,3 +213,12 @@ def test_a_photo_too_big_for_memory_fails_alone(tmp_path, photo_dir, tiny_model_
     files = {f["src"].split("/")[-1]: f for f in _json(r)["files"]}
     assert files["huge.png"]["status"] == "failed" and "GB of memory" in files["huge.png"]["error"]
     assert sum(f["status"] in ("robust", "not-robust") for f in files.values()) == 6
+
+
+def test_settle_and_inner_loss_reach_the_config(tmp_path, photo_dir, tiny_model_file):
+    r = run("robustify", photo_dir, "-o", tmp_path / "out", "--model", tiny_model_file, "--json", "--steps", "6",
+            "--settle", "2", "--inner-loss", "ce+dlr-t")
+    assert r.exit_code in (0, 3), r.output
+    cfg = _json(r)["config"]
+    assert cfg["settle"] == 2 and cfg["inner_loss"] == "ce+dlr-t" and cfg["init"] in ("original", "descent", "random")
+    assert run("robustify", photo_dir, "-o", tmp_path / "o2", "--model", tiny_model_file, "--settle", "-1").exit_code == 2

@@ -131,3 +131,21 @@ def test_settle_keeps_the_first_verified_photo_when_the_second_check_fails(tiny_
     assert int(res.robust.sum()) == int(ok.sum())  # nothing else passed; the first passes stay robust
     for q in photos[ok]:  # each first verified photo is what was written, not the later unverified one
         assert any(torch.equal(q, r) for r in res.x[res.robust])
+
+
+def test_targeted_inner_loss_defends_against_the_targeted_attack(tiny_model, tiny_data):
+    from preempt.attacks import apgd_targeted
+
+    x, _ = tiny_data
+    x = _grid(x[:60])
+    label = tiny_model.predict(x)
+    threat = Linf(0.1)
+    res = robustify(tiny_model, x, delta=0.1, eps=0.1, inner_loss="ce+dlr-t", steps=12, min_steps=2, check_every=2)
+    assert (threat.distance(res.x, x) <= 0.1 + 1e-6).all()
+    gen = torch.Generator().manual_seed(5)
+    before = apgd_targeted(tiny_model, x, label, threat=threat, generator=gen).robust.float().mean()
+    after = apgd_targeted(tiny_model, res.x, label, threat=threat, generator=gen).robust
+    assert after.float().mean() >= before + 0.2
+    assert after[res.robust].float().mean() > 0.9  # its claims hold against APGD-T
+    with pytest.raises(ValueError, match="inner_loss"):
+        robustify(tiny_model, x, inner_loss="dlr")

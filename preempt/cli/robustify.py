@@ -60,6 +60,9 @@ def robustify_cmd(
     settle: int = typer.Option(0, min=0, help="Outer steps more after a photo first passes its check, then checked "
                                               "again (kept only if it passes too): a deeper point for more passes. "
                                               "--settle 30 runs every step (measured in results/reproduce.md)."),
+    inner_loss: Literal["ce", "ce+dlr-t"] = typer.Option("ce", help="Loss of the unrolled inner attack: ce, or ce+dlr-t "
+                                                          "(every other outer step attacks with AutoAttack's targeted "
+                                                          "DLR, towards the 3 likeliest wrong classes in turn)."),
     init: Literal["auto", "original", "descent", "random"] = typer.Option("auto",
                              help="Start: auto (what the model card recommends, else original), original, descent or random."),
     goal: Literal["strongest", "least-visible"] = typer.Option("strongest",
@@ -118,11 +121,11 @@ def robustify_cmd(
         except ValueError as e:
             fail(f"--smoothing-sigma / --noise-samples: {e}", EXIT_USAGE, e)
     cfg = RobustifyConfig(norm=norm, delta=delta, eps=eps, steps=steps, inner_steps=inner_steps,
-                          check_steps=check_steps, settle=settle, init=resolve_init(init, clf), seed=seed, goal=goal,
+                          check_steps=check_steps, settle=settle, inner_loss=inner_loss, init=resolve_init(init, clf), seed=seed, goal=goal,
                           **CHECKS[check], resolution=resolution, survive=survive)
     err_console.print(f"model {clf.name} on {dev}; {norm} δ={delta:g} ε={eps:g}; "
                       f"≤{steps} outer × {inner_steps} inner steps, check {check} (PGD-{check_steps}), goal {goal}"
-                      + (f", settle {settle}" if settle else "")
+                      + (f", settle {settle}" if settle else "") + (f", inner loss {inner_loss}" if inner_loss != "ce" else "")
                       + (f"; surviving {survive}" if survive else ""), highlight=False)
     with Progress(TextColumn("[bold]robustify"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
                   TimeElapsedColumn(), console=err_console) as bar:
