@@ -82,7 +82,7 @@ def main() -> None:
         t0 = time.perf_counter()
         claims, passes, xs = [], [], []
         for i in range(0, len(x), 250):
-            r = robustify(model, x[i:i + 250], y[i:i + 250], delta=tm["delta"], eps=tm["eps"], **VARIANTS[name])
+            r = robustify(model, x[i:i + 250], y[i:i + 250], norm=tm["norm"], delta=tm["delta"], eps=tm["eps"], **VARIANTS[name])
             xs.append(r.x)
             claims += [im.robust for im in r.images]
             passes += [im.passes for im in r.images]

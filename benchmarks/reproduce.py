@@ -56,9 +56,10 @@ NOTES = [
     "`--check thorough` (APGD at AutoAttack's 100 iterations, 9 targets) was tried for ℓ∞ ADV/Ours: 1,111 instead of "
     "217 passes per image, and on the first 200 AA images exactly the same images robust (170 with either check); "
     "the run was stopped there to give the CPU to the ℓ2 rows (benchmarks/results/check-thorough.json).",
-    "ADV / Ours rows: `--settle 30` (ℓ∞) and `--settle 30 --inner-loss ce+dlr-t` (ℓ2), options chosen on test images "
-    "500–699, which the AA column never uses (benchmarks/robustify_options.py → benchmarks/results/robustify-options.json), "
-    "then run once here. With robustify's defaults these rows were ℓ∞ 86.4 / 85.6 / 84.2 and ℓ2 84.2 / 81.9 / 79.6 "
+    "ADV / Ours rows: `--settle 30` (ℓ∞) and `--settle 30 --inner-loss ce+dlr-t` (ℓ2), options compared on test images "
+    "500–699, which the AA column never uses (benchmarks/robustify_options.py; its lines in "
+    "benchmarks/results/robustify-options.json), then run once here; for ℓ∞ `--settle 30` stands in for no early stop, "
+    "the best there. With robustify's defaults these rows were ℓ∞ 86.4 / 85.6 / 84.2 and ℓ2 84.2 / 81.9 / 79.6 "
     "(clean / PGD-20 / AA), closing 77.8% and 75.9% of the gap; `--steps 60` gave ℓ∞ AA 83.8 "
     "(benchmarks/results/robustify-steps60.json). Ours / Ours rows use the defaults.",
     "AA runs on the first 500 images (`--aa-n 500`), in checkpointed chunks of 50: about 2 s per robust image on one "

@@ -59,7 +59,7 @@ def robustify_cmd(
                                                    "pgd = one PGD-20 (2.5× cheaper, ~3% of its claims fall to another PGD-20)."),
     settle: int = typer.Option(0, min=0, help="Outer steps more after a photo first passes its check, then checked "
                                               "again (kept only if it passes too): a deeper point for more passes. "
-                                              "--settle 30 runs every step (measured in results/reproduce.md)."),
+                                              "--settle 30 runs every step of the default --steps 30 (measured in results/reproduce.md)."),
     inner_loss: Literal["ce", "ce+dlr-t"] = typer.Option("ce", help="Loss of the unrolled inner attack: ce, or ce+dlr-t "
                                                           "(every other outer step attacks with AutoAttack's targeted "
                                                           "DLR, towards the 3 likeliest wrong classes in turn)."),

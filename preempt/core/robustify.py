@@ -87,9 +87,10 @@ class RobustifyConfig:
     check_apgd_targets: int = 3  # target classes of its APGD-T stage
     min_steps: int = 5         # outer steps before the first check
     settle: int = 0            # outer steps more after an image is first verified, then checked again: the later
-                               # photo is kept if it passes too (a deeper point than the first one to pass)
+                               # photo is kept if it passes too (a deeper point than the first one to pass); at most
+                               # until the last step; needs early_stop
     inner_loss: str = "ce"     # ce | ce+dlr-t: even outer steps attack with targeted DLR (AutoAttack's APGD-T
-                               # loss), the target cycling through the 3 most likely wrong classes
+                               # loss), the target cycling through the 3 most likely wrong classes (≥ 4 classes)
     quantize: bool = True
     create_graph: bool = False  # second-order unrolling (ℓ2 only)
     optimizer: str = "sign"    # sign: steepest descent in the norm, cosine-decayed steps;
@@ -121,6 +122,8 @@ class RobustifyConfig:
         if min(self.check_steps, self.check_restarts, self.check_apgd_steps, self.check_apgd_targets) < 1:
             raise ValueError("check_steps, check_restarts, check_apgd_steps and check_apgd_targets must be >= 1: "
                              "without a check nothing is verified")
+        if self.settle and not self.early_stop:
+            raise ValueError("settle needs early_stop: without checks before the last step nothing settles")
         if self.inner_loss not in ("ce", "ce+dlr-t"):
             raise ValueError(f"inner_loss {self.inner_loss!r}: choose ce or ce+dlr-t")
         if self.optimizer not in ("sign", "rmsprop"):
@@ -388,8 +391,9 @@ def _outer_loss(prob: _Problem, xr: torch.Tensor, idx: torch.Tensor, y: torch.Te
     if c.inner_loss == "ce+dlr-t" and k % 2 == 0:  # even steps: targeted DLR at the k/2-th most likely wrong class
         with torch.no_grad():
             wrong = prob.model(z).scatter(1, y[:, None], float("-inf"))
-            rank = (k // 2 - 1) % min(3, wrong.shape[1] - 1)
-            target = wrong.argsort(1, descending=True)[:, rank]
+        if wrong.shape[1] < 4:
+            raise ValueError("inner_loss='ce+dlr-t' needs a model with at least 4 classes (targeted DLR's scale)")
+        target = wrong.argsort(1, descending=True)[:, (k // 2 - 1) % 3]
 
         def attack_loss(logits: torch.Tensor, y_: torch.Tensor) -> torch.Tensor:
             return losses.dlr_targeted(logits, y_, target)
