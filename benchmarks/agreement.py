@@ -102,10 +102,10 @@ def main() -> None:
         old = part["variants"].get(name, {}).get("verified", {})
         row["verified"] = {**old, **row["verified"]}  # a rerun with another --standard-n adds its column
         part["variants"][name] = row
-        part["machine"] = f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
-        part["command"] = " ".join(["python", *sys.argv])  # (per model: the top-level pair is the last run's)
-        doc["machine"] = f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
-        doc["command"] = " ".join(["python", *sys.argv])
+        run = {"machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
+               "command": " ".join(["python", *sys.argv])}
+        part.update(run)  # per model; the top-level pair is the last run's
+        doc.update(run)
         path.write_text(json.dumps(doc, indent=1))
         print(name, json.dumps(row), flush=True)
 

@@ -34,6 +34,7 @@ import torch
 from preempt import RobustifyConfig, load_model, robustify, threat_model
 from preempt.attacks import pgd, run_suite
 from preempt.core.check import CHECKS
+from preempt.core.robustify import INNER_LOSSES
 from preempt.data import fashion_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -245,7 +246,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="robustify's outer steps at most (default: its own, 30)")
     ap.add_argument("--settle", type=int, default=None,
                     help="robustify's outer steps after an image first passes its check (default: its own, 0)")
-    ap.add_argument("--inner-loss", default=None, choices=["ce", "ce+dlr-t"], help="robustify's inner attack loss")
+    ap.add_argument("--inner-loss", default=None, choices=INNER_LOSSES, help="robustify's inner attack loss")
     ap.add_argument("--work", default=str(ROOT / "runs" / "reproduce"), help="checkpoints of unfinished rows")
     a = ap.parse_args()
     if a.threads:

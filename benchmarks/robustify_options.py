@@ -16,6 +16,7 @@ import sys
 import time
 
 import torch
+from reproduce import SETTINGS  # (run as a script from benchmarks/, like reproduce.py)
 
 from preempt import RobustifyConfig, load_model, robustify, threat_model
 from preempt.attacks import run_suite
@@ -24,7 +25,7 @@ from preempt.data import fashion_mnist
 torch.set_num_threads(int(os.environ.get("THREADS", "2")))
 norm, n = sys.argv[1], int(sys.argv[2])
 variants = sys.argv[3].split(",")
-adv, eps = {"linf": ("fmnist-linf-pgdat", 0.1), "l2": ("fmnist-l2-pgdat", 1.5)}[norm]
+adv, eps = SETTINGS[norm]["adv"], SETTINGS[norm]["eps"]  # the table's ADV model and budget
 x, y = fashion_mnist("test")
 x, y = x[500:500 + n], y[500:500 + n]
 m = load_model(adv)

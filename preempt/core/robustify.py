@@ -124,8 +124,8 @@ class RobustifyConfig:
                              "without a check nothing is verified")
         if self.settle and not self.early_stop:
             raise ValueError("settle needs early_stop: without checks before the last step nothing settles")
-        if self.inner_loss not in ("ce", "ce+dlr-t"):
-            raise ValueError(f"inner_loss {self.inner_loss!r}: choose ce or ce+dlr-t")
+        if self.inner_loss not in INNER_LOSSES:
+            raise ValueError(f"inner_loss {self.inner_loss!r}: choose {' or '.join(INNER_LOSSES)}")
         if self.optimizer not in ("sign", "rmsprop"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}")
         if self.optimizer == "rmsprop" and self.norm != "linf":
@@ -158,6 +158,7 @@ class RobustifyConfig:
 
 INITS = ("auto", "original", "descent", "random")
 GOALS = ("strongest", "least-visible")
+INNER_LOSSES = ("ce", "ce+dlr-t")
 
 
 def resolve_init(init: str, model) -> str:
@@ -329,18 +330,13 @@ def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
     opt: _Optimizer = (_TanhRMSprop if cfg.optimizer == "rmsprop" else _SignDescent)(prob, cfg, prob.start(init, y, gen))
     book = _Ledger(x_o, first_passes=1 if init == "descent" else 0, t0=t0)
 
-    anchor = opt.current(book.pending()).clone() if cfg.settle else None  # variable of each first verified photo
-
     def run_check(idx: torch.Tensor, k: int = 0) -> None:
         v = opt.current(idx)
         q = prob.photo(v, idx)
         ok, p, det = prob.check(q, y[idx], gen)
-        if anchor is not None:
-            second = book.verified_at[idx] >= 0
-            anchor[idx[~second & ok]] = v[~second & ok]
-            back = idx[second & ~ok]  # the extra steps lost the pass: final is the first photo (least-visible shrinks it)
-            opt.restore(back, anchor[back])
-        book.checked(idx, q, ok, p, det, k, settle=cfg.settle if k < cfg.steps else 0)
+        back = book.checked(idx, q, ok, p, det, k, settle=cfg.settle if k < cfg.steps else 0, v=v)
+        if len(back):  # the extra steps lost the pass: back to the first verified variable (least-visible shrinks it)
+            opt.restore(back, book.anchor[back])
 
     for k in range(1, cfg.steps + 1):
         idx = book.pending()
@@ -388,7 +384,8 @@ def _outer_loss(prob: _Problem, xr: torch.Tensor, idx: torch.Tensor, y: torch.Te
     c = prob.cfg
     z = prob.inputs(xr, idx)
     attack_loss: str | losses.Loss = "ce"
-    if c.inner_loss == "ce+dlr-t" and k % 2 == 0:  # even steps: targeted DLR at the k/2-th most likely wrong class
+    targeted = c.inner_loss == "ce+dlr-t" and k % 2 == 0
+    if targeted:  # even steps: targeted DLR at the k/2-th most likely wrong class
         with torch.no_grad():
             wrong = prob.model(z).scatter(1, y[:, None], float("-inf"))
         if wrong.shape[1] < 4:
@@ -399,8 +396,7 @@ def _outer_loss(prob: _Problem, xr: torch.Tensor, idx: torch.Tensor, y: torch.Te
             return losses.dlr_targeted(logits, y_, target)
     x_a, p = pgd_unrolled(prob.model, z, y, threat=prob.eball, steps=c.inner_steps, loss=attack_loss,
                           step_size=c.inner_step_size, create_graph=c.create_graph, generator=gen)
-    if attack_loss != "ce":
-        p += len(xr)
+    p += len(xr) if targeted else 0  # the pass that picked the targets
     logits = prob.model(x_a)
     loss = losses.ce(logits, y)
     total = loss
@@ -483,6 +479,7 @@ class _Ledger:
         self.done = torch.zeros(n, dtype=torch.bool, device=dev)
         self.robust = torch.zeros(n, dtype=torch.bool, device=dev)
         self.verified_at = torch.full((n,), -1, dtype=torch.long, device=dev)  # outer step of the first pass (settle)
+        self.anchor = torch.empty(0)  # variable of each first verified photo (settle; made at the first pass)
         self.steps = torch.zeros(n, dtype=torch.long)
         self.passes = torch.full((n,), first_passes, dtype=torch.long)
         self.loss = torch.full((n,), float("nan"))
@@ -500,13 +497,19 @@ class _Ledger:
         self.loss[i] = loss.cpu()
 
     def checked(self, idx: torch.Tensor, q: torch.Tensor, ok: torch.Tensor, passes: int, det: list[dict],
-                k: int = 0, settle: int = 0) -> None:
-        """The check's verdict on the photos ``q`` of images ``idx`` at outer step ``k``.  A first
-        pass makes an image final, or with ``settle`` > 0 starts its extra steps (the photo kept
-        meanwhile); a second check (after them) is final whatever it says, and its photo replaces
-        the first one only if it passed too."""
+                k: int = 0, settle: int = 0, v: torch.Tensor | None = None) -> torch.Tensor:
+        """The check's verdict on the photos ``q`` (variables ``v``) of images ``idx`` at outer step
+        ``k``.  A first pass makes an image final, or with ``settle`` > 0 starts its extra steps (its
+        photo and variable kept meanwhile, the variable in ``anchor``); a second check (after them)
+        is final whatever it says, and its photo replaces the first one only if it passed too.
+        Returns the images whose second check failed (their variable is ``anchor``'s again)."""
         self.passes[idx.cpu()] += int(round(passes / max(len(idx), 1)))
         second = self.verified_at[idx] >= 0
+        first = ~second & ok
+        if settle and v is not None and first.any():
+            if not self.anchor.numel():
+                self.anchor = v.new_zeros((len(self.final), *v.shape[1:]))
+            self.anchor[idx[first]] = v[first]
         keep = ~second | ok  # a failed second check keeps the verified first photo
         self.final[idx[keep]] = q[keep]
         self.robust[idx] |= ok
@@ -514,9 +517,10 @@ class _Ledger:
             if keep[j]:
                 self.uploads[i] = det[j]
         fin = idx[second | (ok & (settle == 0))]
-        self.verified_at[idx[~second & ok]] = k
+        self.verified_at[idx[first]] = k
         self.done[fin] = True
         self.finish(fin)
+        return idx[second & ~ok]
 
     def finish(self, idx: torch.Tensor) -> None:
         self.seconds[idx.cpu()] = time.perf_counter() - self.t0
