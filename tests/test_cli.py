@@ -215,10 +215,13 @@ def test_a_photo_too_big_for_memory_fails_alone(tmp_path, photo_dir, tiny_model_
     assert sum(f["status"] in ("robust", "not-robust") for f in files.values()) == 6
 
 
-def test_settle_and_inner_loss_reach_the_config(tmp_path, photo_dir, tiny_model_file):
+def test_settle_inner_loss_and_retry_reach_the_config(tmp_path, photo_dir, tiny_model_file):
     r = run("robustify", photo_dir, "-o", tmp_path / "out", "--model", tiny_model_file, "--json", "--steps", "6",
-            "--settle", "2", "--inner-loss", "ce+dlr-t")
+            "--settle", "2", "--inner-loss", "ce+dlr-t", "--retry", "rmsprop")
     assert r.exit_code in (0, 3), r.output
     cfg = _json(r)["config"]
-    assert cfg["settle"] == 2 and cfg["inner_loss"] == "ce+dlr-t" and cfg["init"] in ("original", "descent", "random")
+    assert cfg["settle"] == 2 and cfg["inner_loss"] == "ce+dlr-t" and cfg["retry"] == "rmsprop"
+    assert cfg["init"] in ("original", "descent", "random")
     assert run("robustify", photo_dir, "-o", tmp_path / "o2", "--model", tiny_model_file, "--settle", "-1").exit_code == 2
+    r = run("robustify", photo_dir, "-o", tmp_path / "o3", "--model", tiny_model_file, "--norm", "l2", "--retry", "rmsprop")
+    assert r.exit_code == 2 and "retry" in r.output and not (tmp_path / "o3").exists()

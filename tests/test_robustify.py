@@ -167,3 +167,36 @@ def test_targeted_inner_loss_alternates_and_defends(tiny_model, tiny_data, monke
     assert after.float().mean() >= before + 0.2
     with pytest.raises(ValueError, match="inner_loss"):
         robustify(tiny_model, x, inner_loss="dlr")
+
+
+def test_retry_reruns_only_the_unverified_with_rmsprop(tiny_model, tiny_data, monkeypatch):
+    from preempt.core import robustify as module
+
+    x, _ = tiny_data
+    x = _grid(x[:60])
+    label = tiny_model.predict(x)
+    kw = dict(delta=0.08, eps=0.15, steps=6, min_steps=2, check_every=2)  # ε > δ: some images are not verified
+    first = robustify(tiny_model, x, **kw)
+    assert 0 < int(first.robust.sum()) < len(x)
+    optimizers = []
+    rmsprop = module._TanhRMSprop
+
+    def recording(prob, cfg, start):
+        optimizers.append(len(start))
+        return rmsprop(prob, cfg, start)
+
+    monkeypatch.setattr(module, "_TanhRMSprop", recording)
+    res = robustify(tiny_model, x, retry="rmsprop", **kw)
+    assert optimizers == [int((~first.robust).sum())]  # one second run, on the unverified images only
+    won = first.robust
+    assert torch.equal(res.x[won], first.x[won])  # verified photos are untouched
+    assert (res.robust >= won).all()
+    for a, b in zip(first.images, res.images):  # a retried image counts both runs
+        assert b.passes > a.passes if not a.robust else b.passes == a.passes
+    again = res.robust & ~won
+    assert again.any()  # the retry verified something the first loop could not
+    assert (Linf(0.08).distance(res.x, x) <= 0.08 + 1e-6).all()
+    assert pgd(tiny_model, res.x[again], label[again], threat=Linf(0.15),
+               generator=torch.Generator().manual_seed(99)).robust.all()
+    with pytest.raises(ValueError, match="retry"):
+        robustify(tiny_model, x, norm="l2", delta=0.5, eps=0.5, retry="rmsprop")

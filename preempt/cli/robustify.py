@@ -63,6 +63,9 @@ def robustify_cmd(
     inner_loss: Literal["ce", "ce+dlr-t"] = typer.Option("ce", help="Loss of the unrolled inner attack: ce, or ce+dlr-t "
                                                           "(every other outer step attacks with AutoAttack's targeted "
                                                           "DLR, towards the 3 likeliest wrong classes in turn)."),
+    retry: Literal["none", "rmsprop"] = typer.Option("none", help="rmsprop: photos the loop could not verify run once "
+                                                     "more with the reference code's tanh-box RMSprop (ℓ∞; photos "
+                                                     "robustified at full resolution; measured in results/reproduce.md)."),
     init: Literal["auto", "original", "descent", "random"] = typer.Option("auto",
                              help="Start: auto (what the model card recommends, else original), original, descent or random."),
     goal: Literal["strongest", "least-visible"] = typer.Option("strongest",
@@ -121,11 +124,12 @@ def robustify_cmd(
         except ValueError as e:
             fail(f"--smoothing-sigma / --noise-samples: {e}", EXIT_USAGE, e)
     cfg = RobustifyConfig(norm=norm, delta=delta, eps=eps, steps=steps, inner_steps=inner_steps,
-                          check_steps=check_steps, settle=settle, inner_loss=inner_loss, init=resolve_init(init, clf), seed=seed, goal=goal,
+                          check_steps=check_steps, settle=settle, inner_loss=inner_loss, retry=retry, init=resolve_init(init, clf), seed=seed, goal=goal,
                           **CHECKS[check], resolution=resolution, survive=survive)
     err_console.print(f"model {clf.name} on {dev}; {norm} δ={delta:g} ε={eps:g}; "
                       f"≤{steps} outer × {inner_steps} inner steps, check {check} (PGD-{check_steps}), goal {goal}"
                       + (f", settle {settle}" if settle else "") + (f", inner loss {inner_loss}" if inner_loss != "ce" else "")
+                      + (f", retry {retry}" if retry != "none" else "")
                       + (f"; surviving {survive}" if survive else ""), highlight=False)
     with Progress(TextColumn("[bold]robustify"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
                   TimeElapsedColumn(), console=err_console) as bar:

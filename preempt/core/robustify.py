@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
 import torch
@@ -91,6 +91,8 @@ class RobustifyConfig:
                                # until the last step; needs early_stop
     inner_loss: str = "ce"     # ce | ce+dlr-t: even outer steps attack with targeted DLR (AutoAttack's APGD-T
                                # loss), the target cycling through the 3 most likely wrong classes (≥ 4 classes)
+    retry: str = "none"        # none | rmsprop: images the loop could not verify run once more, from the start,
+                               # with the tanh-box RMSprop (ℓ∞; photos the loop ran at full resolution)
     quantize: bool = True
     create_graph: bool = False  # second-order unrolling (ℓ2 only)
     optimizer: str = "sign"    # sign: steepest descent in the norm, cosine-decayed steps;
@@ -126,6 +128,10 @@ class RobustifyConfig:
             raise ValueError("settle needs early_stop: without checks before the last step nothing settles")
         if self.inner_loss not in INNER_LOSSES:
             raise ValueError(f"inner_loss {self.inner_loss!r}: choose {' or '.join(INNER_LOSSES)}")
+        if self.retry not in RETRIES:
+            raise ValueError(f"retry {self.retry!r}: choose {' or '.join(RETRIES)}")
+        if self.retry == "rmsprop" and (self.norm != "linf" or self.optimizer == "rmsprop"):
+            raise ValueError("retry='rmsprop' is for ℓ∞ with the sign optimizer (it retries with the other one)")
         if self.optimizer not in ("sign", "rmsprop"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}")
         if self.optimizer == "rmsprop" and self.norm != "linf":
@@ -159,6 +165,7 @@ class RobustifyConfig:
 INITS = ("auto", "original", "descent", "random")
 GOALS = ("strongest", "least-visible")
 INNER_LOSSES = ("ce", "ce+dlr-t")
+RETRIES = ("none", "rmsprop")
 
 
 def resolve_init(init: str, model) -> str:
@@ -373,7 +380,28 @@ def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
         if len(won):
             s, q, p = _shrink(prob, opt.current(won), won, y[won], gen, cfg.shrink_steps, book.uploads)
             book.shrunk(won, q, s, p)
-    return RobustifyResult(book.final, book.images(y), {**asdict(cfg), "init": init, "resolution": prob.resolution})
+    res = RobustifyResult(book.final, book.images(y), {**asdict(cfg), "init": init, "resolution": prob.resolution})
+    if cfg.retry != "none" and prob.resolution == "full":
+        _retry(model, x_o, y, cfg, res)
+    return res
+
+
+def _retry(model, x_o: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfig, res: RobustifyResult) -> None:
+    """Images the loop left unverified run once more from the start with the tanh-box RMSprop; a
+    photo it verifies replaces the first one (each image's steps, passes and seconds are those of
+    both runs).  Measured on the 19 of 1,000 test images (1000-1999) that the sign loop left unverified
+    against fmnist-linf-pgdat: RMSprop verified 5-8, of which AA left 4-5 robust (three settings); rerunning
+    the sign loop (another seed, more steps) left 1-2 (benchmarks/hard_images.py, results/hard-images.jsonl)."""
+    left = (~res.robust).nonzero().squeeze(1)
+    if not len(left):
+        return
+    sub = robustify(model, x_o[left], y[left], config=replace(cfg, optimizer="rmsprop", retry="none"))
+    for j, i in enumerate(left.tolist()):
+        a, b = res.images[i], sub.images[j]
+        if b.robust:
+            res.x[i] = sub.x[j]
+        res.images[i] = replace(b if b.robust else a, steps=a.steps + b.steps, passes=a.passes + b.passes,
+                                seconds=a.seconds + b.seconds)
 
 
 def _outer_loss(prob: _Problem, xr: torch.Tensor, idx: torch.Tensor, y: torch.Tensor, k: int,
