@@ -69,8 +69,8 @@ NOTES = [
     "unverified there, RMSprop verified 5–8 and the standard suite left 4–5 of those robust (three settings); "
     "rerunning the sign loop left 1–2. Here it retried the unverified images of 1,000 and verified 6, 2 of them among "
     "the first 500's 11 failures; AA kept 1 (84.4 → 84.6, 624 → 641 passes per image). ℓ2 has no such retry: on its "
-    "50 hard images of 1000–1999, a second sign run (other seed, more steps, second-order gradient, CE inner loss) "
-    "left 0–1 robust; a 5× stronger check inside the loop (APGD at 100 iterations, 9 targets) changed nothing on "
+    "50 hard images of 1000–1999, eight second sign runs (the same options, other seed, descent start, 2× step, 20 inner steps, CE "
+    "inner loss, second-order gradient, 100 steps) left 0–1 robust each; a 5× stronger check inside the loop (APGD at 100 iterations, 9 targets) changed nothing on "
     "images 500–699 (155 of 166 either way).",
     "AA runs on the first 500 images (`--aa-n 500`), in checkpointed chunks of 50: about 2 s per robust image on one "
     "core of this 2-core CPU, three rows sharing the two cores.",
