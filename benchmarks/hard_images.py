@@ -18,22 +18,13 @@ import time
 from pathlib import Path
 
 import torch
-from reproduce import ROOT, SETTINGS  # (run from benchmarks/, like reproduce.py)
+from reproduce import ROOT, SETTINGS, variant  # (run from benchmarks/, like reproduce.py)
 
 from preempt import RobustifyConfig, load_model, robustify, threat_model
 from preempt.attacks import run_suite
 from preempt.data import fashion_mnist
 
 OPTIONS = {"linf": {"settle": 30}, "l2": {"settle": 30, "inner_loss": "ce+dlr-t"}}  # the table's ADV / Ours rows
-
-
-def _value(a: str):
-    for cast in (int, float):
-        try:
-            return cast(a)
-        except ValueError:
-            pass
-    return a
 
 
 def hard_set(m, norm: str, n: int, eps: float) -> dict:
@@ -66,9 +57,7 @@ def main() -> None:
     x, y = x[hard], y[hard]
     out = Path(__file__).parent / "results" / "hard-images.jsonl"
     for v in variants:
-        kw = dict(OPTIONS[norm])
-        if v != "base":
-            kw.update({k: _value(a) for k, a in (kv.split("=") for kv in v.split(";"))})
+        kw = {**OPTIONS[norm], **variant(v)}
         m.passes = 0
         t = time.perf_counter()
         r = robustify(m, x, y, config=RobustifyConfig(norm=norm, eps=eps, delta=eps, **kw))
@@ -76,7 +65,7 @@ def main() -> None:
         i = r.robust.nonzero().squeeze(1)
         aa = int(run_suite(m, r.x[i], y[i], threat=threat_model(norm, eps), suite="standard",
                            generator=torch.Generator().manual_seed(7)).robust.sum()) if len(i) else 0
-        line = {"norm": norm, "model": m.name, "images": f"test {1000}..{1000 + n}", "correct": doc["correct"],
+        line = {"norm": norm, "model": m.name, "images": f"test 1000..{1000 + n}", "correct": doc["correct"],
                 "verified_by_the_table_options": doc["verified_and_correct"], "hard": len(hard), "variant": v,
                 "verified": len(i), "aa_robust": aa, "passes_per_image": round(passes), "seconds": round(dt),
                 "command": "python benchmarks/hard_images.py " + " ".join(sys.argv[1:])}

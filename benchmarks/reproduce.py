@@ -75,6 +75,21 @@ NOTES = [
     "AA runs on the first 500 images (`--aa-n 500`), in checkpointed chunks of 50: about 2 s per robust image on one "
     "core of this 2-core CPU, three rows sharing the two cores.",
 ]
+
+
+def variant(spec: str) -> dict:
+    """RobustifyConfig fields from ``key=value;key=value`` (``base``: none), numbers as numbers."""
+
+    def value(a: str):
+        for cast in (int, float):
+            try:
+                return cast(a)
+            except ValueError:
+                pass
+        return a
+    return {} if spec == "base" else {k: value(a) for k, a in (kv.split("=") for kv in spec.split(";"))}
+
+
 ROWS = {"adv-none": "ADV / None", "adv-ours": "ADV / Ours", "ours-ours": "Ours / Ours"}
 
 

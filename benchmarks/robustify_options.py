@@ -16,7 +16,7 @@ import sys
 import time
 
 import torch
-from reproduce import SETTINGS  # (run as a script from benchmarks/, like reproduce.py)
+from reproduce import SETTINGS, variant  # (run as a script from benchmarks/, like reproduce.py)
 
 from preempt import RobustifyConfig, load_model, robustify, threat_model
 from preempt.attacks import run_suite
@@ -33,12 +33,8 @@ th = threat_model(norm, eps)
 correct = m.predict(x) == y
 
 
-def _value(a: str):
-    return int(a) if a.isdigit() else (float(a) if a.replace(".", "").isdigit() else a)
-
-
 for v in variants:
-    kw = {} if v == "base" else {k: _value(a) for k, a in (kv.split("=") for kv in v.split(";"))}
+    kw = variant(v)
     m.passes = 0
     t = time.perf_counter()
     r = robustify(m, x, config=RobustifyConfig(norm=norm, eps=eps, delta=eps, seed=0, **kw))

@@ -318,7 +318,7 @@ def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
     """
     cfg = config or RobustifyConfig()
     if overrides:
-        cfg = RobustifyConfig(**{**asdict(cfg), **overrides})
+        cfg = replace(cfg, **overrides)
     cfg.validate()
     if not model.differentiable:
         raise ValueError(f"{model.name} has no gradients (an ONNX model): robustify needs the torch model "
