@@ -7,7 +7,8 @@ the ADV (pgd-at) model of the norm, δ = ε, with the table's ADV / Ours options
 inner loss ce+dlr-t).  The images it classifies correctly but could not verify are the hard set (cached in
 runs/hard-<norm>-<n>.json).  Each variant (RobustifyConfig fields ``key=value;key=value`` over those options;
 ``base`` = the options alone, rerun on the hard set) then robustifies the hard set afresh, and the standard suite
-(APGD-CE, APGD-T, FAB-T, Square, seed 7) attacks what it verified.  This is how ``--retry rmsprop`` was chosen:
+(APGD-CE, APGD-T, FAB-T, Square, seed 7) attacks what it verified; each line names the test images it
+left robust, so variants can be compared image by image.  This is how ``--retry rmsprop`` was chosen:
 the retry is exactly such a second run on the images the first loop left unverified.  Threads: $THREADS
 (default 2).  Appends one JSON line per variant to benchmarks/results/hard-images.jsonl.
 """
@@ -63,11 +64,13 @@ def main() -> None:
         r = robustify(m, x, y, config=RobustifyConfig(norm=norm, eps=eps, delta=eps, **kw))
         dt, passes = time.perf_counter() - t, m.passes / len(hard)
         i = r.robust.nonzero().squeeze(1)
-        aa = int(run_suite(m, r.x[i], y[i], threat=threat_model(norm, eps), suite="standard",
-                           generator=torch.Generator().manual_seed(7)).robust.sum()) if len(i) else 0
+        kept = run_suite(m, r.x[i], y[i], threat=threat_model(norm, eps), suite="standard",
+                         generator=torch.Generator().manual_seed(7)).robust if len(i) else torch.zeros(0, dtype=bool)
+        aa = int(kept.sum())
         line = {"norm": norm, "model": m.name, "images": f"test 1000..{1000 + n}", "correct": doc["correct"],
                 "verified_by_the_table_options": doc["verified_and_correct"], "hard": len(hard), "variant": v,
-                "verified": len(i), "aa_robust": aa, "passes_per_image": round(passes), "seconds": round(dt),
+                "verified": len(i), "aa_robust": aa,
+                "aa_robust_images": [hard[j] for j in i[kept].tolist()], "passes_per_image": round(passes), "seconds": round(dt),
                 "command": "python benchmarks/hard_images.py " + " ".join(sys.argv[1:])}
         print(json.dumps(line), flush=True)
         with out.open("a") as f:

@@ -57,14 +57,39 @@ def test_robustify_then_verify(tmp_path, photo_dir, tiny_model_file):
 
 def test_rerun_skips_existing_and_overwrite_redoes(tmp_path, photo_dir, tiny_model_file):
     out = tmp_path / "out"
-    assert run("robustify", photo_dir, "-o", out, "--model", tiny_model_file).exit_code in (0, 3)  # 3: one not robust
+    first = run("robustify", photo_dir, "-o", out, "--model", tiny_model_file, "--json")
+    before = {f["src"]: f["status"] for f in _json(first)["files"]}
+    assert "not-robust" in before.values() and first.exit_code == 3  # (the tiny model leaves one photo not robust)
     stamp = {p: p.stat().st_mtime_ns for p in out.iterdir()}
     r = run("robustify", photo_dir, "-o", out, "--model", tiny_model_file, "--json")
-    assert r.exit_code == 0
-    assert all(f["status"] == "skipped" for f in _json(r)["files"])
+    files = _json(r)["files"]
+    assert all(f["status"] == "skipped" for f in files)
     assert {p: p.stat().st_mtime_ns for p in out.iterdir()} == stamp
+    # the rerun says what the first run said: a resumed `robustify && upload` is as safe as the first
+    assert r.exit_code == 3
+    for f in files:
+        assert f["metrics"]["robust"] == (before[f["src"]] == "robust") and f["metrics"]["recorded"] == before[f["src"]]
+        assert ("was written robust" in f["error"]) == (before[f["src"]] == "robust")
+    assert "skipped, not known robust" in r.stderr and "not known robust" in r.stderr
     r = run("robustify", photo_dir, "-o", out, "--model", tiny_model_file, "--json", "--overwrite")
     assert all(f["status"] != "skipped" for f in _json(r)["files"])
+
+
+def test_a_skipped_output_counts_as_robust_only_for_the_settings_it_was_made_for(tmp_path, photo_dir, tiny_model_file):
+    out = tmp_path / "out"
+    for p in sorted(photo_dir.iterdir())[1:]:
+        p.unlink()  # one photo, which the tiny model makes robust
+    assert run("robustify", photo_dir, "-o", out, "--model", tiny_model_file).exit_code == 0
+    assert run("robustify", photo_dir, "-o", out, "--model", tiny_model_file).exit_code == 0
+    r = run("robustify", photo_dir, "-o", out, "--model", tiny_model_file, "--eps", 0.2, "--json")
+    assert r.exit_code == 3, r.output
+    (f,) = _json(r)["files"]
+    assert f["status"] == "skipped" and not f["metrics"]["robust"] and "other settings (eps 0.1)" in f["error"]
+    # a file at the output name that preempt did not write (or wrote before it recorded verdicts)
+    (dst,) = out.iterdir()
+    Image.open(dst).save(dst)  # the same pixels, no record
+    r = run("robustify", photo_dir, "-o", out, "--model", tiny_model_file, "--json")
+    assert r.exit_code == 3 and "no record of robustify's verdict" in _json(r)["files"][0]["error"]
 
 
 def test_bad_files_are_reported_and_the_batch_goes_on(tmp_path, photo_dir, tiny_model_file):

@@ -25,7 +25,7 @@ from preempt.core.upload import (
     resize_real,
     service_spec,
 )
-from preempt.pipeline.photos import load_photo
+from preempt.pipeline.photos import load_photo, read_meta
 
 runner = CliRunner()
 
@@ -153,6 +153,12 @@ def test_jpeg_output_never_leaves_delta_unreported(tmp_path, tiny_data, tiny_mod
         assert f["metrics"]["quality"] >= quality
     bad = [f for f in files if f["status"] in ("over-budget", "not-robust")]
     assert r.exit_code == (3 if bad else 0)
+    # each JPEG's comment records the verdict on its decoded pixels, and a rerun says it again
+    assert all(read_meta(f["dst"])["status"] == f["status"] for f in files)
+    again = run("robustify", d, "-o", tmp_path / "o", "--model", tiny_model_file, "--format", "jpeg", "--quality",
+                quality, "--delta", delta, "--eps", 0.05, "--json")
+    assert again.exit_code == r.exit_code
+    assert [f["metrics"]["robust"] for f in json.loads(again.stdout)["files"]] == [f["status"] == "robust" for f in files]
     if delta < 1.5 / 255:  # one grey level: no JPEG of these photos fits, and the table must say so
         assert all(f["status"] == "over-budget" for f in files)
         assert "over budget 4" in r.stderr

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Literal
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .common import (
@@ -92,7 +93,8 @@ def robustify_cmd(
 ) -> None:
     """Robustify photos so that no ε-perturbation changes the classifier's answer.
 
-    Exit codes: 0 every photo robust, 1 a file failed, 2 usage, 3 a photo is not robust or over budget."""
+    Exit codes: 0 every photo robust, 1 a file failed, 2 usage, 3 a photo is not robust or over budget (a skipped
+    output counts as robust only if it was written robust for the same model, norm, δ, ε and --survive)."""
     import torch
 
     from ..core.check import CHECKS
@@ -140,6 +142,8 @@ def robustify_cmd(
             bar.update(task, advance=1, last=Path(r.src).name)
             if r.status == "failed":
                 report_error(f"{r.src}: {r.error}", console=bar.console)
+            elif r.breaks_claim and r.status == "skipped":
+                bar.console.print(f"[yellow]{escape(r.src)}: {escape(r.error or '')}[/]", highlight=False)
 
         def on_step(files, k: int, steps: int, verified: int) -> None:
             what = files[0].name if len(files) == 1 else f"{len(files)} photos"
@@ -162,4 +166,4 @@ def robustify_cmd(
     failed = missing + sum(r.status == "failed" for r in results)
     if failed:
         raise typer.Exit(EXIT_ERROR)
-    raise typer.Exit(EXIT_NOT_ROBUST if any(r.status in ("not-robust", "over-budget") for r in results) else EXIT_OK)
+    raise typer.Exit(EXIT_NOT_ROBUST if any(r.breaks_claim for r in results) else EXIT_OK)

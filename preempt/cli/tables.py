@@ -18,15 +18,19 @@ def summary_table(results, title: str) -> Table:
     style = {"robust": "green", "not-robust": "yellow", "over-budget": "bold red", "failed": "red", "skipped": "dim"}
     for r in results:
         m = r.metrics
-        t.add_row(escape(Path(r.src).name), f"[{style[r.status]}]{r.status}[/]", r.label_name or ("" if r.label is None else str(r.label)),
+        status = f"[{style[r.status]}]{r.status}[/]"
+        if r.status == "skipped" and r.breaks_claim:
+            status = "[yellow]skipped, not known robust[/]"
+        t.add_row(escape(Path(r.src).name), status, r.label_name or ("" if r.label is None else str(r.label)),
                   str(m.get("steps", "")), str(m.get("passes", "")),
                   f"{m['linf']:.3f}" if "linf" in m else "",
                   f"{m['psnr']:.1f}" if "psnr" in m else "", f"{m['seconds']:.2f}" if "seconds" in m else "")
     c = Counter(r.status for r in results)
     total = sum(r.metrics.get("seconds", 0) for r in results)
+    unknown = sum(r.status == "skipped" and r.breaks_claim for r in results)
     t.caption = (f"robust {c['robust']}, not robust {c['not-robust']}, "
                  + (f"over budget {c['over-budget']}, " if c["over-budget"] else "") + f"failed {c['failed']}, "
-                 f"skipped {c['skipped']}; {total:.1f}s")
+                 f"skipped {c['skipped']}" + (f" ({unknown} not known robust)" if unknown else "") + f"; {total:.1f}s")
     return t
 
 

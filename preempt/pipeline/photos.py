@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
 import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
@@ -141,15 +142,42 @@ def load_photo(path: str | Path | bytes) -> Photo:
         raise PhotoError("image has no pixels")
     if _ORIENTATION in exif:
         del exif[_ORIENTATION]  # the pixels are now upright
-    meta = {}
-    if isinstance(meta_raw, (str, bytes)):
-        try:
-            meta = json.loads(meta_raw)
-            meta = meta if isinstance(meta, dict) and "preempt" in meta else {}
-        except ValueError:
-            meta = {}
     return Photo(np.array(px, dtype=np.uint8, order="C", copy=True), alpha, mode, fmt,
-                 exif.tobytes() if len(exif) else None, icc, meta, file)
+                 exif.tobytes() if len(exif) else None, icc, _parse_meta(meta_raw), file)
+
+
+def _parse_meta(raw) -> dict:
+    """preempt's record from a PNG text chunk or JPEG comment; {} when there is none."""
+    if not isinstance(raw, (str, bytes)):
+        return {}
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) and "preempt" in meta else {}
+
+
+def read_meta(path: str | Path) -> dict:
+    """What preempt recorded in an earlier output (from the file's header, without decoding the pixels);
+    {} when the file holds no record or cannot be read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return _parse_meta(im.info.get(META_KEY) or im.info.get("comment"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return {}
+
+
+def restamp_jpeg(data: bytes, meta: dict, new: dict) -> bytes:
+    """The JPEG ``data`` (encoded by :func:`encode` with ``meta``) with its comment saying ``new``
+    instead; the image data, and so the decoded pixels, are untouched."""
+    old, text = json.dumps(meta).encode(), json.dumps(new).encode()
+    seg = b"\xff\xfe" + struct.pack(">H", len(old) + 2) + old
+    at = data.find(seg)
+    if at < 0:
+        raise PhotoError("JPEG comment not found where it was written")
+    return data[:at] + b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text + data[at + len(seg):]
 
 
 def from_tensor(x: torch.Tensor, like: Photo) -> Photo:

@@ -27,6 +27,12 @@ class FileResult:
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None and v != {}}
 
+    @property
+    def breaks_claim(self) -> bool:
+        """The file on disk is not known to be robust for this run: written not robust or over budget,
+        or skipped (it existed) without a record that it was written robust for these settings."""
+        return self.status in NOT_ROBUST or (self.status == "skipped" and not self.metrics.get("robust", False))
+
 
 def label_name(classes: list[str] | None, label: int) -> str | None:
     """The class name of ``label``, where the model has names."""

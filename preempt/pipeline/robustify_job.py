@@ -32,6 +32,8 @@ from .photos import (
     load_photo,
     nothing_found,
     output_path,
+    read_meta,
+    restamp_jpeg,
     write_atomic,
 )
 from .results import FileResult, NoImages, Status, label_name
@@ -66,7 +68,7 @@ def plan_outputs(inputs: list[tuple[Path, Path]], out_dir: Path, model, cfg: Rob
             continue
         claimed.update({d.resolve(): src for d in names})
         if done_before and not overwrite:
-            emit(FileResult(str(src), "skipped", str(done_before[0]), error="output exists (use --overwrite)"))
+            emit(_skipped(src, done_before[0], model, cfg))
             continue
         try:
             shape = probe(src)
@@ -79,6 +81,34 @@ def plan_outputs(inputs: list[tuple[Path, Path]], out_dir: Path, model, cfg: Rob
             continue
         todo.append(_Planned(src, dst, shape))
     return todo
+
+
+RECORDED = ("model", "norm", "delta", "eps", "survive")  # the settings an output's "robust" is for
+
+
+def _record(model, cfg: RobustifyConfig) -> dict:
+    return {"model": model.name, "norm": cfg.norm, "delta": cfg.delta, "eps": cfg.eps, "survive": cfg.survive}
+
+
+def _skipped(src: Path, dst: Path, model, cfg: RobustifyConfig) -> FileResult:
+    """An output that exists: skipped, and robust for this run only if preempt recorded it robust for these
+    settings (so a resumed ``robustify … && upload`` is as safe as the first run)."""
+    meta = read_meta(dst)
+    recorded = meta.get("status")
+    differ = [k for k in RECORDED if meta.get(k) != _record(model, cfg)[k]] if meta else []
+    if not meta or recorded is None:
+        why = "holds no record of robustify's verdict, so it is not known to be robust"
+    elif differ:
+        why = ("was robustified for other settings (" + ", ".join(f"{k} {meta.get(k)}" for k in differ)
+               + "), so it is not known to be robust for these")
+    elif recorded != "robust":
+        why = f"was written {recorded}"
+    else:
+        why = "was written robust"
+    ok = why == "was written robust"
+    return FileResult(str(src), "skipped", str(dst), label=meta.get("label"),
+                      error=f"output exists and {why} (--overwrite robustifies it again)",
+                      metrics={"robust": ok, "recorded": recorded} if recorded else {"robust": ok})
 
 
 def _path_for(model, chw: tuple[int, int, int], cfg: RobustifyConfig) -> str:
@@ -168,8 +198,7 @@ class _Writer:
     def write(self, item: _Planned, photo: Photo, x_o: torch.Tensor, x_r: torch.Tensor, info: ImageResult,
               seconds: float) -> FileResult:
         cfg, src, dst = self.cfg, item.src, item.dst
-        meta = {"preempt": __version__, "model": self.model.name, "norm": cfg.norm, "delta": cfg.delta,
-                "eps": cfg.eps, "label": info.label, "source": src.name}
+        meta = {"preempt": __version__, **_record(self.model, cfg), "label": info.label, "source": src.name}
         try:
             out = from_tensor(x_r, photo)
             metrics = {**info.to_dict(), "seconds": round(seconds, 4)}
@@ -183,10 +212,12 @@ class _Writer:
                                "format_note": f"JPEG {status} at quality {metrics['quality']}: wrote PNG"}
                     data = None
             if data is None:  # lossless: the file holds exactly the pixels robustify judged
-                data = encode(out, "png", strip_metadata=self.strip_metadata, meta=meta)
+                status = "robust" if info.robust else "not-robust"
+                data = encode(out, "png", strip_metadata=self.strip_metadata, meta={**meta, "status": status})
                 if not (decode(data).pixels == out.pixels).all():
                     raise PhotoError("PNG round trip changed pixels")
-                status = "robust" if info.robust else "not-robust"
+            else:  # the verdict on the decoded JPEG goes into its comment (a rerun reads it)
+                data = restamp_jpeg(data, meta, {**meta, "status": status})
             metrics["robust"] = status == "robust"
             metrics["bytes"] = len(data)
             write_atomic(dst, data)
