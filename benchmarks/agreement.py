@@ -4,8 +4,10 @@
     python benchmarks/agreement.py --n 200 --variants pgd,strong --no-standard
 
 For each robustify check (``--variants``) it robustifies the images, then attacks the returned
-8-bit pixels as ``preempt verify`` does: the default suite (PGD-20, step ε/4, random start) with
-seeds 0, 1 and 2, and the standard suite (APGD-CE, APGD-T, FAB-T, Square) with seed 0.  It reports
+8-bit pixels as ``preempt verify`` does: with PGD-20 (step ε/4, random start; verify's old default)
+and with verify's default suite ``strong`` (PGD-20 twice, APGD-CE, APGD-T: the attacks
+of robustify's default check, from verify's random starts), each with seeds 0, 1 and 2, and with
+the standard suite (APGD-CE, APGD-T, FAB-T, Square) with seed 0.  It reports
 per variant: robust claimed, robust under each verification, agreement (claim = verdict, over all
 images), claims broken, and the passes per image robustify spent.  Labels: the model's
 prediction on the original.  Each variant's result is saved as soon as it is done
@@ -42,6 +44,11 @@ def verdicts(model, x, y, threat, standard: int, bs: int = 250) -> dict[str, tor
         gen = torch.Generator().manual_seed(seed)
         out[f"pgd20-seed{seed}"] = torch.cat([pgd(model, x[i:i + bs], y[i:i + bs], threat=threat, steps=20,
                                                   generator=gen).robust for i in range(0, len(x), bs)])
+    for seed in (0, 1, 2):  # preempt verify's default suite: the attacks of robustify's check
+        t0 = time.perf_counter()
+        out[f"strong-seed{seed}"] = run_suite(model, x, y, threat=threat, suite="strong",
+                                              generator=torch.Generator().manual_seed(seed)).robust
+        print(f"  strong suite, seed {seed}: {time.perf_counter() - t0:.0f}s", flush=True)
     if standard:
         t0 = time.perf_counter()
         r = run_suite(model, x[:standard], y[:standard], threat=threat, suite="standard",

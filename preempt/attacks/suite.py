@@ -2,6 +2,9 @@
 point (the AutoAttack protocol of Croce & Hein 2020).
 
 * ``pgd`` — PGD-20 (step ε/4, random start), ``restarts`` times (``steps`` sets its length).
+* ``strong`` — PGD-20 twice, then APGD-CE and APGD-T (3 targets) at 25 iterations: the attacks of
+  robustify's default check (``preempt.core.check``), so that ``preempt verify`` (whose default
+  this is) and ``preempt robustify`` mean one thing by "robust"; the random starts are verify's own.
 * ``quick`` — PGD-20, then APGD-CE.
 * ``standard`` — APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square (5,000 queries):
   AutoAttack's "standard" version.
@@ -56,6 +59,9 @@ class Suite:
 SUITES: dict[str, Suite] = {s.name: s for s in [
     Suite("pgd", "PGD-STEPS (step ε/4, random start), --restarts times",
           lambda steps, restarts, sur: [f"pgd-{steps}"] * restarts),
+    Suite("strong", "robustify's default check with verify's own random starts: PGD-STEPS twice, then APGD-CE and "
+                    "APGD-T (3 targets) at 25 iterations",
+          lambda steps, restarts, sur: [f"pgd-{steps}"] * 2 + ["apgd-ce-25", "apgd-t-25"]),
     Suite("quick", "PGD-20, APGD-CE", lambda steps, restarts, sur: ["pgd-20", "apgd-ce"]),
     Suite("standard", "APGD-CE, APGD-T, FAB-T, Square (AutoAttack's standard version)",
           lambda steps, restarts, sur: ["apgd-ce", "apgd-t", "fab-t", "square"]),
@@ -66,7 +72,7 @@ SUITES: dict[str, Suite] = {s.name: s for s in [
 ]}
 
 
-SuiteName = Literal["pgd", "quick", "standard", "rand", "blackbox"]  # for type hints and the CLI's choices
+SuiteName = Literal["pgd", "strong", "quick", "standard", "rand", "blackbox"]  # for type hints and the CLI's choices
 assert set(get_args(SuiteName)) == set(SUITES), "SuiteName must list SUITES"
 
 
@@ -92,6 +98,8 @@ def _attack(name: str, gen: torch.Generator | None, surrogate=None, step_size: f
     A = {
         "apgd-ce": lambda m, x, y, t: apgd(m, x, y, threat=t, loss="ce", generator=gen),
         "apgd-t": lambda m, x, y, t: apgd_targeted(m, x, y, threat=t, generator=gen),
+        "apgd-ce-25": lambda m, x, y, t: apgd(m, x, y, threat=t, steps=25, loss="ce", generator=gen),
+        "apgd-t-25": lambda m, x, y, t: apgd_targeted(m, x, y, threat=t, steps=25, n_targets=3, generator=gen),
         "fab-t": lambda m, x, y, t: fab_targeted(m, x, y, threat=t),
         "square": lambda m, x, y, t: square(m, x, y, threat=t, queries=5000, generator=gen),
         "apgd-ce-eot": lambda m, x, y, t: apgd(m, x, y, threat=t, loss="ce", eot=20, generator=gen),

@@ -56,8 +56,8 @@ def verify_cmd(
                                          "or '1080,2048'."),
     norm: Literal["linf", "l2"] | None = typer.Option(None, help="linf | l2 (default: the model's)."),
     eps: float | None = typer.Option(None, help="Attack budget ε (default: the model's)."),
-    suite: SuiteName = typer.Option("pgd", help=suite_help() + "."),
-    steps: int = typer.Option(20, help="PGD steps (suite pgd)."),
+    suite: SuiteName = typer.Option("strong", help=suite_help() + "."),
+    steps: int = typer.Option(20, help="PGD steps (suites pgd and strong)."),
     restarts: int = typer.Option(1, help="PGD random restarts."),
     adaptive: bool = typer.Option(False, help="Also run the adaptive white-box attack that first tries to undo robustification."),
     certify: bool = typer.Option(False, help="Randomized-smoothing certificate (CERTIFY) per image."),
@@ -72,7 +72,8 @@ def verify_cmd(
     json_out: bool = typer.Option(False, "--json", help="JSON on stdout."),
     report: Path | None = typer.Option(None, help="Also write an HTML report to this file."),
 ) -> None:
-    """Attack photos with PGD; exit code 3 if any is not robust."""
+    """Attack photos (by default with the attacks of robustify's check, from other random starts); exit code 3 if
+    any is not robust."""
     from ..pipeline import NoImages, VerifyConfig, verify_files
     from ..pipeline.photos import PhotoError
     from ..pipeline.report import summarize, write_html

@@ -28,8 +28,8 @@ from .results import FileResult, NoImages, label_name
 class VerifyConfig:
     norm: str = "linf"
     eps: float = 0.1
-    suite: str = "pgd"              # a name in preempt.attacks.suite.SUITES
-    steps: int = 20                 # PGD steps (suite "pgd")
+    suite: str = "strong"           # a name in preempt.attacks.suite.SUITES (strong: robustify's default check)
+    steps: int = 20                 # PGD steps (suites "pgd" and "strong")
     step_size: float | None = None  # PGD step, default ε/4
     restarts: int = 1               # PGD restarts
     seed: int = 0
@@ -47,7 +47,7 @@ class VerifyConfig:
 
     def describe(self) -> dict:
         """The attacks' parameters, as reports state them."""
-        # each attack once (the pgd suite's restarts repeat one name)
+        # each attack once (the pgd suite's restarts and the strong suite's two PGD starts repeat one name)
         attacks = list(dict.fromkeys(attack_names(self.suite, self.surrogate, steps=self.steps, restarts=self.restarts)))
         attacks += ["adaptive"] if self.adaptive else []
         attacks += [str(c) for c in upload.concrete(upload.parse(self.uploads), (1 << 30, 1 << 30))]
