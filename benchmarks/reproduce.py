@@ -93,12 +93,15 @@ def variant(spec: str) -> dict:
 ROWS = {"adv-none": "ADV / None", "adv-ours": "ADV / Ours", "ours-ours": "Ours / Ours"}
 
 
-def _aa_chunked(model, x, y, threat, seed: int, chunk: int, work: Path | None) -> dict:
-    """The standard suite in chunks of ``chunk`` images, each checkpointed as work/aa-<start>.json."""
+def _aa_chunked(model, x, y, threat, seed: int, chunk: int, work: Path | None, starts=None) -> dict:
+    """The standard suite in chunks of ``chunk`` images, each checkpointed as work/aa-<start>.json (its draws
+    seeded by its start, so a chunk's verdicts do not depend on which others run).  ``starts``: only those
+    chunks (default: all of x)."""
     robust: list[bool] = []
     after: dict[str, float] = {}
     seconds = 0.0
-    for start in range(0, len(x), chunk):
+    starts = range(0, len(x), chunk) if starts is None else starts
+    for start in starts:
         ck = work / f"aa-{start}.json" if work else None
         if ck and ck.exists():
             part = json.loads(ck.read_text())
@@ -119,7 +122,8 @@ def _aa_chunked(model, x, y, threat, seed: int, chunk: int, work: Path | None) -
             after[k] = after.get(k, 0.0) + v
         seconds += part["seconds"]
         print(f"  AA {start + len(part['robust'])}/{len(x)}: robust so far {sum(robust)}", flush=True)
-    return {"robust": torch.tensor(robust), "per_attack": {k: v / len(x) for k, v in after.items()}, "seconds": seconds}
+    return {"robust": torch.tensor(robust), "per_attack": {k: v / len(robust) for k, v in after.items()},
+            "seconds": seconds}
 
 
 def evaluate(model, x, y, threat, seed: int, aa_n: int, bs: int = 250, aa_chunk: int = 50,
@@ -256,7 +260,18 @@ def checks_text(rows: dict) -> list[str]:
     return lines
 
 
-def main() -> None:
+def work_dir(a: argparse.Namespace, norm: str, key: str, sha: str | None, aa_n: int) -> Path:
+    """Where a row's checkpoints live: keyed by everything that changes its numbers."""
+    tag = f"{norm}-{key}-{sha}-{a.n}-{a.seed}-{a.check}-{aa_n}-{a.aa_chunk}"
+    tag += f"-steps{a.steps}" if a.steps is not None else ""  # (the default keeps the stored rows' keys)
+    if key != "adv-none":  # robustify's own options do not change the row without it
+        tag += f"-settle{a.settle}" if a.settle is not None else ""
+        tag += f"-inner-{a.inner_loss}" if a.inner_loss is not None else ""
+        tag += f"-retry-{a.retry}" if a.retry is not None else ""
+    return Path(a.work) / hashlib.sha256(tag.encode()).hexdigest()[:16]
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--aa-n", type=int, default=None, help="images for the AA column (default: all n; 0: skip AA)")
@@ -274,7 +289,11 @@ def main() -> None:
     ap.add_argument("--inner-loss", default=None, choices=INNER_LOSSES, help="robustify's inner attack loss")
     ap.add_argument("--retry", default=None, choices=RETRIES, help="robustify's second run for unverified images")
     ap.add_argument("--work", default=str(ROOT / "runs" / "reproduce"), help="checkpoints of unfinished rows")
-    a = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    a = parser().parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     SETTINGS["l2"]["ours"] = a.ours_l2
@@ -310,13 +329,7 @@ def main() -> None:
         for key in a.rows.split(","):
             name = ROWS[key]
             model = adv if name.startswith("ADV") else ours
-            tag = f"{norm}-{key}-{sha[name.split(' / ')[0]]}-{a.n}-{a.seed}-{a.check}-{aa_n}-{a.aa_chunk}"
-            tag += f"-steps{a.steps}" if a.steps is not None else ""  # (the default keeps the stored rows' keys)
-            if not name.endswith("None"):  # robustify's own options do not change the rows without it
-                tag += f"-settle{a.settle}" if a.settle is not None else ""
-                tag += f"-inner-{a.inner_loss}" if a.inner_loss is not None else ""
-                tag += f"-retry-{a.retry}" if a.retry is not None else ""
-            work = Path(a.work) / hashlib.sha256(tag.encode()).hexdigest()[:16]
+            work = work_dir(a, norm, key, sha[name.split(" / ")[0]], aa_n)
             t0 = time.perf_counter()
             if name.endswith("None"):
                 row = evaluate(model, x, y, threat, a.seed + 100, aa_n, aa_chunk=a.aa_chunk, work=work)

@@ -93,19 +93,17 @@ def _record(model, cfg: RobustifyConfig) -> dict:
 def _skipped(src: Path, dst: Path, model, cfg: RobustifyConfig) -> FileResult:
     """An output that exists: skipped, and robust for this run only if preempt recorded it robust for these
     settings (so a resumed ``robustify … && upload`` is as safe as the first run)."""
-    meta = read_meta(dst)
+    meta, now = read_meta(dst), _record(model, cfg)
     recorded = meta.get("status")
-    differ = [k for k in RECORDED if meta.get(k) != _record(model, cfg)[k]] if meta else []
-    if not meta or recorded is None:
+    differ = [k for k in RECORDED if meta.get(k) != now[k]]
+    if recorded is None:
         why = "holds no record of robustify's verdict, so it is not known to be robust"
     elif differ:
         why = ("was robustified for other settings (" + ", ".join(f"{k} {meta.get(k)}" for k in differ)
                + "), so it is not known to be robust for these")
-    elif recorded != "robust":
-        why = f"was written {recorded}"
     else:
-        why = "was written robust"
-    ok = why == "was written robust"
+        why = f"was written {recorded}"
+    ok = recorded == "robust" and not differ
     return FileResult(str(src), "skipped", str(dst), label=meta.get("label"),
                       error=f"output exists and {why} (--overwrite robustifies it again)",
                       metrics={"robust": ok, "recorded": recorded} if recorded else {"robust": ok})
