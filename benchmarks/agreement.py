@@ -11,11 +11,13 @@ the standard suite (APGD-CE, APGD-T, FAB-T, Square) with seed 0.  It reports
 per variant: robust claimed, robust under each verification, agreement (claim = verdict, over all
 images), claims broken, and the passes per image robustify spent.  Labels: the model's
 prediction on the original.  Each variant's result is saved as soon as it is done
-(benchmarks/results/agreement.json), and a rerun skips what is there, so a long run resumes.
+(benchmarks/results/agreement.json), and a rerun skips what is there, so a long run resumes; a rerun adds
+its columns to a stored variant only when robustify wrote the same pixels (``pixels_sha256``).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import sys
@@ -26,15 +28,19 @@ import torch
 
 from preempt import load_model, robustify, threat_model
 from preempt.attacks import pgd, run_suite
+from preempt.core.check import CHECKS
 
 HERE = Path(__file__).resolve().parent
 
 VARIANTS = {
-    # name: robustify check settings
-    "pgd": dict(check_loss="ce", check_restarts=1),                       # PGD-20, one random start
+    # name: robustify check settings (the presets of preempt.core.check.CHECKS, and steps between them)
+    "pgd": CHECKS["pgd"],                                                 # PGD-20, one random start
     "pgd-x2": dict(check_loss="ce", check_restarts=2),                    # two random starts
     "pgd+apgd-t": dict(check_loss="ce+apgd-t", check_restarts=1),         # + APGD-T (3 targets, 25 it)
-    "strong": dict(check_loss="ce+apgd-ce+apgd-t", check_restarts=2),     # 2 starts, APGD-CE, APGD-T
+    "strong-once": CHECKS["strong-once"],                                 # 2 starts, APGD-CE, APGD-T
+    "strong": CHECKS["strong"],                                           # 2 starts, APGD-CE + APGD-T twice
+    "strong-apgd-x3": dict(check_loss="+".join(["ce"] + ["apgd-ce", "apgd-t"] * 3), check_restarts=2),  # 3 times
+    "thorough": CHECKS["thorough"],
 }
 
 
@@ -97,8 +103,10 @@ def main() -> None:
         x_r = torch.cat(xs)
         claim = torch.tensor(claims)
         v = verdicts(model, x_r, y, threat, 0 if a.no_standard else (a.standard_n or len(x)))
+        pixels = hashlib.sha256(torch.round(x_r * 255).to(torch.uint8).numpy().tobytes()).hexdigest()
         row = {"check": VARIANTS[name], "claimed": float(claim.float().mean()),
-               "passes_per_image": sum(passes) / len(passes), "seconds_per_image": sec / len(x), "verified": {}}
+               "passes_per_image": sum(passes) / len(passes), "seconds_per_image": sec / len(x),
+               "pixels_sha256": pixels, "verified": {}}
         for k, ok in v.items():
             c = claim[:len(ok)]
             row["verified"][k] = {"n": len(ok), "robust": float(ok.float().mean()),
@@ -106,8 +114,11 @@ def main() -> None:
                                   "claims_held": float((c & ok).sum() / max(int(c.sum()), 1)),
                                   "claims_broken": int((c & ~ok).sum()),
                                   "denied_but_robust": int((~c & ok).sum())}
-        old = part["variants"].get(name, {}).get("verified", {})
-        row["verified"] = {**old, **row["verified"]}  # a rerun with another --standard-n adds its column
+        before = part["variants"].get(name, {})
+        if before.get("pixels_sha256") == pixels:  # the same robustified images: a rerun adds its columns
+            row["verified"] = {**before["verified"], **row["verified"]}
+        elif before:
+            print(f"  {name}: robustify wrote other pixels than the stored run; its columns are replaced", flush=True)
         part["variants"][name] = row
         run = {"machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
                "command": " ".join(["python", *sys.argv])}

@@ -17,7 +17,8 @@ rebuilt from all of them.
 Long runs survive interruption: inside a row, the robustified images and every chunk of
 ``--aa-chunk`` AA images are checkpointed under ``--work`` (default runs/reproduce/, keyed by
 model sha256, norm, n, seed and check), so rerunning the same command resumes where it stopped.
-Robustify uses its default (strong) check unless ``--check pgd``.
+Robustify uses its default (strong) check unless ``--check`` says otherwise; the committed rows were made with
+the strong check of the time, APGD from one start, now ``--check strong-once`` (their recorded commands say so).
 """
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ NOTES = [
     "ℓ2 Ours: `fmnist-l2-preempt-d3`, trained like the ℓ∞ d3 model (3 descent steps, 8 epochs; "
     "weights/TRAIN.sh). The first ℓ2 preempt model (`fmnist-l2-preempt`: 1 descent step, 4 epochs) gave 83.3 / 80.1 / "
     "69.5 clean / PGD-20 / AA (first 200) as Ours/Ours in this table's earlier version, with the old one-PGD-20 check.",
-    "Robustify's check is the default strong one (2 × PGD-20, APGD-CE, APGD-T on 3 targets, 25 iterations each). "
+    "Robustify's check is the strong one of the time, now `--check strong-once` (2 × PGD-20, APGD-CE, APGD-T on 3 "
+    "targets, 25 iterations each, APGD from one start; today's default `strong` runs APGD from two). "
     "`--check thorough` (APGD at AutoAttack's 100 iterations, 9 targets) was tried for ℓ∞ ADV/Ours: 1,111 instead of "
     "217 passes per image, and on the first 200 AA images exactly the same images robust (170 with either check); "
     "the run was stopped there to give the CPU to the ℓ2 rows (benchmarks/results/check-thorough.json).",
@@ -70,7 +72,8 @@ NOTES = [
     "rerunning the sign loop left 1–2. Here it retried the unverified images of 1,000 and verified 6, 2 of them among "
     "the first 500's 11 failures; AA kept 1 (84.4 → 84.6, 624 → 641 passes per image). ℓ2 has no such retry: on its "
     "50 hard images of 1000–1999, eight second sign runs (the same options, other seed, descent start, 2× step, 20 inner steps, CE "
-    "inner loss, second-order gradient, 100 steps) left 0–1 robust each; a 5× stronger check inside the loop (APGD at 100 iterations, 9 targets) changed nothing on "
+    "inner loss, second-order gradient, 100 steps) left 0–1 robust each, and across eight more (seeds 1–3, random "
+    "and descent starts) the images left robust were always the same one (test image 1576); a 5× stronger check inside the loop (APGD at 100 iterations, 9 targets) changed nothing on "
     "images 500–699 (155 of 166 either way).",
     "AA runs on the first 500 images (`--aa-n 500`), in checkpointed chunks of 50: about 2 s per robust image on one "
     "core of this 2-core CPU, three rows sharing the two cores.",
@@ -260,9 +263,15 @@ def checks_text(rows: dict) -> list[str]:
     return lines
 
 
+# The checkpoints' name for a check whose preset changed name: the table's rows were made with the strong check of
+# the time (APGD once), now called strong-once; today's strong (APGD twice) must not find their checkpoints.
+CHECK_TAGS = {"strong-once": "strong", "strong": "strong-apgd2"}
+
+
 def work_dir(a: argparse.Namespace, norm: str, key: str, sha: str | None, aa_n: int) -> Path:
     """Where a row's checkpoints live: keyed by everything that changes its numbers."""
-    tag = f"{norm}-{key}-{sha}-{a.n}-{a.seed}-{a.check}-{aa_n}-{a.aa_chunk}"
+    check = CHECK_TAGS.get(a.check, a.check)
+    tag = f"{norm}-{key}-{sha}-{a.n}-{a.seed}-{check}-{aa_n}-{a.aa_chunk}"
     tag += f"-steps{a.steps}" if a.steps is not None else ""  # (the default keeps the stored rows' keys)
     if key != "adv-none":  # robustify's own options do not change the row without it
         tag += f"-settle{a.settle}" if a.settle is not None else ""

@@ -72,22 +72,24 @@ def test_the_cli_type_and_the_registry_list_the_same_suites():
 
 
 def test_verify_by_default_runs_the_attacks_of_robustify_default_check(tiny_model, tiny_data):
-    """One meaning of "robust": verify's default suite is robustify's default check (its own random starts)."""
+    """One meaning of "robust": verify's default suite runs the attacks of robustify's default check, APGD from one
+    random start where the check runs it from two (a margin, so verify from its own starts agrees)."""
     from preempt import RobustifyConfig, robustify
-    from preempt.core.check import check
+    from preempt.core.check import APGD_STARTS, CHECKS, check
     from preempt.pipeline.verify_job import VerifyConfig
 
     cfg = RobustifyConfig()
-    assert VerifyConfig().suite == "strong"
-    assert attack_names("strong") == ["pgd-20"] * cfg.check_restarts + [f"apgd-ce-{cfg.check_apgd_steps}",
-                                                                      f"apgd-t-{cfg.check_apgd_steps}"]
-    assert cfg.check_loss == "ce+apgd-ce+apgd-t" and cfg.check_apgd_targets == 3
+    assert VerifyConfig().suite == "strong" and APGD_STARTS == 2
+    assert cfg.check_loss == CHECKS["strong"]["check_loss"] == "ce+apgd-ce+apgd-t+apgd-ce+apgd-t"
+    once = CHECKS["strong-once"]
+    assert attack_names("strong") == ["pgd-20"] * once["check_restarts"] + [f"apgd-ce-{cfg.check_apgd_steps}",
+                                                                           f"apgd-t-{cfg.check_apgd_steps}"]
+    assert once["check_loss"] == "ce+apgd-ce+apgd-t" and cfg.check_apgd_targets == 3
     x, y = tiny_data
     x, y = x[:24], y[:24]
     t = Linf(0.1)
-    gen = torch.Generator().manual_seed(5)
-    ok, _ = check(tiny_model, x, y, t, restarts=2, loss=cfg.check_loss, generator=torch.Generator().manual_seed(5))
-    r = run_suite(tiny_model, x, y, threat=t, suite="strong", workers=1, generator=gen)
+    ok, _ = check(tiny_model, x, y, t, restarts=2, loss=once["check_loss"], generator=torch.Generator().manual_seed(5))
+    r = run_suite(tiny_model, x, y, threat=t, suite="strong", workers=1, generator=torch.Generator().manual_seed(5))
     assert 0 < int(ok.sum()) < len(x) and r.robust.tolist() == ok.tolist()  # the same attacks, the same draws
     # robustify's claims hold under verify's default from other random starts
     res = robustify(tiny_model, x, y, config=cfg)

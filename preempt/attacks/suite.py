@@ -4,7 +4,8 @@ point (the AutoAttack protocol of Croce & Hein 2020).
 * ``pgd`` — PGD-20 (step ε/4, random start), ``restarts`` times (``steps`` sets its length).
 * ``strong`` — PGD-20 twice, then APGD-CE and APGD-T (3 targets) at 25 iterations: the attacks of
   robustify's default check (``preempt.core.check``), so that ``preempt verify`` (whose default
-  this is) and ``preempt robustify`` mean one thing by "robust"; the random starts are verify's own.
+  this is) and ``preempt robustify`` mean one thing by "robust"; the random starts are verify's own,
+  and APGD runs from one start where the check runs it from two.
 * ``quick`` — PGD-20, then APGD-CE.
 * ``standard`` — APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square (5,000 queries):
   AutoAttack's "standard" version.
@@ -59,8 +60,8 @@ class Suite:
 SUITES: dict[str, Suite] = {s.name: s for s in [
     Suite("pgd", "PGD-STEPS (step ε/4, random start), --restarts times",
           lambda steps, restarts, sur: [f"pgd-{steps}"] * restarts),
-    Suite("strong", "robustify's default check with verify's own random starts: PGD-STEPS twice, then APGD-CE and "
-                    "APGD-T (3 targets) at 25 iterations",
+    Suite("strong", "the attacks of robustify's default check, from verify's own random starts: PGD-STEPS twice, "
+                    "then APGD-CE and APGD-T (3 targets) at 25 iterations, APGD from one start",
           lambda steps, restarts, sur: [f"pgd-{steps}"] * 2 + ["apgd-ce-25", "apgd-t-25"]),
     Suite("quick", "PGD-20, APGD-CE", lambda steps, restarts, sur: ["pgd-20", "apgd-ce"]),
     Suite("standard", "APGD-CE, APGD-T, FAB-T, Square (AutoAttack's standard version)",

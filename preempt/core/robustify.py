@@ -31,7 +31,7 @@ from ..attacks import losses
 from ..attacks.projected_gradient import pgd_unrolled
 from ..models.resample import Resampling
 from . import upload
-from .check import CHECK_STAGES, CHECKS, check, through_uploads
+from .check import CHECK_STAGES, CHECKS, STRONG_LOSS, check, through_uploads
 from .metrics import change
 from .quantize import quantize, quantize_change
 from .resolution import RESOLUTIONS, resampling_for
@@ -82,7 +82,7 @@ class RobustifyConfig:
     check_every: int = 5
     check_steps: int = 20
     check_restarts: int = 2    # random starts of each PGD stage
-    check_loss: str = "ce+apgd-ce+apgd-t"  # the check's stages (see check() and CHECKS)
+    check_loss: str = STRONG_LOSS  # the check's stages, in turn (see check() and CHECKS): 2 × PGD, APGD-CE + APGD-T twice
     check_apgd_steps: int = 25  # iterations of the check's APGD stages
     check_apgd_targets: int = 3  # target classes of its APGD-T stage
     min_steps: int = 5         # outer steps before the first check
