@@ -131,7 +131,8 @@ def robustify_cmd(
                           check_steps=check_steps, settle=settle, inner_loss=inner_loss, retry=retry, init=resolve_init(init, clf), seed=seed, goal=goal,
                           **CHECKS[check], resolution=resolution, survive=survive)
     err_console.print(f"model {clf.name} on {dev}; {norm} δ={delta:g} ε={eps:g}; "
-                      f"≤{steps} outer × {inner_steps} inner steps, check {check} (PGD-{check_steps}), goal {goal}"
+                      f"≤{steps} outer × {inner_steps} inner steps, check {check}" + (f" (PGD-{check_steps})" if check_steps != 20 else "")
+                      + f", goal {goal}"
                       + (f", settle {settle}" if settle else "") + (f", inner loss {inner_loss}" if inner_loss != "ce" else "")
                       + (f", retry {retry}" if retry != "none" else "")
                       + (f"; surviving {survive}" if survive else ""), highlight=False)

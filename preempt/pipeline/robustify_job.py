@@ -104,7 +104,9 @@ def _skipped(src: Path, dst: Path, model, cfg: RobustifyConfig) -> FileResult:
     else:
         why = f"was written {recorded}"
     ok = recorded == "robust" and not differ
-    return FileResult(str(src), "skipped", str(dst), label=meta.get("label"),
+    label = meta.get("label") if isinstance(meta.get("label"), int) else None
+    return FileResult(str(src), "skipped", str(dst), label=label,
+                      label_name=None if label is None else label_name(model.classes or [], label),
                       error=f"output exists and {why} (--overwrite robustifies it again)",
                       metrics={"robust": ok, "recorded": recorded} if recorded else {"robust": ok})
 
