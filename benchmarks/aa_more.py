@@ -57,6 +57,7 @@ def main() -> None:
     x_all, y_all = fashion_mnist("test")
     n = table["n"]
     x_all, y_all = x_all[:n], y_all[:n]
+    idx = torch.tensor([i for r in SETS.values() for i in r])  # the images judged, in the order of the chunks
     out = HERE / "results" / "aa-800.json"
     doc = json.loads(out.read_text()) if out.exists() else {"tables": {}}
     for norm in a.norms.split(","):
@@ -70,7 +71,6 @@ def main() -> None:
             chunk = row["aa_chunk"]
             starts = [s for r in SETS.values() for s in range(r.start, r.stop, chunk)]
             aa = _aa_chunked(model, x, y_all, threat, seed, chunk, work, starts=starts)
-            idx = torch.tensor([i for r in SETS.values() for i in r])
             with torch.inference_mode():
                 correct = model.predict(x[idx]) == y_all[idx]
             robust = aa["robust"]

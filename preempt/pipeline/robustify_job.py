@@ -83,10 +83,8 @@ def plan_outputs(inputs: list[tuple[Path, Path]], out_dir: Path, model, cfg: Rob
     return todo
 
 
-RECORDED = ("model", "norm", "delta", "eps", "survive")  # the settings an output's "robust" is for
-
-
 def _record(model, cfg: RobustifyConfig) -> dict:
+    """The settings an output's "robust" is for (written into it, compared on a rerun)."""
     return {"model": model.name, "norm": cfg.norm, "delta": cfg.delta, "eps": cfg.eps, "survive": cfg.survive}
 
 
@@ -95,7 +93,7 @@ def _skipped(src: Path, dst: Path, model, cfg: RobustifyConfig) -> FileResult:
     settings (so a resumed ``robustify … && upload`` is as safe as the first run)."""
     meta, now = read_meta(dst), _record(model, cfg)
     recorded = meta.get("status")
-    differ = [k for k in RECORDED if meta.get(k) != now[k]]
+    differ = [k for k, v in now.items() if meta.get(k) != v]
     if recorded is None:
         why = "holds no record of robustify's verdict, so it is not known to be robust"
     elif differ:
