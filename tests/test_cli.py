@@ -30,11 +30,12 @@ def test_robustify_then_verify(tmp_path, photo_dir, tiny_model_file):
     assert sum(f["status"] == "robust" for f in files) >= 4  # the strong check claims fewer than one PGD-20 did (5)
     assert r.exit_code == (0 if all(f["status"] == "robust" for f in files) else 3)  # 3: a photo is not robust
     assert all(0 < f["metrics"]["ssim"] <= 1 for f in files)  # thumbnails get a smaller window, not NaN
-    # originals untouched, outputs named NAME.robust.png, within δ as files
+    # originals untouched, outputs named NAME.robust.png (NAME.not-robust.png when not robust), within δ as files
     assert {p.name: p.read_bytes() for p in photo_dir.iterdir()} == before
+    assert sorted(str(p) for p in out.glob("*.robust.*")) == sorted(f["dst"] for f in files if f["status"] == "robust")
     for f in files:
         src, dst = load_photo(f["src"]), load_photo(f["dst"])
-        assert f["dst"].endswith(".robust.png")
+        assert f["dst"].endswith(".robust.png" if f["status"] == "robust" else ".not-robust.png")
         assert src.pixels.shape == dst.pixels.shape
         assert np.abs(src.pixels.astype(int) - dst.pixels.astype(int)).max() <= 0.1 * 255
         assert dst.meta["label"] == f["label"]
@@ -111,7 +112,7 @@ def test_output_dir_inside_input_is_not_reprocessed_and_inputs_never_overwritten
     r = run("robustify", photo_dir, "-o", out, "--model", tiny_model_file, "--json")
     assert len(_json(r)["files"]) == 6  # the outputs under photo_dir/out are not inputs
     # a robustified file given as input with -o its own folder would be overwritten: refused
-    target = out / "img0.robust.png"
+    target = next(out.glob("img0.*.png"))  # img0.robust.png, or img0.not-robust.png
     r = run("robustify", target, "-o", out, "--model", tiny_model_file, "--json", "--overwrite")
     files = _json(r)["files"]
     assert files[0]["status"] == "failed" or files[0]["dst"] != str(target)
@@ -133,7 +134,7 @@ def test_alpha_passes_through_robustify(tmp_path, tiny_model_file):
     Image.fromarray(a, "RGBA").save(tmp_path / "in" / "a.png")
     r = run("robustify", tmp_path / "in", "-o", tmp_path / "out", "--model", tiny_model_file)
     assert r.exit_code in (0, 3), r.output  # random pixels: written, maybe not robust
-    out = load_photo(tmp_path / "out" / "a.robust.png")
+    out = load_photo(next((tmp_path / "out").glob("a.*.png")))
     assert np.array_equal(out.alpha, a[:, :, 3])
 
 
@@ -141,7 +142,7 @@ def test_jpeg_output_is_verified_after_encoding(tmp_path, photo_dir, tiny_model_
     r = run("robustify", photo_dir / "img1.png", "-o", tmp_path / "o", "--model", tiny_model_file, "--format", "jpeg",
             "--json")
     f = _json(r)["files"][0]
-    assert f["dst"].endswith(".robust.jpg")
+    assert f["dst"].endswith(".robust.jpg" if f["status"] == "robust" else ".not-robust.jpg")
     assert "robust_before_encoding" in f["metrics"] and "within_budget" in f["metrics"]
     assert f["status"] == ("robust" if f["metrics"]["robust"] else "not-robust")
 
@@ -205,7 +206,7 @@ def test_outputs_follow_the_umask(tmp_path, photo_dir, tiny_model_file):
         run("robustify", photo_dir / "img0.png", "-o", tmp_path / "o", "--model", tiny_model_file)
     finally:
         os.umask(old)
-    assert (tmp_path / "o" / "img0.robust.png").stat().st_mode & 0o777 == 0o644
+    assert next((tmp_path / "o").glob("img0.*.png")).stat().st_mode & 0o777 == 0o644
 
 
 def test_verify_unwritable_report_keeps_the_json_and_size_mismatch_is_one_line(tmp_path, photo_dir, tiny_model_file):
@@ -250,3 +251,46 @@ def test_settle_inner_loss_and_retry_reach_the_config(tmp_path, photo_dir, tiny_
     assert run("robustify", photo_dir, "-o", tmp_path / "o2", "--model", tiny_model_file, "--settle", "-1").exit_code == 2
     r = run("robustify", photo_dir, "-o", tmp_path / "o3", "--model", tiny_model_file, "--norm", "l2", "--retry", "rmsprop")
     assert r.exit_code == 2 and "retry" in r.output and not (tmp_path / "o3").exists()
+
+
+def test_budgets_as_fractions_and_echoed_as_written(tmp_path, photo_dir, tiny_model_file):
+    from preempt.budget import format_budget, parse_budget
+
+    assert parse_budget("1/255") == pytest.approx(1 / 255) and parse_budget("0.1") == 0.1 and parse_budget(2) == 2.0
+    assert [format_budget(v) for v in (1 / 255, 4 / 255, 0.5 / 255, 0.1, 1.5)] == ["1/255", "4/255", "0.5/255", "0.1", "1.5"]
+    for bad in ("abc", "1/0", "-1", "nan", "1/2/3"):
+        with pytest.raises(ValueError):
+            parse_budget(bad)
+    r = run("robustify", photo_dir / "img0.png", "-o", tmp_path / "o", "--model", tiny_model_file, "--eps", "26/255",
+            "--delta", "0.1", "--steps", "2", "--json")
+    assert r.exit_code in (0, 3), r.output
+    assert "δ=0.1 ε=26/255" in r.stderr
+    assert _json(r)["config"]["eps"] == pytest.approx(26 / 255)
+    v = run("verify", tmp_path / "o", "--model", tiny_model_file, "--eps", "26/255", "--suite", "pgd")
+    assert "ε=26/255" in v.stderr, v.output
+    bad = run("robustify", photo_dir / "img0.png", "-o", tmp_path / "p", "--model", tiny_model_file, "--eps", "1/x")
+    assert bad.exit_code == 2 and "not a budget" in bad.output and not (tmp_path / "p").exists()
+
+
+def test_a_photo_that_is_not_robust_is_not_named_robust(tmp_path, photo_dir, tiny_model_file):
+    out = tmp_path / "o"
+    # ε far beyond δ: nothing can be robust; every output is NAME.not-robust.png, none matches *.robust.*
+    r = run("robustify", photo_dir, "-o", out, "--model", tiny_model_file, "--eps", "0.5", "--delta", "0.01",
+            "--steps", "2", "--json")
+    assert r.exit_code == 3
+    files = _json(r)["files"]
+    assert all(f["status"] == "not-robust" and f["dst"].endswith(".not-robust.png") for f in files)
+    assert not list(out.glob("*.robust.*")) and len(list(out.glob("*.not-robust.png"))) == 6
+    # a rerun skips them and still says not robust
+    again = run("robustify", photo_dir, "-o", out, "--model", tiny_model_file, "--eps", "0.5", "--delta", "0.01",
+                "--steps", "2", "--json")
+    assert again.exit_code == 3 and all(f["status"] == "skipped" for f in _json(again)["files"])
+    # --overwrite with settings that work: the robust output replaces the not-robust one (never both)
+    fixed = run("robustify", photo_dir, "-o", out, "--model", tiny_model_file, "--overwrite", "--json")
+    for f in _json(fixed)["files"]:
+        stem = f["src"].rsplit("/", 1)[1].rsplit(".", 1)[0]
+        assert [p.name for p in out.glob(f"{stem}.*")] == [f["dst"].rsplit("/", 1)[1]]
+    assert {f["dst"] for f in _json(fixed)["files"] if f["status"] == "robust"} == {str(p) for p in out.glob("*.robust.*")}
+    # verify pairs NAME.not-robust.png with its original by name too
+    v = run("verify", out, "--original", photo_dir, "--model", tiny_model_file, "--suite", "pgd", "--json")
+    assert v.exit_code in (0, 3) and _json(v)["summary"]["verified"] == 6

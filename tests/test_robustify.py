@@ -36,7 +36,7 @@ def test_per_image_report_and_early_stop(tiny_model, tiny_data):
     assert len(res.images) == 40
     r = res.images[0]
     assert set(r.to_dict()) == {"robust", "label", "loss", "steps", "passes", "linf", "l2", "psnr", "ssim", "scale", "uploads",
-                               "seconds"}
+                               "seconds", "delta"}
     steps = torch.tensor([i.steps for i in res.images])
     # robust images stop early: fewer outer steps than the maximum, and fewer passes than all 20 steps and the check
     assert steps[res.robust].max() < 20
@@ -202,3 +202,78 @@ def test_retry_reruns_only_the_unverified_with_rmsprop(tiny_model, tiny_data, mo
                generator=torch.Generator().manual_seed(99)).robust.all()
     with pytest.raises(ValueError, match="retry"):
         robustify(tiny_model, x, norm="l2", delta=0.5, eps=0.5, retry="rmsprop")
+
+
+def test_persistent_multi_target_inner_attack_defends_and_counts_its_passes(tiny_model, tiny_data):
+    from preempt.attacks import apgd_targeted
+
+    x, _ = tiny_data
+    x = _grid(x[:60])
+    label = tiny_model.predict(x)
+    threat = Linf(0.1)
+    kw = dict(delta=0.1, eps=0.1, inner_loss="margin-mt", inner_targets=3, inner_steps=2, steps=4, early_stop=False)
+    res = robustify(tiny_model, x, **kw)
+    # 4 outer steps × (3 targets × 2 steps + 1 ranking pass), then one check
+    assert all(i.passes > 4 * 7 and i.steps == 4 for i in res.images)
+    plain = robustify(tiny_model, x, **{**kw, "inner_loss": "ce", "inner_steps": 10})
+    assert not torch.equal(plain.x, res.x)
+    res = robustify(tiny_model, x, **{**kw, "steps": 12, "early_stop": True, "min_steps": 2, "check_every": 2})
+    assert (threat.distance(res.x, x) <= 0.1 + 1e-6).all()
+    gen = torch.Generator().manual_seed(5)
+    before = apgd_targeted(tiny_model, x, label, threat=threat, generator=gen).robust.float().mean()
+    after = apgd_targeted(tiny_model, res.x, label, threat=threat, generator=gen).robust
+    assert after.float().mean() >= before + 0.2
+    assert after[res.robust].float().mean() > 0.9  # its claims hold against an attack it never ran
+    with pytest.raises(ValueError, match="margin-mt"):
+        robustify(tiny_model, x, inner_loss="margin-mt", survive="jpeg:90")
+    with pytest.raises(ValueError, match="inner_targets"):
+        robustify(tiny_model, x, inner_loss="margin-mt", inner_targets=0)
+
+
+def test_delta_escalation_spends_more_only_where_needed(tiny_model, tiny_data):
+    x, _ = tiny_data
+    x = _grid(x[:60])
+    kw = dict(eps=0.15, steps=6, min_steps=2, check_every=2)
+    small = robustify(tiny_model, x, delta=0.04, **kw)
+    assert 0 < int(small.robust.sum()) < len(x)
+    esc = robustify(tiny_model, x, delta=0.04, max_delta=0.16, **kw)
+    won = small.robust
+    assert torch.equal(esc.x[won], small.x[won])  # robust at the first δ: untouched, δ as given
+    assert all(esc.images[i].delta == pytest.approx(0.04) for i in won.nonzero().squeeze(1).tolist())
+    assert esc.robust.sum() > small.robust.sum()
+    for i, (a, b) in enumerate(zip(small.images, esc.images)):
+        assert b.delta in (pytest.approx(0.04), pytest.approx(0.08), pytest.approx(0.16))
+        assert Linf(b.delta).distance(esc.x[i:i + 1], x[i:i + 1]).item() <= b.delta + 1e-6  # inside its own δ
+        assert b.passes >= a.passes
+        if not a.robust and b.robust:
+            assert b.delta > 0.04 and b.passes > a.passes
+    again = pgd(tiny_model, esc.x, tiny_model.predict(x), threat=Linf(0.15), generator=torch.Generator().manual_seed(99))
+    assert again.robust[esc.robust].float().mean() > 0.9
+    with pytest.raises(ValueError, match="max_delta"):
+        robustify(tiny_model, x, delta=0.1, max_delta=0.05)
+
+
+def test_an_unverified_image_is_written_as_its_best_iterate(tiny_model, tiny_data, monkeypatch):
+    from preempt.core import robustify as module
+    from preempt.core.quantize import quantize
+
+    x, _ = tiny_data
+    x = _grid(x[:30])
+    offered = []
+    best = module._BestIterate
+
+    class Recording(best):
+        def offer(self, idx, k, loss):
+            offered.append((k, loss.clone(), self.opt.current(idx).clone()))
+            super().offer(idx, k, loss)
+
+    monkeypatch.setattr(module, "_BestIterate", Recording)
+    res = robustify(tiny_model, x, delta=0.02, eps=0.2, steps=8, early_stop=False)  # ε ≫ δ: nothing verifies
+    assert not res.robust.any()
+    assert [k for k, *_ in offered] == list(range(1, 9))
+    late = [(v, loss) for k, loss, v in offered if k > 5]  # after the warm-up (min_steps)
+    at = torch.stack([loss for _, loss in late]).argmin(0)  # the step whose variable is kept, per image
+    assert len(set(at.tolist())) > 1  # not always the same step: the last one is not always the best
+    kept = torch.stack([late[int(j)][0][i] for i, j in enumerate(at)])
+    assert torch.equal(res.x, quantize(kept, x, Linf(0.02)))  # written as the best iterate, quantised in δ
+    assert (Linf(0.02).distance(res.x, x) <= 0.02 + 1e-6).all()

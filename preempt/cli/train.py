@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .common import EXIT_USAGE, err_console, fail, pick_device, print_json
+from .common import EXIT_USAGE, budget_option, err_console, fail, pick_device, print_json
 
 
 def train_cmd(
@@ -20,8 +20,8 @@ def train_cmd(
     dataset: str = typer.Option("fashion-mnist", help="fashion-mnist | cifar10 | folder"),
     data: str | None = typer.Option(None, help="Dataset folder (default: Debian's Fashion-MNIST files)."),
     norm: str = typer.Option("linf", help="linf | l2"),
-    eps: float = typer.Option(0.1, help="Attack budget ε used while training."),
-    delta: float | None = typer.Option(None, help="Robustification budget δ (preempt; default ε)."),
+    eps: float = budget_option(0.1, "Attack budget ε used while training."),
+    delta: float | None = budget_option(None, "Robustification budget δ (preempt; default ε)."),
     steps: int = typer.Option(10, help="Attack steps while training (pgd-at, preempt)."),
     step_size: float | None = typer.Option(None, help="Attack step size (default ε/4; fast-at 1.25ε)."),
     delta_steps: int = typer.Option(2, help="preempt: descent steps that find x̂_r."),

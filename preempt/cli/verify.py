@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 
 from ..attacks.suite import SuiteName, suite_help
+from ..budget import format_budget
 from .common import (
     EXIT_ERROR,
     EXIT_NOT_ROBUST,
@@ -23,6 +24,7 @@ from .common import (
     ResizeSizeOpt,
     StdOpt,
     WeightsOpt,
+    budget_option,
     err_console,
     fail,
     load_model_or_fail,
@@ -55,7 +57,7 @@ def verify_cmd(
     resize: str | None = typer.Option(None, help="Service resize before --reencode: long side in px (or P%), e.g. '1080' "
                                          "or '1080,2048'."),
     norm: Literal["linf", "l2"] | None = typer.Option(None, help="linf | l2 (default: the model's)."),
-    eps: float | None = typer.Option(None, help="Attack budget ε (default: the model's)."),
+    eps: float | None = budget_option(None, "Attack budget ε (default: the model's)."),
     suite: SuiteName = typer.Option("strong", help=suite_help() + "."),
     steps: int = typer.Option(20, help="PGD steps (suites pgd and strong)."),
     restarts: int = typer.Option(1, help="PGD random restarts."),
@@ -128,7 +130,7 @@ def verify_cmd(
     summary = summarize(results, cfg.describe(), model=clf.name, device=dev, flags=outcome.flags)
     with_orig = bool(original)
     what = (f"PGD-{steps}" if run == "pgd" else f"suite {run}") + (f", uploads {uploads}" if uploads else "")
-    t = verify_table(results, f"{what} {norm} ε={eps:g} on {clf.name}", with_orig)
+    t = verify_table(results, f"{what} {norm} ε={format_budget(eps)} on {clf.name}", with_orig)
     s = summary["summary"]
     t.caption = (f"robust accuracy {s['robust_accuracy']:.1%} ({s['robust']}/{s['verified']})"
                  + (f", originals {s['original_robust_accuracy']:.1%}" if "original_robust_accuracy" in s else "")

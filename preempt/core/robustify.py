@@ -33,6 +33,7 @@ from ..models.resample import Resampling
 from . import upload
 from .check import CHECK_STAGES, CHECKS, STRONG_LOSS, check, through_uploads
 from .metrics import change
+from .persistent import PersistentAdversaries
 from .quantize import quantize, quantize_change
 from .resolution import RESOLUTIONS, resampling_for
 from .threat import ThreatModel, threat_model
@@ -53,6 +54,7 @@ class ImageResult:
     ssim: float       # luma SSIM of the result against the original
     scale: float      # fraction of the verified change kept (goal least-visible; else 1)
     seconds: float
+    delta: float = float("nan")  # the budget this result was made with (δ escalation raises it per image)
     uploads: dict = field(default_factory=dict)  # --survive: per service transform, "ok" or what broke it
 
     def to_dict(self) -> dict:
@@ -91,6 +93,13 @@ class RobustifyConfig:
                                # until the last step; needs early_stop
     inner_loss: str = "ce"     # ce | ce+dlr-t: even outer steps attack with targeted DLR (AutoAttack's APGD-T
                                # loss), the target cycling through the 3 most likely wrong classes (≥ 4 classes)
+                               # | margin-mt: persistent targeted attackers on the inner_targets most likely wrong
+                               # classes, softplus(margin + kappa) summed (preempt.core.persistent)
+    inner_targets: int = 4     # margin-mt: attackers per image (one per runner-up class)
+    kappa: float = 4.0         # margin-mt: the logit margin below which an attacker still counts
+    restart_every: int = 8     # margin-mt: every so many outer steps one attacker restarts at random
+    inner_eps_scale: float = 1.0  # margin-mt: the attackers' ball is this many times ε (a safety margin; the check keeps ε)
+    max_delta: float | None = None  # δ escalation: images not robust at δ run again at 2δ, 4δ, … up to this
     retry: str = "none"        # none | rmsprop: images the loop could not verify run once more, from the start,
                                # with the tanh-box RMSprop (ℓ∞; photos the loop ran at full resolution)
     quantize: bool = True
@@ -127,7 +136,14 @@ class RobustifyConfig:
         if self.settle and not self.early_stop:
             raise ValueError("settle needs early_stop: without checks before the last step nothing settles")
         if self.inner_loss not in INNER_LOSSES:
-            raise ValueError(f"inner_loss {self.inner_loss!r}: choose {' or '.join(INNER_LOSSES)}")
+            raise ValueError(f"inner_loss {self.inner_loss!r}: choose {', '.join(INNER_LOSSES)}")
+        if self.inner_loss == "margin-mt" and (self.survive or self.optimizer != "sign" or self.create_graph):
+            raise ValueError("inner_loss='margin-mt' works with the sign optimizer, first order, without --survive")
+        if self.inner_targets < 1 or self.restart_every < 0 or not math.isfinite(self.kappa) or \
+                not (math.isfinite(self.inner_eps_scale) and self.inner_eps_scale > 0):
+            raise ValueError("inner_targets must be >= 1, restart_every >= 0, kappa finite and inner_eps_scale > 0")
+        if self.max_delta is not None and not (math.isfinite(self.max_delta) and self.max_delta >= self.delta):
+            raise ValueError(f"max_delta must be a finite number >= delta ({self.delta:g}), got {self.max_delta!r}")
         if self.retry not in RETRIES:
             raise ValueError(f"retry {self.retry!r}: choose {' or '.join(RETRIES)}")
         if self.retry == "rmsprop" and (self.norm != "linf" or self.optimizer == "rmsprop"):
@@ -164,7 +180,7 @@ class RobustifyConfig:
 
 INITS = ("auto", "original", "descent", "random")
 GOALS = ("strongest", "least-visible")
-INNER_LOSSES = ("ce", "ce+dlr-t")
+INNER_LOSSES = ("ce", "ce+dlr-t", "margin-mt")
 RETRIES = ("none", "rmsprop")
 
 
@@ -345,14 +361,23 @@ def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
         if len(back):  # the extra steps lost the pass: back to the first verified variable (least-visible shrinks it)
             opt.restore(back, book.anchor[back])
 
+    adv = _adversaries(prob, cfg, gen)
+    best = _BestIterate(opt, len(x_o), cfg.min_steps)
     for k in range(1, cfg.steps + 1):
         idx = book.pending()
         if len(idx) == 0:
             break
         with torch.enable_grad():
             leaf, xr = opt.variable(idx)
-            loss, survived, p = _outer_loss(prob, xr, idx, y[idx], k, gen)
-            (g,) = torch.autograd.grad(loss[0].sum(), leaf)
+            if adv is None:
+                loss, survived, p = _outer_loss(prob, xr, idx, y[idx], k, gen)
+                (g,) = torch.autograd.grad(loss[0].sum(), leaf)
+            else:
+                z = prob.inputs(xr, idx)
+                mt, gz, worst, p = adv.loss_and_grad(prob.model, z, y[idx], idx, k, cfg.inner_steps)
+                (g,) = torch.autograd.grad(z, leaf, grad_outputs=gz)
+                loss, survived = (mt, mt), worst < 0
+        best.offer(idx, k, loss[1])
         book.stepped(idx, k, p, loss[1])
         opt.update(idx, leaf, xr, g, k)
         last = k == cfg.steps
@@ -372,18 +397,84 @@ def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
     if len(left):
         if cfg.steps == 0:
             run_check(left)
-        else:
-            book.final[left] = prob.photo(opt.current(left), left)
+        else:  # not verified: the iterate whose outer loss was lowest, not merely the last one
+            book.final[left] = prob.photo(best.current(left), left)
         book.finish(left)
     if cfg.goal == "least-visible":
         won = book.robust.nonzero().squeeze(1)
         if len(won):
             s, q, p = _shrink(prob, opt.current(won), won, y[won], gen, cfg.shrink_steps, book.uploads)
             book.shrunk(won, q, s, p)
-    res = RobustifyResult(book.final, book.images(y), {**asdict(cfg), "init": init, "resolution": prob.resolution})
+    res = RobustifyResult(book.final, book.images(y, cfg.delta), {**asdict(cfg), "init": init, "resolution": prob.resolution})
     if cfg.retry != "none" and prob.resolution == "full":
         _retry(model, x_o, y, cfg, res)
+    if cfg.max_delta is not None:
+        _escalate(model, x_o, y, cfg, res, on_step)
     return res
+
+
+def _escalate(model, x_o: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfig, res: RobustifyResult,
+              on_step: Callable[[int, int, int], None] | None) -> None:
+    """δ escalation: images not robust at δ run again from the start at 2δ, then 4δ, … up to
+    ``max_delta``, so each photo spends only as much of the budget as it needs (its ``delta`` says
+    how much it got; steps, passes and seconds add up over its runs)."""
+    assert cfg.max_delta is not None
+    d, stage = cfg.delta, 0
+    while d < cfg.max_delta - 1e-12:
+        left = (~res.robust).nonzero().squeeze(1)
+        if not len(left):
+            return
+        d, stage = min(2 * d, cfg.max_delta), stage + 1
+        sub = robustify(model, x_o[left], y[left], on_step=on_step,
+                        config=replace(cfg, delta=d, max_delta=None, seed=cfg.seed + 1000 * stage))
+        for j, i in enumerate(left.tolist()):
+            a, b = res.images[i], sub.images[j]
+            res.x[i] = sub.x[j] if b.robust else res.x[i]
+            res.images[i] = replace(b if b.robust else a, steps=a.steps + b.steps, passes=a.passes + b.passes,
+                                    seconds=a.seconds + b.seconds)
+
+
+class _BestIterate:
+    """The variable at the lowest outer loss seen after ``warmup`` steps, per image: what an image
+    that is never verified is written as (the last iterate is often worse: its step may have been a
+    big one the inner attack had not caught up with)."""
+
+    def __init__(self, opt: _Optimizer, n: int, warmup: int) -> None:
+        self.opt, self.n, self.warmup = opt, n, warmup
+        self.loss = torch.full((n,), float("inf"))
+        self.v: torch.Tensor | None = None
+
+    def offer(self, idx: torch.Tensor, k: int, loss: torch.Tensor) -> None:
+        """Called before outer step k is taken: the current variables of ``idx`` have outer loss ``loss``."""
+        if k <= self.warmup:
+            return
+        cur = self.opt.current(idx).detach()
+        if self.v is None:
+            self.v = cur.new_zeros((self.n, *cur.shape[1:]))
+        better = (loss.cpu() < self.loss[idx.cpu()]).to(idx.device)
+        if better.any():
+            self.loss[idx[better].cpu()] = loss[better].cpu()
+            self.v[idx[better]] = cur[better]
+
+    def current(self, idx: torch.Tensor) -> torch.Tensor:
+        cur = self.opt.current(idx).clone()
+        if self.v is not None:
+            seen = torch.isfinite(self.loss[idx.cpu()]).to(idx.device)
+            cur[seen] = self.v[idx[seen]]
+        return cur
+
+
+def _adversaries(prob: _Problem, cfg: RobustifyConfig, gen: torch.Generator) -> PersistentAdversaries | None:
+    """The persistent attackers of ``inner_loss='margin-mt'``, in the space the inner attack works in."""
+    if cfg.inner_loss != "margin-mt":
+        return None
+    all_ = torch.arange(len(prob.centre), device=prob.centre.device)
+    with torch.no_grad():
+        z = prob.inputs(prob.centre[:1] if prob.work is not None else prob.x_o[:1], all_[:1])
+    ball = prob.eball.with_eps(prob.eball.eps * cfg.inner_eps_scale)
+    return PersistentAdversaries(len(prob.centre), tuple(z.shape[1:]), ball, targets=cfg.inner_targets,
+                                 kappa=cfg.kappa, step_size=cfg.inner_step_size, restart_every=cfg.restart_every,
+                                 generator=gen, device=z.device, dtype=z.dtype)
 
 
 def _retry(model, x_o: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfig, res: RobustifyResult) -> None:
@@ -558,11 +649,11 @@ class _Ledger:
         self.passes[idx.cpu()] += passes
         self.finish(idx)
 
-    def images(self, y: torch.Tensor) -> list[ImageResult]:
+    def images(self, y: torch.Tensor, delta: float) -> list[ImageResult]:
         moved = change(self.final, self.x_o)
         return [ImageResult(robust=bool(self.robust[i]), label=int(y[i]), loss=float(self.loss[i]),
                             steps=int(self.steps[i]), passes=int(self.passes[i]), **{k: float(v[i]) for k, v in moved.items()},
-                            scale=float(self.scale[i]), seconds=float(self.seconds[i]), uploads=self.uploads[i])
+                            scale=float(self.scale[i]), seconds=float(self.seconds[i]), uploads=self.uploads[i], delta=delta)
                 for i in range(len(self.final))]
 
 

@@ -5,6 +5,7 @@ from .files import ModelError
 from .protocol import Model
 from .registry import (
                        DEFAULT_MODEL,
+                       FMNIST_MODEL,
                        IMAGENET_MODEL,
                        bundled,
                        default_model_name,
@@ -18,4 +19,4 @@ from .wrapper import Classifier, Preprocessing
 
 __all__ = ["Model", "build", "architecture_names", "Classifier", "Preprocessing", "Resampling", "load_model",
            "save_model", "from_card", "bundled", "default_model_name", "imagenet_available", "DEFAULT_MODEL",
-           "IMAGENET_MODEL", "ModelError"]
+           "IMAGENET_MODEL", "FMNIST_MODEL", "ModelError"]

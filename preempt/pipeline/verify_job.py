@@ -20,7 +20,7 @@ from ..core.metrics import change
 from ..core.resolution import at_model_input
 from ..core.threat import threat_model
 from .batching import batches, chw
-from .photos import PhotoError, iter_images, load_photo, nothing_found
+from .photos import PhotoError, iter_images, load_photo, nothing_found, original_stem
 from .results import FileResult, NoImages, label_name
 
 
@@ -83,7 +83,7 @@ def pair_originals(files: list[Path], originals: list[Path]) -> list[Path]:
 
 def _original_stems(files: list[Path]) -> list[str]:
     """``NAME.robust.png`` → ``NAME``: the stem each file's original has."""
-    return [f.stem[: -len(".robust")] if f.stem.endswith(".robust") else f.stem for f in files]
+    return [original_stem(f) for f in files]
 
 
 def paired_by_name(files: list[Path], originals: list[Path]) -> bool:
