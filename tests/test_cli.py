@@ -6,7 +6,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from preempt.cli import app
-from preempt.pipeline.photos import load_photo
+from preempt.pipeline.photos import load_photo, read_meta
 
 runner = CliRunner()
 
@@ -294,3 +294,35 @@ def test_a_photo_that_is_not_robust_is_not_named_robust(tmp_path, photo_dir, tin
     # verify pairs NAME.not-robust.png with its original by name too
     v = run("verify", out, "--original", photo_dir, "--model", tiny_model_file, "--suite", "pgd", "--json")
     assert v.exit_code in (0, 3) and _json(v)["summary"]["verified"] == 6
+
+
+def test_card_recommendations_flags_and_several_models(tmp_path, photo_dir, tiny_model, tiny_model_file):
+    card = json.loads(tiny_model_file.with_suffix(".json").read_text())
+    card["robustify"] = {"inner_loss": "margin-mt", "inner_targets": 2, "inner_steps": 2, "max_delta": 0.2, "init": "original"}
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    r = run("robustify", photo_dir / "img0.png", "-o", tmp_path / "a", "--model", tiny_model_file, "--card",
+            tmp_path / "card.json", "--steps", "4", "--json")
+    assert r.exit_code in (0, 3), r.output
+    cfg = _json(r)["config"]
+    assert (cfg["inner_loss"], cfg["inner_targets"], cfg["inner_steps"], cfg["max_delta"]) == ("margin-mt", 2, 2, 0.2)
+    assert "inner loss margin-mt (2 targets)" in r.stderr and "δ up to 0.2" in r.stderr
+    # flags win over the card
+    r = run("robustify", photo_dir / "img0.png", "-o", tmp_path / "b", "--model", tiny_model_file, "--card",
+            tmp_path / "card.json", "--steps", "4", "--inner-loss", "ce", "--inner-steps", "3", "--max-delta", "1/10", "--json")
+    cfg = _json(r)["config"]
+    assert (cfg["inner_loss"], cfg["inner_steps"], cfg["max_delta"]) == ("ce", 3, 0.1)
+    bad = run("robustify", photo_dir / "img0.png", "-o", tmp_path / "c", "--model", tiny_model_file, "--max-delta", "0.01")
+    assert bad.exit_code == 2 and "max_delta" in bad.output
+    # two models at once: robust for both, the record names both, a rerun with one model does not count it robust
+    r = run("robustify", photo_dir, "-o", tmp_path / "d", "--model", tiny_model_file, "--model", tiny_model_file,
+            "--steps", "6", "--json")
+    assert r.exit_code in (0, 3), r.output
+    doc = _json(r)
+    assert doc["model"] == "tiny+tiny" and "model tiny+tiny" in r.stderr
+    robust = [f for f in doc["files"] if f["status"] == "robust"]
+    assert robust and all(read_meta(f["dst"])["model"] == "tiny+tiny" for f in robust)
+    again = run("robustify", photo_dir, "-o", tmp_path / "d", "--model", tiny_model_file, "--json")
+    assert again.exit_code == 3 and "other settings" in again.stderr
+    jpeg = run("robustify", photo_dir, "-o", tmp_path / "e", "--model", tiny_model_file, "--model", tiny_model_file,
+               "--format", "jpeg")
+    assert jpeg.exit_code == 2 and "several models" in jpeg.output

@@ -277,3 +277,33 @@ def test_an_unverified_image_is_written_as_its_best_iterate(tiny_model, tiny_dat
     kept = torch.stack([late[int(j)][0][i] for i, j in enumerate(at)])
     assert torch.equal(res.x, quantize(kept, x, Linf(0.02)))  # written as the best iterate, quantised in δ
     assert (Linf(0.02).distance(res.x, x) <= 0.02 + 1e-6).all()
+
+
+def test_several_models_at_once_robust_for_each(tiny_model, tiny_data):
+    from conftest import tiny_classifier
+
+    x_all, y_all = tiny_data
+    other = tiny_classifier(seed=1)
+    opt = torch.optim.Adam(other.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = torch.nn.functional.cross_entropy(other(x_all), y_all)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    other.eval()
+    x = _grid(x_all[:60])
+    kw = dict(delta=0.1, eps=0.1, steps=10, min_steps=2, check_every=2)
+    one = robustify(tiny_model, x, **kw)
+    both = robustify([tiny_model, other], x, **kw)
+    assert [i.label for i in both.images] == tiny_model.predict(x).tolist()  # labels: the first model's
+    threat = Linf(0.1)
+    assert (threat.distance(both.x, x) <= 0.1 + 1e-6).all()
+    for m in (tiny_model, other):  # what it claims holds for each model, against its own label on the original
+        again = pgd(m, both.x, m.predict(x), threat=threat, generator=torch.Generator().manual_seed(99)).robust
+        assert again[both.robust].float().mean() > 0.9
+    # robust for the other model too costs passes: both models' inner attacks and checks
+    assert sum(i.passes for i in both.images) > sum(i.passes for i in one.images)
+    mt = robustify([tiny_model, other], x, inner_loss="margin-mt", inner_targets=3, inner_steps=2, **kw)
+    assert mt.robust.float().mean() > 0.5
+    with pytest.raises(ValueError, match="several models"):
+        robustify([tiny_model, other], x, retry="rmsprop")

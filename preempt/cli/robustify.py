@@ -17,7 +17,6 @@ from .common import (
     ChannelsOpt,
     InputSizeOpt,
     MeanOpt,
-    ModelOpt,
     ModelSpec,
     PolicyOpt,
     ResizeSizeOpt,
@@ -27,6 +26,7 @@ from .common import (
     colour_notice,
     err_console,
     fail,
+    load_model_or_fail,
     model_and_budgets,
     print_json,
     report_error,
@@ -39,7 +39,10 @@ def robustify_cmd(
     paths: list[Path] = typer.Argument(..., help="Photos and/or folders (walked for images)."),
     out: Path = typer.Option(Path("robustified"), "--out", "-o",
                              help="Output folder; NAME.ext becomes OUT/[sub-folders/]NAME.robust.png."),
-    model: ModelOpt = None,
+    model: list[str] | None = typer.Option(None, "--model", "-m", help="Bundled name (preempt models; default "
+                                           "efficientnet-lite0), torchvision:NAME, or a model file. Repeat it to be robust "
+                                           "for several models at once (--model efficientnet-lite0 --model efficientnet-lite1): "
+                                           "the other flags describe the first."),
     weights: WeightsOpt = None,
     card: CardOpt = None,
     input_size: InputSizeOpt = None,
@@ -52,9 +55,9 @@ def robustify_cmd(
     delta: float | None = budget_option(None, "Robustification budget δ (default: the model's)."),
     eps: float | None = budget_option(None, "Attack budget ε to be robust against (default: the model's)."),
     steps: int = typer.Option(30, help="Outer steps at most."),
-    inner_steps: int = typer.Option(10, help="Steps of the unrolled inner attack (T)."),
+    inner_steps: int | None = typer.Option(None, help="Steps of the unrolled inner attack (T; default 10, or what the model card recommends)."),
     check_steps: int = typer.Option(20, help="Steps of the PGD check that decides 'robust'."),
-    check: Literal["strong", "strong-once", "thorough", "pgd"] = typer.Option("strong", help="What decides 'robust': "
+    check: Literal["strong", "strong-once", "thorough", "pgd"] | None = typer.Option(None, help="What decides 'robust' (default strong, with the APGD-T targets the model card recommends): "
                                                    "strong = PGD-20 twice, then APGD-CE and APGD-T from 2 random starts "
                                                    "(verify's default suite runs them from one: measured 99.4-99.6% "
                                                    "agreement); strong-once = APGD from one start (0.7× the passes, "
@@ -64,9 +67,14 @@ def robustify_cmd(
     settle: int = typer.Option(0, min=0, help="Outer steps more after a photo first passes its check, then checked "
                                               "again (kept only if it passes too): a deeper point for more passes. "
                                               "--settle 30 runs every step of the default --steps 30 (measured in results/reproduce.md)."),
-    inner_loss: Literal["ce", "ce+dlr-t"] = typer.Option("ce", help="Loss of the unrolled inner attack: ce, or ce+dlr-t "
-                                                          "(every other outer step attacks with AutoAttack's targeted "
-                                                          "DLR, towards the 3 likeliest wrong classes in turn)."),
+    inner_loss: Literal["ce", "ce+dlr-t", "margin-mt"] | None = typer.Option(None, help="The inner attack: ce (the "
+                                                          "paper's unrolled PGD), ce+dlr-t (every other outer step AutoAttack's "
+                                                          "targeted DLR towards the 3 likeliest wrong classes), margin-mt "
+                                                          "(persistent attackers on the --inner-targets likeliest wrong classes, "
+                                                          "for standard classifiers). Default: ce, or the model card's."),
+    inner_targets: int | None = typer.Option(None, min=1, help="margin-mt: attackers per photo (default 4, or the card's)."),
+    max_delta: float | None = budget_option(None, "δ escalation: photos not robust at --delta run again at 2δ, 4δ, … up to this "
+                                            "(default: none, or the card's)."),
     retry: Literal["none", "rmsprop"] = typer.Option("none", help="rmsprop: photos the loop could not verify run once "
                                                      "more with the reference code's tanh-box RMSprop (ℓ∞; photos "
                                                      "robustified at full resolution; measured in results/reproduce.md)."),
@@ -102,7 +110,7 @@ def robustify_cmd(
 
     from ..budget import format_budget
     from ..core.check import CHECKS
-    from ..core.robustify import RobustifyConfig, resolve_init
+    from ..core.robustify import RobustifyConfig, recommended, resolve_init
     from ..core.upload import parse
     from ..pipeline import NoImages, robustify_files
 
@@ -110,32 +118,49 @@ def robustify_cmd(
         parse(survive)
     except ValueError as e:
         fail(f"--survive: {e}", EXIT_USAGE, e)
-    spec = ModelSpec(model, weights, card, input_size, resize_policy, resize_size, mean, std, channels)
+    spec = ModelSpec(model[0] if model else None, weights, card, input_size, resize_policy, resize_size, mean, std, channels)
     dev, clf, norm, eps, delta = model_and_budgets(spec, device, norm, eps, delta)
+    others = [load_model_or_fail(name, dev) for name in (model or [])[1:]]
     if not clf.differentiable:
         fail(f"{clf.name}: an ONNX model has no gradients, so it cannot be robustified against; use the torch model it "
              "was exported from (or its TorchScript/state_dict file) here, and the ONNX file with preempt verify",
              EXIT_ERROR)
     if check_steps < 1:
         fail("--check-steps must be >= 1: robust means a check found no attack", EXIT_USAGE)
-    colour_notice(paths, clf, given=model is not None)
+    colour_notice(paths, clf, given=bool(model))
     for p in paths:
         if not p.exists():
             report_error(f"{p}: no such file or folder")
     if sigma is not None:
         from ..defenses.smoothing import Smoothed
 
+        if others:
+            fail("--smoothing-sigma smooths one model; robustify for several models without it", EXIT_USAGE)
         try:
             clf = Smoothed(clf, sigma, noise_samples, generator=torch.Generator(device=dev).manual_seed(seed))
         except ValueError as e:
             fail(f"--smoothing-sigma / --noise-samples: {e}", EXIT_USAGE, e)
-    cfg = RobustifyConfig(norm=norm, delta=delta, eps=eps, steps=steps, inner_steps=inner_steps,
-                          check_steps=check_steps, settle=settle, inner_loss=inner_loss, retry=retry, init=resolve_init(init, clf), seed=seed, goal=goal,
-                          **CHECKS[check], resolution=resolution, survive=survive)
-    err_console.print(f"model {clf.name} on {dev}; {norm} δ={format_budget(delta)} ε={format_budget(eps)}; "
-                      f"≤{steps} outer × {inner_steps} inner steps, check {check}" + (f" (PGD-{check_steps})" if check_steps != 20 else "")
+    given = {k: v for k, v in dict(inner_steps=inner_steps, inner_loss=inner_loss, inner_targets=inner_targets,
+                                   max_delta=max_delta).items() if v is not None}
+    settings = {**CHECKS["strong"], **recommended(clf), **given, **(CHECKS[check] if check else {})}
+    if "max_delta" not in given and (settings.get("max_delta") or 0) < delta:
+        settings.pop("max_delta", None)  # the card's cap is below the --delta asked for: no escalation
+    try:
+        cfg = RobustifyConfig(norm=norm, delta=delta, eps=eps, steps=steps, check_steps=check_steps, settle=settle,
+                              retry=retry, init=resolve_init(init, clf), seed=seed, goal=goal, resolution=resolution,
+                              survive=survive, **settings)
+        cfg.validate()
+    except ValueError as e:
+        fail(str(e), EXIT_USAGE, e)
+    check = check or "strong"
+    err_console.print(f"model {'+'.join(m.name for m in [clf, *others])} on {dev}; {norm} δ={format_budget(delta)} ε={format_budget(eps)}; "
+                      f"≤{cfg.steps} outer × {cfg.inner_steps} inner steps, check {check}" + (f" (PGD-{check_steps})" if check_steps != 20 else "")
+                      + (f" ({cfg.check_apgd_targets} APGD-T targets)" if cfg.check_apgd_targets != 3 else "")
                       + f", goal {goal}"
-                      + (f", settle {settle}" if settle else "") + (f", inner loss {inner_loss}" if inner_loss != "ce" else "")
+                      + (f", settle {settle}" if settle else "")
+                      + (f", inner loss {cfg.inner_loss}" if cfg.inner_loss != "ce" else "")
+                      + (f" ({cfg.inner_targets} targets)" if cfg.inner_loss == "margin-mt" else "")
+                      + (f", δ up to {format_budget(cfg.max_delta)}" if cfg.max_delta is not None else "")
                       + (f", retry {retry}" if retry != "none" else "")
                       + (f"; surviving {survive}" if survive else ""), highlight=False)
     with Progress(TextColumn("[bold]robustify"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
@@ -155,7 +180,7 @@ def robustify_cmd(
             bar.update(task, last=f"{what}: step {k}/{steps}, {verified} verified")
 
         try:
-            results = robustify_files([p for p in paths if p.exists()], out, clf, config=cfg, fmt=fmt, quality=quality,
+            results = robustify_files([p for p in paths if p.exists()], out, [clf, *others] if others else clf, config=cfg, fmt=fmt, quality=quality,
                                       overwrite=overwrite, strip_metadata=strip_metadata, batch_size=batch_size,
                                       device=dev, on_file=on_file, on_plan=lambda n: bar.update(task, total=n),
                                       on_step=on_step)
@@ -166,7 +191,7 @@ def robustify_cmd(
     missing = sum(not p.exists() for p in paths)
     err_console.print(summary_table(results, title=f"robustified into {out}/"))
     if json_out:
-        print_json({"model": clf.name, "device": dev, "config": cfg.__dict__, "out": str(out),
+        print_json({"model": "+".join(m.name for m in [clf, *others]), "device": dev, "config": cfg.__dict__, "out": str(out),
                     "files": [r.to_dict() for r in results]})
     failed = missing + sum(r.status == "failed" for r in results)
     if failed:

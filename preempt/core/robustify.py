@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -37,6 +37,9 @@ from .persistent import PersistentAdversaries
 from .quantize import quantize, quantize_change
 from .resolution import RESOLUTIONS, resampling_for
 from .threat import ThreatModel, threat_model
+
+if TYPE_CHECKING:
+    from ..models.protocol import Model
 
 
 @dataclass
@@ -184,6 +187,18 @@ INNER_LOSSES = ("ce", "ce+dlr-t", "margin-mt")
 RETRIES = ("none", "rmsprop")
 
 
+RECOMMENDABLE = ("inner_loss", "inner_steps", "inner_targets", "inner_eps_scale", "kappa", "check_apgd_targets",
+                 "check_apgd_steps", "max_delta")
+
+
+def recommended(model) -> dict:
+    """The robustify settings a model's card recommends (``card["robustify"]``: what was measured to
+    work for it, e.g. the persistent multi-target attack for the standard ImageNet models), restricted
+    to :data:`RECOMMENDABLE`.  ``init`` has its own resolution (:func:`resolve_init`)."""
+    rec = ((getattr(model, "card", None) or {}).get("robustify") or {})
+    return {k: v for k, v in rec.items() if k in RECOMMENDABLE}
+
+
 def resolve_init(init: str, model) -> str:
     """``auto`` → the start the model's card recommends (``card["robustify"]["init"]``, set where
     it was measured to help), else ``original``.
@@ -324,44 +339,52 @@ class _Problem:
         return losses.ce(self.full_model(x_a), y), p + len(xr)
 
 
-def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
+def robustify(model: Model | Sequence[Model], x: torch.Tensor, y: torch.Tensor | None = None, *,
               config: RobustifyConfig | None = None, on_step: Callable[[int, int, int], None] | None = None,
               **overrides) -> RobustifyResult:
     """Robustify a batch of same-sized images ``x`` (N,C,H,W) in [0,1].
 
-    Keyword overrides set :class:`RobustifyConfig` fields, e.g. ``robustify(m, x, delta=0.1, eps=0.1)``.
-    ``on_step(k, steps, verified)`` is called after each outer step (for progress on large photos).
+    ``model`` may be several models: the photos are then made robust for each of them (each judged
+    against its own label on the original; ``y``, if given, is the first model's), for a service whose
+    exact model is unknown.  Keyword overrides set :class:`RobustifyConfig` fields, e.g.
+    ``robustify(m, x, delta=0.1, eps=0.1)``.  ``on_step(k, steps, verified)`` is called after each outer
+    step (for progress on large photos).
     """
+    models: list[Model] = list(model) if isinstance(model, (list, tuple)) else [model]  # type: ignore[list-item]
     cfg = config or RobustifyConfig()
     if overrides:
         cfg = replace(cfg, **overrides)
     cfg.validate()
-    if not model.differentiable:
-        raise ValueError(f"{model.name} has no gradients (an ONNX model): robustify needs the torch model "
-                         "(a bundled name, torchvision:NAME, a TorchScript or state_dict file); "
-                         "ONNX models can only be verified")
+    for m in models:
+        if not m.differentiable:
+            raise ValueError(f"{m.name} has no gradients (an ONNX model): robustify needs the torch model "
+                             "(a bundled name, torchvision:NAME, a TorchScript or state_dict file); "
+                             "ONNX models can only be verified")
+    if not models:
+        raise ValueError("robustify needs a model")
+    if len(models) > 1 and (cfg.optimizer == "rmsprop" or cfg.retry != "none" or cfg.survive):
+        raise ValueError("several models at once work with the sign optimizer, without --retry and --survive")
     validate_images(x)
     if cfg.resolution == "model" and cfg.optimizer == "rmsprop":
         raise ValueError("optimizer='rmsprop' works at full resolution only")
     gen = torch.Generator(device=x.device).manual_seed(cfg.seed)
     t0 = time.perf_counter()
     x_o = x.detach()
-    y = (model.predict(x_o) if y is None else y).to(x.device)
-    r, work = _working_grid(model, (int(x_o.shape[-2]), int(x_o.shape[-1])), cfg)
-    prob = _Problem(model, x_o, cfg, r, work)
-    init = resolve_init(cfg.init, model)
-    opt: _Optimizer = (_TanhRMSprop if cfg.optimizer == "rmsprop" else _SignDescent)(prob, cfg, prob.start(init, y, gen))
-    book = _Ledger(x_o, first_passes=1 if init == "descent" else 0, t0=t0)
+    joint = _Joint(models, x_o, y, cfg, gen)
+    y = joint.ys[0]
+    prob = joint.probs[0]
+    init = resolve_init(cfg.init, models[0])
+    opt: _Optimizer = (_TanhRMSprop if cfg.optimizer == "rmsprop" else _SignDescent)(prob, cfg, joint.start(init, gen))
+    book = _Ledger(x_o, first_passes=len(models) if init == "descent" else 0, t0=t0)
 
     def run_check(idx: torch.Tensor, k: int = 0) -> None:
         v = opt.current(idx)
         q = prob.photo(v, idx)
-        ok, p, det = prob.check(q, y[idx], gen)
+        ok, p, det = joint.check(q, idx, gen)
         back = book.checked(idx, q, ok, p, det, k, settle=cfg.settle if k < cfg.steps else 0, v=v)
         if len(back):  # the extra steps lost the pass: back to the first verified variable (least-visible shrinks it)
             opt.restore(back, book.anchor[back])
 
-    adv = _adversaries(prob, cfg, gen)
     best = _BestIterate(opt, len(x_o), cfg.min_steps)
     for k in range(1, cfg.steps + 1):
         idx = book.pending()
@@ -369,16 +392,9 @@ def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
             break
         with torch.enable_grad():
             leaf, xr = opt.variable(idx)
-            if adv is None:
-                loss, survived, p = _outer_loss(prob, xr, idx, y[idx], k, gen)
-                (g,) = torch.autograd.grad(loss[0].sum(), leaf)
-            else:
-                z = prob.inputs(xr, idx)
-                mt, gz, worst, p = adv.loss_and_grad(prob.model, z, y[idx], idx, k, cfg.inner_steps)
-                (g,) = torch.autograd.grad(z, leaf, grad_outputs=gz)
-                loss, survived = (mt, mt), worst < 0
-        best.offer(idx, k, loss[1])
-        book.stepped(idx, k, p, loss[1])
+            g, loss, survived, p = joint.outer(leaf, xr, idx, k, gen)
+        best.offer(idx, k, loss)
+        book.stepped(idx, k, p, loss)
         opt.update(idx, leaf, xr, g, k)
         last = k == cfg.steps
         settling = book.verified_at[idx] >= 0
@@ -403,17 +419,17 @@ def robustify(model, x: torch.Tensor, y: torch.Tensor | None = None, *,
     if cfg.goal == "least-visible":
         won = book.robust.nonzero().squeeze(1)
         if len(won):
-            s, q, p = _shrink(prob, opt.current(won), won, y[won], gen, cfg.shrink_steps, book.uploads)
+            s, q, p = _shrink(joint, opt.current(won), won, gen, cfg.shrink_steps, book.uploads)
             book.shrunk(won, q, s, p)
     res = RobustifyResult(book.final, book.images(y, cfg.delta), {**asdict(cfg), "init": init, "resolution": prob.resolution})
     if cfg.retry != "none" and prob.resolution == "full":
-        _retry(model, x_o, y, cfg, res)
+        _retry(models[0], x_o, y, cfg, res)
     if cfg.max_delta is not None:
-        _escalate(model, x_o, y, cfg, res, on_step)
+        _escalate(models, x_o, y, cfg, res, on_step)
     return res
 
 
-def _escalate(model, x_o: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfig, res: RobustifyResult,
+def _escalate(models: list[Model], x_o: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfig, res: RobustifyResult,
               on_step: Callable[[int, int, int], None] | None) -> None:
     """δ escalation: images not robust at δ run again from the start at 2δ, then 4δ, … up to
     ``max_delta``, so each photo spends only as much of the budget as it needs (its ``delta`` says
@@ -425,7 +441,7 @@ def _escalate(model, x_o: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfig, r
         if not len(left):
             return
         d, stage = min(2 * d, cfg.max_delta), stage + 1
-        sub = robustify(model, x_o[left], y[left], on_step=on_step,
+        sub = robustify(models, x_o[left], y[left], on_step=on_step,
                         config=replace(cfg, delta=d, max_delta=None, seed=cfg.seed + 1000 * stage))
         for j, i in enumerate(left.tolist()):
             a, b = res.images[i], sub.images[j]
@@ -475,6 +491,66 @@ def _adversaries(prob: _Problem, cfg: RobustifyConfig, gen: torch.Generator) -> 
     return PersistentAdversaries(len(prob.centre), tuple(z.shape[1:]), ball, targets=cfg.inner_targets,
                                  kappa=cfg.kappa, step_size=cfg.inner_step_size, restart_every=cfg.restart_every,
                                  generator=gen, device=z.device, dtype=z.dtype)
+
+
+class _Joint:
+    """The models robustify works for, one :class:`_Problem` each over one shared variable: the outer
+    loss is the sum of theirs, and a photo is robust when it is robust for each (against each model's
+    own label).  With one model this is exactly that model's problem.  With several the photo itself is
+    the variable (their input sizes differ, so no one working grid serves them all)."""
+
+    def __init__(self, models: list[Model], x_o: torch.Tensor, y: torch.Tensor | None, cfg: RobustifyConfig,
+                 gen: torch.Generator) -> None:
+        hw = (int(x_o.shape[-2]), int(x_o.shape[-1]))
+        self.cfg, self.probs, self.ys = cfg, [], []
+        for i, m in enumerate(models):
+            r, work = _working_grid(m, hw, cfg)
+            self.probs.append(_Problem(m, x_o, cfg, r, work if len(models) == 1 else None))
+            self.ys.append((m.predict(x_o) if y is None or i > 0 else y).to(x_o.device))
+        self.advs = [_adversaries(p, cfg, gen) for p in self.probs]
+
+    def start(self, init: str, gen: torch.Generator) -> torch.Tensor:
+        if init != "descent" or len(self.probs) == 1:
+            return self.probs[0].start(init, self.ys[0], gen)
+        raise ValueError("init='descent' is for one model (the start preempt training taught that model)")
+
+    def outer(self, leaf: torch.Tensor, xr: torch.Tensor, idx: torch.Tensor, k: int,
+              gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """(gradient with respect to ``leaf``, outer loss, whether every model's inner attack failed,
+        passes per image) at the variables ``xr`` of images ``idx``."""
+        g_sum: torch.Tensor | None = None
+        loss_sum = survived_all = None
+        passes = 0
+        for prob, y, adv in zip(self.probs, self.ys, self.advs):
+            if adv is None:
+                loss, survived, p = _outer_loss(prob, xr, idx, y[idx], k, gen)
+                (g,) = torch.autograd.grad(loss[0].sum(), leaf, retain_graph=len(self.probs) > 1)
+                value = loss[1]
+            else:
+                z = prob.inputs(xr, idx)
+                value, gz, worst, p = adv.loss_and_grad(prob.model, z, y[idx], idx, k, self.cfg.inner_steps)
+                (g,) = torch.autograd.grad(z, leaf, grad_outputs=gz, retain_graph=len(self.probs) > 1)
+                survived = worst < 0
+            g_sum = g if g_sum is None else g_sum + g
+            loss_sum = value if loss_sum is None else loss_sum + value
+            survived_all = survived if survived_all is None else survived_all & survived
+            passes += p
+        assert g_sum is not None and loss_sum is not None and survived_all is not None
+        return g_sum, loss_sum, survived_all, passes
+
+    def check(self, photo: torch.Tensor, idx: torch.Tensor, gen: torch.Generator,
+              extra_restarts: int = 0) -> tuple[torch.Tensor, int, list[dict]]:
+        """Each model's check on the photos ``photo`` of images ``idx``: robust only where all pass
+        (each runs only on what the ones before it left robust); passes summed."""
+        ok, passes, det = self.probs[0].check(photo, self.ys[0][idx], gen, extra_restarts)
+        for prob, y in zip(self.probs[1:], self.ys[1:]):
+            still = ok.nonzero().squeeze(1)
+            if not len(still):
+                break
+            ok_m, p, _ = prob.check(photo[still], y[idx][still], gen, extra_restarts)
+            ok[still] = ok_m
+            passes += p
+        return ok, passes, det
 
 
 def _retry(model, x_o: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfig, res: RobustifyResult) -> None:
@@ -679,7 +755,7 @@ def _working_grid(model, hw: tuple[int, int], cfg: RobustifyConfig) -> tuple[Res
     return r, None  # the photo is small: it is the variable, attacks still run at the model input
 
 
-def _shrink(prob: _Problem, v: torch.Tensor, idx: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
+def _shrink(joint: _Joint, v: torch.Tensor, idx: torch.Tensor, gen: torch.Generator,
             steps: int, uploads: list[dict], margin: float = 0.5,
             extra_restarts: int = 2) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Least visible change: bisection on the scale s ∈ [0, 1] of the verified change.
@@ -690,6 +766,7 @@ def _shrink(prob: _Problem, v: torch.Tensor, idx: torch.Tensor, y: torch.Tensor,
     full, already verified change is kept.  Measured on the tests' 20 upscaled images: stopping
     right at the first passing scale left 6 of 19 claims that an independent PGD-20 broke.
     Returns (s*, photos, passes per image)."""
+    prob = joint.probs[0]
     centre = prob.centre[idx]
     d = v - centre
     shape = (-1, *[1] * (d.dim() - 1))
@@ -700,7 +777,7 @@ def _shrink(prob: _Problem, v: torch.Tensor, idx: torch.Tensor, y: torch.Tensor,
     def strong(scale: torch.Tensor, record: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         nonlocal passes
         q = prob.photo(centre + scale.view(shape) * d, idx)
-        ok, p, det = prob.check(q, y, gen, extra_restarts)
+        ok, p, det = joint.check(q, idx, gen, extra_restarts)
         passes += p
         if record:
             for j, i in enumerate(idx.tolist()):

@@ -94,7 +94,16 @@ def _names(src: Path, root: Path, out_dir: Path, dst: Path, fmt: str) -> list[Pa
 
 def _record(model, cfg: RobustifyConfig) -> dict:
     """The settings an output's "robust" is for (written into it, compared on a rerun)."""
-    return {"model": model.name, "norm": cfg.norm, "delta": cfg.delta, "eps": cfg.eps, "survive": cfg.survive}
+    return {"model": model_name(model), "norm": cfg.norm, "delta": cfg.delta, "eps": cfg.eps, "survive": cfg.survive}
+
+
+def model_name(model) -> str:
+    """``NAME``, or ``A+B`` for photos robustified for several models at once."""
+    return "+".join(m.name for m in model) if isinstance(model, (list, tuple)) else model.name
+
+
+def _first(model):
+    return model[0] if isinstance(model, (list, tuple)) else model
 
 
 def _skipped(src: Path, dst: Path, model, cfg: RobustifyConfig) -> FileResult:
@@ -113,7 +122,7 @@ def _skipped(src: Path, dst: Path, model, cfg: RobustifyConfig) -> FileResult:
     ok = recorded == "robust" and not differ
     label = meta.get("label") if isinstance(meta.get("label"), int) else None
     return FileResult(str(src), "skipped", str(dst), label=label,
-                      label_name=None if label is None else label_name(model.classes or [], label),
+                      label_name=None if label is None else label_name(_first(model).classes or [], label),
                       error=f"output exists and {why} (--overwrite robustifies it again)",
                       metrics={"robust": ok, "recorded": recorded} if recorded else {"robust": ok})
 
@@ -127,7 +136,9 @@ def _path_for(model, chw: tuple[int, int, int], cfg: RobustifyConfig) -> str:
     if cfg.optimizer == "rmsprop":
         return "full"
     try:
-        return "model" if resampling_for(model, chw[1:], cfg.resolution) is not None else "full"
+        if isinstance(model, (list, tuple)) and len(model) > 1:
+            return "full"  # several models: the photo itself is the variable
+        return "model" if resampling_for(_first(model), chw[1:], cfg.resolution) is not None else "full"
     except Exception:
         return "full"
 
@@ -147,6 +158,10 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
     are listed, ``on_step(files, k, steps, verified)`` after each outer step of a batch (for a
     progress bar)."""
     cfg = config or RobustifyConfig()
+    if isinstance(model, (list, tuple)):
+        model = model[0] if len(model) == 1 else list(model)
+        if isinstance(model, list) and fmt == "jpeg":
+            raise ValueError("--format jpeg re-judges the decoded JPEG with one model; with several models write PNG")
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     out_dir = Path(out_dir)
     results: list[FileResult] = []
@@ -200,7 +215,7 @@ class _Writer:
         self.model, self.cfg, self.fmt, self.quality = model, cfg, fmt, quality
         self.strip_metadata, self.gen = strip_metadata, generator
         self.dball: ThreatModel = cfg.delta_ball()
-        self.classes = model.classes or []
+        self.classes = _first(model).classes or []
 
     def write(self, item: _Planned, photo: Photo, x_o: torch.Tensor, x_r: torch.Tensor, info: ImageResult,
               seconds: float) -> FileResult:
