@@ -36,7 +36,7 @@ from preempt.attacks.suite import run_suite
 from preempt.budget import parse_budget
 from preempt.core.check import CHECKS
 from preempt.core.resolution import at_model_input
-from preempt.pipeline.photos import load_photo
+from preempt.pipeline.photos import load_photo, save_image
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "real-photos.jsonl"
@@ -86,6 +86,9 @@ def judge_standard(model, x, y, eps, seed) -> tuple[bool, str | None]:
 def judge_aa(model, x, y, eps, seed) -> tuple[bool, str | None]:
     from pyautoattack import AutoAttack
 
+    if model.predict(x).item() != y.item():
+        return False, "clean"
+
     aa = AutoAttack(model, eps=eps, norm="Linf", version="standard", seed=seed, device="cpu")
     x_adv = aa.run_standard_evaluation(x, y, batch_size=1)
     if isinstance(x_adv, tuple):
@@ -98,6 +101,19 @@ def judge_aa(model, x, y, eps, seed) -> tuple[bool, str | None]:
 JUDGES = {"apgd": judge_apgd, "standard": judge_standard, "aa": judge_aa}
 
 
+def transfer_judge(name: str):
+    """``aa@MODEL``: the reference AutoAttack on another model (one never robustified for), against that
+    model's own label on the original photo."""
+    other = load_model(name)
+
+    def judge(model, x, y, eps, seed, x_o=None):
+        with torch.inference_mode():
+            y_other = other.predict(x_o if x_o is not None else x)
+        return judge_aa(other, x, y_other, eps, seed)
+
+    return judge
+
+
 def run(args: argparse.Namespace) -> None:
     model = load_model(args.model)
     files = sorted((args.corpus / args.split).glob("*.png"))[: args.photos or None]
@@ -106,7 +122,9 @@ def run(args: argparse.Namespace) -> None:
     if not files:
         raise SystemExit(f"no photos in {args.corpus / args.split}: run benchmarks/corpus.py --out {args.corpus}")
     eps = parse_budget(args.eps)
-    judges = [j for j in args.judge.split(",") if j]
+    judges = [j for j in args.judge.split(",") if j and j != "none"]
+    fns = {j: (transfer_judge(j.split("@", 1)[1]) if j.startswith("aa@") else JUDGES[j]) for j in judges}
+    models = [model] + [load_model(m) for m in args.also_model]
     out = Path(args.out)
     done = set()
     if out.exists():
@@ -117,23 +135,27 @@ def run(args: argparse.Namespace) -> None:
         name, kw = parse_variant(spec)
         delta = parse_budget(args.delta)
         for f in files:
-            key = (name, f.stem, eps, delta, model.name)
+            key = (name, f.stem, eps, delta, "+".join([model.name, *args.also_model]))
             if key in done:
                 continue
             x = load_photo(f).tensor()[None]
             with torch.inference_mode():
                 y = model.predict(x)
             t0 = time.perf_counter()
-            res = robustify(model, x, y, config=RobustifyConfig(norm="linf", eps=eps, delta=delta, **kw))
+            res = robustify(models if len(models) > 1 else model, x, y,
+                            config=RobustifyConfig(norm="linf", eps=eps, delta=delta, **kw))
+            if args.save:
+                args.save.mkdir(parents=True, exist_ok=True)
+                save_image(res.x[0], args.save / f"{name}-{f.stem}.png")
             secs = time.perf_counter() - t0
             im = res.images[0]
-            row = {"variant": name, "config": spec, "photo": f.stem, "split": args.split, "model": model.name,
+            row = {"variant": name, "config": spec, "photo": f.stem, "split": args.split, "model": key[-1],
                    "eps": eps, "delta": delta, "label": int(y), "claimed": im.robust, "delta_used": im.delta,
                    "psnr": im.psnr, "ssim": im.ssim, "linf": im.linf, "passes": im.passes, "steps": im.steps,
                    "seconds": secs}
             for j in judges:
                 t1 = time.perf_counter()
-                ok, by = JUDGES[j](model, res.x, y, eps, args.seed)
+                ok, by = fns[j](model, res.x, y, eps, args.seed, x) if j.startswith("aa@") else fns[j](model, res.x, y, eps, args.seed)
                 row[j], row[f"{j}_broken_by"], row[f"{j}_seconds"] = ok, by, time.perf_counter() - t1
             row["command"] = "python " + " ".join(sys.argv)
             row["machine"] = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
@@ -141,6 +163,38 @@ def run(args: argparse.Namespace) -> None:
                 fh.write(json.dumps(row) + "\n")
             print(f"{name:>12} {f.stem:<32} claimed {im.robust!s:<5} " + " ".join(f"{j} {row[j]!s:<5}" for j in judges)
                   + f" δ {im.delta * 255:.0f}/255 PSNR {im.psnr:.1f} passes {im.passes} {secs:.0f}s", flush=True)
+
+
+def rejudge(args: argparse.Namespace) -> None:
+    """Judges run afterwards on the saved outputs (``--save``), for rows that lack them: robustify
+    every photo first, then spend what time there is on the expensive judges (claimed photos first,
+    ``--claimed-only`` for nothing else)."""
+    model = load_model(args.model)
+    judges = [j for j in args.judge.split(",") if j and j != "none"]
+    fns = {j: (transfer_judge(j.split("@", 1)[1]) if j.startswith("aa@") else JUDGES[j]) for j in judges}
+    out = Path(args.out)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    todo = [i for i, r in enumerate(rows) if r["split"] == args.split and any(j not in r for j in judges)
+            and (r["claimed"] or not args.claimed_only) and (not args.variants_only or r["variant"] in args.variants_only.split(","))]
+    todo.sort(key=lambda i: not rows[i]["claimed"])
+    for i in todo:
+        r = rows[i]
+        saved = args.save / f"{r['variant']}-{r['photo']}.png"
+        if not saved.exists():
+            continue
+        x_r = load_photo(saved).tensor()[None]
+        x = load_photo(args.corpus / r["split"] / f"{r['photo']}.png").tensor()[None]
+        y = torch.tensor([r["label"]])
+        for j in judges:
+            if j in r:
+                continue
+            t1 = time.perf_counter()
+            ok, by = fns[j](model, x_r, y, r["eps"], args.seed, x) if j.startswith("aa@") else fns[j](model, x_r, y, r["eps"], args.seed)
+            r[j], r[f"{j}_broken_by"], r[f"{j}_seconds"] = ok, by, time.perf_counter() - t1
+            r.setdefault("judged_by", []).append("python " + " ".join(sys.argv))
+            print(f"{r['variant']:>12} {r['photo']:<32} claimed {r['claimed']!s:<5} {j} {ok!s:<5} {time.perf_counter() - t1:.0f}s",
+                  flush=True)
+            out.write_text("".join(json.dumps(row) + "\n" for row in rows))  # after every judge: a kill loses little
 
 
 def summary(path: Path) -> None:
@@ -167,16 +221,25 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=0, help="the first N photos of the split (0: all)")
     ap.add_argument("--names", default="", help="only these photos (comma-separated stems)")
     ap.add_argument("--model", default="efficientnet-lite0")
+    ap.add_argument("--also-model", action="append", default=[], help="robustify for this model too (robust for each)")
+    ap.add_argument("--save", type=Path, default=None, help="write each robustified photo here (PNG)")
     ap.add_argument("--variants", default="base:")
     ap.add_argument("--eps", default="1/255")
     ap.add_argument("--delta", default="8/255")
-    ap.add_argument("--judge", default="apgd")
+    ap.add_argument("--judge", default="apgd", help="comma-separated: apgd, standard, aa, aa@MODEL (transfer); none")
     ap.add_argument("--seed", type=int, default=12345, help="the judges' seed (robustify's is its own)")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--summary", type=Path, default=None, help="print the table of a results file and stop")
+    ap.add_argument("--rejudge", action="store_true", help="run --judge on the photos saved by an earlier --save run")
+    ap.add_argument("--claimed-only", action="store_true", help="with --rejudge: only photos robustify claimed")
+    ap.add_argument("--variants-only", default="", help="with --rejudge: only these variants (comma-separated names)")
     args = ap.parse_args()
     if args.summary:
         summary(args.summary)
+    elif args.rejudge:
+        if args.save is None:
+            raise SystemExit("--rejudge needs --save DIR (where the earlier run saved its photos)")
+        rejudge(args)
     else:
         run(args)
 

@@ -11,8 +11,11 @@ from ..pipeline.report import after_attack, broken_by
 
 
 def summary_table(results, title: str) -> Table:
+    from ..budget import format_budget
+
     t = Table(title=title, show_footer=False)
-    for col in ("file", "status", "label", "steps", "passes", "ℓ∞", "PSNR", "s"):
+    shrunk = any(r.metrics.get("scale", 1.0) != 1.0 for r in results)
+    for col in ("file", "status", "label", "steps", "passes", "δ", "ℓ∞", "PSNR", "SSIM", *(["kept"] if shrunk else []), "s"):
         t.add_column(col, justify="left" if col in ("file", "status", "label") else "right",
                      overflow="fold", min_width={"file": 16, "label": 8}.get(col))
     style = {"robust": "green", "not-robust": "yellow", "over-budget": "bold red", "failed": "red", "skipped": "dim"}
@@ -23,8 +26,11 @@ def summary_table(results, title: str) -> Table:
             status = "[yellow]skipped, not known robust[/]"
         t.add_row(escape(Path(r.src).name), status, r.label_name or ("" if r.label is None else str(r.label)),
                   str(m.get("steps", "")), str(m.get("passes", "")),
+                  format_budget(m["delta"]) if isinstance(m.get("delta"), float) and m["delta"] == m["delta"] else "",
                   f"{m['linf']:.3f}" if "linf" in m else "",
-                  f"{m['psnr']:.1f}" if "psnr" in m else "", f"{m['seconds']:.2f}" if "seconds" in m else "")
+                  f"{m['psnr']:.1f}" if "psnr" in m else "", f"{m['ssim']:.3f}" if "ssim" in m else "",
+                  *([f"{m['scale']:.2f}" if "scale" in m else ""] if shrunk else []),
+                  f"{m['seconds']:.2f}" if "seconds" in m else "")
     c = Counter(r.status for r in results)
     total = sum(r.metrics.get("seconds", 0) for r in results)
     unknown = sum(r.status == "skipped" and r.breaks_claim for r in results)
