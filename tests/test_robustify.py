@@ -280,18 +280,10 @@ def test_an_unverified_image_is_written_as_its_best_iterate(tiny_model, tiny_dat
 
 
 def test_several_models_at_once_robust_for_each(tiny_model, tiny_data):
-    from conftest import tiny_classifier
+    from conftest import trained_tiny_classifier
 
-    x_all, y_all = tiny_data
-    other = tiny_classifier(seed=1)
-    opt = torch.optim.Adam(other.parameters(), lr=1e-2)
-    for _ in range(150):
-        loss = torch.nn.functional.cross_entropy(other(x_all), y_all)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    other.eval()
-    x = _grid(x_all[:60])
+    other = trained_tiny_classifier(*tiny_data, seed=1)
+    x = _grid(tiny_data[0][:60])
     kw = dict(delta=0.1, eps=0.1, steps=10, min_steps=2, check_every=2)
     one = robustify(tiny_model, x, **kw)
     both = robustify([tiny_model, other], x, **kw)

@@ -52,3 +52,41 @@ def defenses_cmd(
                       + (f", {out.with_suffix('.png')}" if out.with_suffix(".png").exists() else ""))
     if json_out:
         print_json(doc)
+
+
+@bench_app.command("tradeoff")
+def tradeoff_cmd(
+    dims: str = typer.Option("50,100,400,1600", help="Numbers of weak features d, comma-separated (ε = 2η < 1 needs d > 36)."),
+    n: int = typer.Option(20_000, min=100, help="Samples per d."),
+    p: float = typer.Option(0.95, min=0.5, max=1.0, help="Probability that the robust feature x₁ equals y."),
+    out: Path = typer.Option(Path("tradeoff"), "--out", "-o", help="Output prefix: writes PREFIX.md, .json (and .png with matplotlib)."),
+    seed: int = typer.Option(0),
+    json_out: bool = typer.Option(False, "--json", help="The rows as JSON on stdout."),
+) -> None:
+    """The robustness–accuracy trade-off of Tsipras et al. (2019), sampled beside its closed forms: the
+    accurate linear classifier (average of the weak features) is not robust, the robust one (the robust
+    feature) is 95% accurate."""
+    import json
+
+    from ..bench.tradeoff import markdown, plot, tradeoff
+
+    try:
+        ds = [int(v) for v in dims.split(",") if v.strip()]
+        if not ds or min(ds) < 1:
+            raise ValueError
+    except ValueError:
+        fail(f"--dims {dims}: give whole numbers >= 1 separated by commas", EXIT_USAGE)
+    rows = tradeoff(ds, n=n, p=p, seed=seed)
+    table = markdown(rows)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text("# Robustness may be at odds with accuracy (Tsipras et al. 2019), sampled\n\n"
+                                      f"`preempt bench tradeoff --dims {dims} --n {n} --p {p} --seed {seed}`\n\n" + table)
+    out.with_suffix(".json").write_text(json.dumps({"command": f"preempt bench tradeoff --dims {dims} --n {n} --p {p} "
+                                                    f"--seed {seed}", "rows": rows}, indent=1) + "\n")
+    try:
+        plot(rows, out.with_suffix(".png"))
+    except ImportError:
+        pass
+    err_console.print(table, highlight=False, markup=False)
+    if json_out:
+        print_json(rows)
