@@ -165,20 +165,38 @@ def run(args: argparse.Namespace) -> None:
                   + f" δ {im.delta * 255:.0f}/255 PSNR {im.psnr:.1f} passes {im.passes} {secs:.0f}s", flush=True)
 
 
+def _key(r: dict) -> tuple:
+    return (r["variant"], r["photo"], r["eps"], r["delta"], r["model"])
+
+
+def judged_rows(path: Path) -> list[dict]:
+    """The rows of ``path`` with the judges run afterwards (``--rejudge``, kept in PATH's ``-judged``
+    sibling so that a robustify run appending to PATH at the same time loses nothing) merged in."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    extra = path.with_name(path.stem + "-judged.jsonl")
+    if extra.exists():
+        by = {_key(r): r for r in rows}
+        for line in extra.read_text().splitlines():
+            j = json.loads(line)
+            if tuple(j["key"]) in by:
+                by[tuple(j["key"])].update(j["result"])
+    return rows
+
+
 def rejudge(args: argparse.Namespace) -> None:
     """Judges run afterwards on the saved outputs (``--save``), for rows that lack them: robustify
     every photo first, then spend what time there is on the expensive judges (claimed photos first,
-    ``--claimed-only`` for nothing else)."""
+    ``--claimed-only`` for nothing else).  Results go to OUT's ``-judged.jsonl`` sibling."""
     model = load_model(args.model)
     judges = [j for j in args.judge.split(",") if j and j != "none"]
     fns = {j: (transfer_judge(j.split("@", 1)[1]) if j.startswith("aa@") else JUDGES[j]) for j in judges}
     out = Path(args.out)
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    todo = [i for i, r in enumerate(rows) if r["split"] == args.split and any(j not in r for j in judges)
+    extra = out.with_name(out.stem + "-judged.jsonl")
+    rows = judged_rows(out)
+    todo = [r for r in rows if r["split"] == args.split and any(j not in r for j in judges)
             and (r["claimed"] or not args.claimed_only) and (not args.variants_only or r["variant"] in args.variants_only.split(","))]
-    todo.sort(key=lambda i: not rows[i]["claimed"])
-    for i in todo:
-        r = rows[i]
+    todo.sort(key=lambda r: not r["claimed"])
+    for r in todo:
         saved = args.save / f"{r['variant']}-{r['photo']}.png"
         if not saved.exists():
             continue
@@ -190,28 +208,40 @@ def rejudge(args: argparse.Namespace) -> None:
                 continue
             t1 = time.perf_counter()
             ok, by = fns[j](model, x_r, y, r["eps"], args.seed, x) if j.startswith("aa@") else fns[j](model, x_r, y, r["eps"], args.seed)
-            r[j], r[f"{j}_broken_by"], r[f"{j}_seconds"] = ok, by, time.perf_counter() - t1
-            r.setdefault("judged_by", []).append("python " + " ".join(sys.argv))
-            print(f"{r['variant']:>12} {r['photo']:<32} claimed {r['claimed']!s:<5} {j} {ok!s:<5} {time.perf_counter() - t1:.0f}s",
+            result = {j: ok, f"{j}_broken_by": by, f"{j}_seconds": time.perf_counter() - t1}
+            with extra.open("a") as fh:
+                fh.write(json.dumps({"key": list(_key(r)), "result": result, "command": "python " + " ".join(sys.argv)}) + "\n")
+            print(f"{r['variant']:>12} {r['photo']:<32} claimed {r['claimed']!s:<5} {j} {ok!s:<5} {result[f'{j}_seconds']:.0f}s",
                   flush=True)
-            out.write_text("".join(json.dumps(row) + "\n" for row in rows))  # after every judge: a kill loses little
 
 
 def summary(path: Path) -> None:
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows = judged_rows(path)
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["split"], r["model"], r["variant"], r["eps"], r["delta"]), []).append(r)
-    print("| split | variant | ε | δ (max) | photos | claimed | apgd | standard | AA (ref.) | PSNR (median) | passes | s / photo |")
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| split | variant | ε | δ (start) | photos | claimed | apgd | standard | AA (ref.) | AA on lite2 | PSNR (median) | passes | s / photo |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (split, _m, var, eps, delta), rs in sorted(groups.items()):
         def frac(k: str, rs: list = rs) -> str:
             have = [r[k] for r in rs if k in r]
             return f"{sum(have)}/{len(have)}" if have else "–"
         ps = sorted(r["psnr"] for r in rs)
         print(f"| {split} | {var} | {eps * 255:.0f}/255 | {delta * 255:.0f}/255 | {len(rs)} | {frac('claimed')} | {frac('apgd')} | "
-              f"{frac('standard')} | {frac('aa')} | {ps[len(ps) // 2]:.1f} | {sum(r['passes'] for r in rs) / len(rs):.0f} | "
+              f"{frac('standard')} | {frac('aa')} | {frac('aa@efficientnet-lite2')} | {ps[len(ps) // 2]:.1f} | {sum(r['passes'] for r in rs) / len(rs):.0f} | "
               f"{sum(r['seconds'] for r in rs) / len(rs):.0f} |")
+
+
+def per_photo(path: Path, split: str) -> None:
+    """One Markdown row per photo of ``split`` (every variant), the judges that ran on it."""
+    rows = [r for r in judged_rows(path) if r["split"] == split]
+    print("| variant | photo | label | claimed | δ used | AA (ref.) | AA on lite2 | PSNR | SSIM | passes | s |")
+    print("|---|---|---:|---|---|---|---|---:|---:|---:|---:|")
+    mark = lambda r, k: "–" if k not in r else ("**robust**" if r[k] else f"broken ({r.get(k + '_broken_by')})")
+    for r in rows:
+        print(f"| {r['variant']} | {r['photo']} | {r['label']} | {'yes' if r['claimed'] else 'no'} | {r['delta_used'] * 255:.0f}/255 | "
+              f"{mark(r, 'aa')} | {mark(r, 'aa@efficientnet-lite2')} | {r['psnr']:.1f} | {r['ssim']:.3f} | {r['passes']} | "
+              f"{r['seconds']:.0f} |")
 
 
 def main() -> None:
@@ -230,11 +260,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=12345, help="the judges' seed (robustify's is its own)")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--summary", type=Path, default=None, help="print the table of a results file and stop")
+    ap.add_argument("--per-photo", action="store_true", help="with --summary: one row per photo of --split")
     ap.add_argument("--rejudge", action="store_true", help="run --judge on the photos saved by an earlier --save run")
     ap.add_argument("--claimed-only", action="store_true", help="with --rejudge: only photos robustify claimed")
     ap.add_argument("--variants-only", default="", help="with --rejudge: only these variants (comma-separated names)")
     args = ap.parse_args()
-    if args.summary:
+    if args.summary and args.per_photo:
+        per_photo(args.summary, args.split)
+    elif args.summary:
         summary(args.summary)
     elif args.rejudge:
         if args.save is None:
