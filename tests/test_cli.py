@@ -311,6 +311,10 @@ def test_card_recommendations_flags_and_several_models(tmp_path, photo_dir, tiny
             tmp_path / "card.json", "--steps", "4", "--inner-loss", "ce", "--inner-steps", "3", "--max-delta", "1/10", "--json")
     cfg = _json(r)["config"]
     assert (cfg["inner_loss"], cfg["inner_steps"], cfg["max_delta"]) == ("ce", 3, 0.1)
+    # the cap is part of what an output's verdict is for: a rerun with another cap does not take it as robust
+    again = run("robustify", photo_dir / "img0.png", "-o", tmp_path / "b", "--model", tiny_model_file, "--card",
+                tmp_path / "card.json", "--steps", "4", "--inner-loss", "ce", "--inner-steps", "3", "--max-delta", "0.2")
+    assert again.exit_code == 3 and "max_delta" in again.stderr
     bad = run("robustify", photo_dir / "img0.png", "-o", tmp_path / "c", "--model", tiny_model_file, "--max-delta", "0.01")
     assert bad.exit_code == 2 and "max_delta" in bad.output
     # two models at once: robust for both, the record names both, a rerun with one model does not count it robust

@@ -94,7 +94,8 @@ def _names(src: Path, root: Path, out_dir: Path, dst: Path, fmt: str) -> list[Pa
 
 def _record(model, cfg: RobustifyConfig) -> dict:
     """The settings an output's "robust" is for (written into it, compared on a rerun)."""
-    return {"model": model_name(model), "norm": cfg.norm, "delta": cfg.delta, "eps": cfg.eps, "survive": cfg.survive}
+    return {"model": model_name(model), "norm": cfg.norm, "delta": cfg.delta, "eps": cfg.eps, "survive": cfg.survive,
+            "max_delta": cfg.max_delta}
 
 
 def model_name(model) -> str:
