@@ -244,3 +244,39 @@ def test_unreadable_files_and_folders_fail_alone_and_are_named(tmp_path, tiny_mo
     assert files["secret.png"]["status"] == "failed" and "permission denied" in files["secret.png"]["error"]
     assert files["locked"]["status"] == "failed" and "cannot be listed" in files["locked"]["error"]
     assert "locked" in r.stderr and "secret.png" in r.stderr
+
+
+def test_a_named_pipe_and_a_nan_tiff_get_one_line_and_the_batch_goes_on(tmp_path, tiny_model_file):
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    d = tmp_path / "in"
+    d.mkdir()
+    good = d / "good.png"
+    good.write_bytes(_png(_grey()))
+    fifo = d / "pipe.png"
+    os.mkfifo(fifo)
+    nan = np.full((12, 12), 0.5, np.float32)
+    nan[3, 4] = np.nan
+    Image.fromarray(nan, "F").save(d / "nan.tif")
+    import signal
+
+    def hung(*_):
+        raise TimeoutError("robustify hung on a named pipe")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(120)
+    try:
+        r = runner.invoke(app, ["robustify", str(fifo), str(d / "nan.tif"), str(good), "-o", str(tmp_path / "out"),
+                                "--model", str(tiny_model_file), "--json", "--check", "pgd"])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert r.exit_code == 1, r.output
+    files = {f["src"].rsplit("/", 1)[-1]: f for f in json.loads(r.stdout)["files"]}
+    assert files["pipe.png"]["status"] == "failed" and "not a regular file" in files["pipe.png"]["error"]
+    assert files["nan.tif"]["status"] == "failed" and "not finite" in files["nan.tif"]["error"]
+    assert files["good.png"]["status"] in ("robust", "not-robust")
+    assert "pipe.png" in r.stderr and "nan.tif" in r.stderr

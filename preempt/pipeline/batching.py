@@ -14,6 +14,8 @@ MAX_BATCH_PIXELS = 2_000_000  # pixels per batch (bounds memory for big photos)
 
 def probe(path: Path) -> tuple[int, int, int]:
     """(C, H, W) of the photo as preempt will see it, from the header alone where possible."""
+    if path.exists() and not path.is_file():
+        load_photo(path)  # a folder, a named pipe, a device: its one-line PhotoError (never opened)
     try:
         with Image.open(path) as im:
             w, h = im.size

@@ -61,6 +61,9 @@ class Photo:
 
 def _to_8bit(img: Image.Image) -> Image.Image:
     a = np.asarray(img)
+    if a.dtype.kind == "f" and a.size and not np.isfinite(a).all():
+        raise PhotoError(f"{int((~np.isfinite(a)).sum()):,} pixel values are not finite (NaN or infinity): "
+                         "the image has no defined pixels there")
     if img.mode.startswith("I;16") or (a.dtype != np.uint8 and a.size and a.max() > 255):
         a = np.round(a.astype(np.float64) / 257.0)
     elif img.mode == "F" and a.size and a.max() <= 1.0:
@@ -83,6 +86,8 @@ def load_photo(path: str | Path | bytes) -> Photo:
             if not os.access(file, os.R_OK | os.X_OK):
                 raise PhotoError("permission denied: this folder cannot be listed, so its photos were not read")
             raise PhotoError("is a directory")
+        elif file.exists() and not file.is_file():  # opening a named pipe would wait for a writer for ever
+            raise PhotoError("not a regular file (a named pipe, socket or device): refused")
         elif file.stat().st_size == 0:
             raise PhotoError("empty file")
         else:
