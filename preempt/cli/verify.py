@@ -67,7 +67,7 @@ def verify_cmd(
     n0: int = typer.Option(100, help="CERTIFY: samples that pick the class."),
     n: int = typer.Option(10000, help="CERTIFY: samples that bound its probability."),
     alpha: float = typer.Option(0.001, help="CERTIFY: failure probability."),
-    surrogate: str | None = typer.Option(None, help="blackbox suite: a torch model to craft transfer attacks on (default: the bundled default)."),
+    surrogate: str | None = typer.Option(None, help="blackbox suite: a torch model to craft transfer attacks on (default: fmnist-linf-preempt-d3 for grey models, efficientnet-lite0 for colour ones)."),
     checks: bool = typer.Option(True, help="Honesty checks (randomized model, softmax, zero gradients, ...)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     seed: int = typer.Option(0),
@@ -90,6 +90,10 @@ def verify_cmd(
         fail(str(e), EXIT_USAGE, e)
     if note:
         err_console.print(note, highlight=False)
+    if run == "blackbox" and surrogate is None:  # a bundled model of the same kind (grey clothing or ImageNet)
+        from ..models import FMNIST_MODEL, IMAGENET_MODEL
+
+        surrogate = FMNIST_MODEL if clf.pre.channels == 1 else IMAGENET_MODEL
     sur = load_model_or_fail(surrogate, dev) if run == "blackbox" else None
     cfg = VerifyConfig(norm=norm, eps=eps, suite=run, steps=steps, restarts=restarts, seed=seed, adaptive=adaptive,
                        checks=checks, certify=certify, surrogate=sur, sigma=sigma, n0=n0, n=n, alpha=alpha,
