@@ -355,13 +355,13 @@ def robustify(model: Model | Sequence[Model], x: torch.Tensor, y: torch.Tensor |
     if overrides:
         cfg = replace(cfg, **overrides)
     cfg.validate()
+    if not models:
+        raise ValueError("robustify needs a model")
     for m in models:
         if not m.differentiable:
             raise ValueError(f"{m.name} has no gradients (an ONNX model): robustify needs the torch model "
                              "(a bundled name, torchvision:NAME, a TorchScript or state_dict file); "
                              "ONNX models can only be verified")
-    if not models:
-        raise ValueError("robustify needs a model")
     if len(models) > 1 and (cfg.optimizer == "rmsprop" or cfg.retry != "none" or cfg.survive):
         raise ValueError("several models at once work with the sign optimizer, without --retry and --survive")
     validate_images(x)
@@ -443,11 +443,7 @@ def _escalate(models: list[Model], x_o: torch.Tensor, y: torch.Tensor, cfg: Robu
         d, stage = min(2 * d, cfg.max_delta), stage + 1
         sub = robustify(models, x_o[left], y[left], on_step=on_step,
                         config=replace(cfg, delta=d, max_delta=None, seed=cfg.seed + 1000 * stage))
-        for j, i in enumerate(left.tolist()):
-            a, b = res.images[i], sub.images[j]
-            res.x[i] = sub.x[j] if b.robust else res.x[i]
-            res.images[i] = replace(b if b.robust else a, steps=a.steps + b.steps, passes=a.passes + b.passes,
-                                    seconds=a.seconds + b.seconds)
+        _merge_rerun(res, left, sub)
 
 
 class _BestIterate:
@@ -563,6 +559,12 @@ def _retry(model, x_o: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfig, res:
     if not len(left):
         return
     sub = robustify(model, x_o[left], y[left], config=replace(cfg, optimizer="rmsprop", retry="none"))
+    _merge_rerun(res, left, sub)
+
+
+def _merge_rerun(res: RobustifyResult, left: torch.Tensor, sub: RobustifyResult) -> None:
+    """Images ``left`` of ``res`` were run again as ``sub`` (retry, δ escalation): a photo the rerun
+    verified replaces the first one; each image's steps, passes and seconds are those of both runs."""
     for j, i in enumerate(left.tolist()):
         a, b = res.images[i], sub.images[j]
         if b.robust:
