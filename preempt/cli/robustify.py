@@ -113,6 +113,7 @@ def robustify_cmd(
     from ..core.robustify import RobustifyConfig, recommended, resolve_init
     from ..core.upload import parse
     from ..pipeline import NoImages, robustify_files
+    from ..pipeline.robustify_job import model_name
 
     try:
         parse(survive)
@@ -153,7 +154,7 @@ def robustify_cmd(
     except ValueError as e:
         fail(str(e), EXIT_USAGE, e)
     check = check or "strong"
-    err_console.print(f"model {'+'.join(m.name for m in [clf, *others])} on {dev}; {norm} δ={format_budget(delta)} ε={format_budget(eps)}; "
+    err_console.print(f"model {model_name([clf, *others])} on {dev}; {norm} δ={format_budget(delta)} ε={format_budget(eps)}; "
                       f"≤{cfg.steps} outer × {cfg.inner_steps} inner steps, check {check}" + (f" (PGD-{check_steps})" if check_steps != 20 else "")
                       + (f" ({cfg.check_apgd_targets} APGD-T targets)" if cfg.check_apgd_targets != 3 else "")
                       + f", goal {goal}"
@@ -191,7 +192,7 @@ def robustify_cmd(
     missing = sum(not p.exists() for p in paths)
     err_console.print(summary_table(results, title=f"robustified into {out}/"))
     if json_out:
-        print_json({"model": "+".join(m.name for m in [clf, *others]), "device": dev, "config": cfg.__dict__, "out": str(out),
+        print_json({"model": model_name([clf, *others]), "device": dev, "config": cfg.__dict__, "out": str(out),
                     "files": [r.to_dict() for r in results]})
     failed = missing + sum(r.status == "failed" for r in results)
     if failed:
