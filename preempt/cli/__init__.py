@@ -32,6 +32,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 
 # the commands register after the app exists
 from . import export as _export  # noqa: E402
+from . import merge as _merge  # noqa: E402
 from . import models as _models  # noqa: E402
 from . import robustify as _robustify  # noqa: E402
 from . import train as _train  # noqa: E402
@@ -43,6 +44,7 @@ app.command("verify")(_verify.verify_cmd)
 app.command("models")(_models.models_cmd)
 app.command("train")(_train.train_cmd)
 app.command("export")(_export.export_cmd)
+app.command("merge")(_merge.merge_cmd)
 app.add_typer(bench_app, name="bench")
 
 

@@ -46,13 +46,49 @@ def report_error(message: str, exc: BaseException | None = None, console: Consol
 def pick_device(device: str) -> str:
     import torch
 
+    from ..pipeline.shard import local_device
+
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return local_device("cuda") if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         fail("--device cuda: no CUDA device is available", EXIT_USAGE)
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         fail(f"--device {device}: choose auto, cpu or cuda", EXIT_USAGE)
-    return device
+    return local_device(device)
+
+
+def shard_or_fail(text: str | None):
+    """--shard K/N, else torchrun's RANK/WORLD_SIZE, else None (all the photos)."""
+    from ..pipeline.shard import resolve
+
+    try:
+        return resolve(text)
+    except ValueError as e:
+        fail(str(e), EXIT_USAGE, e)
+
+
+def share_exit(code: int, shard) -> int:
+    """The exit code of a share: under torchrun 0 for a verdict (1 a file failed, 3 not robust), since torchrun stops
+    every other share when one exits non-zero; its JSON holds the verdict and ``preempt merge`` exits with the job's."""
+    if shard is None or not shard.launched or code not in (EXIT_ERROR, EXIT_NOT_ROBUST):
+        return code
+    err_console.print(f"share {shard}: exit 0 instead of {code} so that torchrun lets the other shares finish; "
+                      "preempt merge exits with the job's verdict", highlight=False)
+    return EXIT_OK
+
+
+def save_json(path: Path | None, doc: dict, shard=None) -> None:
+    """--save-json: the document, written atomically (a share's to its own NAME.K-of-N.json)."""
+    if path is None:
+        return
+    from ..pipeline.photos import PhotoError, write_atomic
+
+    target = shard.path(path) if shard is not None else path
+    try:
+        write_atomic(target, dumps(doc).encode())
+    except PhotoError as e:
+        fail(f"{target}: cannot write the JSON ({e})", EXIT_ERROR, e)
+    err_console.print(f"JSON written to {target}", highlight=False)
 
 
 def budget(value: str | float | None) -> float | None:
@@ -87,6 +123,11 @@ PolicyOpt = Annotated[Literal["whole", "crop"] | None, typer.Option(
 ResizeSizeOpt = Annotated[int | None, typer.Option("--resize-size", help="Shorter side before the centre crop.")]
 MeanOpt = Annotated[str | None, typer.Option("--mean", help="Normalisation mean per channel, e.g. 0.485,0.456,0.406.")]
 StdOpt = Annotated[str | None, typer.Option("--std", help="Normalisation std per channel, e.g. 0.229,0.224,0.225.")]
+ShardOpt = Annotated[str | None, typer.Option(
+    "--shard", help="Do only share K/N of the photos (K = 0 … N-1; whole batches, so each photo gets what one run "
+                    "gives it); default under torchrun: RANK/WORLD_SIZE. Merge the shares' --save-json with preempt merge.")]
+SaveJsonOpt = Annotated[Path | None, typer.Option(
+    "--save-json", help="Also write the JSON to this file (a share writes NAME.K-of-N.json).")]
 ChannelsOpt = Annotated[int | None, typer.Option("--channels", min=1, max=3, help="1: grey model, 3: colour model.")]
 
 
@@ -154,8 +195,12 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def dumps(obj: Any) -> str:
+    return json.dumps(_finite(obj), indent=2, default=str, allow_nan=False) + "\n"
+
+
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(_finite(obj), indent=2, default=str, allow_nan=False) + "\n")
+    sys.stdout.write(dumps(obj))
     sys.stdout.flush()
 
 

@@ -20,6 +20,8 @@ from .common import (
     ModelSpec,
     PolicyOpt,
     ResizeSizeOpt,
+    SaveJsonOpt,
+    ShardOpt,
     StdOpt,
     WeightsOpt,
     budget_option,
@@ -30,6 +32,9 @@ from .common import (
     model_and_budgets,
     print_json,
     report_error,
+    save_json,
+    shard_or_fail,
+    share_exit,
     state,
 )
 from .tables import summary_table
@@ -100,7 +105,9 @@ def robustify_cmd(
     batch_size: int = typer.Option(64, help="Photos of the same size robustified together."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     seed: int = typer.Option(0),
+    shard: ShardOpt = None,
     json_out: bool = typer.Option(False, "--json", help="Per-file results as JSON on stdout."),
+    json_file: SaveJsonOpt = None,
 ) -> None:
     """Robustify photos so that no ε-perturbation changes the classifier's answer.
 
@@ -113,12 +120,14 @@ def robustify_cmd(
     from ..core.robustify import RobustifyConfig, recommended, resolve_init
     from ..core.upload import parse
     from ..pipeline import NoImages, robustify_files
+    from ..pipeline.merge import shard_doc
     from ..pipeline.robustify_job import model_name
 
     try:
         parse(survive)
     except ValueError as e:
         fail(f"--survive: {e}", EXIT_USAGE, e)
+    share = shard_or_fail(shard)
     spec = ModelSpec(model[0] if model else None, weights, card, input_size, resize_policy, resize_size, mean, std, channels)
     dev, clf, norm, eps, delta = model_and_budgets(spec, device, norm, eps, delta)
     others = [load_model_or_fail(name, dev) for name in (model or [])[1:]]
@@ -154,7 +163,7 @@ def robustify_cmd(
     except ValueError as e:
         fail(str(e), EXIT_USAGE, e)
     check = check or "strong"
-    err_console.print(f"model {model_name([clf, *others])} on {dev}; {norm} δ={format_budget(delta)} ε={format_budget(eps)}; "
+    err_console.print((f"share {share}: " if share else "") + f"model {model_name([clf, *others])} on {dev}; {norm} δ={format_budget(delta)} ε={format_budget(eps)}; "
                       f"≤{cfg.steps} outer × {cfg.inner_steps} inner steps, check {check}" + (f" (PGD-{check_steps})" if check_steps != 20 else "")
                       + (f" ({cfg.check_apgd_targets} APGD-T targets)" if cfg.check_apgd_targets != 3 else "")
                       + f", goal {goal}"
@@ -183,7 +192,7 @@ def robustify_cmd(
         try:
             results = robustify_files([p for p in paths if p.exists()], out, [clf, *others] if others else clf, config=cfg, fmt=fmt, quality=quality,
                                       overwrite=overwrite, strip_metadata=strip_metadata, batch_size=batch_size,
-                                      device=dev, on_file=on_file, on_plan=lambda n: bar.update(task, total=n),
+                                      device=dev, shard=share, on_file=on_file, on_plan=lambda n: bar.update(task, total=n),
                                       on_step=on_step)
         except NoImages as e:
             fail(str(e), EXIT_ERROR, e)
@@ -191,10 +200,11 @@ def robustify_cmd(
             fail(str(e), EXIT_USAGE, e)
     missing = sum(not p.exists() for p in paths)
     err_console.print(summary_table(results, title=f"robustified into {out}/"))
+    doc = shard_doc({"model": model_name([clf, *others]), "device": dev, "config": cfg.__dict__, "out": str(out),
+                     "files": [r.to_dict() for r in results]}, share, results)
     if json_out:
-        print_json({"model": model_name([clf, *others]), "device": dev, "config": cfg.__dict__, "out": str(out),
-                    "files": [r.to_dict() for r in results]})
+        print_json(doc)
+    save_json(json_file, doc, share)
     failed = missing + sum(r.status == "failed" for r in results)
-    if failed:
-        raise typer.Exit(EXIT_ERROR)
-    raise typer.Exit(EXIT_NOT_ROBUST if any(r.breaks_claim for r in results) else EXIT_OK)
+    code = EXIT_ERROR if failed else EXIT_NOT_ROBUST if any(r.breaks_claim for r in results) else EXIT_OK
+    raise typer.Exit(share_exit(code, share))

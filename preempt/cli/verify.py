@@ -22,6 +22,8 @@ from .common import (
     ModelSpec,
     PolicyOpt,
     ResizeSizeOpt,
+    SaveJsonOpt,
+    ShardOpt,
     StdOpt,
     WeightsOpt,
     budget_option,
@@ -31,6 +33,9 @@ from .common import (
     model_and_budgets,
     print_json,
     report_error,
+    save_json,
+    shard_or_fail,
+    share_exit,
     state,
 )
 from .tables import attack_table, verify_table
@@ -71,7 +76,9 @@ def verify_cmd(
     checks: bool = typer.Option(True, help="Honesty checks (randomized model, softmax, zero gradients, ...)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     seed: int = typer.Option(0),
+    shard: ShardOpt = None,
     json_out: bool = typer.Option(False, "--json", help="JSON on stdout."),
+    json_file: SaveJsonOpt = None,
     report: Path | None = typer.Option(None, help="Also write an HTML report to this file."),
 ) -> None:
     """Attack photos (by default with the attacks of robustify's check, from other random starts); exit code 3 if
@@ -80,6 +87,7 @@ def verify_cmd(
     from ..pipeline.photos import PhotoError
     from ..pipeline.report import summarize, write_html
 
+    share = shard_or_fail(shard)
     spec = ModelSpec(model, weights, card, input_size, resize_policy, resize_size, mean, std, channels)
     dev, clf, norm, eps, _ = model_and_budgets(spec, device, norm, eps)
     from ..pipeline.verify_job import suite_for
@@ -124,17 +132,19 @@ def verify_cmd(
             bar.update(task, last=f"{name} on {left} still robust…")
 
         try:
-            outcome = verify_files(paths, clf, originals=original or None, config=cfg, device=dev, on_file=on_file,
+            outcome = verify_files(paths, clf, originals=original or None, config=cfg, device=dev, shard=share, on_file=on_file,
                                    on_plan=lambda n: bar.update(task, total=n), on_attack=on_attack)
         except NoImages as e:
             fail(str(e), EXIT_ERROR, e)
         except ValueError as e:
             fail(str(e), EXIT_USAGE, e)
     results = outcome.files
-    summary = summarize(results, cfg.describe(), model=clf.name, device=dev, flags=outcome.flags)
+    from ..pipeline.merge import shard_doc
+
+    summary = shard_doc(summarize(results, cfg.describe(), model=clf.name, device=dev, flags=outcome.flags), share, results)
     with_orig = bool(original)
     what = (f"PGD-{steps}" if run == "pgd" else f"suite {run}") + (f", uploads {uploads}" if uploads else "")
-    t = verify_table(results, f"{what} {norm} ε={format_budget(eps)} on {clf.name}", with_orig)
+    t = verify_table(results, (f"share {share}: " if share else "") + f"{what} {norm} ε={format_budget(eps)} on {clf.name}", with_orig)
     s = summary["summary"]
     t.caption = (f"robust accuracy {s['robust_accuracy']:.1%} ({s['robust']}/{s['verified']})"
                  + (f", originals {s['original_robust_accuracy']:.1%}" if "original_robust_accuracy" in s else "")
@@ -153,12 +163,12 @@ def verify_cmd(
                           f"{c['mean_radius']:.3f}, {c['certified_at_eps']} certified at ε", highlight=False)
     if json_out:  # before the report: an unwritable report path must not lose the JSON
         print_json(summary)
+    save_json(json_file, summary, share)
     if report:
         try:
             write_html(report, summary, results)
         except (OSError, PhotoError) as e:
             fail(f"{report}: cannot write the report ({getattr(e, 'strerror', None) or e})", EXIT_ERROR, e)
         err_console.print(f"report written to {report}", highlight=False)
-    if s["failed"]:
-        raise typer.Exit(EXIT_ERROR)
-    raise typer.Exit(EXIT_NOT_ROBUST if s["not_robust"] else EXIT_OK)
+    code = EXIT_ERROR if s["failed"] else EXIT_NOT_ROBUST if s["not_robust"] else EXIT_OK
+    raise typer.Exit(share_exit(code, share))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .photos import Photo, load_photo
+from .photos import Photo, PhotoError, load_photo
 
 MAX_BATCH_PIXELS = 2_000_000  # pixels per batch (bounds memory for big photos)
 
@@ -38,6 +38,17 @@ def batches(items: list, key: Callable, max_batch: int) -> Iterable[list]:
         per = max(1, min(max_batch, MAX_BATCH_PIXELS // max(1, shape[1] * shape[2])))
         for i in range(0, len(group), per):
             yield group[i:i + per]
+
+
+def planned_batches(paths: list, max_batch: int, path: Callable = lambda p: p) -> list[list]:
+    """The batches a run forms from these inputs' headers (``path(item)`` is the file); an input whose
+    header cannot be read is a batch of its own (it fails when loaded)."""
+    def key(item) -> tuple:
+        try:
+            return probe(path(item))
+        except PhotoError:
+            return (0, 0, 0, str(path(item)))
+    return list(batches(paths, key=key, max_batch=max_batch))
 
 
 def chw(photo: Photo) -> tuple[int, int, int]:

@@ -23,9 +23,16 @@ class FileResult:
     label_name: str | None = None
     original: str | None = None
     metrics: dict = field(default_factory=dict)
+    position: int | None = field(default=None, compare=False)  # index among the run's inputs (not in to_dict)
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None and v != {}}
+        return {k: v for k, v in asdict(self).items() if v is not None and v != {} and k != "position"}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FileResult:
+        """The inverse of :meth:`to_dict` (a JSON report's row back to a result)."""
+        return cls(**{k: d[k] for k in ("src", "status", "dst", "error", "label", "label_name", "original", "metrics")
+                      if k in d})
 
     @property
     def breaks_claim(self) -> bool:

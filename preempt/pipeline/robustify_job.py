@@ -19,7 +19,7 @@ from ..core.check import judge
 from ..core.metrics import change
 from ..core.robustify import ImageResult, RobustifyConfig, robustify
 from ..core.threat import ThreatModel
-from .batching import batches, probe
+from .batching import batches, planned_batches, probe
 from .jpeg import encode_jpeg_within, file_format, jpeg_quality
 from .memory import check_fits
 from .photos import (
@@ -39,6 +39,7 @@ from .photos import (
     write_atomic,
 )
 from .results import FileResult, NoImages, Status, label_name
+from .shard import Shard, batch_seed, take
 
 
 @dataclass
@@ -147,7 +148,8 @@ def _path_for(model, chw: tuple[int, int, int], cfg: RobustifyConfig) -> str:
 def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
                     config: RobustifyConfig | None = None, fmt: str = "auto", quality: int | None = None,
                     overwrite: bool = False, strip_metadata: bool = False, batch_size: int = 64,
-                    device: str = "cpu", on_file: Callable[[FileResult], None] | None = None,
+                    device: str = "cpu", shard: Shard | None = None,
+                    on_file: Callable[[FileResult], None] | None = None,
                     on_plan: Callable[[int], None] | None = None,
                     on_step: Callable[[list[Path], int, int, int], None] | None = None) -> list[FileResult]:
     """Robustify every photo under ``paths`` into ``out_dir``; returns one FileResult per input.
@@ -157,13 +159,13 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
     PNG otherwise).  A JPEG is kept inside the δ-ball (:func:`encode_jpeg_within`) or reported
     ``over-budget``, and judged as decoded.  ``on_plan(n)`` is told the number of inputs once they
     are listed, ``on_step(files, k, steps, verified)`` after each outer step of a batch (for a
-    progress bar)."""
+    progress bar).  ``shard``: only this share's batches (:mod:`preempt.pipeline.shard`); results are in
+    input order."""
     cfg = config or RobustifyConfig()
     if isinstance(model, (list, tuple)):
         model = model[0] if len(model) == 1 else list(model)
         if isinstance(model, list) and fmt == "jpeg":
             raise ValueError("--format jpeg re-judges the decoded JPEG with one model; with several models write PNG")
-    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     out_dir = Path(out_dir)
     results: list[FileResult] = []
 
@@ -176,10 +178,12 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
     inputs = list(iter_images(paths, exclude=out_dir, skipped=skipped))
     if not inputs:
         raise NoImages(nothing_found(list(paths), skipped, out_dir))
+    order = {str(src): i for i, (src, _) in enumerate(inputs)}
+    inputs = take(inputs, shard, lambda items: planned_batches(items, batch_size, path=lambda it: it[0]))
     if on_plan:
         on_plan(len(inputs))
     todo = plan_outputs(inputs, out_dir, model, cfg, fmt=fmt, overwrite=overwrite, emit=emit)
-    writer = _Writer(model, cfg, fmt=fmt, quality=quality, strip_metadata=strip_metadata, generator=gen)
+    writer = _Writer(model, cfg, fmt=fmt, quality=quality, strip_metadata=strip_metadata, device=device)
     for batch in batches(todo, key=lambda t: t.shape, max_batch=batch_size):
         photos: list[tuple[_Planned, Photo]] = []
         for item in batch:
@@ -197,7 +201,9 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
             seconds = (time.perf_counter() - t0) / len(group)
             for i, (item, photo) in enumerate(group):
                 emit(writer.write(item, photo, x[i], res.x[i], res.images[i], seconds))
-    return results
+    for r in results:
+        r.position = order.get(r.src)
+    return sorted(results, key=lambda r: r.position if r.position is not None else len(order))
 
 
 def _progress(on_step: Callable[[list[Path], int, int, int], None] | None,
@@ -212,9 +218,9 @@ class _Writer:
     """Encodes one robustified photo, judges exactly what will be on disk, writes it atomically."""
 
     def __init__(self, model, cfg: RobustifyConfig, *, fmt: str, quality: int | None, strip_metadata: bool,
-                 generator: torch.Generator) -> None:
+                 device: str) -> None:
         self.model, self.cfg, self.fmt, self.quality = model, cfg, fmt, quality
-        self.strip_metadata, self.gen = strip_metadata, generator
+        self.strip_metadata, self.device = strip_metadata, device
         self.dball: ThreatModel = cfg.delta_ball()
         self.classes = _first(model).classes or []
 
@@ -261,7 +267,8 @@ class _Writer:
         data, xs, q_used, within = encode_jpeg_within(out, x_o, self.dball, q, strip_metadata=self.strip_metadata,
                                                       meta=meta)
         y1 = torch.tensor([info.label], device=xs.device)
-        ok, p, det = judge(self.model, xs[None], y1, self.cfg, generator=self.gen)
+        gen = torch.Generator(device=self.device).manual_seed(batch_seed(self.cfg.seed + 1, [meta["source"]]))
+        ok, p, det = judge(self.model, xs[None], y1, self.cfg, generator=gen)
         moved = change(xs[None], x_o[None])
         metrics = {**metrics, "passes": metrics["passes"] + int(p), "robust_before_encoding": info.robust,
                    "uploads": det[0], "quality": q_used, **{k: float(v[0]) for k, v in moved.items()},

@@ -19,9 +19,10 @@ from ..core import upload
 from ..core.metrics import change
 from ..core.resolution import at_model_input
 from ..core.threat import threat_model
-from .batching import batches, chw
+from .batching import batches, chw, planned_batches
 from .photos import PhotoError, iter_images, load_photo, nothing_found, original_stem
 from .results import FileResult, NoImages, label_name
+from .shard import Shard, batch_seed, take
 
 
 @dataclass
@@ -101,14 +102,16 @@ class VerifyReport:
 
 def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str | Path] | None = None,
                  config: VerifyConfig | None = None, device: str = "cpu", batch_size: int = 64,
-                 on_file: Callable[[FileResult], None] | None = None,
+                 shard: Shard | None = None, on_file: Callable[[FileResult], None] | None = None,
                  on_plan: Callable[[int], None] | None = None,
                  on_attack: Callable[[str, int], None] | None = None) -> VerifyReport:
     """Attack every photo (and its original, when given); one FileResult per photo, plus the
     honesty flags.  With ``config.adaptive`` the adaptive white-box attack runs on what survived;
     with ``config.certify`` each photo gets a randomized-smoothing certificate.  ``on_plan(n)``
     is told the number of photos once they are listed; ``on_attack(name, n)`` each time an attack
-    starts on the ``n`` points still robust (for progress)."""
+    starts on the ``n`` points still robust (for progress).  ``shard``: only this share's batches
+    (:mod:`preempt.pipeline.shard`); each batch's random draws are seeded from ``config.seed`` and its
+    files' names, so a photo gets the same verdict in any share or run; results are in input order."""
     from ..attacks.honesty import honesty_flags
 
     cfg = config or VerifyConfig()
@@ -118,11 +121,12 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
     files = [p for p, _ in iter_images(paths, skipped=skipped)]
     if not files:
         raise NoImages(nothing_found(list(paths), skipped))
-    if on_plan:
-        on_plan(len(files))
     orig_files = [p for p, _ in iter_images(originals)] if originals else []
     origs = pair_originals(files, orig_files) if originals else None
     by_position = bool(originals) and not paired_by_name(files, orig_files)
+    mine = take(range(len(files)), shard, lambda idx: planned_batches(idx, batch_size, path=lambda i: files[i]))
+    if on_plan:
+        on_plan(len(mine))
     report = VerifyReport([])
     job = _Attacker(model, cfg, torch.Generator(device=device).manual_seed(cfg.seed), on_attack)
     delta = ((getattr(model, "card", None) or {}).get("threat_model") or {}).get("delta")
@@ -134,7 +138,8 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
             on_file(r)
 
     todo = []
-    for i, f in enumerate(files):
+    for i in mine:
+        f = files[i]
         try:
             photo = load_photo(f)
             orig = None
@@ -148,6 +153,7 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
 
     first = True
     for batch in batches(todo, key=lambda t: chw(t[1]), max_batch=batch_size):
+        job.gen.manual_seed(batch_seed(cfg.seed, [f.name for f, _, _ in batch]))
         x = torch.stack([p.tensor(device) for _, p, _ in batch])
         pred = model.predict(x)
         xo = torch.stack([o.tensor(device) for _, _, o in batch]) if origs else None
@@ -183,6 +189,10 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
             lab = int(y[j])
             emit(FileResult(str(f), "robust" if robust[j] else "not-robust", label=lab, label_name=label_name(classes, lab),
                             original=str(o.path) if o is not None else None, metrics=m))
+    order = {str(f): i for i, f in enumerate(files)}
+    for r in report.files:
+        r.position = order.get(r.src)
+    report.files.sort(key=lambda r: r.position if r.position is not None else len(order))
     return report
 
 
