@@ -330,3 +330,46 @@ def test_card_recommendations_flags_and_several_models(tmp_path, photo_dir, tiny
     jpeg = run("robustify", photo_dir, "-o", tmp_path / "e", "--model", tiny_model_file, "--model", tiny_model_file,
                "--format", "jpeg")
     assert jpeg.exit_code == 2 and "several models" in jpeg.output
+
+
+def test_interrupted_run_reports_what_it_finished(tmp_path, photo_dir, tiny_model_file, monkeypatch):
+    """Ctrl-C (or `kill`) in the second batch: the first batch's photos still get their table and JSON, then the
+    interrupt goes on (exit 130 from main); a rerun resumes."""
+    import preempt.pipeline.robustify_job as job
+
+    real, calls = job.robustify, []
+
+    def robustify_then_interrupt(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(job, "robustify", robustify_then_interrupt)
+    out, saved = tmp_path / "out", tmp_path / "run.json"
+    r = run("robustify", photo_dir, "-o", out, "--model", tiny_model_file, "--save-json", saved)
+    assert r.exit_code == 130 and "rerun the same command to resume" in r.stderr, r.output
+    assert "interrupted: " in r.stderr  # the table of what was finished
+    doc = json.loads(saved.read_text())
+    assert doc["interrupted"] is True and len(calls) == 2
+    written = sorted(p.name for p in out.iterdir())
+    assert 0 < len(doc["files"]) == len(written) < 6  # the first batch only, each row a file on disk
+    assert sorted(map(lambda f: f["dst"].rsplit("/", 1)[1], doc["files"])) == written
+    monkeypatch.setattr(job, "robustify", real)
+    r = run("robustify", photo_dir, "-o", out, "--model", tiny_model_file, "--json")
+    assert sum(f["status"] == "skipped" for f in _json(r)["files"]) == len(written)
+
+
+def test_robustify_seconds_are_per_photo(tmp_path, tiny_data, tiny_model_file):
+    """``seconds``: from the batch's start until the photo was done, so within a batch it grows with the outer steps
+    the photo took (not the batch's time shared out equally)."""
+    d = tmp_path / "four"
+    d.mkdir()
+    for i in (0, 2, 3, 5):  # at δ 0.2, ε 0.25 these four finish at different outer steps (10, 30, 10, 25)
+        Image.fromarray((tiny_data[0][i, 0].numpy() * 255).round().astype(np.uint8), "L").save(d / f"p{i}.png")
+    r = run("robustify", d, "-o", tmp_path / "out", "--model", tiny_model_file, "--json", "--delta", "0.2", "--eps", "0.25")
+    ms = [f["metrics"] for f in _json(r)["files"]]
+    assert len(ms) == 4 and all(m["seconds"] > 0 for m in ms)
+    by_steps = sorted(ms, key=lambda m: (m["steps"], m["seconds"]))
+    assert [m["seconds"] for m in by_steps] == sorted(m["seconds"] for m in ms)
+    assert len({m["steps"] for m in ms}) > 1 and len({m["seconds"] for m in ms}) > 1, ms

@@ -48,7 +48,14 @@ app.command("merge")(_merge.merge_cmd)
 app.add_typer(bench_app, name="bench")
 
 
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt  # `kill` (SIGTERM) ends a run as Ctrl-C does: finished photos reported, then exit 130
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         app(standalone_mode=True)
     except KeyboardInterrupt:

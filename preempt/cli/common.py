@@ -67,6 +67,16 @@ def shard_or_fail(text: str | None):
         fail(str(e), EXIT_USAGE, e)
 
 
+EXIT_INTERRUPTED = 130
+
+
+def interrupted_exit() -> NoReturn:
+    """Ctrl-C or `kill`: say what is kept, exit 130."""
+    done = f" after {state.done} file(s)" if state.done else ""
+    err_console.print(f"interrupted{done}; finished outputs are kept, rerun the same command to resume", highlight=False)
+    raise typer.Exit(EXIT_INTERRUPTED)
+
+
 def share_exit(code: int, shard) -> int:
     """The exit code of a share: under torchrun 0 for a verdict (1 a file failed, 3 not robust), since torchrun stops
     every other share when one exits non-zero; its JSON holds the verdict and ``preempt merge`` exits with the job's."""

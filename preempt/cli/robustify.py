@@ -28,6 +28,7 @@ from .common import (
     colour_notice,
     err_console,
     fail,
+    interrupted_exit,
     load_model_or_fail,
     model_and_budgets,
     print_json,
@@ -102,7 +103,8 @@ def robustify_cmd(
     strip_metadata: bool = typer.Option(False, help="Drop EXIF and ICC profile."),
     sigma: float | None = typer.Option(None, "--smoothing-sigma", help="Robustify the randomized-smoothing classifier with Gaussian noise σ (loss averaged over --noise-samples draws)."),
     noise_samples: int = typer.Option(8, help="Noise draws per pass with --smoothing-sigma."),
-    batch_size: int = typer.Option(64, help="Photos of the same size robustified together."),
+    batch_size: int = typer.Option(64, help="Photos of the same size robustified together (and at most 2 megapixels "
+                                        "of photos per batch: seven 512×512 photos, one 12 MP photo)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     seed: int = typer.Option(0),
     shard: ShardOpt = None,
@@ -115,11 +117,9 @@ def robustify_cmd(
     output counts as robust only if it was written robust for the same model, norm, δ, ε and --survive)."""
     import torch
 
-    from ..budget import format_budget
     from ..core.check import CHECKS
     from ..core.robustify import RobustifyConfig, recommended, resolve_init
     from ..core.upload import parse
-    from ..pipeline import NoImages, robustify_files
     from ..pipeline.merge import shard_doc
     from ..pipeline.robustify_job import model_name
 
@@ -162,24 +162,63 @@ def robustify_cmd(
         cfg.validate()
     except ValueError as e:
         fail(str(e), EXIT_USAGE, e)
-    check = check or "strong"
-    err_console.print((f"share {share}: " if share else "") + f"model {model_name([clf, *others])} on {dev}; {norm} δ={format_budget(delta)} ε={format_budget(eps)}; "
-                      f"≤{cfg.steps} outer × {cfg.inner_steps} inner steps, check {check}" + (f" (PGD-{check_steps})" if check_steps != 20 else "")
-                      + (f" ({cfg.check_apgd_targets} APGD-T targets)" if cfg.check_apgd_targets != 3 else "")
-                      + f", goal {goal}"
-                      + (f", settle {settle}" if settle else "")
-                      + (f", inner loss {cfg.inner_loss}" if cfg.inner_loss != "ce" else "")
-                      + (f" ({cfg.inner_targets} targets)" if cfg.inner_loss == "margin-mt" else "")
-                      + (f", δ up to {format_budget(cfg.max_delta)}" if cfg.max_delta is not None else "")
-                      + (f", retry {retry}" if retry != "none" else "")
-                      + (f"; surviving {survive}" if survive else ""), highlight=False)
+    err_console.print(_header(share, [clf, *others], dev, cfg, check or "strong", check_steps, survive), highlight=False)
+    import time
+
+    done: list = []
+    t0, interrupted = time.perf_counter(), False
+    try:
+        _run(paths, out, [clf, *others] if others else clf, cfg, done, fmt=fmt, quality=quality, overwrite=overwrite,
+             strip_metadata=strip_metadata, batch_size=batch_size, device=dev, shard=share)
+    except KeyboardInterrupt:  # the photos finished so far still get their table and JSON
+        interrupted = True
+    results = sorted(done, key=lambda r: r.position if r.position is not None else len(done))
+    missing = sum(not p.exists() for p in paths)
+    title = (f"interrupted: {len(results)} finished, " if interrupted else "") + f"robustified into {out}/"
+    err_console.print(summary_table(results, title=title, wall=time.perf_counter() - t0))
+    doc = shard_doc({"model": model_name([clf, *others]), "device": dev, "config": cfg.__dict__, "out": str(out),
+                     "files": [r.to_dict() for r in results], **({"interrupted": True} if interrupted else {})}, share, results)
+    if json_out:
+        print_json(doc)
+    save_json(json_file, doc, share)
+    if interrupted:
+        interrupted_exit()
+    failed = missing + sum(r.status == "failed" for r in results)
+    code = EXIT_ERROR if failed else EXIT_NOT_ROBUST if any(r.breaks_claim for r in results) else EXIT_OK
+    raise typer.Exit(share_exit(code, share))
+
+
+def _header(share, models: list, dev: str, cfg, check: str, check_steps: int, survive: str | None) -> str:
+    """The one line robustify starts with: model, device, budgets, the loop, the check."""
+    from ..budget import format_budget
+    from ..pipeline.robustify_job import model_name
+
+    return ((f"share {share}: " if share else "") + f"model {model_name(models)} on {dev}; {cfg.norm} "
+            f"δ={format_budget(cfg.delta)} ε={format_budget(cfg.eps)}; "
+            f"≤{cfg.steps} outer × {cfg.inner_steps} inner steps, check {check}" + (f" (PGD-{check_steps})" if check_steps != 20 else "")
+            + (f" ({cfg.check_apgd_targets} APGD-T targets)" if cfg.check_apgd_targets != 3 else "")
+            + f", goal {cfg.goal}"
+            + (f", settle {cfg.settle}" if cfg.settle else "")
+            + (f", inner loss {cfg.inner_loss}" if cfg.inner_loss != "ce" else "")
+            + (f" ({cfg.inner_targets} targets)" if cfg.inner_loss == "margin-mt" else "")
+            + (f", δ up to {format_budget(cfg.max_delta)}" if cfg.max_delta is not None else "")
+            + (f", retry {cfg.retry}" if cfg.retry != "none" else "")
+            + (f"; surviving {survive}" if survive else ""))
+
+
+def _run(paths: list[Path], out: Path, model, cfg, done: list, **kw) -> None:
+    """robustify_files under a progress bar that moves within a batch (outer steps); each result is appended to
+    ``done`` as it is written, so an interrupted run still knows what it finished."""
+    from ..pipeline import NoImages, robustify_files
+
     with Progress(TextColumn("[bold]robustify"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
                   TimeElapsedColumn(), console=err_console) as bar:
         task = bar.add_task("", total=None, last="")
 
         def on_file(r) -> None:
+            done.append(r)
             state.done += 1
-            bar.update(task, advance=1, last=Path(r.src).name)
+            bar.update(task, completed=len(done), last=Path(r.src).name)
             if r.status == "failed":
                 report_error(f"{r.src}: {r.error}", console=bar.console)
             elif r.breaks_claim and r.status == "skipped":
@@ -187,24 +226,13 @@ def robustify_cmd(
 
         def on_step(files, k: int, steps: int, verified: int) -> None:
             what = files[0].name if len(files) == 1 else f"{len(files)} photos"
-            bar.update(task, last=f"{what}: step {k}/{steps}, {verified} verified")
+            bar.update(task, completed=len(done) + len(files) * min(k, steps) / max(steps, 1),
+                       last=f"{what}: step {k}/{steps}, {verified} verified")
 
         try:
-            results = robustify_files([p for p in paths if p.exists()], out, [clf, *others] if others else clf, config=cfg, fmt=fmt, quality=quality,
-                                      overwrite=overwrite, strip_metadata=strip_metadata, batch_size=batch_size,
-                                      device=dev, shard=share, on_file=on_file, on_plan=lambda n: bar.update(task, total=n),
-                                      on_step=on_step)
+            robustify_files([p for p in paths if p.exists()], out, model, config=cfg, on_file=on_file,
+                            on_plan=lambda n: bar.update(task, total=n), on_step=on_step, **kw)
         except NoImages as e:
             fail(str(e), EXIT_ERROR, e)
         except ValueError as e:
             fail(str(e), EXIT_USAGE, e)
-    missing = sum(not p.exists() for p in paths)
-    err_console.print(summary_table(results, title=f"robustified into {out}/"))
-    doc = shard_doc({"model": model_name([clf, *others]), "device": dev, "config": cfg.__dict__, "out": str(out),
-                     "files": [r.to_dict() for r in results]}, share, results)
-    if json_out:
-        print_json(doc)
-    save_json(json_file, doc, share)
-    failed = missing + sum(r.status == "failed" for r in results)
-    code = EXIT_ERROR if failed else EXIT_NOT_ROBUST if any(r.breaks_claim for r in results) else EXIT_OK
-    raise typer.Exit(share_exit(code, share))

@@ -10,7 +10,9 @@ from rich.table import Table
 from ..pipeline.report import after_attack, broken_by
 
 
-def summary_table(results, title: str) -> Table:
+def summary_table(results, title: str, wall: float | None = None) -> Table:
+    """robustify's table; ``s`` per photo is from its batch's start until it was done, the caption's the run's
+    wall time (``wall``) or, without it, the photos' seconds added up."""
     from ..budget import format_budget
 
     t = Table(title=title, show_footer=False)
@@ -32,7 +34,7 @@ def summary_table(results, title: str) -> Table:
                   *([f"{m['scale']:.2f}" if "scale" in m else ""] if shrunk else []),
                   f"{m['seconds']:.2f}" if "seconds" in m else "")
     c = Counter(r.status for r in results)
-    total = sum(r.metrics.get("seconds", 0) for r in results)
+    total = wall if wall is not None else sum(r.metrics.get("seconds", 0) for r in results)
     unknown = sum(r.status == "skipped" and r.breaks_claim for r in results)
     t.caption = (f"robust {c['robust']}, not robust {c['not-robust']}, "
                  + (f"over budget {c['over-budget']}, " if c["over-budget"] else "") + f"failed {c['failed']}, "

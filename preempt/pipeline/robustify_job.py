@@ -6,7 +6,6 @@ skipped unless ``overwrite``, so a rerun resumes where an interrupted one stoppe
 """
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -196,11 +195,9 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
             groups[photo.pixels.shape].append((item, photo))
         for group in groups.values():
             x = torch.stack([p.tensor(device) for _, p in group])
-            t0 = time.perf_counter()
             res = robustify(model, x, config=cfg, on_step=_progress(on_step, [item.src for item, _ in group]))
-            seconds = (time.perf_counter() - t0) / len(group)
-            for i, (item, photo) in enumerate(group):
-                emit(writer.write(item, photo, x[i], res.x[i], res.images[i], seconds))
+            for i, (item, photo) in enumerate(group):  # seconds: from the batch's start until this photo was done
+                emit(writer.write(item, photo, x[i], res.x[i], res.images[i], res.images[i].seconds))
     for r in results:
         r.position = order.get(r.src)
     return sorted(results, key=lambda r: r.position if r.position is not None else len(order))
