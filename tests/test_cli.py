@@ -176,8 +176,10 @@ def test_models_lists_json():
     assert r.exit_code == 0
     doc = _json(r)
     assert doc["device"] in ("cpu", "cuda")
+    names = {m["name"] for m in doc["models"]}
+    assert {"fmnist-linf-preempt-d3", "fmnist-l2-preempt-d3", "fmnist-linf-pgdat", "efficientnet-lite0"} <= names, names
     for m in doc["models"]:
-        assert m["threat_model"]["norm"] in ("linf", "l2")
+        assert m["threat_model"]["norm"] in ("linf", "l2") and m["threat_model"]["eps"] > 0
 
 
 def test_nothing_to_do_is_said_and_exits_1(tmp_path, photo_dir, tiny_model_file):

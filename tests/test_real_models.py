@@ -89,7 +89,9 @@ def test_model_resolution_path_matches_the_full_path(tiny_model, big_photos, nor
         a = pgd(tiny_model, r.x, y, threat=threat, steps=20, generator=torch.Generator().manual_seed(3))  # full resolution
         robust[res] = int(a.robust.sum())
         claimed = torch.tensor([i.robust for i in r.images])
-        assert not (claimed & a.success).any() or res == "full"  # the model-resolution check is the stronger one
+        # the model-resolution check attacks a superset of the full-resolution ball: none of its claims falls; the
+        # full path's own check is as strong as this PGD-20, so at most one claim falls to its other random start
+        assert int((claimed & a.success).sum()) <= (1 if res == "full" else 0), (res, int((claimed & a.success).sum()))
     assert abs(robust["full"] - robust["model"]) <= 2, robust
 
 
