@@ -185,3 +185,22 @@ def test_batchnorm_mode_while_crafting_attacks_is_an_option():
     assert res.model.net.training is False  # returned in eval mode
     bn = [m for m in res.model.net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bn and bn[0].num_batches_tracked > 0
+
+
+def test_learning_curves_and_the_step_schedule():
+    """--curve-size logs clean and PGD accuracy on the training images every epoch (robust overfitting's curves);
+    --schedule step divides the learning rate by 10 at half and at three quarters of the run."""
+    from preempt.train.loop import _lr, robust_accuracy
+
+    cfg = _cfg("pgd-at", epochs=4, schedule="step", curve_size=60)
+    assert [_lr(cfg, it, 100) for it in (0, 49, 50, 74, 75, 99)] == pytest.approx([0.05, 0.05, 0.005, 0.005, 5e-4, 5e-4])
+    res = train(cfg, tensors=DATA)
+    assert [h["lr"] for h in res.history] == pytest.approx([0.05, 0.05, 0.005, 5e-4])
+    last = res.history[-1]
+    assert 0 <= last["train_pgd5"] <= last["train_clean"] <= 1 and "test_clean" not in last  # no test split given
+    x, y, _ = DATA  # the curve is the training images' robust accuracy, recomputed here from the final model
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed))
+    xt, yt = x[perm][cfg.val_size:][:60], y[perm][cfg.val_size:][:60]
+    assert last["train_pgd5"] == robust_accuracy(res.model, xt, yt, Linf(cfg.eps), 5)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        _cfg("pgd-at", schedule="linear")

@@ -5,6 +5,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -31,7 +32,10 @@ def train_cmd(
     epochs: int = typer.Option(5),
     batch_size: int = typer.Option(128),
     lr: float = typer.Option(0.05),
-    schedule: str = typer.Option("cosine", help="cosine | constant"),
+    schedule: Literal["cosine", "constant", "step"] = typer.Option("cosine", help="cosine | constant | step (×0.1 at "
+                                                                  "50% and 75% of the epochs, as in Rice et al. 2020)."),
+    curve_size: int = typer.Option(0, min=0, help="Log clean and robust accuracy of the first N training and N test "
+                                                  "images every epoch (robust overfitting's learning curves)."),
     arch: str = typer.Option("cnn"),
     width: int = typer.Option(32),
     early_stop: bool = typer.Option(False, help="Keep the epoch with the best robust validation accuracy."),
@@ -86,7 +90,7 @@ def train_cmd(
                       preempt_direction=preempt_direction, sigma=sigma, replays=replays, epochs=epochs,
                       batch_size=batch_size, lr=lr, schedule=schedule, early_stop=early_stop, limit=limit,
                       image_size=image_size, channels=channels, attack_bn=attack_bn,
-                      val_size=val_size, seed=seed, threads=threads, device=pick_device(device))
+                      val_size=val_size, curve_size=curve_size, seed=seed, threads=threads, device=pick_device(device))
     quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 reports
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=err_console, transient=False, disable=quiet) as bar:

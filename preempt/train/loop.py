@@ -42,11 +42,13 @@ class TrainConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "cosine"     # cosine | constant
+    schedule: str = "cosine"     # cosine | constant | step (×0.1 at 50% and 75% of the epochs: Rice et al. 2020)
     val_size: int = 2000
     val_attack_steps: int = 10
     val_attack_size: int = 500
     early_stop: bool = False     # keep the epoch with the best robust validation accuracy
+    curve_size: int = 0          # > 0: also log clean and PGD accuracy on the first N training and N test images
+                                 # every epoch (the learning curves of robust overfitting)
     attack_bn: str = "train"     # BatchNorm mode while crafting training attacks: train | eval
     image_size: int = 32         # ImageFolder: images are resized to this
     channels: int = 3            # ImageFolder: 1 (grey) or 3
@@ -60,6 +62,11 @@ class TrainConfig:
             self.delta = self.eps
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
+
+
+SCHEDULES = ("cosine", "constant", "step")
 
 
 @dataclass
@@ -74,6 +81,8 @@ class TrainResult:
 def _lr(cfg: TrainConfig, it: int, total: int) -> float:
     if cfg.schedule == "constant":
         return cfg.lr
+    if cfg.schedule == "step":
+        return cfg.lr * (0.1 if it >= 0.5 * total else 1.0) * (0.1 if it >= 0.75 * total else 1.0)
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * it / max(total, 1)))
 
 
@@ -143,6 +152,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Pat
             if "gen" in state:
                 gen.set_state(state["gen"])
     start_epoch = dist.sync_start(model, opt, start_epoch)
+    curve_test = _curve_test_split(cfg, dev) if cfg.curve_size and tensors is None and dist.rank == 0 else None
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         order = torch.randperm(len(xt), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).to(dev)
@@ -174,7 +184,8 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Pat
                               cfg.val_attack_steps) if cfg.val_attack_size else float("nan")
         elapsed += time.perf_counter() - t0
         rec = {"epoch": epoch + 1, "loss": tot_loss / max(seen, 1), "val_clean": clean,
-               f"val_pgd{cfg.val_attack_steps}": rob, "lr": opt.param_groups[0]["lr"], "seconds": elapsed}
+               f"val_pgd{cfg.val_attack_steps}": rob, "lr": opt.param_groups[0]["lr"], "seconds": elapsed,
+               **_curves(model, cfg, threat, (xt, yt), curve_test)}
         history.append(rec)
         score = rob if cfg.early_stop else epoch
         if score >= best:
@@ -268,6 +279,31 @@ class _Dist:
             import torch.distributed as td
 
             td.barrier()
+
+
+def _curve_test_split(cfg: TrainConfig, dev) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The first ``curve_size`` test images, for the per-epoch learning curves (None: no test split)."""
+    try:
+        x, y, _ = datasets.load(cfg.dataset, "test", cfg.data, **_kw(cfg))
+    except datasets.DataError:
+        return None
+    return x[:cfg.curve_size].to(dev), y[:cfg.curve_size].to(dev)
+
+
+def _curves(model, cfg: TrainConfig, threat, train: tuple[torch.Tensor, torch.Tensor],
+            test: tuple[torch.Tensor, torch.Tensor] | None) -> dict:
+    """``curve_size``: clean and PGD-``val_attack_steps`` accuracy on the first N training images (those trained
+    on) and the first N test images, after this epoch; the attack is seeded alike every epoch."""
+    if not cfg.curve_size:
+        return {}
+    out = {}
+    for name, split in (("train", train), ("test", test)):
+        if split is None:
+            continue
+        xs, ys = split[0][:cfg.curve_size], split[1][:cfg.curve_size]
+        out[f"{name}_clean"] = accuracy(model, xs, ys)
+        out[f"{name}_pgd{cfg.val_attack_steps}"] = robust_accuracy(model, xs, ys, threat, cfg.val_attack_steps)
+    return out
 
 
 def test_metrics(model, cfg: TrainConfig, threat, n_attack: int = 1000) -> dict:
