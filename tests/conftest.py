@@ -62,16 +62,18 @@ def tiny_model_file(tiny_model, tmp_path_factory):
     return path
 
 
+def save_photos(d, x: torch.Tensor, n: int, *, sizes: list[tuple[int, int]], rgb, name: str):
+    """The first ``n`` tiny images as PNG photos in ``d``: photo i resized to ``sizes[i % len(sizes)]``, RGB where
+    ``rgb(i)``, named ``name.format(i=i)``."""
+    d.mkdir()
+    for i in range(n):
+        a = (x[i, 0].numpy() * 255).round().astype(np.uint8)
+        im = Image.fromarray(a, "L").resize(sizes[i % len(sizes)], Image.NEAREST)
+        (im.convert("RGB") if rgb(i) else im).save(d / name.format(i=i))
+    return d
+
+
 @pytest.fixture()
 def photo_dir(tmp_path, tiny_data):
     """Six test photos of the tiny data, at odd sizes and in several modes."""
-    x, _ = tiny_data
-    d = tmp_path / "photos"
-    d.mkdir()
-    for i in range(6):
-        a = (x[i, 0].numpy() * 255).round().astype(np.uint8)
-        im = Image.fromarray(a, "L").resize((13, 9), Image.NEAREST)
-        if i % 3 == 1:
-            im = im.convert("RGB")
-        im.save(d / f"img{i}.png")
-    return d
+    return save_photos(tmp_path / "photos", tiny_data[0], 6, sizes=[(13, 9)], rgb=lambda i: i % 3 == 1, name="img{i}.png")

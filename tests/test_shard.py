@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import save_photos
 from PIL import Image
 
 from preempt.core.robustify import RobustifyConfig
@@ -45,13 +46,8 @@ def test_shares_partition_whole_batches():
 @pytest.fixture()
 def mixed_dir(tmp_path, tiny_data):
     """Ten photos of three sizes and two modes, plus one unreadable file: several batches of batch size 2."""
-    x, _ = tiny_data
-    d = tmp_path / "mixed"
-    d.mkdir()
-    for i in range(10):
-        a = (x[i, 0].numpy() * 255).round().astype(np.uint8)
-        im = Image.fromarray(a, "L").resize([(13, 9), (8, 8), (16, 12)][i % 3], Image.NEAREST)
-        (im.convert("RGB") if i % 4 == 1 else im).save(d / f"p{i:02d}.png")
+    d = save_photos(tmp_path / "mixed", tiny_data[0], 10, sizes=[(13, 9), (8, 8), (16, 12)], rgb=lambda i: i % 4 == 1,
+                    name="p{i:02d}.png")
     (d / "broken.png").write_bytes(b"not a png")
     return d
 

@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from .common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, err_console, report_error, state
+from .common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, report_error, state
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Preemptive robustification of photos against adversarial man-in-the-middle attacks.")
@@ -56,13 +56,8 @@ def main() -> None:
     import signal
 
     signal.signal(signal.SIGTERM, _terminated)
-    try:
+    try:  # Ctrl-C: typer exits 130 itself; robustify reports what it finished first (common.interrupted_exit)
         app(standalone_mode=True)
-    except KeyboardInterrupt:
-        done = f" after {state.done} file(s)" if state.done else ""
-        err_console.print(f"interrupted{done}; finished outputs are kept, rerun the same command to resume",
-                          highlight=False)
-        sys.exit(130)
     except Exception as e:
         if state.debug:
             raise

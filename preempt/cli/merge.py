@@ -29,9 +29,9 @@ def merge_cmd(
         doc = merge(docs)
     except MergeError as e:
         fail(str(e), EXIT_USAGE, e)
-    rows = doc["images"] if kind(doc) == "verify" else doc["files"]
-    results = [FileResult.from_dict(r) for r in rows]
-    if kind(doc) == "verify":
+    what = kind(doc)
+    results = [FileResult.from_dict(r) for r in doc["images" if what == "verify" else "files"]]
+    if what == "verify":
         err_console.print(verify_table(results, f"merged {len(files)} shares: verify on {doc['model']}",
                                        any(r.original for r in results)))
         s = doc["summary"]

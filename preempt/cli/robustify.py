@@ -121,6 +121,7 @@ def robustify_cmd(
     from ..core.robustify import RobustifyConfig, recommended, resolve_init
     from ..core.upload import parse
     from ..pipeline.merge import shard_doc
+    from ..pipeline.results import in_input_order
     from ..pipeline.robustify_job import model_name
 
     try:
@@ -172,7 +173,7 @@ def robustify_cmd(
              strip_metadata=strip_metadata, batch_size=batch_size, device=dev, shard=share)
     except KeyboardInterrupt:  # the photos finished so far still get their table and JSON
         interrupted = True
-    results = sorted(done, key=lambda r: r.position if r.position is not None else len(done))
+    results = in_input_order(done)
     missing = sum(not p.exists() for p in paths)
     title = (f"interrupted: {len(results)} finished, " if interrupted else "") + f"robustified into {out}/"
     err_console.print(summary_table(results, title=title, wall=time.perf_counter() - t0))

@@ -41,6 +41,16 @@ class FileResult:
         return self.status in NOT_ROBUST or (self.status == "skipped" and not self.metrics.get("robust", False))
 
 
+def in_input_order(results: list[FileResult], inputs: list | None = None) -> list[FileResult]:
+    """``results`` sorted by their position among the run's inputs; with ``inputs`` (the run's input paths, in
+    order) each result's ``position`` is set from them first."""
+    if inputs is not None:
+        order = {str(src): i for i, src in enumerate(inputs)}
+        for r in results:
+            r.position = order.get(r.src)
+    return sorted(results, key=lambda r: (r.position is None, r.position or 0))
+
+
 def label_name(classes: list[str] | None, label: int) -> str | None:
     """The class name of ``label``, where the model has names."""
     return classes[label] if classes and 0 <= label < len(classes) else None

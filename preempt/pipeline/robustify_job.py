@@ -37,7 +37,7 @@ from .photos import (
     restamp_jpeg,
     write_atomic,
 )
-from .results import FileResult, NoImages, Status, label_name
+from .results import FileResult, NoImages, Status, in_input_order, label_name
 from .shard import Shard, batch_seed, take
 
 
@@ -177,7 +177,7 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
     inputs = list(iter_images(paths, exclude=out_dir, skipped=skipped))
     if not inputs:
         raise NoImages(nothing_found(list(paths), skipped, out_dir))
-    order = {str(src): i for i, (src, _) in enumerate(inputs)}
+    all_inputs = [src for src, _ in inputs]
     inputs = take(inputs, shard, lambda items: planned_batches(items, batch_size, path=lambda it: it[0]))
     if on_plan:
         on_plan(len(inputs))
@@ -198,9 +198,7 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
             res = robustify(model, x, config=cfg, on_step=_progress(on_step, [item.src for item, _ in group]))
             for i, (item, photo) in enumerate(group):  # seconds: from the batch's start until this photo was done
                 emit(writer.write(item, photo, x[i], res.x[i], res.images[i], res.images[i].seconds))
-    for r in results:
-        r.position = order.get(r.src)
-    return sorted(results, key=lambda r: r.position if r.position is not None else len(order))
+    return in_input_order(results, all_inputs)
 
 
 def _progress(on_step: Callable[[list[Path], int, int, int], None] | None,

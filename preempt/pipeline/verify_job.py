@@ -21,7 +21,7 @@ from ..core.resolution import at_model_input
 from ..core.threat import threat_model
 from .batching import batches, chw, planned_batches
 from .photos import PhotoError, iter_images, load_photo, nothing_found, original_stem
-from .results import FileResult, NoImages, label_name
+from .results import FileResult, NoImages, in_input_order, label_name
 from .shard import Shard, batch_seed, take
 
 
@@ -189,10 +189,7 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
             lab = int(y[j])
             emit(FileResult(str(f), "robust" if robust[j] else "not-robust", label=lab, label_name=label_name(classes, lab),
                             original=str(o.path) if o is not None else None, metrics=m))
-    order = {str(f): i for i, f in enumerate(files)}
-    for r in report.files:
-        r.position = order.get(r.src)
-    report.files.sort(key=lambda r: r.position if r.position is not None else len(order))
+    report.files = in_input_order(report.files, files)
     return report
 
 
