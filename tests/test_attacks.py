@@ -250,3 +250,30 @@ def test_square_l2_stays_in_the_ball_and_the_box(tiny_model, tiny_data):
     r = square(tiny_model, x, y, threat=L2(0.5), queries=200, generator=torch.Generator().manual_seed(1))
     assert (L2(0.5).distance(r.x_adv, x) <= 0.5 + 1e-5).all()
     assert r.x_adv.min() >= 0 and r.x_adv.max() <= 1
+
+
+def test_cw_l2_finds_closer_points_than_pgd_and_keeps_to_its_box(tiny_model, tiny_data):
+    from preempt.attacks.cw import cw_l2, cw_margin
+
+    x, y = tiny_data[0][:60], tiny_data[1][:60]
+    ok = tiny_model.predict(x) == y
+    x, y = x[ok], y[ok]
+    res = cw_l2(tiny_model, x, y, steps=60, binary_steps=4)
+    assert res.success.float().mean() > 0.9
+    hit = res.success
+    assert (tiny_model.predict(res.x_adv[hit]) != y[hit]).all()
+    l2 = (res.x_adv - x).flatten(1).norm(dim=1)
+    assert torch.allclose(l2[hit], res.info["l2"][hit], atol=1e-5)
+    assert torch.isinf(res.info["l2"][~hit]).all() and torch.equal(res.x_adv[~hit], x[~hit])
+    assert res.passes == 60 * 4 * len(x)
+    # the minimum-norm attack beats an ℓ2 PGD of the radius it needed on most points
+    r = float(l2[hit].median())
+    p = pgd(tiny_model, x, y, threat=L2(0.5 * r), steps=20, generator=torch.Generator().manual_seed(0))
+    assert (l2[hit] <= 0.5 * r).float().mean() >= p.success.float().mean() - 0.2
+    # inside an ℓ∞ box: every candidate stays in it and in [0, 1]
+    box = cw_l2(tiny_model, x, y, threat=Linf(0.05), steps=40, binary_steps=2)
+    assert (Linf(0.05).distance(box.x_adv, x) <= 0.05 + 1e-6).all()
+    assert box.x_adv.min() >= 0 and box.x_adv.max() <= 1
+    assert (cw_margin(tiny_model(x), y) > 0).all() and (cw_margin(tiny_model(res.x_adv[hit]), y[hit], 1.0) <= 0).all()
+    with pytest.raises(ValueError):
+        cw_l2(tiny_model, x, y, threat=L2(1.0))

@@ -162,6 +162,8 @@ def test_bundled_defenses_load_and_defend_their_classifier():
     assert not set(have) & set(bundled())  # defense networks are not offered as classifiers
     magnet = load_defense("fmnist-magnet")
     assert isinstance(magnet, MagNet) and magnet.card["classifier"] == "fmnist-standard"
+    assert magnet.detectors == ("recon", "jsd") and magnet.thresholds()["jsd"] == magnet.card["jsd_detector"]["threshold"]
+    assert load_defense("fmnist-magnet", detectors=("recon",)).detectors == ("recon",)
     dgan = load_defense("fmnist-defense-gan", steps=3, restarts=1)
     assert isinstance(dgan, DefenseGAN) and dgan.steps == 3
     x = torch.rand(2, 1, 28, 28)
@@ -183,8 +185,12 @@ def test_bench_defenses_cli_measures_resumes_and_refuses_unknown_rows(tmp_path):
     for row in doc["rows"].values():
         assert row["n"] == 6 and 0 <= row["adaptive"] <= row["non_adaptive"] <= row["clean"] <= 1
     md = out.with_suffix(".md").read_text()
-    assert "| MagNet |" in md and "| Standard model |" in md
+    assert "| MagNet (reconstruction detector) |" in md and "| Standard model |" in md
+    assert "CW-ℓ2 (unbounded)" in md and doc["rows"]["magnet"]["extra"]["cw-l2"]["success"] >= 0
     first = doc["rows"]["magnet"]["seconds"]
+    # a document written before a setting existed keeps its rows (the setting counts at its default)
+    doc["config"].pop("cw_steps")
+    out.with_suffix(".json").write_text(json.dumps(doc))
     r = runner.invoke(app, ["bench", "defenses", "--n", "6", "--rows", "magnet", "-o", str(out)])
     assert r.exit_code == 0, r.output
     assert json.loads(out.with_suffix(".json").read_text())["rows"]["magnet"]["seconds"] == first  # kept, not rerun
@@ -226,3 +232,78 @@ def test_defense_gan_linearized_projection_has_the_gauss_newton_gradient(tiny_mo
     p = jac @ torch.linalg.solve(jac.T @ jac, jac.T)
     assert torch.allclose(value.flatten(1), x.flatten(1) @ p.T, atol=2e-2)
     assert dg.linearized().predict(x).shape == (3,)
+
+
+def test_js_divergence_is_zero_for_equal_softmaxes_symmetric_and_below_ln2():
+    from preempt.defenses.magnet import js_divergence
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(50, 10, generator=g), 5 * torch.randn(50, 10, generator=g)
+    assert torch.allclose(js_divergence(a, a, 10.0), torch.zeros(50), atol=1e-7)
+    assert torch.allclose(js_divergence(a, b, 1.0), js_divergence(b, a, 1.0), atol=1e-6)
+    far = js_divergence(torch.tensor([[100.0, 0.0]]), torch.tensor([[0.0, 100.0]]), 1.0)
+    assert 0 < js_divergence(a, b, 1.0).min() and far.item() == pytest.approx(float(torch.log(torch.tensor(2.0))), abs=1e-4)
+    # a higher temperature flattens both softmaxes: smaller divergence
+    assert (js_divergence(a, b, 10.0) < js_divergence(a, b, 1.0)).all()
+
+
+def _tiny_magnet(tiny_model, x, fpr=0.05, temperature=2.0):
+    from preempt.defenses.magnet import js_divergence
+
+    ae = _train_ae(x[:300])
+    with torch.no_grad():
+        val = x[300:]
+        errs = reconstruction_error(val, ae(val))
+        jsds = js_divergence(tiny_model(val), tiny_model(ae(val)), temperature)
+    return MagNet(tiny_model, ae, threshold=threshold_for_fpr(errs, fpr),
+                  jsd={"temperature": temperature, "threshold": threshold_for_fpr(jsds, fpr)})
+
+
+def test_magnet_detectors_each_hit_their_rate_and_both_reject_what_either_rejects(tiny_model):
+    x, _ = make_data(1300, seed=5)
+    magnet = _tiny_magnet(tiny_model, x[:800])
+    assert magnet.detectors == ("recon", "jsd")
+    held_out = x[800:]
+    recon, jsd = magnet.using("recon").detect(held_out), magnet.using("jsd").detect(held_out)
+    both = magnet.detect(held_out)
+    assert torch.equal(both, recon | jsd)
+    for d in (recon, jsd):
+        assert d.float().mean() <= 0.12
+    assert (magnet.predict(held_out)[both] == REJECTED).all()
+    with pytest.raises(ValueError):
+        MagNet(tiny_model, magnet.autoencoder, threshold=0.1, detectors=("jsd",))  # not calibrated
+
+
+def test_magnet_attacks_penalise_every_active_detector_and_count_only_accepted_points(tiny_model):
+    from preempt.defenses.magnet import cw
+
+    x, y = make_data(700, seed=6)
+    magnet = _tiny_magnet(tiny_model, x[:500])
+    xs, ys = x[500:560], y[500:560]
+    for m in (magnet, magnet.using("jsd")):
+        for res in (magnet_attack(m, xs, ys, threat=Linf(0.2), steps=20, generator=torch.Generator().manual_seed(0)),
+                    cw(m, xs, ys, steps=40, binary_steps=3)):
+            assert res.success.any()
+            got = m.predict(res.x_adv[res.success])
+            assert ((got != ys[res.success]) & (got != REJECTED)).all()
+            assert res.info["detectors"] == list(m.detectors)
+
+
+def test_recalibrating_the_bundled_magnet_reproduces_its_thresholds(tmp_path):
+    """The card's detector thresholds are what --recalibrate computes again from the weights and
+    the validation split of the training config (the JSD one was added this way)."""
+    import shutil
+    from pathlib import Path
+
+    from preempt.train.generative import recalibrate_magnet
+
+    _fashion_mnist_or_skip()
+    weights = Path(__file__).resolve().parents[1] / "weights"
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(weights / f"fmnist-magnet{suffix}", tmp_path / f"m{suffix}")
+    bundled = json.loads((weights / "fmnist-magnet.json").read_text())
+    card = recalibrate_magnet(tmp_path / "m.safetensors", command="test")
+    for section in ("detector", "jsd_detector"):
+        assert card[section]["threshold"] == pytest.approx(bundled[section]["threshold"], rel=1e-5)
+        assert card[section]["val_fpr"] <= card[section]["fpr"] + 1e-9
+    assert json.loads((tmp_path / "m.json").read_text())["calibration"]["command"] == "test"

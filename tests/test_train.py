@@ -204,3 +204,29 @@ def test_learning_curves_and_the_step_schedule():
     assert last["train_pgd5"] == robust_accuracy(res.model, xt, yt, Linf(cfg.eps), 5)
     with pytest.raises(ValueError, match="unknown schedule"):
         _cfg("pgd-at", schedule="linear")
+
+
+def test_pseudo_labelled_training_labels_the_rest_with_a_model_trained_on_d_alone(tmp_path):
+    """Adversarial training with unlabelled data: D = the first N (as --limit N picks them), D̃ =
+    the rest labelled by the teacher; the true labels of D̃ only measure the pseudo-labels."""
+    teacher = tmp_path / "teacher.safetensors"
+    train(_cfg("standard", limit=200, epochs=4), tensors=DATA, out=teacher)
+    res = train(_cfg("pgd-at", labelled=200, unlabelled=300, pseudo_labeller=str(teacher), epochs=2), tensors=DATA,
+                out=tmp_path / "s.safetensors")
+    info = res.pseudo_labels
+    assert info["labelled"] == 200 and info["unlabelled"] == 300 and info["labeller_trained_on_d"]
+    card = json.loads((tmp_path / "s.json").read_text())
+    assert card["pseudo_labels"] == info
+    # the accuracy is the teacher's on those 300 images against their hidden labels
+    from preempt.models import load_model
+
+    x, y = DATA[0][300:600], DATA[1][300:600]
+    assert info["accuracy"] == pytest.approx((load_model(teacher).predict(x) == y).float().mean().item(), abs=1e-4)
+    assert 0.5 < info["accuracy"] < 1.0 + 1e-9
+    # a teacher that saw other labels (another D) is refused
+    with pytest.raises(ValueError, match="not trained on this run's labelled subset"):
+        train(_cfg("pgd-at", labelled=250, pseudo_labeller=str(teacher), epochs=1), tensors=DATA)
+    with pytest.raises(ValueError):
+        _cfg("pgd-at", labelled=200)  # no labeller
+    with pytest.raises(ValueError):
+        _cfg("pgd-at", labelled=200, limit=200, pseudo_labeller=str(teacher))

@@ -5,14 +5,24 @@ Rows (each a bundled model or defense, see ``weights/TRAIN.sh``):
 
 ==============  ===========================================================================
 standard        ``fmnist-standard``, no defense
-magnet          MagNet: detector + reformer auto-encoder in front of ``fmnist-standard``
+magnet          MagNet: reconstruction-error detector + reformer auto-encoder in front of ``fmnist-standard``
+magnet-jsd      MagNet with its divergence (JSD) detector instead
+magnet-both     MagNet with both detectors (rejected when either rejects)
 defense-gan     Defense-GAN: projection onto a GAN's range in front of ``fmnist-standard``
 pgd-at          ``fmnist-linf-pgdat`` (Madry et al.)
 fast-at         ``fmnist-linf-fastat`` (Wong et al.)
+pgd-at-d        ``fmnist-linf-pgdat-d6k``: PGD-AT on a labelled 10% D (6,000 images) alone
+rst             ``fmnist-linf-pgdat-rst``: PGD-AT on D ∪ D̃, D̃ the other 52,000 images pseudo-labelled
+                by a standard model trained on D (Carmon et al. 2019, Uesato et al. 2019)
 smoothing       ``fmnist-gaussian-0.25`` smoothed with σ = 0.25 (Cohen et al.)
 adv-ours        ``fmnist-linf-pgdat`` on images robustified against it (δ = ε)
 ours-ours       ``fmnist-linf-preempt-d3`` on images robustified against it (δ = ε)
+rst-ours        ``fmnist-linf-pgdat-rst`` on images robustified against it (δ = ε)
 ==============  ===========================================================================
+
+The MagNet rows also run the Carlini–Wagner ℓ2 attack on MagNet (detector hinge in the loss,
+binary search on c): inside the ℓ∞ ball as one more adaptive attack, and unbounded, for its
+success rate and median ℓ2 distortion beside PGD-50's (``extra`` in the JSON).
 
 Columns: clean accuracy (true labels), accuracy under a **non-adaptive** attack (PGD-20 crafted on
 the undefended classifier and handed to the defense, the threat model MagNet and Defense-GAN
@@ -47,12 +57,21 @@ from ..core.threat import Linf, ThreatModel
 from ..models import load_model
 
 ROWS: dict[str, str] = {
-    "standard": "Standard model", "magnet": "MagNet", "defense-gan": "Defense-GAN", "pgd-at": "PGD-AT",
-    "fast-at": "Fast-AT", "smoothing": "Randomized smoothing", "adv-ours": "ADV / Ours", "ours-ours": "Ours / Ours",
+    "standard": "Standard model", "magnet": "MagNet (reconstruction detector)", "magnet-jsd": "MagNet (JSD detector)",
+    "magnet-both": "MagNet (both detectors)", "defense-gan": "Defense-GAN", "pgd-at": "PGD-AT",
+    "fast-at": "Fast-AT", "pgd-at-d": "PGD-AT on 10% labelled", "rst": "PGD-AT, 10% labelled + 90% pseudo-labelled",
+    "smoothing": "Randomized smoothing", "adv-ours": "ADV / Ours", "ours-ours": "Ours / Ours",
+    "rst-ours": "Pseudo-labelled AT / Ours",
 }
 MODELS = {"standard": "fmnist-standard", "pgd-at": "fmnist-linf-pgdat", "fast-at": "fmnist-linf-fastat",
-          "smoothing": "fmnist-gaussian-0.25", "adv-ours": "fmnist-linf-pgdat", "ours-ours": "fmnist-linf-preempt-d3"}
-DEFENSES = {"magnet": "fmnist-magnet", "defense-gan": "fmnist-defense-gan"}
+          "pgd-at-d": "fmnist-linf-pgdat-d6k", "rst": "fmnist-linf-pgdat-rst",
+          "smoothing": "fmnist-gaussian-0.25", "adv-ours": "fmnist-linf-pgdat", "ours-ours": "fmnist-linf-preempt-d3",
+          "rst-ours": "fmnist-linf-pgdat-rst"}
+DEFENSES = {"magnet": "fmnist-magnet", "magnet-jsd": "fmnist-magnet", "magnet-both": "fmnist-magnet",
+            "defense-gan": "fmnist-defense-gan"}
+MAGNET_DETECTORS = {"magnet": ("recon",), "magnet-jsd": ("jsd",), "magnet-both": ("recon", "jsd")}
+# a row's code version: a stored row of an older version is measured again
+ROW_VERSION = {"magnet": 2, "magnet-jsd": 2, "magnet-both": 2}
 
 
 @dataclass
@@ -68,6 +87,9 @@ class BenchConfig:
     eot: int = 8                   # smoothing: noise draws per gradient of the adaptive PGD
     apgd_targets: int = 3
     batch: int = 250
+    cw_steps: int = 100            # MagNet rows: Adam steps per binary-search step of CW-ℓ2
+    cw_binary_steps: int = 5
+    cw_n: int | None = None        # unbounded CW on the first N images only (None: all n)
 
 
 @dataclass
@@ -90,6 +112,7 @@ class Row:
     seconds: float = 0.0
     depends: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _chunks(n: int, bs: int):
@@ -138,8 +161,15 @@ def _classifier_attacks(w: _Worst, model, x, y, threat, gen, cfg: BenchConfig, *
 
 
 def _card_train_s(card: Mapping[str, Any]) -> float | None:
+    """Training wall time of a card, the pseudo-labeller's included (it is part of the method)."""
+    from ..models.registry import bundled
+
     t = (card.get("training") or {}).get("wall_time_s")
-    return float(t) if t is not None else None
+    if t is None:
+        return None
+    labeller = bundled().get((card.get("pseudo_labels") or {}).get("labeller", ""))
+    extra = (labeller.card.get("training") or {}).get("wall_time_s", 0.0) if labeller else 0.0
+    return float(t) + float(extra)
 
 
 def _row_classifier(key: str, x, y, threat: ThreatModel, cfg: BenchConfig, gen) -> Row:
@@ -180,12 +210,13 @@ def _in_front(defense, x, y, threat: ThreatModel, cfg: BenchConfig, gen,
     return w, inf_ms, train_s
 
 
-def _row_magnet(x, y, threat: ThreatModel, cfg: BenchConfig, gen) -> Row:
+def _row_magnet(key: str, x, y, threat: ThreatModel, cfg: BenchConfig, gen) -> Row:
     from ..defenses import MagNet, load_defense
     from ..defenses.magnet import REJECTED
     from ..defenses.magnet import attack as magnet_attack
+    from ..defenses.magnet import cw as magnet_cw
 
-    mg = load_defense(DEFENSES["magnet"])
+    mg = load_defense(DEFENSES[key], detectors=MAGNET_DETECTORS[key])
     assert isinstance(mg, MagNet)
     clf = mg.classifier
 
@@ -205,17 +236,69 @@ def _row_magnet(x, y, threat: ThreatModel, cfg: BenchConfig, gen) -> Row:
                                        y[idx[s]]) for s in _chunks(len(idx), cfg.batch)])
 
         w.run(label, adaptive_attack)
-    det = mg.card["detector"]
-    fpr = (mg.detect(x).float().mean().item())
-    return Row("magnet", ROWS["magnet"], mg.name, len(x), w.after["clean"], non_adaptive,
+    cw_kw: dict[str, Any] = {"steps": cfg.cw_steps, "binary_steps": cfg.cw_binary_steps}
+    w.run(f"cw-l2 inside the l-inf ball + detector hinge ({cfg.cw_binary_steps}x{cfg.cw_steps} steps)",
+          lambda idx: torch.cat([defended(magnet_cw(mg, x[idx[s]], y[idx[s]], threat=threat, **cw_kw).x_adv, y[idx[s]])
+                                 for s in _chunks(len(idx), 2 * cfg.batch)]))
+    extra = _magnet_distortion(mg, x[:cfg.cw_n], y[:cfg.cw_n], threat, cfg, gen, defended, cw_kw)
+    tau = mg.thresholds()
+    fpr = mg.detect(x).float().mean().item()
+    det: dict[str, Any] = dict(mg.card["detector"])
+    jsd: dict[str, Any] = dict(mg.card.get("jsd_detector") or {})  # type: ignore[call-overload]
+    described = {"recon": f"ℓ1 reconstruction error > {tau['recon']:.4f}" if "recon" in tau else "",
+                 "jsd": f"JSD of the softmax at T = {jsd.get('temperature', 0):g} on x and AE(x) > {tau['jsd']:.3g}"
+                 if "jsd" in tau else ""}
+    return Row(key, ROWS[key], f"{mg.name} ({' + '.join(mg.detectors)})", len(x), w.after["clean"], non_adaptive,
                "PGD-20 on the undefended classifier, then MagNet", w.acc,
-               "PGD-50 through the reformer (with and without the detector in the loss) and BPDA PGD-50", w.after,
-               train_s=train_s, inference_ms=inf_ms,
-               depends={"defense": mg.card.get("sha256"), "classifier": clf.card.get("sha256")},
-               notes=[f"detector: ℓ1 reconstruction error > {det['threshold']:.4f} (set for {100 * det['fpr']:g}% false "
-                      f"positives on {det['n_val']} held-out training images); it rejects {100 * fpr:.1f}% of these clean "
-                      "test images, counted as errors in the clean column; an attacked image counts as defended when it is "
-                      "rejected or classified correctly"])
+               "PGD-50 through the reformer (with and without the detector in the loss), BPDA PGD-50 and CW-ℓ2 on "
+               "MagNet inside the ℓ∞ ball", w.after,
+               train_s=train_s, inference_ms=inf_ms, extra=extra,
+               depends=_depends(key) | {"classifier": clf.card.get("sha256")},
+               notes=[f"detector(s): {'; '.join(described[d] for d in mg.detectors)} (each set for "
+                      f"{100 * det['fpr']:g}% false positives on {det['n_val']} held-out training images); together "
+                      f"they reject {100 * fpr:.1f}% of these clean test images, counted as errors in the clean column; "
+                      "an attacked image counts as defended when it is rejected or classified correctly",
+                      _distortion_note(extra, cfg)])
+
+
+def _magnet_distortion(mg, x, y, threat: ThreatModel, cfg: BenchConfig, gen, defended, cw_kw) -> dict[str, Any]:
+    """Unbounded CW-ℓ2 and the detector-aware PGD-50 on the same images (those MagNet accepts and
+    classifies correctly): success rate, median ℓ2 / ℓ∞ distortion of the successes, and the
+    accuracy each leaves at the ℓ∞ budget ε and at ℓ2 radii."""
+    from ..defenses.magnet import attack as magnet_attack
+    from ..defenses.magnet import cw as magnet_cw
+
+    ok = mg.predict(x) == y
+    out: dict[str, Any] = {"n": len(x), "clean_ok": int(ok.sum())}
+    runs = {"cw-l2": lambda a, b: magnet_cw(mg, a, b, **cw_kw),
+            "pgd-50": lambda a, b: magnet_attack(mg, a, b, threat=threat, penalty=10.0, generator=gen)}
+    for name, fn in runs.items():
+        t0 = time.perf_counter()
+        xa = torch.cat([fn(x[s], y[s]).x_adv for s in _chunks(len(x), 2 * cfg.batch)])
+        broken = ok & ~defended(xa, y)  # re-judged by MagNet's own prediction, not the attack's flag
+        d = (xa - x).flatten(1)
+        l2, linf = d.norm(dim=1), d.abs().amax(1)
+        out[name] = {
+            "success": broken.sum().item() / max(int(ok.sum()), 1),
+            "median_l2": l2[broken].median().item() if broken.any() else None,
+            "median_linf": linf[broken].median().item() if broken.any() else None,
+            "acc_linf": {f"{threat.eps:g}": (ok & ~(broken & (linf <= threat.eps + 1e-6))).float().mean().item()},
+            "acc_l2": {f"{r:g}": (ok & ~(broken & (l2 <= r + 1e-6))).float().mean().item() for r in (0.5, 1.0, 1.5, 2.0)},
+            "seconds": round(time.perf_counter() - t0, 1)}
+    return out
+
+
+def _distortion_note(extra: dict[str, Any], cfg: BenchConfig) -> str:
+    cw, pg = extra["cw-l2"], extra["pgd-50"]
+
+    def med(v: float | None) -> str:
+        return "–" if v is None else f"{v:.2f}"
+    return (f"on the first {extra['n']} images ({extra['clean_ok']} accepted and correct): unbounded CW-ℓ2 "
+            f"({cfg.cw_binary_steps} binary-search steps × {cfg.cw_steps} Adam steps) breaks "
+            f"{100 * cw['success']:.1f}% at median ℓ2 {med(cw['median_l2'])} (ℓ∞ {med(cw['median_linf'])}); "
+            f"detector-aware PGD-50 at ℓ∞ {cfg.eps:g} breaks {100 * pg['success']:.1f}% at median ℓ2 "
+            f"{med(pg['median_l2'])}; accuracy left at ℓ2 1.5: CW {100 * cw['acc_l2']['1.5']:.1f}%, PGD-50 "
+            f"{100 * pg['acc_l2']['1.5']:.1f}%")
 
 
 def _row_defense_gan(x, y, threat: ThreatModel, cfg: BenchConfig, gen) -> Row:
@@ -297,7 +380,11 @@ _RUNNERS: dict[str, Callable[..., Row]] = {
     "fast-at": lambda x, y, t, c, g: _row_classifier("fast-at", x, y, t, c, g),
     "adv-ours": lambda x, y, t, c, g: _row_classifier("adv-ours", x, y, t, c, g),
     "ours-ours": lambda x, y, t, c, g: _row_classifier("ours-ours", x, y, t, c, g),
-    "magnet": _row_magnet, "defense-gan": _row_defense_gan, "smoothing": _row_smoothing,
+    "pgd-at-d": lambda x, y, t, c, g: _row_classifier("pgd-at-d", x, y, t, c, g),
+    "rst": lambda x, y, t, c, g: _row_classifier("rst", x, y, t, c, g),
+    "rst-ours": lambda x, y, t, c, g: _row_classifier("rst-ours", x, y, t, c, g),
+    **{k: (lambda x, y, t, c, g, k=k: _row_magnet(k, x, y, t, c, g)) for k in MAGNET_DETECTORS},
+    "defense-gan": _row_defense_gan, "smoothing": _row_smoothing,
 }
 
 
@@ -305,11 +392,15 @@ def _depends(key: str) -> dict[str, Any]:
     """What a stored row depends on, read from the cards (cheap: no model is built)."""
     from ..models.registry import bundled, bundled_defenses
 
+    version = {"version": ROW_VERSION[key]} if key in ROW_VERSION else {}
     if key in DEFENSES:
         d = bundled_defenses().get(DEFENSES[key])
-        return {"defense": d.card.get("sha256") if d else None}
+        out = {"defense": d.card.get("sha256") if d else None, **version}
+        if key in MAGNET_DETECTORS and d:
+            out["detectors"] = {k: (d.card.get(k) or {}).get("threshold") for k in ("detector", "jsd_detector")}
+        return out
     m = bundled().get(MODELS[key])
-    return {"model": m.card.get("sha256") if m else None}
+    return {"model": m.card.get("sha256") if m else None, **version}
 
 
 def run(rows: list[str] | None = None, *, out: str | Path = "defenses", config: BenchConfig | None = None,
@@ -327,8 +418,10 @@ def run(rows: list[str] | None = None, *, out: str | Path = "defenses", config: 
     out = Path(out)
     js = out.with_suffix(".json")
     doc: dict[str, Any] = json.loads(js.read_text()) if js.exists() else {}
-    if doc.get("config") != asdict(cfg):
+    # a setting added since the document was written counts at its default: the stored rows stay
+    if {**asdict(BenchConfig()), **doc.get("config", {})} != asdict(cfg):
         doc = {"config": asdict(cfg), "rows": {}}
+    doc["config"] = asdict(cfg)
     doc.update(machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
                norm="linf", eps=cfg.eps)
     x, y = fashion_mnist("test", data)
@@ -390,6 +483,7 @@ def render(doc: dict[str, Any]) -> str:
         md.append(f"| {r['name']} | `{r['model']}` | {_pct(r['clean'])} | {_pct(r['non_adaptive'])} | "
                   f"{_pct(r['adaptive']) if r['adaptive'] is not None else 'not evaluated'} | {_pct(r['certified'])} | "
                   f"{_cost(r['train_s'], 's')} | {_cost(r['inference_ms'])} | {rob} |")
+    md += _render_distortion(rows)
     md += ["", "## What each row ran", ""]
     for key in ROWS:
         if key not in rows:
@@ -403,6 +497,30 @@ def render(doc: dict[str, Any]) -> str:
         md += [f"  - {n}" for n in r.get("notes", [])]
     md.append("")
     return "\n".join(md) + "\n"
+
+
+def _render_distortion(rows: dict[str, Any]) -> list[str]:
+    """MagNet rows: the unbounded CW-ℓ2 attack beside the detector-aware PGD-50."""
+    have = [k for k in ROWS if k in rows and rows[k].get("extra", {}).get("cw-l2")]
+    if not have:
+        return []
+    ex0 = rows[have[0]]["extra"]
+    eps = next(iter(ex0["pgd-50"]["acc_linf"]))
+    md = ["", "## MagNet under the Carlini–Wagner attack", "",
+          f"On the first {ex0['n']} images, of those MagNet accepts and classifies correctly: the share each attack "
+          "breaks (misclassified and accepted by the detectors, judged by MagNet's own prediction), the median "
+          f"distortion of its successes, and the accuracy left (of all {ex0['n']}) at ℓ∞ ε = {eps} and at ℓ2 radii. "
+          "CW-ℓ2 is unbounded (it minimises the ℓ2 distortion); PGD-50 is bounded by ℓ∞ ε.", "",
+          "| Row | Attack | Broken | Median ℓ2 | Median ℓ∞ | Acc. ℓ∞ " + eps + " | Acc. ℓ2 0.5 | Acc. ℓ2 1 | "
+          "Acc. ℓ2 1.5 | Acc. ℓ2 2 | Seconds |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for k in have:
+        for name, label in (("cw-l2", "CW-ℓ2 (unbounded)"), ("pgd-50", f"PGD-50 + detector penalty (ℓ∞ {eps})")):
+            a = rows[k]["extra"][name]
+            med = ["–" if a[m] is None else f"{a[m]:.2f}" for m in ("median_l2", "median_linf")]
+            md.append(f"| {rows[k]['name']} | {label} | {_pct(a['success'])} | {med[0]} | {med[1]} | "
+                      f"{_pct(a['acc_linf'][eps])} | " + " | ".join(_pct(a["acc_l2"][r]) for r in ("0.5", "1", "1.5", "2"))
+                      + f" | {a['seconds']:.0f} |")
+    return md
 
 
 def plot(doc: dict[str, Any], path: Path) -> bool:

@@ -43,6 +43,12 @@ def train_cmd(
     image_size: int = typer.Option(32, help="ImageFolder: resize images to this."),
     channels: int = typer.Option(3, help="ImageFolder: 1 (grey) or 3 (colour)."),
     limit: int | None = typer.Option(None, help="Train on the first N images only."),
+    labelled: int | None = typer.Option(None, min=1, help="Keep the labels of the first N training images only (D, "
+                                        "as --limit N picks them); the rest get --pseudo-labeller's labels "
+                                        "(adversarial training with unlabelled data)."),
+    unlabelled: int | None = typer.Option(None, min=0, help="With --labelled: use at most M unlabelled images."),
+    pseudo_labeller: str | None = typer.Option(None, help="With --labelled: the model (name or file), trained on D "
+                                               "alone (--method standard --limit N), whose predictions label the rest."),
     val_size: int = typer.Option(2000),
     seed: int = typer.Option(0),
     threads: int | None = typer.Option(None, help="CPU threads."),
@@ -53,10 +59,14 @@ def train_cmd(
     classifier: str = typer.Option("fmnist-standard", help="magnet / defense-gan: the bundled classifier defended."),
     noise: float = typer.Option(0.1, help="magnet: denoising noise σ of the auto-encoder."),
     fpr: float = typer.Option(0.01, help="magnet: detector false-positive rate on held-out clean images."),
+    temperature: float = typer.Option(10.0, help="magnet: softmax temperature T of the divergence (JSD) detector."),
+    recalibrate: bool = typer.Option(False, help="magnet: only recompute the detectors' thresholds of the weights "
+                                                 "at --out (on the validation split they were trained with)."),
     z_dim: int = typer.Option(64, help="defense-gan: latent dimension."),
 ) -> None:
     """Train a classifier (preemptively robust, adversarial baselines, or standard)."""
     from ..data import DataError
+    from ..models import ModelError
     from ..train import METHODS, TrainConfig, train
     from ..train.generative import GENERATIVE, DefenseTrainConfig, train_defense
 
@@ -64,11 +74,26 @@ def train_cmd(
         fail(f"--method {method}: choose one of {', '.join(METHODS + GENERATIVE)}", EXIT_USAGE)
     argv = sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv else None
     command = "preempt train " + " ".join(shlex.quote(a) for a in argv) if argv is not None else None
-    if method in GENERATIVE:
-        from ..models import ModelError
+    if recalibrate:
+        if method != "magnet":
+            fail("--recalibrate: only with --method magnet", EXIT_USAGE)
+        from ..train.generative import recalibrate_magnet
 
+        try:
+            card = recalibrate_magnet(out, temperature=temperature, fpr=fpr, data=data, command=command)
+        except (DataError, ModelError, ValueError, OSError, KeyError) as e:
+            fail(f"{out}: {e}", exc=e)
+        det, jsd = card["detector"], card["jsd_detector"]
+        err_console.print(f"recalibrated {Path(out).with_suffix('.json')}: ℓ1 error > {det['threshold']:.4g}, "
+                          f"JSD (T={jsd['temperature']:g}) > {jsd['threshold']:.4g} at {100 * fpr:g}% false positives "
+                          f"on {det['n_val']} held-out images")
+        if json_out:
+            print_json(card)
+        return
+    if method in GENERATIVE:
         gcfg = DefenseTrainConfig(method=method, classifier=classifier, dataset=dataset, data=data, epochs=epochs,
                                   batch_size=batch_size, lr=None if lr == 0.05 else lr, noise=noise, fpr=fpr,
+                                  jsd_temperature=temperature,
                                   width=None if width == 32 else width, z_dim=z_dim, val_size=val_size, limit=limit,
                                   seed=seed, threads=threads, device=pick_device(device))
 
@@ -85,12 +110,16 @@ def train_cmd(
         if json_out:
             print_json(card)
         return
-    cfg = TrainConfig(method=method, dataset=dataset, data=data, arch=arch, width=width, norm=norm, eps=eps,
-                      delta=delta, steps=steps, step_size=step_size, delta_steps=delta_steps,
-                      preempt_direction=preempt_direction, sigma=sigma, replays=replays, epochs=epochs,
-                      batch_size=batch_size, lr=lr, schedule=schedule, early_stop=early_stop, limit=limit,
-                      image_size=image_size, channels=channels, attack_bn=attack_bn,
-                      val_size=val_size, curve_size=curve_size, seed=seed, threads=threads, device=pick_device(device))
+    try:
+        cfg = TrainConfig(method=method, dataset=dataset, data=data, arch=arch, width=width, norm=norm, eps=eps,
+                          delta=delta, steps=steps, step_size=step_size, delta_steps=delta_steps,
+                          preempt_direction=preempt_direction, sigma=sigma, replays=replays, epochs=epochs,
+                          batch_size=batch_size, lr=lr, schedule=schedule, early_stop=early_stop, limit=limit,
+                          labelled=labelled, unlabelled=unlabelled, pseudo_labeller=pseudo_labeller,
+                          image_size=image_size, channels=channels, attack_bn=attack_bn,
+                          val_size=val_size, curve_size=curve_size, seed=seed, threads=threads, device=pick_device(device))
+    except ValueError as e:
+        fail(str(e), EXIT_USAGE, exc=e)
     quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 reports
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=err_console, transient=False, disable=quiet) as bar:
@@ -109,7 +138,7 @@ def train_cmd(
         try:
             res = train(cfg, run_dir=run_dir or Path(str(out) + ".run"), out=out, resume=resume,
                         command=command, on_step=on_step)
-        except (DataError, ValueError, OSError) as e:
+        except (DataError, ModelError, ValueError, OSError) as e:
             fail(str(e), exc=e)
     if quiet:
         return

@@ -26,7 +26,8 @@ __all__ = ["MagNet", "DefenseGAN", "load_defense", "reconstruction_error", "thre
 
 def load_defense(name: str, *, device: str | torch.device = "cpu", **overrides: Any) -> MagNet | DefenseGAN:
     """A bundled defense by name (``fmnist-magnet``, ``fmnist-defense-gan``), around the classifier
-    its card names; ``overrides`` replace card settings (``steps``/``restarts`` of Defense-GAN)."""
+    its card names; ``overrides`` replace card settings (``steps``/``restarts`` of Defense-GAN,
+    ``detectors=("recon",)`` to use only some of MagNet's detectors)."""
     have = bundled_defenses()
     if name not in have:
         raise ModelError(f"{name}: no such defense (bundled: {', '.join(sorted(have)) or 'none'})")
@@ -39,8 +40,11 @@ def load_defense(name: str, *, device: str | torch.device = "cpu", **overrides: 
     classifier = load_model(card["classifier"], device=device)
     net = net.to(device)
     if card["defense"] == "magnet":
-        det = dict(card["detector"], **overrides)
-        return MagNet(classifier, net, threshold=det["threshold"], p=det.get("p", 1), card=card)
+        det = dict(card["detector"], **{k: v for k, v in overrides.items() if k != "detectors"})
+        jsd = card.get("jsd_detector")
+        return MagNet(classifier, net, threshold=det["threshold"], p=det.get("p", 1), card=card,
+                      jsd={"temperature": jsd["temperature"], "threshold": jsd["threshold"]} if jsd else None,
+                      detectors=overrides.get("detectors"))
     if card["defense"] == "defense-gan":
         proj = dict(card["projection"], **overrides)
         return DefenseGAN(classifier, net, z_dim=card["arch_kwargs"]["z_dim"], steps=proj["steps"],

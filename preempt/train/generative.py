@@ -1,8 +1,10 @@
 """Training the defenses' generative networks: MagNet's auto-encoder and Defense-GAN's generator.
 
 ``preempt train --method magnet`` trains a denoising auto-encoder on clean training images
-(Gaussian noise σ = ``noise``, MSE, Adam), then sets the detector's threshold on the ℓ1
-reconstruction errors of held-out clean images for the false-positive rate ``fpr``.
+(Gaussian noise σ = ``noise``, MSE, Adam), then sets both detectors' thresholds for the
+false-positive rate ``fpr`` on held-out clean images: the ℓ1 reconstruction error's and the
+Jensen–Shannon divergence's (classifier softmax at temperature ``jsd_temperature`` on x and on
+AE(x)).  :func:`recalibrate_magnet` redoes only that step for trained weights.
 ``preempt train --method defense-gan`` trains an MLP GAN (non-saturating loss, Adam 2e-4,
 β1 = 0.5, one-sided label smoothing 0.9).  Both write weights + a card (``kind: defense``) that
 names the classifier they defend, checkpoint every epoch into ``run_dir`` and resume from it.
@@ -40,6 +42,7 @@ class DefenseTrainConfig:
     lr: float | None = None            # magnet 1e-3, defense-gan 2e-4
     noise: float = 0.1                 # magnet: denoising noise σ
     fpr: float = 0.01                  # magnet: detector false-positive rate on held-out clean images
+    jsd_temperature: float = 10.0      # magnet: softmax temperature T of the divergence detector
     width: int | None = None           # magnet-ae channels (3), GAN MLP width (256)
     z_dim: int = 64                    # defense-gan
     proj_steps: int = 100              # defense-gan projection (recorded in the card)
@@ -124,7 +127,7 @@ def train_defense(cfg: DefenseTrainConfig, *, out: str | Path, run_dir: str | Pa
         if on_step:
             on_step({**rec, "end_of_epoch": True})
     net.eval()
-    body = (_magnet_card(cfg, net, xv, dev) if cfg.method == "magnet"
+    body = (_magnet_card(cfg, net, classifier, xv) if cfg.method == "magnet"
             else _gan_card(cfg, net, classifier, dev, test=images is None))
     card = {
         "kind": "defense", **body, "classifier": cfg.classifier, "classifier_sha256": classifier.card.get("sha256"),
@@ -168,16 +171,62 @@ def _magnet_setup(cfg: DefenseTrainConfig, xt: torch.Tensor, dev: torch.device):
     return epoch_fn, net, {"opt": opt}
 
 
-def _magnet_card(cfg: DefenseTrainConfig, net, xv: torch.Tensor, dev) -> dict[str, Any]:
-    from ..defenses.magnet import reconstruction_error, threshold_for_fpr
-
-    with torch.no_grad():
-        errs = torch.cat([reconstruction_error(xv[i:i + 1000], net(xv[i:i + 1000]), 1) for i in range(0, len(xv), 1000)])
-    tau = threshold_for_fpr(errs, cfg.fpr)
+def _magnet_card(cfg: DefenseTrainConfig, net, classifier, xv: torch.Tensor) -> dict[str, Any]:
     return {"defense": "magnet", "arch": "magnet-ae", "arch_kwargs": {"in_channels": xv.shape[1], "width": cfg.width},
-            "detector": {"error": "l1", "p": 1, "threshold": tau, "fpr": cfg.fpr, "n_val": len(xv),
-                         "val_fpr": float((errs > tau).float().mean())},
-            "metrics": {"val_l1_error_mean": float(errs.mean())}}
+            **calibrate_magnet(net, classifier, xv, fpr=cfg.fpr, temperature=cfg.jsd_temperature)}
+
+
+def calibrate_magnet(net, classifier, xv: torch.Tensor, *, fpr: float, temperature: float) -> dict[str, Any]:
+    """Both detectors' thresholds for false-positive rate ``fpr`` on the clean images ``xv``: the
+    card's ``detector`` (ℓ1 reconstruction error), ``jsd_detector`` and ``metrics`` sections."""
+    from ..defenses.magnet import js_divergence, reconstruction_error, threshold_for_fpr
+
+    errs, jsds = [], []
+    with torch.no_grad():
+        for i in range(0, len(xv), 1000):
+            xb = xv[i:i + 1000]
+            rec = net(xb)
+            errs.append(reconstruction_error(xb, rec, 1))
+            jsds.append(js_divergence(classifier(xb), classifier(rec), temperature))
+    e, j = torch.cat(errs), torch.cat(jsds)
+    tau, tau_j = threshold_for_fpr(e, fpr), threshold_for_fpr(j, fpr)
+    return {"detector": {"error": "l1", "p": 1, "threshold": tau, "fpr": fpr, "n_val": len(xv),
+                         "val_fpr": float((e > tau).float().mean())},
+            "jsd_detector": {"temperature": temperature, "threshold": tau_j, "fpr": fpr, "n_val": len(xv),
+                             "val_fpr": float((j > tau_j).float().mean())},
+            "metrics": {"val_l1_error_mean": float(e.mean()), "val_jsd_mean": float(j.mean())}}
+
+
+def recalibrate_magnet(out: str | Path, *, temperature: float | None = None, fpr: float | None = None,
+                       data: str | None = None, command: str | None = None) -> dict[str, Any]:
+    """Recompute the detectors of trained MagNet weights ``out`` on the validation split its card's
+    training config holds out (the same images as at training), and rewrite the card (atomically);
+    the weights are untouched.  Returns the card."""
+    out = Path(out)
+    card_path = out.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    if card.get("defense") != "magnet":
+        raise ValueError(f"{card_path}: not a MagNet card")
+    if card.get("sha256") and sha256(out) != card["sha256"]:
+        raise ValueError(f"{out}: sha256 does not match its card")
+    from ..models.files import read_state
+
+    known = set(DefenseTrainConfig.__dataclass_fields__)
+    cfg = DefenseTrainConfig(**{k: v for k, v in card["training"]["config"].items() if k in known})
+    cfg.data = data or cfg.data
+    cfg.fpr = fpr if fpr is not None else cfg.fpr
+    cfg.jsd_temperature = temperature if temperature is not None else cfg.jsd_temperature
+    net = build(card["arch"], **card.get("arch_kwargs", {}))
+    net.load_state_dict(read_state(out))
+    net.eval()
+    classifier = load_model(card["classifier"])
+    _, xv = _data(cfg, torch.device("cpu"))
+    card.update(calibrate_magnet(net, classifier, xv, fpr=cfg.fpr, temperature=cfg.jsd_temperature))
+    card["calibration"] = {"command": command, "torch": torch.__version__}
+    tmp = card_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(card, indent=2) + "\n")
+    tmp.replace(card_path)
+    return card
 
 
 # -- Defense-GAN -----------------------------------------------------------------------------------

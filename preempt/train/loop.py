@@ -53,6 +53,10 @@ class TrainConfig:
     image_size: int = 32         # ImageFolder: images are resized to this
     channels: int = 3            # ImageFolder: 1 (grey) or 3
     limit: int | None = None     # use only the first N training images (tests, quick runs)
+    labelled: int | None = None  # keep the labels of only the first N training images (D); the rest (D̃) get
+                                 # ``pseudo_labeller``'s predictions instead (Carmon et al. 2019, Uesato et al. 2019)
+    unlabelled: int | None = None  # with ``labelled``: use at most M images of D̃ (None: all of them)
+    pseudo_labeller: str | None = None  # a model name or weights file trained on D alone
     seed: int = 0
     threads: int | None = None
     device: str = "cpu"
@@ -64,6 +68,13 @@ class TrainConfig:
             raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
+        if (self.labelled is None) != (self.pseudo_labeller is None):
+            raise ValueError("labelled and pseudo_labeller go together: the labelled subset D and the model, "
+                             "trained on D alone, that labels the rest")
+        if self.labelled is not None and self.limit is not None:
+            raise ValueError("labelled and limit exclude each other (limit would drop the unlabelled images)")
+        if self.labelled is not None and self.labelled < 1:
+            raise ValueError(f"labelled must be at least 1, got {self.labelled}")
 
 
 SCHEDULES = ("cosine", "constant", "step")
@@ -76,6 +87,7 @@ class TrainResult:
     seconds: float = 0.0
     best_epoch: int = 0
     test: dict = field(default_factory=dict)
+    pseudo_labels: dict = field(default_factory=dict)
 
 
 def _lr(cfg: TrainConfig, it: int, total: int) -> float:
@@ -114,12 +126,19 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Pat
     dist = _Dist.setup(cfg.device)
     dev = torch.device(cfg.device if dist.world == 1 or cfg.device == "cpu" else f"cuda:{dist.local_rank}")
     x, y, classes = tensors if tensors is not None else datasets.load(cfg.dataset, "train", cfg.data, **_kw(cfg))
-    if cfg.limit:
-        x, y = x[:cfg.limit + cfg.val_size], y[:cfg.limit + cfg.val_size]
+    pool = cfg.limit or cfg.labelled
+    rest = (x[cfg.labelled + cfg.val_size:][:cfg.unlabelled], y[cfg.labelled + cfg.val_size:][:cfg.unlabelled]) \
+        if cfg.labelled else None
+    if pool:  # --limit N and --labelled N give the same validation split and the same D
+        x, y = x[:pool + cfg.val_size], y[:pool + cfg.val_size]
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed))
     x, y = x[perm], y[perm]
     xv, yv = x[:cfg.val_size].to(dev), y[:cfg.val_size].to(dev)
     xt, yt = x[cfg.val_size:].to(dev), y[cfg.val_size:].to(dev)
+    pseudo: dict = {}
+    if rest is not None:  # D̃: the true labels are thrown away, only their agreement is reported
+        xu, yu, pseudo = pseudo_label(cfg, rest[0].to(dev), rest[1].to(dev), classes)
+        xt, yt = torch.cat([xt, xu]), torch.cat([yt, yu])
     c, h = x.shape[1], x.shape[2]
     net = build(cfg.arch, in_channels=c, num_classes=len(classes), width=cfg.width, input_size=h)
     pre = Preprocessing(input_size=(h, x.shape[3]), channels=c, mean=(0.5,) * c, std=(0.5,) * c)
@@ -209,7 +228,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Pat
         model.net.load_state_dict(best_state)
     best_epoch = max((r["epoch"] for r in history if r.get("best")), default=cfg.epochs)
     model.eval()
-    result = TrainResult(model, history, elapsed, best_epoch)
+    result = TrainResult(model, history, elapsed, best_epoch, pseudo_labels=pseudo)
     if out:
         result.test = test_metrics(model, cfg, threat) if tensors is None else {}
         card = make_card(cfg, model, result, command)
@@ -230,6 +249,37 @@ class _EvalMode(torch.nn.Module):
             return self.model(x)
         finally:
             self.model.train()
+
+
+def pseudo_label(cfg: TrainConfig, xu: torch.Tensor, y_hidden: torch.Tensor,
+                 classes: list[str]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Label D̃ with ``cfg.pseudo_labeller`` (step 2 of adversarial training with unlabelled data).
+
+    The labeller must have been trained on D alone: when its card says how it was trained, its
+    dataset, seed, validation size and ``limit`` must equal this run's (``--labelled N``), so
+    that it never saw D̃'s labels nor the validation images.  ``y_hidden`` (D̃'s true labels) only
+    measures the pseudo-labels' accuracy for the card; training never sees it."""
+    from ..models import load_model
+
+    assert cfg.pseudo_labeller is not None
+    teacher = load_model(cfg.pseudo_labeller, device=xu.device)
+    tc = (teacher.card.get("training") or {}).get("config") or {}
+    if tc:
+        want = {"dataset": cfg.dataset, "seed": cfg.seed, "val_size": cfg.val_size, "limit": cfg.labelled}
+        bad = {k: (tc.get(k), v) for k, v in want.items() if tc.get(k) != v}
+        if bad:
+            raise ValueError(f"pseudo-labeller {cfg.pseudo_labeller}: not trained on this run's labelled subset D ("
+                             + ", ".join(f"{k} {a!r}, this run {b!r}" for k, (a, b) in bad.items())
+                             + f"); train it with --method standard --limit {cfg.labelled} --val-size {cfg.val_size} "
+                             f"--seed {cfg.seed}")
+    if teacher.classes and list(teacher.classes) != list(classes):
+        raise ValueError(f"pseudo-labeller {cfg.pseudo_labeller}: its classes differ from the dataset's")
+    with torch.inference_mode():
+        yu = teacher.predict(xu, batch_size=1000).to(xu.device)
+    info = {"labeller": teacher.name, "labeller_sha256": teacher.card.get("sha256"), "labelled": cfg.labelled,
+            "unlabelled": len(xu), "accuracy": round((yu == y_hidden).float().mean().item(), 4),
+            "labeller_trained_on_d": bool(tc)}
+    return xu, yu.clone(), info
 
 
 def _kw(cfg: TrainConfig) -> dict:
@@ -349,6 +399,7 @@ def make_card(cfg: TrainConfig, model: Classifier, result: TrainResult, command:
                      "batchnorm_mode_during_attacks": cfg.attack_bn if any(
                          isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
                      else f"{cfg.attack_bn} (this architecture has no BatchNorm)"},
+        **({"pseudo_labels": result.pseudo_labels} if result.pseudo_labels else {}),
         "metrics": {"validation": {k: v for k, v in last.items() if k.startswith("val_")}, "test": result.test},
         "licence": "MIT (weights); Fashion-MNIST is MIT-licensed by Zalando Research",
     }
