@@ -94,18 +94,28 @@ def test_losses_hand_computed():
     assert torch.isclose(losses.dlr(z, y), torch.tensor([2.0 / 3.0]))
 
 
-from preempt.attacks import apgd, apgd_targeted, fab_targeted, run_suite, square  # noqa: E402
+from preempt.attacks import apgd, fab_targeted, run_suite, square  # noqa: E402
 from preempt.attacks.auto_pgd import checkpoints  # noqa: E402
 from preempt.attacks.fab import project_hyperplane_box  # noqa: E402
+from preempt.attacks.registry import ATTACKS, Attack, get, register  # noqa: E402
 from preempt.attacks.square_search import p_selection  # noqa: E402
 
-ATTACKS = {
-    "apgd-ce": lambda m, x, y, t, g: apgd(m, x, y, threat=t, steps=30, generator=g),
-    "apgd-dlr": lambda m, x, y, t, g: apgd(m, x, y, threat=t, steps=30, loss="dlr", generator=g),
-    "apgd-t": lambda m, x, y, t, g: apgd_targeted(m, x, y, threat=t, steps=20, n_targets=3, generator=g),
-    "fab-t": lambda m, x, y, t, g: fab_targeted(m, x, y, threat=t, steps=20, n_targets=3),
-    "square": lambda m, x, y, t, g: square(m, x, y, threat=t, queries=300, generator=g),
-}
+# shorter runs than the defaults, so the table over every registered attack stays quick
+QUICK = {"pgd": {}, "apgd-ce": {"steps": 30}, "apgd-dlr": {"steps": 30}, "apgd-t": {"steps": 20, "n_targets": 3},
+         "apgd-ce-25": {}, "apgd-t-25": {}, "fab-t": {"steps": 20, "n_targets": 3}, "square": {"queries": 300},
+         "apgd-ce-eot": {"steps": 20, "eot": 2}, "apgd-dlr-eot": {"steps": 20, "eot": 2}, "adaptive": {},
+         "transfer-pgd-20": {}, "transfer-apgd-ce": {}}
+
+
+def _run(name, model, x, y, threat, gen):
+    kw = dict(QUICK[name])
+    if name.startswith("transfer-"):
+        kw["surrogate"] = model  # the model itself: a perfect surrogate
+    return get(name)(model, x, y, threat, generator=gen, **kw)
+
+
+def test_the_quick_table_covers_every_registered_attack():
+    assert set(QUICK) == set(ATTACKS)
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
@@ -113,7 +123,7 @@ ATTACKS = {
 def test_each_attack_breaks_a_non_robust_model_at_large_eps(tiny_model, tiny_data, name, threat):
     x, y = tiny_data
     x, y = x[:60], y[:60]
-    r = ATTACKS[name](tiny_model, x, y, threat, torch.Generator().manual_seed(0))
+    r = _run(name, tiny_model, x, y, threat, torch.Generator().manual_seed(0))
     assert r.robust.float().mean() <= 0.05
     assert (threat.distance(r.x_adv, x) <= threat.eps + 1e-5).all()
     assert (tiny_model.predict(r.x_adv[r.success]) != y[r.success]).all()
@@ -125,8 +135,30 @@ def test_each_attack_at_zero_eps_keeps_clean_accuracy(tiny_model, tiny_data, nam
     x, y = x[:40], y[:40].clone()
     y[:5] = (y[:5] + 1) % 4  # a few points misclassified from the start
     clean = tiny_model.predict(x) == y
-    r = ATTACKS[name](tiny_model, x, y, Linf(0.0), torch.Generator().manual_seed(0))
+    r = _run(name, tiny_model, x, y, Linf(0.0), torch.Generator().manual_seed(0))
     assert torch.equal(r.robust, clean)
+
+
+def test_an_attack_added_by_one_register_line_runs_in_every_suite_by_name(tiny_model, tiny_data, monkeypatch):
+    """The example of docs/library.md: a new attack is one function and one register() line."""
+    from preempt.attacks import suite as suite_mod
+
+    def shift(model, x, y, *, threat, generator=None, scale=1.0):  # a (weak) attack: the far corner of the ball
+        from preempt.attacks.base import AttackResult
+
+        xa = threat.project((x + scale * threat.eps * (1 - 2 * (x > 0.5).float())).clamp(0, 1), x)
+        return AttackResult(xa, model.predict(xa) != y, len(x))
+
+    monkeypatch.setitem(ATTACKS, "corner", Attack("corner", shift, "the corner of the ball", {"scale": 1.0}))
+    monkeypatch.setitem(suite_mod.SUITES, "corner", suite_mod.Suite("corner", "corner", lambda s, r, g: ["corner"]))
+    x, y = tiny_data[0][:50], tiny_data[1][:50]
+    res = suite_mod.run_suite(tiny_model, x, y, threat=Linf(1.0), suite="corner", workers=1)
+    assert list(res.per_attack) == ["clean", "corner"] and res.per_attack["corner"] < res.per_attack["clean"]
+    with pytest.raises(ValueError, match="registered already"):
+        register("apgd-ce", shift, help="a second apgd-ce")
+    with pytest.raises(KeyError):
+        get("nope")
+    assert get("pgd-7").defaults == {"steps": 7}
 
 
 def test_apgd_checkpoints_are_the_reference_schedule():

@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..core.threat import Linf, ThreatModel
+from ..core.threat import ThreatModel
 from .base import AttackResult
 
 Penalty = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -50,7 +50,7 @@ def cw_l2(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel | None
     """CW-ℓ2 on ``model`` (see the module docstring); ``generator`` is unused (the attack is
     deterministic) and taken for the common attack signature."""
     del generator
-    if threat is not None and not isinstance(threat, Linf):
+    if threat is not None and threat.norm != "linf":
         raise ValueError(f"cw_l2 confines x′ to an ℓ∞ box only, got {threat}")
     x, n = x.detach(), len(x)
     dev = x.device

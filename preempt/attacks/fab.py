@@ -120,8 +120,12 @@ def _fab_run(model, x, y, t, threat, steps, alpha_max, eta, beta):
 
 
 def fab_targeted(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps: int = 100,
-                 n_targets: int = 9, alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9) -> AttackResult:
-    """FAB-T: success where an adversarial point within ``threat.eps`` was found for some target."""
+                 n_targets: int = 9, alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9,
+                 generator: torch.Generator | None = None) -> AttackResult:
+    """FAB-T: success where an adversarial point within ``threat.eps`` was found for some target.
+    FAB starts from the original point and draws nothing: ``generator`` is taken for the common
+    attack signature and unused."""
+    del generator
     if threat.norm not in PROJECTIONS:
         raise TypeError(f"FAB supports {', '.join(PROJECTIONS)}, not {threat}")
     x = x.detach()

@@ -38,13 +38,8 @@ from typing import Literal
 import torch
 
 from ..core.threat import ThreatModel
-from .adaptive_attack import adaptive
-from .auto_pgd import apgd, apgd_targeted
 from .base import Survivors
-from .fab import fab_targeted
-from .projected_gradient import pgd
-from .square_search import square
-from .transfer import transfer
+from .registry import get as get_attack
 
 
 @dataclass(frozen=True)
@@ -91,25 +86,14 @@ def attack_names(suite: str, surrogate=None, *, steps: int = 20, restarts: int =
 
 
 def _attack(name: str, gen: torch.Generator | None, surrogate=None, step_size: float | None = None) -> Callable:
-    """The attack ``name`` as ``f(model, x, y, threat)``, drawing from ``gen``."""
-    if name.startswith("pgd-") and name[4:].isdigit():
-        steps = int(name[4:])
-        return lambda m, x, y, t: pgd(m, x, y, threat=t, steps=steps, step_size=step_size, generator=gen)
-    A = {
-        "apgd-ce": lambda m, x, y, t: apgd(m, x, y, threat=t, loss="ce", generator=gen),
-        "apgd-t": lambda m, x, y, t: apgd_targeted(m, x, y, threat=t, generator=gen),
-        "apgd-ce-25": lambda m, x, y, t: apgd(m, x, y, threat=t, steps=25, loss="ce", generator=gen),
-        "apgd-t-25": lambda m, x, y, t: apgd_targeted(m, x, y, threat=t, steps=25, n_targets=3, generator=gen),
-        "fab-t": lambda m, x, y, t: fab_targeted(m, x, y, threat=t),
-        "square": lambda m, x, y, t: square(m, x, y, threat=t, queries=5000, generator=gen),
-        "apgd-ce-eot": lambda m, x, y, t: apgd(m, x, y, threat=t, loss="ce", eot=20, generator=gen),
-        "apgd-dlr-eot": lambda m, x, y, t: apgd(m, x, y, threat=t, loss="dlr", eot=20, generator=gen),
-        "adaptive": lambda m, x, y, t: adaptive(m, x, y, threat=t, generator=gen),
-        "transfer-pgd-20": lambda m, x, y, t: transfer(m, x, y, threat=t, surrogate=surrogate, attack="pgd", generator=gen),
-        "transfer-apgd-ce": lambda m, x, y, t: transfer(m, x, y, threat=t, surrogate=surrogate, attack="apgd-ce",
-                                                        generator=gen),
-    }
-    return A[name]
+    """The registered attack ``name`` as ``f(model, x, y, threat)``, drawing from ``gen``."""
+    attack = get_attack(name)
+    kw: dict = {}
+    if name.startswith("pgd-"):
+        kw["step_size"] = step_size
+    if name.startswith("transfer-"):
+        kw["surrogate"] = surrogate
+    return lambda m, x, y, t: attack(m, x, y, t, generator=gen, **kw)
 
 
 @dataclass

@@ -13,9 +13,12 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that ship with pr
 @bench_app.command("defenses")
 def defenses_cmd(
     n: int = typer.Option(1000, min=1, help="Fashion-MNIST test images (the first N)."),
-    eps: float = budget_option(0.1, "ℓ∞ attack budget ε (δ = ε for the robustified rows)."),
-    rows: str | None = typer.Option(None, help="Comma-separated rows to measure (default: all): standard, magnet, "
-                                       "defense-gan, pgd-at, fast-at, smoothing, adv-ours, ours-ours."),
+    norm: str = typer.Option("linf", help="linf | l2 (rows with no ℓ2 version are left out and the report says why)."),
+    eps: float | None = budget_option(None, "Attack budget ε (default 0.1 for linf, 1.5 for l2; δ = ε for the "
+                                            "robustified rows)."),
+    rows: str | None = typer.Option(None, help="Comma-separated rows to measure (default: all that apply to --norm): "
+                                       "standard, magnet, magnet-jsd, magnet-both, defense-gan, pgd-at, fast-at, "
+                                       "pgd-at-d, rst, smoothing, adv-ours, ours-ours, rst-ours."),
     out: Path = typer.Option(Path("defenses"), "--out", "-o", help="Output prefix: writes PREFIX.md, .json, .png."),
     force: bool = typer.Option(False, help="Recompute rows already stored in PREFIX.json."),
     data: str | None = typer.Option(None, help="Fashion-MNIST folder (default: Debian's dataset-fashion-mnist)."),
@@ -28,16 +31,20 @@ def defenses_cmd(
     stored in PREFIX.json with the same models and settings are kept."""
     import torch
 
-    from ..bench.defenses import ROWS, BenchConfig, Row, run
+    from ..bench.defenses import NO_L2, ROWS, BenchConfig, Row, run
     from ..data import DataError
     from ..models import ModelError
 
+    if norm not in ("linf", "l2"):
+        fail(f"--norm {norm}: choose linf or l2", EXIT_USAGE)
     if threads:
         torch.set_num_threads(threads)
     picked = [r.strip() for r in rows.split(",") if r.strip()] if rows else None
     bad = [r for r in picked or [] if r not in ROWS]
     if bad:
         fail(f"--rows: unknown {', '.join(bad)}; choose from {', '.join(ROWS)}", EXIT_USAGE)
+    if norm == "l2" and any(r in NO_L2 for r in picked or []):
+        fail("--rows: " + "; ".join(f"{r} has no ℓ2 version ({NO_L2[r]})" for r in picked or [] if r in NO_L2), EXIT_USAGE)
 
     def show(row: Row) -> None:
         adv = "not evaluated" if row.adaptive is None else f"{100 * row.adaptive:.1f}%"
@@ -45,7 +52,8 @@ def defenses_cmd(
                           f"adaptive {adv}  ({row.seconds:.0f} s)", highlight=False)
 
     try:
-        doc = run(picked, out=out, config=BenchConfig(n=n, eps=eps, seed=seed), data=data, force=force, on_row=show)
+        doc = run(picked, out=out, config=BenchConfig(n=n, eps=eps if eps is not None else (1.5 if norm == "l2" else 0.1),
+                                                     seed=seed, norm=norm), data=data, force=force, on_row=show)
     except (DataError, ModelError, OSError, ValueError) as e:
         fail(str(e), exc=e)
     err_console.print(f"wrote {out.with_suffix('.md')}, {out.with_suffix('.json')}"

@@ -11,9 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..attacks.auto_pgd import apgd, apgd_targeted
 from ..attacks.base import Survivors
-from ..attacks.projected_gradient import pgd
 from . import upload
 from .resolution import at_model_input
 from .threat import ThreatModel
@@ -45,26 +43,43 @@ CHECKS: dict[str, dict[str, Any]] = {
 CHECK_STAGES = ("ce", "dlr", "apgd-ce", "apgd-t")
 
 
+def check_stages_error(loss: str) -> str | None:
+    """Why ``loss`` (stages joined by +) is not a check, or None when it is one."""
+    from ..attacks.registry import ATTACKS
+
+    bad = [n for n in loss.split("+") if n not in CHECK_STAGES and n not in ATTACKS]
+    if not bad:
+        return None
+    return (f"check stage {bad[0]!r}: choose from {', '.join(CHECK_STAGES)} or a registered attack "
+            f"({', '.join(ATTACKS)}), joined by +")
+
+
 def check(model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *, steps: int = 20,
           restarts: int = 1, loss: str = "ce", apgd_steps: int = 25, apgd_targets: int = 3,
           generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
     """The check behind "robust": (robust mask, passes).  Robust = no iterate of any stage changed
     the label.  ``loss`` names the stages, run in turn on the points still robust, joined by ``+``:
     ``ce`` / ``dlr`` (PGD-``steps`` with that loss, ``restarts`` random starts each), ``apgd-ce``
-    (APGD-CE, ``apgd_steps`` iterations) and ``apgd-t`` (APGD-T on the ``apgd_targets`` highest
-    other classes)."""
-    for name in loss.split("+"):
-        if name not in CHECK_STAGES:
-            raise ValueError(f"check stage {name!r}: choose from {', '.join(CHECK_STAGES)} joined by +")
+    (APGD-CE, ``apgd_steps`` iterations), ``apgd-t`` (APGD-T on the ``apgd_targets`` highest
+    other classes), or any other attack of :mod:`preempt.attacks.registry` with its defaults."""
+    from ..attacks.registry import get
+
+    why = check_stages_error(loss)
+    if why:
+        raise ValueError(why)
     s = Survivors(torch.ones(len(x), dtype=torch.bool, device=x.device))
 
     def stage(name: str):
-        if name == "apgd-ce":
-            return lambda i: apgd(model, x[i], y[i], threat=threat, steps=apgd_steps, loss="ce", generator=generator)
-        if name == "apgd-t":
-            return lambda i: apgd_targeted(model, x[i], y[i], threat=threat, steps=apgd_steps, n_targets=apgd_targets,
-                                           generator=generator)
-        return lambda i: pgd(model, x[i], y[i], threat=threat, steps=steps, loss=name, generator=generator)
+        kw: dict[str, Any]
+        if name in ("ce", "dlr"):  # PGD-steps with that loss
+            attack, kw = get(f"pgd-{steps}"), {"loss": name}
+        elif name == "apgd-ce":
+            attack, kw = get("apgd-ce"), {"steps": apgd_steps}
+        elif name == "apgd-t":
+            attack, kw = get("apgd-t"), {"steps": apgd_steps, "n_targets": apgd_targets}
+        else:  # any other registered attack, with its registered defaults
+            attack, kw = get(name), {}
+        return lambda i: attack(model, x[i], y[i], threat, generator=generator, **kw)
 
     for name in loss.split("+"):
         for _ in range(restarts if name in ("ce", "dlr") else 1):

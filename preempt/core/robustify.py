@@ -31,7 +31,7 @@ from ..attacks import losses
 from ..attacks.projected_gradient import pgd_unrolled
 from ..models.resample import Resampling
 from . import upload
-from .check import CHECK_STAGES, CHECKS, STRONG_LOSS, check, through_uploads
+from .check import CHECKS, STRONG_LOSS, check, check_stages_error, through_uploads
 from .metrics import change
 from .persistent import PersistentAdversaries
 from .quantize import quantize, quantize_change
@@ -130,9 +130,9 @@ class RobustifyConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.steps < 0 or self.inner_steps < 1 or self.check_every < 1 or self.settle < 0:
             raise ValueError("steps and settle must be >= 0, inner_steps and check_every >= 1")
-        for stage in self.check_loss.split("+"):
-            if stage not in CHECK_STAGES:
-                raise ValueError(f"check stage {stage!r}: choose from {', '.join(CHECK_STAGES)} joined by +")
+        why = check_stages_error(self.check_loss)
+        if why:
+            raise ValueError(why)
         if min(self.check_steps, self.check_restarts, self.check_apgd_steps, self.check_apgd_targets) < 1:
             raise ValueError("check_steps, check_restarts, check_apgd_steps and check_apgd_targets must be >= 1: "
                              "without a check nothing is verified")
