@@ -28,12 +28,12 @@ import torch
 
 from preempt import load_model, robustify, threat_model
 from preempt.attacks import pgd, run_suite
-from preempt.core.check import CHECKS
+from preempt.verdict.check import CHECKS
 
 HERE = Path(__file__).resolve().parent
 
 VARIANTS = {
-    # name: robustify check settings (the presets of preempt.core.check.CHECKS, and steps between them)
+    # name: robustify check settings (the presets of preempt.verdict.check.CHECKS, and steps between them)
     "pgd": CHECKS["pgd"],                                                 # PGD-20, one random start
     "pgd-x2": dict(check_loss="ce", check_restarts=2),                    # two random starts
     "pgd+apgd-t": dict(check_loss="ce+apgd-t", check_restarts=1),         # + APGD-T (3 targets, 25 it)

@@ -23,8 +23,8 @@ from reproduce import ROOT, SETTINGS, variant  # (run from benchmarks/, like rep
 
 from preempt import RobustifyConfig, load_model, robustify, threat_model
 from preempt.attacks import run_suite
-from preempt.core.check import CHECKS
 from preempt.data import fashion_mnist
+from preempt.verdict.check import CHECKS
 
 # the table's ADV / Ours rows, with the check they were made with (APGD from one start)
 OPTIONS = {"linf": {"settle": 30, **CHECKS["strong-once"]},

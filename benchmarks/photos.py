@@ -36,9 +36,9 @@ from PIL import Image
 
 from preempt import Linf, load_model, robustify
 from preempt.attacks import apgd, pgd
-from preempt.core.check import CHECKS  # the committed results used the PGD-20 check
 from preempt.core.resolution import at_model_input
 from preempt.pipeline.photos import load_photo
+from preempt.verdict.check import CHECKS  # the committed results used the PGD-20 check
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results"

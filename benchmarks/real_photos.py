@@ -34,9 +34,9 @@ from preempt import Linf, RobustifyConfig, load_model, robustify
 from preempt.attacks.auto_pgd import apgd, apgd_targeted
 from preempt.attacks.suite import run_suite
 from preempt.budget import parse_budget
-from preempt.core.check import CHECKS
 from preempt.core.resolution import at_model_input
 from preempt.pipeline.photos import load_photo, save_image
+from preempt.verdict.check import CHECKS
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "real-photos.jsonl"

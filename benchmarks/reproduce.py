@@ -33,10 +33,10 @@ from pathlib import Path
 import torch
 
 from preempt import RobustifyConfig, load_model, robustify, threat_model
+from preempt.algorithms.robustify import INNER_LOSSES, RETRIES
 from preempt.attacks import pgd, run_suite
-from preempt.core.check import CHECKS
-from preempt.core.robustify import INNER_LOSSES, RETRIES
 from preempt.data import fashion_mnist
+from preempt.verdict.check import CHECKS
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {"linf": {"eps": 0.1, "adv": "fmnist-linf-pgdat", "ours": "fmnist-linf-preempt-d3"},

@@ -23,8 +23,8 @@ import torch
 
 from preempt import RobustifyConfig, load_model, robustify, threat_model
 from preempt.attacks import pgd
-from preempt.core.check import CHECKS  # the committed results used the PGD-20 check
 from preempt.data import fashion_mnist
+from preempt.verdict.check import CHECKS  # the committed results used the PGD-20 check
 
 HERE = Path(__file__).resolve().parent
 

@@ -20,8 +20,8 @@ from reproduce import SETTINGS, variant  # (run as a script from benchmarks/, li
 
 from preempt import RobustifyConfig, load_model, robustify, threat_model
 from preempt.attacks import run_suite
-from preempt.core.check import CHECKS
 from preempt.data import fashion_mnist
+from preempt.verdict.check import CHECKS
 
 torch.set_num_threads(int(os.environ.get("THREADS", "2")))
 norm, n = sys.argv[1], int(sys.argv[2])

@@ -8,7 +8,7 @@ For each setting it robustifies the images (the library call under ``preempt rob
 attacks the 8-bit results with an independent seed: PGD-20 on the file itself (what the PNG
 keeps), and, for each service transform, the transform alone, PGD-20 on the upload followed by
 Pillow's real codec (BPDA: real forward, differentiable approximation backward) and the codec
-followed by PGD-20 (``preempt.core.upload.attack_uploads``; an image survives a transform only if all
+followed by PGD-20 (``preempt.verdict.upload.attack_uploads``; an image survives a transform only if all
 three fail).  It also writes each result as a JPEG at the highest quality robustified for and
 reports how many files stay inside δ (``encode_jpeg_within``), their quality and size.
 Results: benchmarks/results/upload.{json,md}.
@@ -26,11 +26,11 @@ import torch
 
 from preempt import load_model, robustify, threat_model
 from preempt.attacks import pgd
-from preempt.core.check import CHECKS  # the committed results used the PGD-20 check
 from preempt.core.quantize import to_uint8
-from preempt.core.upload import attack_uploads, parse
 from preempt.pipeline.jpeg import encode_jpeg_within
 from preempt.pipeline.photos import Photo, encode
+from preempt.verdict.check import CHECKS  # the committed results used the PGD-20 check
+from preempt.verdict.upload import attack_uploads, parse
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

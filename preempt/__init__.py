@@ -1,10 +1,9 @@
 """preempt: preemptive robustification of photos (Moon, Lee & Song, AAAI 2022)."""
-__version__ = "0.1.0"  # first: the modules below read it
-
-from .core.robustify import RobustifyConfig, RobustifyResult, robustify
+from .algorithms.robustify import RobustifyConfig, RobustifyResult, robustify
 from .core.threat import L2, Linf, ThreatModel, threat_model
 from .models import load_model
 from .pipeline.photos import load_image, save_image
+from .version import __version__
 
 __all__ = ["robustify", "RobustifyConfig", "load_image", "save_image", "RobustifyResult", "load_model", "Linf", "L2",
            "ThreatModel",

@@ -80,7 +80,7 @@ def test_paper_configuration_runs_within_budget(tiny_model, tiny_data):
 def test_init_auto_follows_the_card(tiny_model, tiny_data):
     import copy
 
-    from preempt.core.robustify import resolve_init
+    from preempt.algorithms.robustify import resolve_init
 
     x, _ = tiny_data
     x = x[:12]
@@ -112,7 +112,7 @@ def test_settle_takes_extra_steps_after_the_first_pass(tiny_model, tiny_data):
 
 
 def test_settle_keeps_the_first_verified_photo_when_the_second_check_fails(tiny_model, tiny_data, monkeypatch):
-    from preempt.core import robustify as module
+    from preempt.algorithms import robustify as module
 
     x, _ = tiny_data
     x = _grid(x[:40])
@@ -140,8 +140,8 @@ def test_settle_keeps_the_first_verified_photo_when_the_second_check_fails(tiny_
 
 
 def test_targeted_inner_loss_alternates_and_defends(tiny_model, tiny_data, monkeypatch):
+    from preempt.algorithms import robustify as module
     from preempt.attacks import apgd_targeted
-    from preempt.core import robustify as module
 
     x, _ = tiny_data
     x = _grid(x[:60])
@@ -172,7 +172,7 @@ def test_targeted_inner_loss_alternates_and_defends(tiny_model, tiny_data, monke
 
 
 def test_retry_reruns_only_the_unverified_with_rmsprop(tiny_model, tiny_data, monkeypatch):
-    from preempt.core import robustify as module
+    from preempt.algorithms import robustify as module
 
     x, _ = tiny_data
     x = _grid(x[:60])
@@ -254,7 +254,7 @@ def test_delta_escalation_spends_more_only_where_needed(tiny_model, tiny_data):
 
 
 def test_an_unverified_image_is_written_as_its_best_iterate(tiny_model, tiny_data, monkeypatch):
-    from preempt.core import robustify as module
+    from preempt.algorithms import robustify as module
     from preempt.core.quantize import quantize
 
     x, _ = tiny_data

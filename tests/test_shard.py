@@ -14,7 +14,7 @@ import pytest
 from conftest import save_photos
 from PIL import Image
 
-from preempt.core.robustify import RobustifyConfig
+from preempt.algorithms.robustify import RobustifyConfig
 from preempt.pipeline import VerifyConfig, robustify_files, verify_files
 from preempt.pipeline.batching import planned_batches
 from preempt.pipeline.merge import MergeError, merge, shard_doc

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,8 +77,8 @@ def test_verify_by_default_runs_the_attacks_of_robustify_default_check(tiny_mode
     """One meaning of "robust": verify's default suite runs the attacks of robustify's default check, APGD from one
     random start where the check runs it from two (a margin, so verify from its own starts agrees)."""
     from preempt import RobustifyConfig, robustify
-    from preempt.core.check import APGD_STARTS, CHECKS, check
     from preempt.pipeline.verify_job import VerifyConfig
+    from preempt.verdict.check import APGD_STARTS, CHECKS, check
 
     cfg = RobustifyConfig()
     assert VerifyConfig().suite == "strong" and APGD_STARTS == 2
@@ -143,7 +145,7 @@ def test_verify_names_the_label_after_the_attack(tmp_path, photo_dir, tiny_model
 def test_each_attack_reports_the_passes_the_model_counted(tiny_model, tiny_data, name, ball):
     """Two counters, one truth: what an attack reports is what Classifier.passes metered."""
     from preempt.attacks import adaptive, apgd, apgd_targeted, fab_targeted, pgd, square
-    from preempt.core.check import check
+    from preempt.verdict.check import check
 
     x, y = tiny_data[0][:10], tiny_data[1][:10]
     g = torch.Generator().manual_seed(0)
@@ -232,3 +234,86 @@ def test_the_layout_rules_hold():
         for sub in pkgutil.iter_modules(pkg.__path__):
             attr = getattr(pkg, sub.name, None)
             assert attr is None or type(attr).__name__ == "module", f"{name}.{sub.name} is shadowed by {attr!r}"
+
+
+# Layers, bottom first: a module may import its own package and anything in a lower layer, never above.
+LAYERS = {"models": 0, "data": 0, "budget": 0, "version": 0, "core": 1, "attacks": 2, "verdict": 3, "algorithms": 4,
+          "defenses": 4, "train": 5, "pipeline": 5, "bench": 6, "cli": 7, "": 8, "__main__": 8}
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the preempt modules it imports, function-level imports included."""
+    import ast
+
+    root = Path(__import__("preempt").__file__).parent
+    mods = {}
+    for path in root.rglob("*.py"):
+        parts = ("preempt",) + path.relative_to(root).with_suffix("").parts
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for mod, path in mods.items():
+        pkg = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: list[str] = []
+            if isinstance(node, ast.ImportFrom):
+                base = pkg.split(".")[:len(pkg.split(".")) - (node.level - 1)] if node.level else []
+                t = ".".join(base + [node.module] if node.module else base) if node.level else (node.module or "")
+                targets = [f"{t}.{a.name}" if f"{t}.{a.name}" in mods else t for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            for t in targets:
+                while t not in mods and "." in t:
+                    t = t.rsplit(".", 1)[0]
+                if t in mods and t != mod:
+                    graph[mod].add(t)
+    return graph
+
+
+def _layer(mod: str) -> str:
+    parts = mod.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_imports_point_down_and_form_no_cycle():
+    """The package's shape (shared/ARCHITECTURE.md): models < core < attacks < verdict < algorithms,
+    defenses < train, pipeline < bench < cli; nothing imports a layer above its own, and no chain of
+    imports (function-level ones included) comes back to where it started."""
+    graph = _import_graph()
+    assert set(map(_layer, graph)) <= set(LAYERS), set(map(_layer, graph)) - set(LAYERS)
+    upward = [f"{m} -> {t}" for m, ts in graph.items() for t in ts
+              if _layer(m) != _layer(t) and LAYERS[_layer(t)] >= LAYERS[_layer(m)]]
+    assert not upward, upward
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:  # depth-first; state 1 = on the current path
+        state[m] = 1
+        for t in sorted(graph[m]):
+            assert state.get(t) != 1, "import cycle: " + " -> ".join(path[path.index(t):] + [t])
+            if t not in state:
+                visit(t, path + [t])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+
+
+def test_the_import_guard_sees_an_upward_import_and_a_cycle(monkeypatch):
+    """The guard above is not vacuous: a planted upward import and a planted cycle both fail it."""
+    real = _import_graph()
+    for planted in ({"preempt.core.threat": {"preempt.attacks.base"}},
+                    {"preempt.models.byo": {"preempt.models.registry"}}):
+        fake = {m: set(ts) | planted.get(m, set()) for m, ts in real.items()}
+        monkeypatch.setattr(sys.modules[__name__], "_import_graph", lambda fake=fake: fake)
+        with pytest.raises(AssertionError, match="->"):
+            test_imports_point_down_and_form_no_cycle()
+
+
+def test_the_version_is_written_once_in_the_package_and_matches_pyproject():
+    import preempt
+    from preempt.version import __version__
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    pyproject = tomllib.loads((Path(preempt.__file__).parents[1] / "pyproject.toml").read_text())
+    assert preempt.__version__ == __version__ == pyproject["project"]["version"]

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from preempt import Linf, robustify
 from preempt.cli import app
-from preempt.core.upload import (
+from preempt.pipeline.photos import load_photo, read_meta
+from preempt.verdict.upload import (
     WORST,
     Chain,
     Op,
@@ -25,7 +26,6 @@ from preempt.core.upload import (
     resize_real,
     service_spec,
 )
-from preempt.pipeline.photos import load_photo, read_meta
 
 runner = CliRunner()
 

@@ -4,7 +4,7 @@
 # Usage: bash weights/TRAIN.sh [NAME ...]   (default: all). Logs go to weights/logs/NAME.log;
 # the per-epoch JSON-lines logs (runs/NAME/log.jsonl) of the bundled weights are in weights/logs/NAME.jsonl.
 # The cards of fmnist-linf-preempt and fmnist-linf-preempt-d3 were given a "robustify" entry by hand
-# after training (the measured recommendation of a descent start; see preempt.core.robustify.resolve_init).
+# after training (the measured recommendation of a descent start; see preempt.algorithms.robustify.resolve_init).
 # An attempt with --preempt-direction ascent (the reference code's direction, otherwise the
 # fmnist-linf-preempt command) stayed at chance for 2 epochs and was stopped:
 # benchmarks/results/training/fmnist-linf-preempt-ascent.{log,jsonl}.

@@ -3,7 +3,7 @@ point (the AutoAttack protocol of Croce & Hein 2020).
 
 * ``pgd`` — PGD-20 (step ε/4, random start), ``restarts`` times (``steps`` sets its length).
 * ``strong`` — PGD-20 twice, then APGD-CE and APGD-T (3 targets) at 25 iterations: the attacks of
-  robustify's default check (``preempt.core.check``), so that ``preempt verify`` (whose default
+  robustify's default check (``preempt.verdict.check``), so that ``preempt verify`` (whose default
   this is) and ``preempt robustify`` mean one thing by "robust"; the random starts are verify's own,
   and APGD runs from one start where the check runs it from two.
 * ``quick`` — PGD-20, then APGD-CE.

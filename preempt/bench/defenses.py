@@ -191,7 +191,7 @@ def _card_train_s(card: Mapping[str, Any]) -> float | None:
 
 
 def _row_classifier(key: str, x, y, threat: ThreatModel, cfg: BenchConfig, gen) -> Row:
-    from ..core.robustify import RobustifyConfig, robustify
+    from ..algorithms.robustify import RobustifyConfig, robustify
 
     model = load_model(_model(key, cfg.norm))
     robust = key.endswith("-ours")

@@ -117,12 +117,12 @@ def robustify_cmd(
     output counts as robust only if it was written robust for the same model, norm, δ, ε and --survive)."""
     import torch
 
-    from ..core.check import CHECKS
-    from ..core.robustify import RobustifyConfig, recommended, resolve_init
-    from ..core.upload import parse
+    from ..algorithms.robustify import RobustifyConfig, recommended, resolve_init
     from ..pipeline.merge import shard_doc
     from ..pipeline.results import in_input_order
     from ..pipeline.robustify_job import model_name
+    from ..verdict.check import CHECKS
+    from ..verdict.upload import parse
 
     try:
         parse(survive)

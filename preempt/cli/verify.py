@@ -106,7 +106,7 @@ def verify_cmd(
     cfg = VerifyConfig(norm=norm, eps=eps, suite=run, steps=steps, restarts=restarts, seed=seed, adaptive=adaptive,
                        checks=checks, certify=certify, surrogate=sur, sigma=sigma, n0=n0, n=n, alpha=alpha,
                        resolution=resolution)
-    from ..core.upload import service_spec
+    from ..verdict.upload import service_spec
 
     try:
         uploads = service_spec(reencode, resize)

@@ -1,7 +1,6 @@
-"""The algorithm on tensors: threat models (threat), 8-bit quantisation (quantize), where the
-loop works (resolution), service transforms (upload), change measures (metrics), the check
-behind "robust" (check) and the preemptive robustification loop itself (robustify).
+"""Building blocks on tensors, below the attacks: threat models (threat), 8-bit quantisation
+(quantize), where an attack or the loop works for photos larger than the model input
+(resolution) and change measures (metrics).
 
-Nothing here reads files or prints; :mod:`preempt.pipeline` does that around it.  Keep this
-file free of imports: ``core.threat`` sits below :mod:`preempt.attacks`, and ``core.check`` /
-``core.robustify`` above it, so re-exporting here would make an import cycle."""
+Nothing here reads files, prints, or imports an attack; the verdict (:mod:`preempt.verdict`) and
+the robustification loop (:mod:`preempt.algorithms`) sit above :mod:`preempt.attacks`."""

@@ -17,35 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
+from .assemble import classifier, from_card, known_torchvision, torchvision_module, with_preprocessing
 from .files import ModelError, card_beside, read_card, read_state
 from .wrapper import Classifier
 
 
-def _torchvision():
-    try:
-        import torchvision
-    except ImportError:
-        raise ModelError("torchvision:… models need torchvision: pip install torchvision") from None
-    return torchvision
-
-
-def _known(name: str):
-    tv = _torchvision()
-    if name not in tv.models.list_models():
-        raise ModelError(f"torchvision:{name}: torchvision {tv.__version__} has no such model "
-                         f"(e.g. {', '.join(tv.models.list_models()[:4])}, …)")
-    return tv
-
-
-def torchvision_net(name: str, **kwargs: Any) -> nn.Module:
-    return _known(name).models.get_model(name, weights=None, **kwargs)
-
-
 def torchvision_card(name: str) -> dict[str, Any]:
     """Preprocessing and classes that torchvision publishes for ``name``'s default weights."""
-    tv = _known(name)
+    tv = known_torchvision(name)
     card: dict[str, Any] = {"name": f"torchvision:{name}", "arch": f"torchvision:{name}",
                             "source": {"torchvision": tv.__version__}}
     try:
@@ -68,7 +48,7 @@ def torchvision_card(name: str) -> dict[str, Any]:
 
 
 def _pretrained_state(name: str) -> dict[str, torch.Tensor]:
-    tv = _torchvision()
+    tv = torchvision_module()
     try:
         w = tv.models.get_model_weights(name).DEFAULT
     except (ValueError, KeyError, AttributeError):
@@ -83,7 +63,6 @@ def _pretrained_state(name: str) -> dict[str, torch.Tensor]:
 
 def load_torchvision(name: str, *, weights: str | Path | None = None, card: dict[str, Any] | None = None,
                      preprocessing: dict[str, Any] | None = None) -> Classifier:
-    from .registry import from_card, with_preprocessing
 
     base = torchvision_card(name)
     c = {**base, **(card or {})}
@@ -108,7 +87,6 @@ def load_torchvision(name: str, *, weights: str | Path | None = None, card: dict
 
 def load_torchscript(path: Path, *, card: dict[str, Any] | None = None,
                      preprocessing: dict[str, Any] | None = None) -> Classifier:
-    from .registry import classifier, with_preprocessing
 
     if card is None:
         cp = card_beside(path)

@@ -25,11 +25,11 @@ from typing import Any
 
 import torch
 
-from .architectures import build
+from .assemble import from_card, with_preprocessing
 from .card import Card, as_card
 from .files import ModelError, card_beside, is_torchscript, read_card, read_state, sha256
 from .protocol import Model
-from .wrapper import Classifier, Preprocessing
+from .wrapper import Classifier
 
 # The default model is a real ImageNet classifier (issue 21): a newcomer's colour photos are judged by the
 # kind of model a service runs, not by a 28×28 clothing classifier.  Its weights are a dependency of the
@@ -113,51 +113,6 @@ def default_model_name() -> str:
         if name in have:
             return name
     raise ModelError("no bundled model found (weights/ is empty); pass --model FILE")
-
-
-def with_preprocessing(card: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """The card with preprocessing keys replaced by ``overrides`` (command-line flags)."""
-    if not overrides:
-        return card
-    pre = dict(card.get("preprocessing") or {})
-    pre.update({k: v for k, v in overrides.items() if v is not None})
-    return dict(card, preprocessing=pre)
-
-
-def classifier(net: torch.nn.Module, card: dict[str, Any], where: str) -> Classifier:
-    """Wrap ``net`` with the card's preprocessing and classes; one-line errors naming ``where``."""
-    try:
-        pre = Preprocessing.from_card(card)
-    except KeyError as e:
-        raise ModelError(f"{where}: the card has no preprocessing {e} (input size, colour, mean/std)") from e
-    except (TypeError, ValueError) as e:
-        raise ModelError(f"{where}: the card's preprocessing is wrong: {e}") from e
-    classes = card.get("classes")
-    if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
-        raise ModelError(f"{where}: the card's classes must be a list of names")
-    return Classifier(net, pre, classes=classes, card=card).eval()
-
-
-def from_card(card: dict[str, Any], state: dict[str, torch.Tensor] | None = None, where: str = "model card") -> Classifier:
-    """Build the card's architecture (``arch``: preempt's or ``torchvision:NAME``) and load ``state``."""
-    arch = card.get("arch")
-    if not isinstance(arch, str):
-        raise ModelError(f"{where}: the card names no architecture ('arch')")
-    try:
-        if arch.startswith("torchvision:"):
-            from .byo import torchvision_net
-
-            net = torchvision_net(arch.split(":", 1)[1], **card.get("arch_kwargs", {}))
-        else:
-            net = build(arch, **card.get("arch_kwargs", {}))
-    except (TypeError, ValueError) as e:
-        raise ModelError(f"{where}: {e}") from e
-    if state is not None:
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as e:
-            raise ModelError(f"{where}: weights do not fit architecture {arch!r}: {str(e).splitlines()[0]}") from e
-    return classifier(net, card, where)
 
 
 def load_model(spec: str | Path | None = None, *, weights: str | Path | None = None,

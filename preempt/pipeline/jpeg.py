@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.robustify import RobustifyConfig
+from ..algorithms.robustify import RobustifyConfig
 from ..core.threat import ThreatModel
 from .photos import Photo, decode, encode, from_tensor
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import __version__
+from ..version import __version__
 from .photos import PhotoError, load_photo, to_pil, write_atomic
 
 SCHEMA_VERSION = 2  # 2: label_after_attack; flag not_monotone_in_eps renamed eps_sweep

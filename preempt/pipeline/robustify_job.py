@@ -13,11 +13,10 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
-from ..core.check import judge
+from ..algorithms.robustify import ImageResult, RobustifyConfig, judge, robustify
 from ..core.metrics import change
-from ..core.robustify import ImageResult, RobustifyConfig, robustify
 from ..core.threat import ThreatModel
+from ..version import __version__
 from .batching import batches, planned_batches, probe
 from .jpeg import encode_jpeg_within, file_format, jpeg_quality
 from .memory import check_fits

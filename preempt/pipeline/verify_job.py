@@ -15,10 +15,10 @@ import torch
 
 from ..attacks.base import Survivors
 from ..attacks.suite import SUITES, attack_names
-from ..core import upload
 from ..core.metrics import change
 from ..core.resolution import at_model_input
 from ..core.threat import threat_model
+from ..verdict import upload
 from .batching import batches, chw, planned_batches
 from .photos import PhotoError, iter_images, load_photo, nothing_found, original_stem
 from .results import FileResult, NoImages, in_input_order, label_name
@@ -43,7 +43,7 @@ class VerifyConfig:
     n: int = 10000
     alpha: float = 0.001
     resolution: str = "auto"        # auto | model | full: attack the model input or every photo pixel
-    uploads: str | None = None      # service transforms (preempt.core.upload spec): each photo also attacked through
+    uploads: str | None = None      # service transforms (preempt.verdict.upload spec): each photo also attacked through
                                     # the real codec, before and after the transform
 
     def describe(self) -> dict:

@@ -29,14 +29,14 @@ import torch
 
 from ..attacks import losses
 from ..attacks.projected_gradient import pgd_unrolled
+from ..core.metrics import change
+from ..core.quantize import quantize, quantize_change
+from ..core.resolution import RESOLUTIONS, at_model_input, resampling_for
+from ..core.threat import ThreatModel, threat_model
 from ..models.resample import Resampling
-from . import upload
-from .check import CHECKS, STRONG_LOSS, check, check_stages_error, through_uploads
-from .metrics import change
+from ..verdict import upload
+from ..verdict.check import CHECKS, STRONG_LOSS, check, check_stages_error, through_uploads
 from .persistent import PersistentAdversaries
-from .quantize import quantize, quantize_change
-from .resolution import RESOLUTIONS, resampling_for
-from .threat import ThreatModel, threat_model
 
 if TYPE_CHECKING:
     from ..models.protocol import Model
@@ -97,7 +97,7 @@ class RobustifyConfig:
     inner_loss: str = "ce"     # ce | ce+dlr-t: even outer steps attack with targeted DLR (AutoAttack's APGD-T
                                # loss), the target cycling through the 3 most likely wrong classes (≥ 4 classes)
                                # | margin-mt: persistent targeted attackers on the inner_targets most likely wrong
-                               # classes, softplus(margin + kappa) summed (preempt.core.persistent)
+                               # classes, softplus(margin + kappa) summed (preempt.algorithms.persistent)
     inner_targets: int = 4     # margin-mt: attackers per image (one per runner-up class)
     kappa: float = 4.0         # margin-mt: the logit margin below which an attacker still counts
     restart_every: int = 8     # margin-mt: every so many outer steps one attacker restarts at random
@@ -119,7 +119,7 @@ class RobustifyConfig:
     shrink_steps: int = 4      # bisection steps of least-visible (scale precision 1/2^steps)
     work_scale: int = 3        # model resolution: the change's grid, in multiples of the model input
     survive: str | None = None  # service transforms to stay robust through, e.g. "jpeg:75-95,resize:1080"
-                                # (preempt.core.upload): expectation over them in the loss, real codec in the check
+                                # (preempt.verdict.upload): expectation over them in the loss, real codec in the check
     seed: int = 0
 
     def validate(self) -> None:
@@ -315,8 +315,8 @@ class _Problem:
         ok, passes = check(self.model, self.photo_input(photo), y, self.eball, steps=c.check_steps,
                            restarts=c.check_restarts + extra_restarts, loss=c.check_loss, apgd_steps=c.check_apgd_steps,
                            apgd_targets=c.check_apgd_targets, generator=gen)
-        return through_uploads(self.full_model, photo, y, ok, passes, c, self.chains,
-                                c.check_restarts + extra_restarts, gen)
+        return through_uploads(self.full_model, photo, y, ok, passes, c.eps_ball(), self.chains, steps=c.check_steps,
+                               restarts=c.check_restarts + extra_restarts, resolution=c.resolution, generator=gen)
 
     def eot_loss(self, xr: torch.Tensor, y: torch.Tensor, k: int, gen: torch.Generator) -> tuple[torch.Tensor, int]:
         """Expectation over the service transforms, one sample per outer step: a chain drawn from
@@ -798,3 +798,16 @@ def _shrink(joint: _Joint, v: torch.Tensor, idx: torch.Tensor, gen: torch.Genera
         best[~ok] = prob.photo(v[~ok], idx[~ok])
         s = torch.where(ok, s, torch.ones_like(s))
     return s, best, int(round(passes / max(len(idx), 1)))
+
+
+def judge(model, x: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfig,
+          generator: torch.Generator | None = None) -> tuple[torch.Tensor, int, list[dict]]:
+    """robustify's check on images as written (e.g. decoded from a JPEG): the configured PGD check
+    where verify attacks, then each ``survive`` transform through the real codec.
+    Returns (robust, passes, per-image upload outcomes)."""
+    mi = at_model_input(model, x, cfg.eps_ball(), cfg.resolution)
+    ok, passes = check(mi.model, mi.x, y, mi.threat, steps=cfg.check_steps, restarts=cfg.check_restarts,
+                       loss=cfg.check_loss, apgd_steps=cfg.check_apgd_steps, apgd_targets=cfg.check_apgd_targets,
+                       generator=generator)
+    return through_uploads(model, x, y, ok, passes, cfg.eps_ball(), cfg.chains(), steps=cfg.check_steps,
+                           restarts=cfg.check_restarts, resolution=cfg.resolution, generator=generator)

@@ -25,7 +25,7 @@ a bare number repeats the previous op (``resize:1080,2048``).  ``worst`` is the 
 
 Example::
 
-    from preempt.core.upload import parse
+    from preempt.verdict.upload import parse
     chains = parse("resize:1080+jpeg:85")
     x_service = chains[0].real(x)          # what the classifier behind the service sees
 """
@@ -386,7 +386,7 @@ def attack_uploads(model, x: torch.Tensor, y: torch.Tensor, threat, chains: list
     Returns (robust mask, per image {chain: "ok" | "no attack" | "after" | "before"}, passes)."""
     from ..attacks.base import AttackResult, Survivors
     from ..attacks.projected_gradient import pgd
-    from .resolution import at_model_input
+    from ..core.resolution import at_model_input
 
     robust = torch.ones(len(x), dtype=torch.bool, device=x.device)
     detail: list[dict] = [{} for _ in range(len(x))]

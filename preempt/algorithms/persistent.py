@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from .threat import ThreatModel
+from ..core.threat import ThreatModel
 
 if TYPE_CHECKING:
     from ..models.protocol import Model

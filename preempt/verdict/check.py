@@ -1,23 +1,20 @@
 """The check behind "robust": the attacks a robustified photo must survive, as written.
 
 ``check`` runs its stages in turn, each on the points still robust (PGD with CE or DLR and
-random restarts, APGD-CE, APGD-T); ``judge`` runs robustify's configured check where verify
-attacks (the model input for photos larger than it) and then through each service transform.
+random restarts, APGD-CE, APGD-T, or any registered attack); ``through_uploads`` attacks the
+survivors through each service transform.  (robustify's configured check on a written photo is
+:func:`preempt.algorithms.robustify.judge`.)
 ``CHECKS`` are the presets ``preempt robustify --check`` names, with what they were measured to do.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ..attacks.base import Survivors
+from ..core.threat import ThreatModel
 from . import upload
-from .resolution import at_model_input
-from .threat import ThreatModel
-
-if TYPE_CHECKING:
-    from .robustify import RobustifyConfig
 
 APGD_STARTS = 2  # the strong check's random starts of APGD-CE and APGD-T: one more than verify's default suite
 STRONG_LOSS = "+".join(["ce"] + ["apgd-ce", "apgd-t"] * APGD_STARTS)
@@ -87,31 +84,19 @@ def check(model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *, steps
     return s.robust, sum(s.passes.values())
 
 
-def judge(model, x: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfig,
-          generator: torch.Generator | None = None) -> tuple[torch.Tensor, int, list[dict]]:
-    """robustify's check on images as written (e.g. decoded from a JPEG): the configured PGD check
-    where verify attacks, then each ``survive`` transform through the real codec.
-    Returns (robust, passes, per-image upload outcomes)."""
-    mi = at_model_input(model, x, cfg.eps_ball(), cfg.resolution)
-    ok, passes = check(mi.model, mi.x, y, mi.threat, steps=cfg.check_steps, restarts=cfg.check_restarts,
-                       loss=cfg.check_loss, apgd_steps=cfg.check_apgd_steps, apgd_targets=cfg.check_apgd_targets,
-                       generator=generator)
-    return through_uploads(model, x, y, ok, passes, cfg, cfg.chains(), cfg.check_restarts, generator)
-
-
-def through_uploads(model, x: torch.Tensor, y: torch.Tensor, ok: torch.Tensor, passes: int, cfg: RobustifyConfig,
-                     chains: list, restarts: int, generator) -> tuple[torch.Tensor, int, list[dict]]:
-    """The survivors of the check (``ok``) attacked through each service transform (real codec,
-    both orders); ``ok`` is updated in place.  Returns (ok, passes, per-image upload outcomes)."""
+def through_uploads(model, x: torch.Tensor, y: torch.Tensor, ok: torch.Tensor, passes: int, threat: ThreatModel,
+                    chains: list, *, steps: int, restarts: int, resolution: str,
+                    generator: torch.Generator | None) -> tuple[torch.Tensor, int, list[dict]]:
+    """The survivors of the check (``ok``) attacked (PGD-``steps``, ``restarts`` starts, in the ε-ball
+    ``threat``) through each service transform (real codec, both orders); ``ok`` is updated in
+    place.  Returns (ok, passes, per-image upload outcomes)."""
     details: list[dict] = [{} for _ in range(len(x))]
     if chains and ok.any():
         idx = ok.nonzero().squeeze(1)
-        up, det, p = upload.attack_uploads(model, x[idx], y[idx], cfg.eps_ball(), chains, steps=cfg.check_steps,
-                                           restarts=restarts, resolution=cfg.resolution, generator=generator)
+        up, det, p = upload.attack_uploads(model, x[idx], y[idx], threat, chains, steps=steps,
+                                           restarts=restarts, resolution=resolution, generator=generator)
         passes += p
         ok[idx[~up]] = False
         for j, i in enumerate(idx.tolist()):
             details[i] = det[j]
     return ok, passes, details
-
-
