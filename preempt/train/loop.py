@@ -126,19 +126,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Pat
     dist = _Dist.setup(cfg.device)
     dev = torch.device(cfg.device if dist.world == 1 or cfg.device == "cpu" else f"cuda:{dist.local_rank}")
     x, y, classes = tensors if tensors is not None else datasets.load(cfg.dataset, "train", cfg.data, **_kw(cfg))
-    pool = cfg.limit or cfg.labelled
-    rest = (x[cfg.labelled + cfg.val_size:][:cfg.unlabelled], y[cfg.labelled + cfg.val_size:][:cfg.unlabelled]) \
-        if cfg.labelled else None
-    if pool:  # --limit N and --labelled N give the same validation split and the same D
-        x, y = x[:pool + cfg.val_size], y[:pool + cfg.val_size]
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed))
-    x, y = x[perm], y[perm]
-    xv, yv = x[:cfg.val_size].to(dev), y[:cfg.val_size].to(dev)
-    xt, yt = x[cfg.val_size:].to(dev), y[cfg.val_size:].to(dev)
-    pseudo: dict = {}
-    if rest is not None:  # D̃: the true labels are thrown away, only their agreement is reported
-        xu, yu, pseudo = pseudo_label(cfg, rest[0].to(dev), rest[1].to(dev), classes)
-        xt, yt = torch.cat([xt, xu]), torch.cat([yt, yu])
+    xv, yv, xt, yt, pseudo = _splits(cfg, x, y, classes, dev)
     c, h = x.shape[1], x.shape[2]
     net = build(cfg.arch, in_channels=c, num_classes=len(classes), width=cfg.width, input_size=h)
     pre = Preprocessing(input_size=(h, x.shape[3]), channels=c, mean=(0.5,) * c, std=(0.5,) * c)
@@ -150,51 +138,16 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Pat
                           nesterov=cfg.momentum > 0)
     assert cfg.delta is not None, "TrainConfig.__post_init__ sets delta (None: equal to eps)"
     threat, dball = threat_model(cfg.norm, cfg.eps), threat_model(cfg.norm, cfg.delta)
-    n_batches = math.ceil(len(xt) / cfg.batch_size)
-    total = cfg.epochs * n_batches
-    history: list[dict] = []
-    start_epoch, best, best_state, elapsed = 0, -1.0, None, 0.0
     gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1 + 7919 * dist.rank)
     run = Path(run_dir) if run_dir and dist.rank == 0 else None
-    if run:
-        run.mkdir(parents=True, exist_ok=True)
-        ck = run / "checkpoint.pt"
-        if resume and ck.exists():
-            state = torch.load(ck, map_location=dev, weights_only=True)
-            model.net.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            start_epoch, best, elapsed = state["epoch"], state["best"], state["elapsed"]
-            best_state = state.get("best_model")
-            lines = (run / "log.jsonl").read_text().splitlines()
-            history = [json.loads(line) for line in lines if line.strip()][:start_epoch]
-            torch.set_rng_state(state["rng"])
-            if "gen" in state:
-                gen.set_state(state["gen"])
+    start_epoch, best, best_state, elapsed, history = _resume(run, resume, model, opt, gen, dev)
     start_epoch = dist.sync_start(model, opt, start_epoch)
     curve_test = _curve_test_split(cfg, dev) if cfg.curve_size and tensors is None and dist.rank == 0 else None
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         order = torch.randperm(len(xt), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).to(dev)
-        tot_loss, seen = 0.0, 0
-        for b in range(n_batches):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size][dist.rank::dist.world]
-            xb, yb = xt[idx], yt[idx]
-            it = epoch * n_batches + b
-            for g_ in opt.param_groups:
-                g_["lr"] = _lr(cfg, it, total)
-            model.train()  # attacks are crafted in train mode (see the model card)
-            if cfg.method == "free-at":
-                loss = _free_at_batch(update_model, opt, xb, yb, threat, cfg)
-            else:
-                crafter = model if cfg.attack_bn == "train" else _EvalMode(model)
-                loss = batch_loss(cfg.method, crafter, xb, yb, cfg, threat, dball, gen, update_model=update_model)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            tot_loss += loss.item() * len(idx)
-            seen += len(idx)
-            if on_step:
-                on_step({"epoch": epoch + 1, "batch": b + 1, "batches": n_batches, "loss": tot_loss / seen})
+        tot_loss, seen = _epoch(cfg, epoch, order, (xt, yt), model, update_model, opt, (threat, dball), gen, dist,
+                                on_step)
         if dist.rank != 0:  # only rank 0 validates, logs and saves
             elapsed += time.perf_counter() - t0
             continue
@@ -234,6 +187,73 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Pat
         card = make_card(cfg, model, result, command)
         model.card = save_model(model, Path(out), card)
     return result
+
+
+def _splits(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, classes: list[str], dev: torch.device):
+    """(validation x, y, training x, y, pseudo-label info): ``val_size`` held out of a seeded
+    permutation; ``limit``/``labelled`` N keep the first N + val_size images (the same split and
+    D for both); with ``labelled`` the rest, pseudo-labelled, join the training images."""
+    pool = cfg.limit or cfg.labelled
+    rest = (x[cfg.labelled + cfg.val_size:][:cfg.unlabelled], y[cfg.labelled + cfg.val_size:][:cfg.unlabelled]) \
+        if cfg.labelled else None
+    if pool:
+        x, y = x[:pool + cfg.val_size], y[:pool + cfg.val_size]
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed))
+    x, y = x[perm], y[perm]
+    xv, yv = x[:cfg.val_size].to(dev), y[:cfg.val_size].to(dev)
+    xt, yt = x[cfg.val_size:].to(dev), y[cfg.val_size:].to(dev)
+    pseudo: dict = {}
+    if rest is not None:  # D̃: the true labels are thrown away, only their agreement is reported
+        xu, yu, pseudo = pseudo_label(cfg, rest[0].to(dev), rest[1].to(dev), classes)
+        xt, yt = torch.cat([xt, xu]), torch.cat([yt, yu])
+    return xv, yv, xt, yt, pseudo
+
+
+def _resume(run: Path | None, resume: bool, model, opt, gen: torch.Generator, dev):
+    """(start epoch, best score, best weights, seconds so far, history) from ``run``'s checkpoint
+    when resuming, else a fresh start; creates ``run``."""
+    if not run:
+        return 0, -1.0, None, 0.0, []
+    run.mkdir(parents=True, exist_ok=True)
+    ck = run / "checkpoint.pt"
+    if not (resume and ck.exists()):
+        return 0, -1.0, None, 0.0, []
+    state = torch.load(ck, map_location=dev, weights_only=True)
+    model.net.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    lines = (run / "log.jsonl").read_text().splitlines()
+    history = [json.loads(line) for line in lines if line.strip()][:state["epoch"]]
+    torch.set_rng_state(state["rng"])
+    if "gen" in state:
+        gen.set_state(state["gen"])
+    return state["epoch"], state["best"], state.get("best_model"), state["elapsed"], history
+
+
+def _epoch(cfg: TrainConfig, epoch: int, order: torch.Tensor, data, model, update_model, opt, balls, gen, dist,
+           on_step) -> tuple[float, int]:
+    """One epoch of weight updates over ``data`` in ``order``: (summed loss, images seen)."""
+    (xt, yt), (threat, dball) = data, balls
+    n_batches = math.ceil(len(xt) / cfg.batch_size)
+    tot_loss, seen = 0.0, 0
+    for b in range(n_batches):
+        idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size][dist.rank::dist.world]
+        xb, yb = xt[idx], yt[idx]
+        for g_ in opt.param_groups:
+            g_["lr"] = _lr(cfg, epoch * n_batches + b, cfg.epochs * n_batches)
+        model.train()  # attacks are crafted in train mode (see the model card)
+        if cfg.method == "free-at":
+            loss = _free_at_batch(update_model, opt, xb, yb, threat, cfg)
+        else:
+            crafter = model if cfg.attack_bn == "train" else _EvalMode(model)
+            loss = batch_loss(cfg.method, crafter, xb, yb, cfg, threat, dball, gen, update_model=update_model)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        tot_loss += loss.item() * len(idx)
+        seen += len(idx)
+        if on_step:
+            on_step({"epoch": epoch + 1, "batch": b + 1, "batches": n_batches, "loss": tot_loss / seen})
+    return tot_loss, seen
 
 
 class _EvalMode(torch.nn.Module):
