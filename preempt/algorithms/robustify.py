@@ -354,19 +354,7 @@ def robustify(model: Model | Sequence[Model], x: torch.Tensor, y: torch.Tensor |
     cfg = config or RobustifyConfig()
     if overrides:
         cfg = replace(cfg, **overrides)
-    cfg.validate()
-    if not models:
-        raise ValueError("robustify needs a model")
-    for m in models:
-        if not m.differentiable:
-            raise ValueError(f"{m.name} has no gradients (an ONNX model): robustify needs the torch model "
-                             "(a bundled name, torchvision:NAME, a TorchScript or state_dict file); "
-                             "ONNX models can only be verified")
-    if len(models) > 1 and (cfg.optimizer == "rmsprop" or cfg.retry != "none" or cfg.survive):
-        raise ValueError("several models at once work with the sign optimizer, without --retry and --survive")
-    validate_images(x)
-    if cfg.resolution == "model" and cfg.optimizer == "rmsprop":
-        raise ValueError("optimizer='rmsprop' works at full resolution only")
+    _refuse(models, cfg, x)
     gen = torch.Generator(device=x.device).manual_seed(cfg.seed)
     t0 = time.perf_counter()
     x_o = x.detach()
@@ -427,6 +415,24 @@ def robustify(model: Model | Sequence[Model], x: torch.Tensor, y: torch.Tensor |
     if cfg.max_delta is not None:
         _escalate(models, x_o, y, cfg, res, on_step)
     return res
+
+
+def _refuse(models: list[Model], cfg: RobustifyConfig, x: torch.Tensor) -> None:
+    """ValueError for a call robustify cannot do: a bad config, no model, a model without
+    gradients, options that need one model, images that are not (N, C, H, W) in [0, 1]."""
+    cfg.validate()
+    if not models:
+        raise ValueError("robustify needs a model")
+    for m in models:
+        if not m.differentiable:
+            raise ValueError(f"{m.name} has no gradients (an ONNX model): robustify needs the torch model "
+                             "(a bundled name, torchvision:NAME, a TorchScript or state_dict file); "
+                             "ONNX models can only be verified")
+    if len(models) > 1 and (cfg.optimizer == "rmsprop" or cfg.retry != "none" or cfg.survive):
+        raise ValueError("several models at once work with the sign optimizer, without --retry and --survive")
+    validate_images(x)
+    if cfg.resolution == "model" and cfg.optimizer == "rmsprop":
+        raise ValueError("optimizer='rmsprop' works at full resolution only")
 
 
 def _escalate(models: list[Model], x_o: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfig, res: RobustifyResult,

@@ -137,19 +137,7 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
         if on_file:
             on_file(r)
 
-    todo = []
-    for i in mine:
-        f = files[i]
-        try:
-            photo = load_photo(f)
-            orig = None
-            if origs:
-                orig = load_photo(origs[i])
-                if orig.pixels.shape != photo.pixels.shape:
-                    raise PhotoError(f"original {origs[i]} has size {orig.size}, not {photo.size}")
-            todo.append((f, photo, orig))
-        except PhotoError as e:
-            emit(FileResult(str(f), "failed", error=str(e)))
+    todo = _load(mine, files, origs, emit)
 
     first = True
     for batch in batches(todo, key=lambda t: chw(t[1]), max_batch=batch_size):
@@ -229,6 +217,25 @@ class _Outcome:
     uploads: list[dict]              # per image, each service transform's outcome
     label_after: list[int | None]    # the label of the adversarial point that broke it (None: unbroken, or broken
                                      # through a service transform)
+
+
+def _load(mine: list[int], files: list[Path], origs: list[Path] | None,
+          emit: Callable[[FileResult], None]) -> list[tuple[Path, Any, Any]]:
+    """(file, photo, original or None) of each of ``mine`` that reads; the others are emitted as failed."""
+    todo = []
+    for i in mine:
+        f = files[i]
+        try:
+            photo = load_photo(f)
+            orig = None
+            if origs:
+                orig = load_photo(origs[i])
+                if orig.pixels.shape != photo.pixels.shape:
+                    raise PhotoError(f"original {origs[i]} has size {orig.size}, not {photo.size}")
+            todo.append((f, photo, orig))
+        except PhotoError as e:
+            emit(FileResult(str(f), "failed", error=str(e)))
+    return todo
 
 
 class _Attacker:
