@@ -5,18 +5,34 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Literal
+from types import SimpleNamespace
+from typing import Annotated, Literal
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .common import EXIT_USAGE, budget_option, err_console, fail, pick_device, print_json
 
+# options whose help does not fit on one line of the signature
+MethodOpt = Annotated[str, typer.Option("--method", "-m", help="preempt | pgd-at | fast-at | free-at | fgsm | gaussian | "
+                                        "standard (classifiers); magnet | defense-gan (the defenses' networks, see "
+                                        "--classifier)")]
+ScheduleOpt = Annotated[Literal["cosine", "constant", "step"], typer.Option(
+    help="cosine | constant | step (×0.1 at 50% and 75% of the epochs, as in Rice et al. 2020).")]
+CurveOpt = Annotated[int, typer.Option(min=0, help="Log clean and robust accuracy of the first N training and N test "
+                                                   "images every epoch (robust overfitting's learning curves).")]
+LabelledOpt = Annotated[int | None, typer.Option(min=1, help="Keep the labels of the first N training images only (D, "
+                                                 "as --limit N picks them); the rest get --pseudo-labeller's labels "
+                                                 "(adversarial training with unlabelled data).")]
+LabellerOpt = Annotated[str | None, typer.Option(help="With --labelled: the model (name or file), trained on D alone "
+                                                 "(--method standard --limit N), whose predictions label the rest.")]
+RecalibrateOpt = Annotated[bool, typer.Option(help="magnet: only recompute the detectors' thresholds of the weights at "
+                                                   "--out (on the validation split they were trained with).")]
+PreemptDirOpt = Annotated[str, typer.Option(help="preempt: descent (the paper) or ascent (reference code).")]
+
 
 def train_cmd(
-    method: str = typer.Option("standard", "--method", "-m",
-                               help="preempt | pgd-at | fast-at | free-at | fgsm | gaussian | standard "
-                               "(classifiers); magnet | defense-gan (the defenses' networks, see --classifier)"),
+    method: MethodOpt = "standard",
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the weights (.safetensors) and card (.json)."),
     dataset: str = typer.Option("fashion-mnist", help="fashion-mnist | cifar10 | folder"),
     data: str | None = typer.Option(None, help="Dataset folder (default: Debian's Fashion-MNIST files)."),
@@ -26,16 +42,14 @@ def train_cmd(
     steps: int = typer.Option(10, help="Attack steps while training (pgd-at, preempt)."),
     step_size: float | None = typer.Option(None, help="Attack step size (default ε/4; fast-at 1.25ε)."),
     delta_steps: int = typer.Option(2, help="preempt: descent steps that find x̂_r."),
-    preempt_direction: str = typer.Option("descent", help="preempt: descent (the paper) or ascent (reference code)."),
+    preempt_direction: PreemptDirOpt = "descent",
     sigma: float = typer.Option(0.25, help="gaussian: noise σ."),
     replays: int = typer.Option(4, help="free-at: minibatch replays."),
     epochs: int = typer.Option(5),
     batch_size: int = typer.Option(128),
     lr: float = typer.Option(0.05),
-    schedule: Literal["cosine", "constant", "step"] = typer.Option("cosine", help="cosine | constant | step (×0.1 at "
-                                                                  "50% and 75% of the epochs, as in Rice et al. 2020)."),
-    curve_size: int = typer.Option(0, min=0, help="Log clean and robust accuracy of the first N training and N test "
-                                                  "images every epoch (robust overfitting's learning curves)."),
+    schedule: ScheduleOpt = "cosine",
+    curve_size: CurveOpt = 0,
     arch: str = typer.Option("cnn"),
     width: int = typer.Option(32),
     early_stop: bool = typer.Option(False, help="Keep the epoch with the best robust validation accuracy."),
@@ -43,12 +57,9 @@ def train_cmd(
     image_size: int = typer.Option(32, help="ImageFolder: resize images to this."),
     channels: int = typer.Option(3, help="ImageFolder: 1 (grey) or 3 (colour)."),
     limit: int | None = typer.Option(None, help="Train on the first N images only."),
-    labelled: int | None = typer.Option(None, min=1, help="Keep the labels of the first N training images only (D, "
-                                        "as --limit N picks them); the rest get --pseudo-labeller's labels "
-                                        "(adversarial training with unlabelled data)."),
+    labelled: LabelledOpt = None,
     unlabelled: int | None = typer.Option(None, min=0, help="With --labelled: use at most M unlabelled images."),
-    pseudo_labeller: str | None = typer.Option(None, help="With --labelled: the model (name or file), trained on D "
-                                               "alone (--method standard --limit N), whose predictions label the rest."),
+    pseudo_labeller: LabellerOpt = None,
     val_size: int = typer.Option(2000),
     seed: int = typer.Option(0),
     threads: int | None = typer.Option(None, help="CPU threads."),
@@ -60,70 +71,86 @@ def train_cmd(
     noise: float = typer.Option(0.1, help="magnet: denoising noise σ of the auto-encoder."),
     fpr: float = typer.Option(0.01, help="magnet: detector false-positive rate on held-out clean images."),
     temperature: float = typer.Option(10.0, help="magnet: softmax temperature T of the divergence (JSD) detector."),
-    recalibrate: bool = typer.Option(False, help="magnet: only recompute the detectors' thresholds of the weights "
-                                                 "at --out (on the validation split they were trained with)."),
+    recalibrate: RecalibrateOpt = False,
     z_dim: int = typer.Option(64, help="defense-gan: latent dimension."),
 ) -> None:
     """Train a classifier (preemptively robust, adversarial baselines, or standard)."""
-    from ..data import DataError
-    from ..models import ModelError
-    from ..train import METHODS, TrainConfig, train
-    from ..train.generative import GENERATIVE, DefenseTrainConfig, train_defense
+    from ..train import METHODS
+    from ..train.generative import GENERATIVE
 
+    o = SimpleNamespace(**locals())
     if method not in METHODS + GENERATIVE:
         fail(f"--method {method}: choose one of {', '.join(METHODS + GENERATIVE)}", EXIT_USAGE)
     argv = sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv else None
-    command = "preempt train " + " ".join(shlex.quote(a) for a in argv) if argv is not None else None
+    o.command = "preempt train " + " ".join(shlex.quote(a) for a in argv) if argv is not None else None
     if recalibrate:
-        if method != "magnet":
-            fail("--recalibrate: only with --method magnet", EXIT_USAGE)
-        from ..train.generative import recalibrate_magnet
+        _recalibrate(o)
+    elif method in GENERATIVE:
+        _train_defense(o)
+    else:
+        _train_classifier(o)
 
-        try:
-            card = recalibrate_magnet(out, temperature=temperature, fpr=fpr, data=data, command=command)
-        except (DataError, ModelError, ValueError, OSError, KeyError) as e:
-            fail(f"{out}: {e}", exc=e)
-        det, jsd = card["detector"], card["jsd_detector"]
-        err_console.print(f"recalibrated {Path(out).with_suffix('.json')}: ℓ1 error > {det['threshold']:.4g}, "
-                          f"JSD (T={jsd['temperature']:g}) > {jsd['threshold']:.4g} at {100 * fpr:g}% false positives "
-                          f"on {det['n_val']} held-out images")
-        if json_out:
-            print_json(card)
-        return
-    if method in GENERATIVE:
-        gcfg = DefenseTrainConfig(method=method, classifier=classifier, dataset=dataset, data=data, epochs=epochs,
-                                  batch_size=batch_size, lr=None if lr == 0.05 else lr, noise=noise, fpr=fpr,
-                                  jsd_temperature=temperature,
-                                  width=None if width == 32 else width, z_dim=z_dim, val_size=val_size, limit=limit,
-                                  seed=seed, threads=threads, device=pick_device(device))
 
-        def show(rec: dict) -> None:
-            if rec.get("end_of_epoch"):
-                err_console.print(f"epoch {rec['epoch']}: loss={rec['loss']:.4f}  ({rec['seconds']:.0f}s)")
+def _recalibrate(o: SimpleNamespace) -> None:
+    from ..data import DataError
+    from ..models import ModelError
+    from ..train.generative import recalibrate_magnet
 
-        try:
-            card = train_defense(gcfg, out=out, run_dir=run_dir or Path(str(out) + ".run"), resume=resume,
-                                 command=command, on_step=show)
-        except (DataError, ModelError, ValueError, OSError) as e:
-            fail(str(e), exc=e)
-        err_console.print(f"wrote {out} and {Path(out).with_suffix('.json')} ({card['training']['wall_time_s']:.0f}s)")
-        if json_out:
-            print_json(card)
-        return
+    if o.method != "magnet":
+        fail("--recalibrate: only with --method magnet", EXIT_USAGE)
     try:
-        cfg = TrainConfig(method=method, dataset=dataset, data=data, arch=arch, width=width, norm=norm, eps=eps,
-                          delta=delta, steps=steps, step_size=step_size, delta_steps=delta_steps,
-                          preempt_direction=preempt_direction, sigma=sigma, replays=replays, epochs=epochs,
-                          batch_size=batch_size, lr=lr, schedule=schedule, early_stop=early_stop, limit=limit,
-                          labelled=labelled, unlabelled=unlabelled, pseudo_labeller=pseudo_labeller,
-                          image_size=image_size, channels=channels, attack_bn=attack_bn,
-                          val_size=val_size, curve_size=curve_size, seed=seed, threads=threads, device=pick_device(device))
+        card = recalibrate_magnet(o.out, temperature=o.temperature, fpr=o.fpr, data=o.data, command=o.command)
+    except (DataError, ModelError, ValueError, OSError, KeyError) as e:
+        fail(f"{o.out}: {e}", exc=e)
+    det, jsd = card["detector"], card["jsd_detector"]
+    err_console.print(f"recalibrated {Path(o.out).with_suffix('.json')}: ℓ1 error > {det['threshold']:.4g}, "
+                      f"JSD (T={jsd['temperature']:g}) > {jsd['threshold']:.4g} at {100 * o.fpr:g}% false positives "
+                      f"on {det['n_val']} held-out images")
+    if o.json_out:
+        print_json(card)
+
+
+def _train_defense(o: SimpleNamespace) -> None:
+    from ..data import DataError
+    from ..models import ModelError
+    from ..train.generative import DefenseTrainConfig, train_defense
+
+    gcfg = DefenseTrainConfig(method=o.method, classifier=o.classifier, dataset=o.dataset, data=o.data, epochs=o.epochs,
+                              batch_size=o.batch_size, lr=None if o.lr == 0.05 else o.lr, noise=o.noise, fpr=o.fpr,
+                              jsd_temperature=o.temperature, width=None if o.width == 32 else o.width, z_dim=o.z_dim,
+                              val_size=o.val_size, limit=o.limit, seed=o.seed, threads=o.threads,
+                              device=pick_device(o.device))
+
+    def show(rec: dict) -> None:
+        if rec.get("end_of_epoch"):
+            err_console.print(f"epoch {rec['epoch']}: loss={rec['loss']:.4f}  ({rec['seconds']:.0f}s)")
+
+    try:
+        card = train_defense(gcfg, out=o.out, run_dir=o.run_dir or Path(str(o.out) + ".run"), resume=o.resume,
+                             command=o.command, on_step=show)
+    except (DataError, ModelError, ValueError, OSError) as e:
+        fail(str(e), exc=e)
+    err_console.print(f"wrote {o.out} and {Path(o.out).with_suffix('.json')} ({card['training']['wall_time_s']:.0f}s)")
+    if o.json_out:
+        print_json(card)
+
+
+def _train_classifier(o: SimpleNamespace) -> None:
+    from dataclasses import fields
+
+    from ..data import DataError
+    from ..models import ModelError
+    from ..train import TrainConfig, train
+
+    known = {f.name for f in fields(TrainConfig)} - {"device"}
+    try:
+        cfg = TrainConfig(**{k: v for k, v in vars(o).items() if k in known}, device=pick_device(o.device))
     except ValueError as e:
         fail(str(e), EXIT_USAGE, exc=e)
     quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 reports
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=err_console, transient=False, disable=quiet) as bar:
-        task = bar.add_task(f"{method} epoch 1/{epochs}", total=None, info="")
+        task = bar.add_task(f"{o.method} epoch 1/{o.epochs}", total=None, info="")
 
         def on_step(rec: dict) -> None:
             if quiet:
@@ -132,16 +159,16 @@ def train_cmd(
                 vals = "  ".join(f"{k}={v:.3f}" for k, v in rec.items() if k.startswith("val_"))
                 bar.console.print(f"epoch {rec['epoch']}: loss={rec['loss']:.4f}  {vals}  ({rec['seconds']:.0f}s)")
                 return
-            bar.update(task, description=f"{method} epoch {rec['epoch']}/{epochs}", completed=rec["batch"],
+            bar.update(task, description=f"{o.method} epoch {rec['epoch']}/{o.epochs}", completed=rec["batch"],
                        total=rec["batches"], info=f"loss {rec['loss']:.4f}")
 
         try:
-            res = train(cfg, run_dir=run_dir or Path(str(out) + ".run"), out=out, resume=resume,
-                        command=command, on_step=on_step)
+            res = train(cfg, run_dir=o.run_dir or Path(str(o.out) + ".run"), out=o.out, resume=o.resume,
+                        command=o.command, on_step=on_step)
         except (DataError, ModelError, ValueError, OSError) as e:
             fail(str(e), exc=e)
     if quiet:
         return
-    err_console.print(f"wrote {out} and {Path(out).with_suffix('.json')} ({res.seconds:.0f}s)")
-    if json_out:
-        print_json({"out": str(out), "history": res.history, "seconds": res.seconds})
+    err_console.print(f"wrote {o.out} and {Path(o.out).with_suffix('.json')} ({res.seconds:.0f}s)")
+    if o.json_out:
+        print_json({"out": str(o.out), "history": res.history, "seconds": res.seconds})
