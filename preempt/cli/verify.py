@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import typer
 from rich.markup import escape
@@ -40,10 +40,26 @@ from .common import (
 )
 from .tables import attack_table, verify_table
 
+OriginalOpt = Annotated[list[Path] | None, typer.Option(
+    "--original", help="The originals, one per photo in the same order (files or folders); attacked too, for before vs after.")]
+ResolutionOpt = Annotated[Literal["auto", "model", "full"], typer.Option(
+    help="auto/model: attack a large photo at the model's input resolution over the image of its ε-ball (contains "
+         "every full-resolution attack; fast); full: attack every pixel.")]
+ReencodeOpt = Annotated[str | None, typer.Option(
+    help="Also attack each photo as a service would receive it: through the real codec, before and after the attack, "
+         "e.g. 'jpeg:85', 'jpeg:95,jpeg:75' or 'worst' (q 95/85/75/60, long side 1080/2048, double compression).")]
+ResizeOpt = Annotated[str | None, typer.Option(
+    help="Service resize before --reencode: long side in px (or P%), e.g. '1080' or '1080,2048'.")]
+SurrogateOpt = Annotated[str | None, typer.Option(
+    help="blackbox suite: a torch model to craft transfer attacks on (default: fmnist-linf-preempt-d3 for grey models, "
+         "efficientnet-lite0 for colour ones).")]
+AdaptiveOpt = Annotated[bool, typer.Option(
+    help="Also run the adaptive white-box attack that first tries to undo robustification.")]
+
 
 def verify_cmd(
     paths: list[Path] = typer.Argument(..., help="Photos and/or folders to attack."),
-    original: list[Path] | None = typer.Option(None, "--original", help="The originals, one per photo in the same order (files or folders); attacked too, for before vs after."),
+    original: OriginalOpt = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     card: CardOpt = None,
@@ -53,26 +69,21 @@ def verify_cmd(
     mean: MeanOpt = None,
     std: StdOpt = None,
     channels: ChannelsOpt = None,
-    resolution: Literal["auto", "model", "full"] = typer.Option("auto",
-                                   help="auto/model: attack a large photo at the model's input resolution over the image "
-                                        "of its ε-ball (contains every full-resolution attack; fast); full: attack every pixel."),
-    reencode: str | None = typer.Option(None, help="Also attack each photo as a service would receive it: through the "
-                                           "real codec, before and after the attack, e.g. 'jpeg:85', 'jpeg:95,jpeg:75' or "
-                                           "'worst' (q 95/85/75/60, long side 1080/2048, double compression)."),
-    resize: str | None = typer.Option(None, help="Service resize before --reencode: long side in px (or P%), e.g. '1080' "
-                                         "or '1080,2048'."),
+    resolution: ResolutionOpt = "auto",
+    reencode: ReencodeOpt = None,
+    resize: ResizeOpt = None,
     norm: Literal["linf", "l2"] | None = typer.Option(None, help="linf | l2 (default: the model's)."),
     eps: float | None = budget_option(None, "Attack budget ε (default: the model's)."),
     suite: SuiteName = typer.Option("strong", help=suite_help() + "."),
     steps: int = typer.Option(20, help="PGD steps (suites pgd and strong)."),
     restarts: int = typer.Option(1, help="PGD random restarts."),
-    adaptive: bool = typer.Option(False, help="Also run the adaptive white-box attack that first tries to undo robustification."),
+    adaptive: AdaptiveOpt = False,
     certify: bool = typer.Option(False, help="Randomized-smoothing certificate (CERTIFY) per image."),
     sigma: float = typer.Option(0.25, help="Smoothing noise σ for --certify."),
     n0: int = typer.Option(100, help="CERTIFY: samples that pick the class."),
     n: int = typer.Option(10000, help="CERTIFY: samples that bound its probability."),
     alpha: float = typer.Option(0.001, help="CERTIFY: failure probability."),
-    surrogate: str | None = typer.Option(None, help="blackbox suite: a torch model to craft transfer attacks on (default: fmnist-linf-preempt-d3 for grey models, efficientnet-lite0 for colour ones)."),
+    surrogate: SurrogateOpt = None,
     checks: bool = typer.Option(True, help="Honesty checks (randomized model, softmax, zero gradients, ...)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     seed: int = typer.Option(0),
@@ -83,14 +94,39 @@ def verify_cmd(
 ) -> None:
     """Attack photos (by default with the attacks of robustify's check, from other random starts); exit code 3 if
     any is not robust."""
-    from ..pipeline import NoImages, VerifyConfig, verify_files
-    from ..pipeline.photos import PhotoError
-    from ..pipeline.report import summarize, write_html
+    from ..pipeline.merge import shard_doc
+    from ..pipeline.report import summarize
 
     share = shard_or_fail(shard)
     spec = ModelSpec(model, weights, card, input_size, resize_policy, resize_size, mean, std, channels)
     dev, clf, norm, eps, _ = model_and_budgets(spec, device, norm, eps)
+    cfg = _config(clf, dev, suite, surrogate, reencode, resize, norm=norm, eps=eps, steps=steps, restarts=restarts,
+                  seed=seed, adaptive=adaptive, checks=checks, certify=certify, sigma=sigma, n0=n0, n=n, alpha=alpha,
+                  resolution=resolution)
+    missing = [p for p in [*paths, *(original or [])] if not p.exists()]
+    for p in missing:
+        report_error(f"{p}: no such file or folder")
+    if missing:
+        raise typer.Exit(EXIT_ERROR)
+    outcome = _attack_files(paths, original, clf, cfg, dev, share)
+    results = outcome.files
+    summary = shard_doc(summarize(results, cfg.describe(), model=clf.name, device=dev, flags=outcome.flags), share, results)
+    _render(outcome, summary, cfg, clf, share, with_orig=bool(original))
+    if json_out:  # before the report: an unwritable report path must not lose the JSON
+        print_json(summary)
+    save_json(json_file, summary, share)
+    _write_report(report, summary, results)
+    s = summary["summary"]
+    code = EXIT_ERROR if s["failed"] else EXIT_NOT_ROBUST if s["not_robust"] else EXIT_OK
+    raise typer.Exit(share_exit(code, share))
+
+
+def _config(clf, dev: str, suite: str, surrogate: str | None, reencode: str | None, resize: str | None, **kw):
+    """The VerifyConfig: the suite the model allows (blackbox for ONNX, with a bundled surrogate of
+    its kind), the service transforms; usage errors exit 2."""
+    from ..pipeline import VerifyConfig
     from ..pipeline.verify_job import suite_for
+    from ..verdict.upload import service_spec
 
     try:
         run, note = suite_for(clf, suite)
@@ -103,22 +139,19 @@ def verify_cmd(
 
         surrogate = FMNIST_MODEL if clf.pre.channels == 1 else IMAGENET_MODEL
     sur = load_model_or_fail(surrogate, dev) if run == "blackbox" else None
-    cfg = VerifyConfig(norm=norm, eps=eps, suite=run, steps=steps, restarts=restarts, seed=seed, adaptive=adaptive,
-                       checks=checks, certify=certify, surrogate=sur, sigma=sigma, n0=n0, n=n, alpha=alpha,
-                       resolution=resolution)
-    from ..verdict.upload import service_spec
-
+    cfg = VerifyConfig(suite=run, surrogate=sur, **kw)
     try:
-        uploads = service_spec(reencode, resize)
+        cfg.uploads = service_spec(reencode, resize)
     except ValueError as e:
         fail(f"--reencode/--resize: {e}", EXIT_USAGE, e)
-    cfg.uploads = uploads
-    missing = [p for p in [*paths, *(original or [])] if not p.exists()]
-    for p in missing:
-        report_error(f"{p}: no such file or folder")
-    if missing:
-        raise typer.Exit(EXIT_ERROR)
+    return cfg
+
+
+def _attack_files(paths: list[Path], original: list[Path] | None, clf, cfg, dev: str, share):
+    """verify_files under a progress bar (on stderr, gone when done)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..pipeline import NoImages, verify_files
 
     with Progress(TextColumn("[bold]verify"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
                   TimeElapsedColumn(), console=err_console, transient=True) as bar:
@@ -132,19 +165,20 @@ def verify_cmd(
             bar.update(task, last=f"{name} on {left} still robust…")
 
         try:
-            outcome = verify_files(paths, clf, originals=original or None, config=cfg, device=dev, shard=share, on_file=on_file,
-                                   on_plan=lambda n: bar.update(task, total=n), on_attack=on_attack)
+            return verify_files(paths, clf, originals=original or None, config=cfg, device=dev, shard=share,
+                                on_file=on_file, on_plan=lambda n: bar.update(task, total=n), on_attack=on_attack)
         except NoImages as e:
             fail(str(e), EXIT_ERROR, e)
         except ValueError as e:
             fail(str(e), EXIT_USAGE, e)
-    results = outcome.files
-    from ..pipeline.merge import shard_doc
 
-    summary = shard_doc(summarize(results, cfg.describe(), model=clf.name, device=dev, flags=outcome.flags), share, results)
-    with_orig = bool(original)
-    what = (f"PGD-{steps}" if run == "pgd" else f"suite {run}") + (f", uploads {uploads}" if uploads else "")
-    t = verify_table(results, (f"share {share}: " if share else "") + f"{what} {norm} ε={format_budget(eps)} on {clf.name}", with_orig)
+
+def _render(outcome, summary: dict, cfg, clf, share, *, with_orig: bool) -> None:
+    """The per-photo table, the per-attack table, warnings, honesty flags, certificates (stderr)."""
+    results, run = outcome.files, cfg.suite
+    what = (f"PGD-{cfg.steps}" if run == "pgd" else f"suite {run}") + (f", uploads {cfg.uploads}" if cfg.uploads else "")
+    t = verify_table(results, (f"share {share}: " if share else "")
+                     + f"{what} {cfg.norm} ε={format_budget(cfg.eps)} on {clf.name}", with_orig)
     s = summary["summary"]
     t.caption = (f"robust accuracy {s['robust_accuracy']:.1%} ({s['robust']}/{s['verified']})"
                  + (f", originals {s['original_robust_accuracy']:.1%}" if "original_robust_accuracy" in s else "")
@@ -159,16 +193,18 @@ def verify_cmd(
         err_console.print(f"{mark} {f.verdict} ({f.name}: {f.detail})", highlight=False)
     if s.get("certified"):
         c = s["certified"]
-        err_console.print(f"randomized smoothing σ={sigma:g}: {c['abstain']} abstained, mean certified ℓ2 radius "
+        err_console.print(f"randomized smoothing σ={cfg.sigma:g}: {c['abstain']} abstained, mean certified ℓ2 radius "
                           f"{c['mean_radius']:.3f}, {c['certified_at_eps']} certified at ε", highlight=False)
-    if json_out:  # before the report: an unwritable report path must not lose the JSON
-        print_json(summary)
-    save_json(json_file, summary, share)
-    if report:
-        try:
-            write_html(report, summary, results)
-        except (OSError, PhotoError) as e:
-            fail(f"{report}: cannot write the report ({getattr(e, 'strerror', None) or e})", EXIT_ERROR, e)
-        err_console.print(f"report written to {report}", highlight=False)
-    code = EXIT_ERROR if s["failed"] else EXIT_NOT_ROBUST if s["not_robust"] else EXIT_OK
-    raise typer.Exit(share_exit(code, share))
+
+
+def _write_report(report: Path | None, summary: dict, results) -> None:
+    from ..pipeline.photos import PhotoError
+    from ..pipeline.report import write_html
+
+    if not report:
+        return
+    try:
+        write_html(report, summary, results)
+    except (OSError, PhotoError) as e:
+        fail(f"{report}: cannot write the report ({getattr(e, 'strerror', None) or e})", EXIT_ERROR, e)
+    err_console.print(f"report written to {report}", highlight=False)
