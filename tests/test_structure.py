@@ -317,3 +317,12 @@ def test_the_version_is_written_once_in_the_package_and_matches_pyproject():
 
     pyproject = tomllib.loads((Path(preempt.__file__).parents[1] / "pyproject.toml").read_text())
     assert preempt.__version__ == __version__ == pyproject["project"]["version"]
+
+
+def test_no_function_is_longer_than_80_lines():
+    import ast
+
+    long = [f"{rel}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for rel, tree in _package_sources() for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80]
+    assert not long, long

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import typer
 from rich.markup import escape
@@ -40,15 +40,59 @@ from .common import (
 )
 from .tables import summary_table
 
+# options whose help does not fit on one line of the signature
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder; NAME.ext becomes OUT/[sub-folders/]NAME.robust.png.")]
+ModelsOpt = Annotated[list[str] | None, typer.Option(
+    "--model", "-m", help="Bundled name (preempt models; default efficientnet-lite0), torchvision:NAME, or a model file. "
+    "Repeat it to be robust for several models at once (--model efficientnet-lite0 --model efficientnet-lite1): the other "
+    "flags describe the first.")]
+InnerStepsOpt = Annotated[int | None, typer.Option(
+    help="Steps of the unrolled inner attack (T; default 10, or what the model card recommends).")]
+CheckOpt = Annotated[Literal["strong", "strong-once", "thorough", "pgd"] | None, typer.Option(
+    help="What decides 'robust' (default strong, with the APGD-T targets the model card recommends): strong = PGD-20 "
+         "twice, then APGD-CE and APGD-T from 2 random starts (verify's default suite runs them from one: measured "
+         "99.4-99.6% agreement); strong-once = APGD from one start (0.7× the passes, ~1% of its claims fall to verify); "
+         "thorough = AutoAttack's 100 APGD iterations and 9 targets (one start; ~3.5× the passes of strong); pgd = one "
+         "PGD-20 (~3% of its claims fall to another PGD-20).")]
+SettleOpt = Annotated[int, typer.Option(
+    min=0, help="Outer steps more after a photo first passes its check, then checked again (kept only if it passes "
+    "too): a deeper point for more passes. --settle 30 runs every step of the default --steps 30 (measured in "
+    "results/reproduce.md).")]
+InnerLossOpt = Annotated[Literal["ce", "ce+dlr-t", "margin-mt"] | None, typer.Option(
+    help="The inner attack: ce (the paper's unrolled PGD), ce+dlr-t (every other outer step AutoAttack's targeted DLR "
+         "towards the 3 likeliest wrong classes), margin-mt (persistent attackers on the --inner-targets likeliest wrong "
+         "classes, for standard classifiers). Default: ce, or the model card's.")]
+RetryOpt = Annotated[Literal["none", "rmsprop"], typer.Option(
+    help="rmsprop: photos the loop could not verify run once more with the reference code's tanh-box RMSprop (ℓ∞; "
+         "photos robustified at full resolution; measured in results/reproduce.md).")]
+InitOpt = Annotated[Literal["auto", "original", "descent", "random"], typer.Option(
+    help="Start: auto (what the model card recommends, else original), original, descent or random.")]
+GoalOpt = Annotated[Literal["strongest", "least-visible"], typer.Option(
+    help="least-visible: once verified, shrink the change while it stays robust (a few more checks).")]
+WhereOpt = Annotated[Literal["auto", "model", "full"], typer.Option(
+    help="Where robustify works: auto/model = at the model's input resolution, lifted to the photo (fast for large "
+         "photos); full = every pass on every pixel (the reference path).")]
+SurviveOpt = Annotated[str | None, typer.Option(
+    help="Stay robust through what a service does to uploads, e.g. 'jpeg:75-95,resize:1080,2048' or 'worst' "
+         "(expectation over these in the loss; the check runs them through the real codec). Works on the photo's own "
+         "pixels.")]
+FormatOpt = Annotated[Literal["auto", "png", "jpeg"], typer.Option(
+    "--format", help="auto: JPEG for JPEG inputs when --survive includes jpeg (at the highest quality robustified for), "
+    "else PNG; png: lossless; jpeg: kept inside δ or reported over-budget, verified again as decoded.")]
+QualityOpt = Annotated[int | None, typer.Option(
+    min=1, max=100, help="JPEG quality (default: the highest in --survive, else 95).")]
+SigmaOpt = Annotated[float | None, typer.Option(
+    "--smoothing-sigma", help="Robustify the randomized-smoothing classifier with Gaussian noise σ (loss averaged over "
+    "--noise-samples draws).")]
+BatchOpt = Annotated[int, typer.Option(
+    help="Photos of the same size robustified together (and at most 2 megapixels of photos per batch: seven 512×512 "
+         "photos, one 12 MP photo).")]
+
 
 def robustify_cmd(
     paths: list[Path] = typer.Argument(..., help="Photos and/or folders (walked for images)."),
-    out: Path = typer.Option(Path("robustified"), "--out", "-o",
-                             help="Output folder; NAME.ext becomes OUT/[sub-folders/]NAME.robust.png."),
-    model: list[str] | None = typer.Option(None, "--model", "-m", help="Bundled name (preempt models; default "
-                                           "efficientnet-lite0), torchvision:NAME, or a model file. Repeat it to be robust "
-                                           "for several models at once (--model efficientnet-lite0 --model efficientnet-lite1): "
-                                           "the other flags describe the first."),
+    out: OutOpt = Path("robustified"),
+    model: ModelsOpt = None,
     weights: WeightsOpt = None,
     card: CardOpt = None,
     input_size: InputSizeOpt = None,
@@ -61,50 +105,26 @@ def robustify_cmd(
     delta: float | None = budget_option(None, "Robustification budget δ (default: the model's)."),
     eps: float | None = budget_option(None, "Attack budget ε to be robust against (default: the model's)."),
     steps: int = typer.Option(30, help="Outer steps at most."),
-    inner_steps: int | None = typer.Option(None, help="Steps of the unrolled inner attack (T; default 10, or what the model card recommends)."),
+    inner_steps: InnerStepsOpt = None,
     check_steps: int = typer.Option(20, help="Steps of the PGD check that decides 'robust'."),
-    check: Literal["strong", "strong-once", "thorough", "pgd"] | None = typer.Option(None, help="What decides 'robust' (default strong, with the APGD-T targets the model card recommends): "
-                                                   "strong = PGD-20 twice, then APGD-CE and APGD-T from 2 random starts "
-                                                   "(verify's default suite runs them from one: measured 99.4-99.6% "
-                                                   "agreement); strong-once = APGD from one start (0.7× the passes, "
-                                                   "~1% of its claims fall to verify); thorough = AutoAttack's 100 APGD "
-                                                   "iterations and 9 targets (one start; ~3.5× the passes of strong); "
-                                                   "pgd = one PGD-20 (~3% of its claims fall to another PGD-20)."),
-    settle: int = typer.Option(0, min=0, help="Outer steps more after a photo first passes its check, then checked "
-                                              "again (kept only if it passes too): a deeper point for more passes. "
-                                              "--settle 30 runs every step of the default --steps 30 (measured in results/reproduce.md)."),
-    inner_loss: Literal["ce", "ce+dlr-t", "margin-mt"] | None = typer.Option(None, help="The inner attack: ce (the "
-                                                          "paper's unrolled PGD), ce+dlr-t (every other outer step AutoAttack's "
-                                                          "targeted DLR towards the 3 likeliest wrong classes), margin-mt "
-                                                          "(persistent attackers on the --inner-targets likeliest wrong classes, "
-                                                          "for standard classifiers). Default: ce, or the model card's."),
+    check: CheckOpt = None,
+    settle: SettleOpt = 0,
+    inner_loss: InnerLossOpt = None,
     inner_targets: int | None = typer.Option(None, min=1, help="margin-mt: attackers per photo (default 4, or the card's)."),
-    max_delta: float | None = budget_option(None, "δ escalation: photos not robust at --delta run again at 2δ, 4δ, … up to this "
-                                            "(default: none, or the card's)."),
-    retry: Literal["none", "rmsprop"] = typer.Option("none", help="rmsprop: photos the loop could not verify run once "
-                                                     "more with the reference code's tanh-box RMSprop (ℓ∞; photos "
-                                                     "robustified at full resolution; measured in results/reproduce.md)."),
-    init: Literal["auto", "original", "descent", "random"] = typer.Option("auto",
-                             help="Start: auto (what the model card recommends, else original), original, descent or random."),
-    goal: Literal["strongest", "least-visible"] = typer.Option("strongest",
-                             help="least-visible: once verified, shrink the change while it stays robust (a few more checks)."),
-    resolution: Literal["auto", "model", "full"] = typer.Option("auto",
-                                   help="Where robustify works: auto/model = at the model's input resolution, lifted to the "
-                                        "photo (fast for large photos); full = every pass on every pixel (the reference path)."),
-    survive: str | None = typer.Option(None, help="Stay robust through what a service does to uploads, e.g. "
-                                          "'jpeg:75-95,resize:1080,2048' or 'worst' (expectation over these in the loss; "
-                                          "the check runs them through the real codec). Works on the photo's own pixels."),
-    fmt: Literal["auto", "png", "jpeg"] = typer.Option("auto", "--format",
-                             help="auto: JPEG for JPEG inputs when --survive includes jpeg (at the highest quality "
-                                  "robustified for), else PNG; png: lossless; jpeg: kept inside δ or reported over-budget, "
-                                  "verified again as decoded."),
-    quality: int | None = typer.Option(None, min=1, max=100, help="JPEG quality (default: the highest in --survive, else 95)."),
+    max_delta: float | None = budget_option(None, "δ escalation: photos not robust at --delta run again at 2δ, 4δ, … "
+                                            "up to this (default: none, or the card's)."),
+    retry: RetryOpt = "none",
+    init: InitOpt = "auto",
+    goal: GoalOpt = "strongest",
+    resolution: WhereOpt = "auto",
+    survive: SurviveOpt = None,
+    fmt: FormatOpt = "auto",
+    quality: QualityOpt = None,
     overwrite: bool = typer.Option(False, help="Replace existing outputs (default: skip them, so reruns resume)."),
     strip_metadata: bool = typer.Option(False, help="Drop EXIF and ICC profile."),
-    sigma: float | None = typer.Option(None, "--smoothing-sigma", help="Robustify the randomized-smoothing classifier with Gaussian noise σ (loss averaged over --noise-samples draws)."),
+    sigma: SigmaOpt = None,
     noise_samples: int = typer.Option(8, help="Noise draws per pass with --smoothing-sigma."),
-    batch_size: int = typer.Option(64, help="Photos of the same size robustified together (and at most 2 megapixels "
-                                        "of photos per batch: seven 512×512 photos, one 12 MP photo)."),
+    batch_size: BatchOpt = 64,
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     seed: int = typer.Option(0),
     shard: ShardOpt = None,
@@ -115,13 +135,8 @@ def robustify_cmd(
 
     Exit codes: 0 every photo robust, 1 a file failed, 2 usage, 3 a photo is not robust or over budget (a skipped
     output counts as robust only if it was written robust for the same model, norm, δ, ε and --survive)."""
-    import torch
+    import time
 
-    from ..algorithms.robustify import RobustifyConfig, recommended, resolve_init
-    from ..pipeline.merge import shard_doc
-    from ..pipeline.results import in_input_order
-    from ..pipeline.robustify_job import model_name
-    from ..verdict.check import CHECKS
     from ..verdict.upload import parse
 
     try:
@@ -131,14 +146,36 @@ def robustify_cmd(
     share = shard_or_fail(shard)
     spec = ModelSpec(model[0] if model else None, weights, card, input_size, resize_policy, resize_size, mean, std, channels)
     dev, clf, norm, eps, delta = model_and_budgets(spec, device, norm, eps, delta)
-    others = [load_model_or_fail(name, dev) for name in (model or [])[1:]]
+    clf, others = _models(paths, clf, model, dev, sigma, noise_samples, seed, check_steps)
+    cfg = _config(clf, check, dict(inner_steps=inner_steps, inner_loss=inner_loss, inner_targets=inner_targets,
+                                   max_delta=max_delta), init, norm=norm, delta=delta, eps=eps, steps=steps,
+                  check_steps=check_steps, settle=settle, retry=retry, seed=seed, goal=goal, resolution=resolution,
+                  survive=survive)
+    err_console.print(_header(share, [clf, *others], dev, cfg, check or "strong", check_steps, survive), highlight=False)
+    done: list = []
+    t0, interrupted = time.perf_counter(), False
+    try:
+        _run(paths, out, [clf, *others] if others else clf, cfg, done, fmt=fmt, quality=quality, overwrite=overwrite,
+             strip_metadata=strip_metadata, batch_size=batch_size, device=dev, shard=share)
+    except KeyboardInterrupt:  # the photos finished so far still get their table and JSON
+        interrupted = True
+    _finish(paths, out, [clf, *others], dev, cfg, done, share, json_out, json_file, interrupted, time.perf_counter() - t0)
+
+
+def _models(paths: list[Path], clf, names: list[str] | None, dev: str, sigma: float | None, noise_samples: int,
+            seed: int, check_steps: int):
+    """(the first model, smoothed with --smoothing-sigma, and the other --model models); refuses ONNX
+    and a check without steps."""
+    import torch
+
+    others = [load_model_or_fail(name, dev) for name in (names or [])[1:]]
     if not clf.differentiable:
         fail(f"{clf.name}: an ONNX model has no gradients, so it cannot be robustified against; use the torch model it "
              "was exported from (or its TorchScript/state_dict file) here, and the ONNX file with preempt verify",
              EXIT_ERROR)
     if check_steps < 1:
         fail("--check-steps must be >= 1: robust means a check found no attack", EXIT_USAGE)
-    colour_notice(paths, clf, given=bool(model))
+    colour_notice(paths, clf, given=bool(names))
     for p in paths:
         if not p.exists():
             report_error(f"{p}: no such file or folder")
@@ -151,33 +188,38 @@ def robustify_cmd(
             clf = Smoothed(clf, sigma, noise_samples, generator=torch.Generator(device=dev).manual_seed(seed))
         except ValueError as e:
             fail(f"--smoothing-sigma / --noise-samples: {e}", EXIT_USAGE, e)
-    given = {k: v for k, v in dict(inner_steps=inner_steps, inner_loss=inner_loss, inner_targets=inner_targets,
-                                   max_delta=max_delta).items() if v is not None}
+    return clf, others
+
+
+def _config(clf, check: str | None, given: dict, init: str, **kw):
+    """The RobustifyConfig: the strong check, then what the model card recommends, then the flags given."""
+    from ..algorithms.robustify import RobustifyConfig, recommended, resolve_init
+    from ..verdict.check import CHECKS
+
+    given = {k: v for k, v in given.items() if v is not None}
     settings = {**CHECKS["strong"], **recommended(clf), **given, **(CHECKS[check] if check else {})}
-    if "max_delta" not in given and (settings.get("max_delta") or 0) < delta:
+    if "max_delta" not in given and (settings.get("max_delta") or 0) < kw["delta"]:
         settings.pop("max_delta", None)  # the card's cap is below the --delta asked for: no escalation
     try:
-        cfg = RobustifyConfig(norm=norm, delta=delta, eps=eps, steps=steps, check_steps=check_steps, settle=settle,
-                              retry=retry, init=resolve_init(init, clf), seed=seed, goal=goal, resolution=resolution,
-                              survive=survive, **settings)
+        cfg = RobustifyConfig(init=resolve_init(init, clf), **kw, **settings)
         cfg.validate()
     except ValueError as e:
         fail(str(e), EXIT_USAGE, e)
-    err_console.print(_header(share, [clf, *others], dev, cfg, check or "strong", check_steps, survive), highlight=False)
-    import time
+    return cfg
 
-    done: list = []
-    t0, interrupted = time.perf_counter(), False
-    try:
-        _run(paths, out, [clf, *others] if others else clf, cfg, done, fmt=fmt, quality=quality, overwrite=overwrite,
-             strip_metadata=strip_metadata, batch_size=batch_size, device=dev, shard=share)
-    except KeyboardInterrupt:  # the photos finished so far still get their table and JSON
-        interrupted = True
+
+def _finish(paths: list[Path], out: Path, models: list, dev: str, cfg, done: list, share, json_out: bool,
+            json_file, interrupted: bool, wall: float) -> None:
+    """The summary table, the JSON (stdout and/or file), the exit code."""
+    from ..pipeline.merge import shard_doc
+    from ..pipeline.results import in_input_order
+    from ..pipeline.robustify_job import model_name
+
     results = in_input_order(done)
     missing = sum(not p.exists() for p in paths)
     title = (f"interrupted: {len(results)} finished, " if interrupted else "") + f"robustified into {out}/"
-    err_console.print(summary_table(results, title=title, wall=time.perf_counter() - t0))
-    doc = shard_doc({"model": model_name([clf, *others]), "device": dev, "config": cfg.__dict__, "out": str(out),
+    err_console.print(summary_table(results, title=title, wall=wall))
+    doc = shard_doc({"model": model_name(models), "device": dev, "config": cfg.__dict__, "out": str(out),
                      "files": [r.to_dict() for r in results], **({"interrupted": True} if interrupted else {})}, share, results)
     if json_out:
         print_json(doc)
