@@ -34,6 +34,7 @@ from ..core.quantize import quantize, quantize_change
 from ..core.resolution import RESOLUTIONS, at_model_input, resampling_for
 from ..core.threat import ThreatModel, threat_model
 from ..models.resample import Resampling
+from ..models.wrapper import Classifier
 from ..verdict import upload
 from ..verdict.check import CHECKS, STRONG_LOSS, check, check_stages_error, through_uploads
 from .persistent import PersistentAdversaries
@@ -191,7 +192,7 @@ RECOMMENDABLE = ("inner_loss", "inner_steps", "inner_targets", "inner_eps_scale"
                  "check_apgd_steps", "max_delta")
 
 
-def recommended(model) -> dict:
+def recommended(model: Model) -> dict:
     """The robustify settings a model's card recommends (``card["robustify"]``: what was measured to
     work for it, e.g. the persistent multi-target attack for the standard ImageNet models), restricted
     to :data:`RECOMMENDABLE`.  ``init`` has its own resolution (:func:`resolve_init`)."""
@@ -199,7 +200,7 @@ def recommended(model) -> dict:
     return {k: v for k, v in rec.items() if k in RECOMMENDABLE}
 
 
-def resolve_init(init: str, model) -> str:
+def resolve_init(init: str, model: Model) -> str:
     """``auto`` → the start the model's card recommends (``card["robustify"]["init"]``, set where
     it was measured to help), else ``original``.
 
@@ -242,7 +243,7 @@ class _Problem:
     model input (``work``): the photo is x_o + U·e and the model input z_o + (Rh·Uh)·e·(Rw·Uw)ᵀ
     (see :mod:`preempt.core.resolution`)."""
 
-    def __init__(self, model, x_o: torch.Tensor, cfg: RobustifyConfig, resampling: Resampling | None,
+    def __init__(self, model: Model, x_o: torch.Tensor, cfg: RobustifyConfig, resampling: Resampling | None,
                  work: Resampling | None = None) -> None:
         self.x_o, self.r, self.work, self.cfg = x_o, resampling, work, cfg
         self.dball = cfg.delta_ball()
@@ -252,6 +253,7 @@ class _Problem:
         if resampling is None:
             self.model, self.eball = model, eball
         else:
+            assert isinstance(model, Classifier)  # resampling_for resamples for a Classifier only
             self.model = model.at_input_size()
             self.eball = eball.with_eps(cfg.eps * resampling.gain(cfg.norm))
         if work is None:
@@ -555,7 +557,7 @@ class _Joint:
         return ok, passes, det
 
 
-def _retry(model, x_o: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfig, res: RobustifyResult) -> None:
+def _retry(model: Model, x_o: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfig, res: RobustifyResult) -> None:
     """Images the loop left unverified run once more from the start with the tanh-box RMSprop; a
     photo it verifies replaces the first one (each image's steps, passes and seconds are those of
     both runs).  Measured on the 19 of 1,000 test images (1000-1999) that the sign loop left unverified
@@ -741,7 +743,7 @@ class _Ledger:
                 for i in range(len(self.final))]
 
 
-def _working_grid(model, hw: tuple[int, int], cfg: RobustifyConfig) -> tuple[Resampling | None, Resampling | None]:
+def _working_grid(model: Model, hw: tuple[int, int], cfg: RobustifyConfig) -> tuple[Resampling | None, Resampling | None]:
     """(model-input resampling or None, working-grid resampling or None); (None, None) is the
     full-resolution path.
 
@@ -806,7 +808,7 @@ def _shrink(joint: _Joint, v: torch.Tensor, idx: torch.Tensor, gen: torch.Genera
     return s, best, int(round(passes / max(len(idx), 1)))
 
 
-def judge(model, x: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfig,
+def judge(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfig,
           generator: torch.Generator | None = None) -> tuple[torch.Tensor, int, list[dict]]:
     """robustify's check on images as written (e.g. decoded from a JPEG): the configured PGD check
     where verify attacks, then each ``survive`` transform through the real codec.

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import torch
 
+from ..models.protocol import Model
 from . import losses
 from .base import AttackResult, Survivors
 from .projected_gradient import pgd, pgd_unrolled
 
 
-def adaptive(model, x: torch.Tensor, y: torch.Tensor, *, threat, splits: tuple[float, ...] = (0.25, 0.5, 0.75),
+def adaptive(model: Model, x: torch.Tensor, y: torch.Tensor, *, threat, splits: tuple[float, ...] = (0.25, 0.5, 0.75),
              undo_steps: int = 10, inner_steps: int = 10, final_steps: int = 20,
              generator: torch.Generator | None = None) -> AttackResult:
     x = x.detach()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from ..core.threat import ThreatModel
+from ..models.protocol import Logits
 from . import losses
 from .base import AttackResult, Survivors
 
@@ -38,7 +39,7 @@ def _start(threat: ThreatModel, x: torch.Tensor, generator) -> torch.Tensor:
     return (x + threat.sample_sphere(x, generator=generator)).clamp(0, 1)
 
 
-def _loss_and_grad(model, x_adv, y, loss_fn, eot: int):
+def _loss_and_grad(model: Logits, x_adv, y, loss_fn, eot: int):
     g = torch.zeros_like(x_adv)
     for _ in range(eot):
         xa = x_adv.detach().requires_grad_(True)
@@ -49,7 +50,7 @@ def _loss_and_grad(model, x_adv, y, loss_fn, eot: int):
     return logits.detach(), loss.detach(), g / eot
 
 
-def apgd(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps: int = 100,
+def apgd(model: Logits, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps: int = 100,
          loss: str | losses.Loss = "ce", target: torch.Tensor | None = None, rho: float = 0.75,
          restarts: int = 1, eot: int = 1, generator: torch.Generator | None = None) -> AttackResult:
     """APGD with ``loss`` (``ce`` or ``dlr``); with ``target`` given, the targeted DLR loss
@@ -79,7 +80,7 @@ def apgd(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps:
                                                     "step_history": history})
 
 
-def _run(model, x, y, threat, n_iter, loss_fn, rho, eot, generator):
+def _run(model: Logits, x, y, threat, n_iter, loss_fn, rho, eot, generator):
     n = len(x)
     proj = threat.projector(x)
     x_adv = proj(_start(threat, x, generator))
@@ -130,7 +131,7 @@ def _run(model, x, y, threat, n_iter, loss_fn, rho, eot, generator):
     return adv, fooled, passes, torch.stack(history) if history else None
 
 
-def apgd_targeted(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps: int = 100,
+def apgd_targeted(model: Logits, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps: int = 100,
                   n_targets: int = 9, rho: float = 0.75, eot: int = 1,
                   generator: torch.Generator | None = None) -> AttackResult:
     """APGD-T: targeted DLR towards each of the ``n_targets`` highest-ranked other classes."""

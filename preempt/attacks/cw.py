@@ -31,6 +31,7 @@ from collections.abc import Callable
 import torch
 
 from ..core.threat import ThreatModel
+from ..models.protocol import Logits
 from .base import AttackResult
 
 Penalty = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -43,7 +44,7 @@ def cw_margin(logits: torch.Tensor, y: torch.Tensor, confidence: float = 0.0) ->
     return torch.clamp(z_y - other, min=-confidence)
 
 
-def cw_l2(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel | None = None, confidence: float = 0.0,
+def cw_l2(model: Logits, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel | None = None, confidence: float = 0.0,
           binary_steps: int = 6, steps: int = 200, lr: float = 0.01, initial_c: float = 1.0,
           penalty: Penalty | None = None, accept: Penalty | None = None,
           generator: torch.Generator | None = None) -> AttackResult:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..core.threat import ThreatModel
+from ..models.protocol import Logits
 from .base import AttackResult, Survivors
 
 PROJECTIONS = ("linf", "l2")  # the norms project_hyperplane_box solves
@@ -62,7 +63,7 @@ def project_hyperplane_box(p: torch.Tensor, w: torch.Tensor, b: torch.Tensor, no
     return torch.where((r == 0)[:, None], torch.zeros_like(delta), delta)
 
 
-def _diff_and_grad(model, x, y, t):
+def _diff_and_grad(model: Logits, x, y, t):
     xa = x.detach().requires_grad_(True)
     with torch.enable_grad():
         z = model(xa)
@@ -71,7 +72,7 @@ def _diff_and_grad(model, x, y, t):
     return z.detach(), df.detach(), g
 
 
-def _fab_run(model, x, y, t, threat, steps, alpha_max, eta, beta):
+def _fab_run(model: Logits, x, y, t, threat, steps, alpha_max, eta, beta):
     """One restart of targeted FAB from the original point.
 
     Per iteration a forward-and-backward pass at the iterate and a forward pass (no graph) at
@@ -119,7 +120,7 @@ def _fab_run(model, x, y, t, threat, steps, alpha_max, eta, beta):
     return adv, best, passes
 
 
-def fab_targeted(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps: int = 100,
+def fab_targeted(model: Logits, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps: int = 100,
                  n_targets: int = 9, alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9,
                  generator: torch.Generator | None = None) -> AttackResult:
     """FAB-T: success where an adversarial point within ``threat.eps`` was found for some target.

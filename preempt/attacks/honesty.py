@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..models.protocol import Model
 from . import losses
 from .projected_gradient import loss_and_grad, pgd
 
@@ -44,7 +45,7 @@ _WORDS = {
 }
 
 
-def honesty_flags(model, x: torch.Tensor, y: torch.Tensor, threat, *, broken_by: list | None = None,
+def honesty_flags(model: Model, x: torch.Tensor, y: torch.Tensor, threat, *, broken_by: list | None = None,
                sweep: bool = True, generator: torch.Generator | None = None) -> list[Flag]:
     flags = []
     with torch.no_grad():

@@ -23,11 +23,12 @@ from __future__ import annotations
 import torch
 
 from ..core.threat import ThreatModel
+from ..models.protocol import Logits
 from . import losses
 from .base import AttackResult
 
 
-def loss_and_grad(model, x: torch.Tensor, y: torch.Tensor, loss_fn, *, create_graph: bool = False):
+def loss_and_grad(model: Logits, x: torch.Tensor, y: torch.Tensor, loss_fn, *, create_graph: bool = False):
     """Return logits at x and d sum(loss)/dx."""
     if not x.requires_grad:
         x = x.detach().requires_grad_(True)
@@ -38,7 +39,7 @@ def loss_and_grad(model, x: torch.Tensor, y: torch.Tensor, loss_fn, *, create_gr
     return logits, g
 
 
-def pgd(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps: int = 20,
+def pgd(model: Logits, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps: int = 20,
         step_size: float | None = None, random_start: bool = True, loss: str | losses.Loss = "ce",
         targeted: bool = False, early_stop: bool = True, keep: str = "first",
         generator: torch.Generator | None = None) -> AttackResult:
@@ -97,7 +98,7 @@ def pgd(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps: 
                                                 "random_start": random_start, "threat": str(threat)})
 
 
-def pgd_unrolled(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps: int = 10,
+def pgd_unrolled(model: Logits, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps: int = 10,
                  step_size: float | None = None, random_start: bool = True,
                  loss: str | losses.Loss = "ce", create_graph: bool = False, graph: str = "auto",
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
@@ -132,7 +133,7 @@ def pgd_unrolled(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel
     return x_t, passes
 
 
-def _unrolled_linf_diag(model, x, y, threat, steps, alpha, random_start, loss_fn, generator):
+def _unrolled_linf_diag(model: Logits, x, y, threat, steps, alpha, random_start, loss_fn, generator):
     eps = threat.eps
     c = x.detach()
     lo_e, hi_e = c - eps, c + eps

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..core.threat import ThreatModel
+from ..models.protocol import Model
 from .adaptive_attack import adaptive
 from .auto_pgd import apgd, apgd_targeted
 from .base import AttackResult
@@ -41,7 +42,7 @@ class Attack:
     defaults: dict[str, Any] = field(default_factory=dict)
     gradients: bool = True   # False: needs only the model's outputs (a black-box attack)
 
-    def __call__(self, model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
+    def __call__(self, model: Model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
                  generator: torch.Generator | None = None, **overrides: Any) -> AttackResult:
         return self.fn(model, x, y, threat=threat, generator=generator, **{**self.defaults, **overrides})
 

@@ -28,6 +28,7 @@ import math
 import torch
 
 from ..core.threat import ThreatModel, per_sample
+from ..models.protocol import Logits
 from . import losses
 from .base import AttackResult
 
@@ -43,7 +44,7 @@ def p_selection(p_init: float, it: int, queries: int) -> float:
     return p_init / 512
 
 
-def _margin(model, x, y):
+def _margin(model: Logits, x, y):
     with torch.inference_mode():
         m = -losses.margin(model(x), y)  # z_y − max other: minimise
     return m.clone()
@@ -167,7 +168,7 @@ def _l2_step(xa: torch.Tensor, xb: torch.Tensor, eps: float, p: float, gen) -> t
 _BY_NORM = {"linf": (_linf_init, _linf_step), "l2": (_l2_init, _l2_step)}
 
 
-def square(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, queries: int = 5000,
+def square(model: Logits, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, queries: int = 5000,
            p_init: float = 0.8, generator: torch.Generator | None = None) -> AttackResult:
     try:
         init, propose = _BY_NORM[threat.norm]

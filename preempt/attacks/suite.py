@@ -38,6 +38,7 @@ from typing import Literal
 import torch
 
 from ..core.threat import ThreatModel
+from ..models.protocol import Model
 from .base import Survivors
 from .registry import get as get_attack
 
@@ -106,7 +107,7 @@ class SuiteResult:
     passes: dict[str, int] = field(default_factory=dict)
 
 
-def default_workers(model) -> int:
+def default_workers(model: Model) -> int:
     """Python threads for :func:`run_suite`: one per torch thread on CPU (at most 4), 1 on GPU."""
     dev = getattr(model, "device", torch.device("cpu"))
     if torch.device(dev).type != "cpu":
@@ -114,7 +115,7 @@ def default_workers(model) -> int:
     return max(1, min(torch.get_num_threads(), 4))
 
 
-def run_suite(model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, suite: str = "standard",
+def run_suite(model: Model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, suite: str = "standard",
               generator: torch.Generator | None = None, surrogate=None, workers: int | None = None,
               steps: int = 20, restarts: int = 1, step_size: float | None = None,
               correct: torch.Tensor | None = None,

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import torch
 
+from ..models.protocol import Model
 from .auto_pgd import apgd
 from .base import AttackResult
 from .projected_gradient import pgd
 
 
-def transfer(model, x: torch.Tensor, y: torch.Tensor, *, threat, surrogate, attack: str = "pgd",
+def transfer(model: Model, x: torch.Tensor, y: torch.Tensor, *, threat, surrogate, attack: str = "pgd",
              generator: torch.Generator | None = None) -> AttackResult:
     if attack == "pgd":
         r = pgd(surrogate, x, y, threat=threat, steps=20, early_stop=False, keep="last", generator=generator)

@@ -55,6 +55,7 @@ from ..attacks.base import Survivors
 from ..attacks.bpda import BPDA
 from ..core.threat import ThreatModel, threat_model
 from ..models import load_model
+from ..models.protocol import Model
 
 ROWS: dict[str, str] = {
     "standard": "Standard model", "magnet": "MagNet (reconstruction detector)", "magnet-jsd": "MagNet (JSD detector)",
@@ -144,7 +145,7 @@ def _timed_predict(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Ten
     return out, 1000 * (time.perf_counter() - t0) / max(len(x), 1)
 
 
-def _pgd20(model, x, y, threat, gen, bs):
+def _pgd20(model: Model, x, y, threat, gen, bs):
     return torch.cat([pgd(model, x[s], y[s], threat=threat, steps=20, generator=gen).x_adv for s in _chunks(len(x), bs)])
 
 
@@ -166,7 +167,7 @@ class _Worst(Survivors):
         return self.robust.float().mean().item()
 
 
-def _classifier_attacks(w: _Worst, model, x, y, threat, gen, cfg: BenchConfig, *, robustified: bool) -> None:
+def _classifier_attacks(w: _Worst, model: Model, x, y, threat, gen, cfg: BenchConfig, *, robustified: bool) -> None:
     """APGD-CE, APGD-T (and on robustified images preempt's robustification-aware attack)."""
     def batched(fn):
         return lambda idx: torch.cat([~fn(x[idx[s]], y[idx[s]]).success for s in _chunks(len(idx), cfg.batch)])

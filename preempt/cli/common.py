@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ..models.protocol import Model
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_ROBUST = 0, 1, 2, 3
 # outside a terminal (a log file, a pipe) tables are not cut to 80 columns
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
@@ -229,7 +231,7 @@ def model_and_budgets(model: str | None | ModelSpec, device: str, norm: str | No
     return dev, clf, norm, eps, delta
 
 
-def colour_notice(paths: list[Path], model, *, given: bool) -> None:
+def colour_notice(paths: list[Path], model: Model, *, given: bool) -> None:
     """Say so when the photos do not fit the model picked by default: colour photos for a grey
     clothing classifier (the ImageNet model not installed), or Fashion-MNIST-sized grey images for the
     ImageNet model."""

@@ -1,6 +1,7 @@
 """``preempt robustify``: robustified copies of photos, judged as saved."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -8,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..models.protocol import Model
 from .common import (
     EXIT_ERROR,
     EXIT_NOT_ROBUST,
@@ -249,7 +251,7 @@ def _header(share, models: list, dev: str, cfg, check: str, check_steps: int, su
             + (f"; surviving {survive}" if survive else ""))
 
 
-def _run(paths: list[Path], out: Path, model, cfg, done: list, **kw) -> None:
+def _run(paths: list[Path], out: Path, model: Model | Sequence[Model], cfg, done: list, **kw) -> None:
     """robustify_files under a progress bar that moves within a batch (outer steps); each result is appended to
     ``done`` as it is written, so an interrupted run still knows what it finished."""
     from ..pipeline import NoImages, robustify_files

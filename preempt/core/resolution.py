@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ..models.protocol import Model
 from ..models.resample import Resampling
 from ..models.wrapper import Classifier
 from .threat import ThreatModel
@@ -33,7 +34,7 @@ from .threat import ThreatModel
 RESOLUTIONS = ("auto", "model", "full")
 
 
-def resampling_for(model, hw: tuple[int, int], resolution: str = "auto") -> Resampling | None:
+def resampling_for(model: Model, hw: tuple[int, int], resolution: str = "auto") -> Resampling | None:
     """The resampling to work through, or None for the full-resolution path.
 
     ``auto`` and ``model`` take the model-resolution path for a plain :class:`Classifier` whose
@@ -59,11 +60,12 @@ class ModelInput:
     resampling: Resampling | None = None
 
 
-def at_model_input(model, x: torch.Tensor, threat: ThreatModel, resolution: str = "auto") -> ModelInput:
+def at_model_input(model: Model, x: torch.Tensor, threat: ThreatModel, resolution: str = "auto") -> ModelInput:
     """``(model, x, threat)`` → the cheaper, at-least-as-strong attack problem at model resolution
     (or the same problem where that does not apply)."""
     h, w = x.shape[-2:]
     r = resampling_for(model, (int(h), int(w)), resolution)
     if r is None:
         return ModelInput(model, x, threat)
+    assert isinstance(model, Classifier)  # resampling_for gives a resampling for a Classifier only
     return ModelInput(model.at_input_size(), r.apply(x), threat.with_eps(threat.eps * r.gain(threat.norm)), r)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models.protocol import Model
 from ..models.wrapping import Wrapped
 
 
@@ -75,7 +76,7 @@ def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
     return lo
 
 
-def _counts(model, x: torch.Tensor, sigma: float, n: int, batch: int, num_classes: int,
+def _counts(model: Model, x: torch.Tensor, sigma: float, n: int, batch: int, num_classes: int,
             generator: torch.Generator | None) -> torch.Tensor:
     counts = torch.zeros(num_classes, dtype=torch.long)
     left = n
@@ -103,7 +104,7 @@ class Certificate:
         return self.prediction < 0
 
 
-def certify(model, x: torch.Tensor, *, sigma: float, n0: int = 100, n: int = 10000, alpha: float = 0.001,
+def certify(model: Model, x: torch.Tensor, *, sigma: float, n0: int = 100, n: int = 10000, alpha: float = 0.001,
             batch: int = 1000, num_classes: int | None = None,
             generator: torch.Generator | None = None) -> Certificate:
     """CERTIFY for one image ``x`` (C, H, W)."""
@@ -125,7 +126,7 @@ class Smoothed(Wrapped):
     Implements :class:`~preempt.models.Model` (noise is added to the photo's own pixels, so
     robustify and verify keep the full-resolution path for it)."""
 
-    def __init__(self, model, sigma: float, samples: int = 8, generator: torch.Generator | None = None) -> None:
+    def __init__(self, model: Model, sigma: float, samples: int = 8, generator: torch.Generator | None = None) -> None:
         if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
             raise ValueError(f"smoothing sigma {sigma}: must be a finite number > 0")
         if samples < 1:

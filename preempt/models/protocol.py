@@ -24,7 +24,9 @@ class Model(Protocol):
     :class:`~preempt.models.onnx.OnnxClassifier`.
     """
 
-    pre: Preprocessing
+    @property
+    def pre(self) -> Preprocessing: ...
+
     classes: list[str] | None
     card: Card
     differentiable: bool
@@ -36,3 +38,11 @@ class Model(Protocol):
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
     def predict(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor: ...
+
+
+class Logits(Protocol):
+    """What a gradient attack needs: photos in [0, 1] to logits, differentiably.  Every
+    :class:`Model` is one; so are a defense's pipeline (MagNet's f(AE(x))), BPDA wrappers and the
+    training loop's eval-mode view.  Attacks that also ask for labels take a :class:`Model`."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...

@@ -7,7 +7,7 @@ skipped unless ``overwrite``, so a rerun resumes where an interrupted one stoppe
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import torch
 from ..algorithms.robustify import ImageResult, RobustifyConfig, judge, robustify
 from ..core.metrics import change
 from ..core.threat import ThreatModel
+from ..models.protocol import Model
 from ..version import __version__
 from .batching import batches, planned_batches, probe
 from .jpeg import encode_jpeg_within, file_format, jpeg_quality
@@ -48,8 +49,8 @@ class _Planned:
     others: tuple[Path, ...] = ()  # the other names its output may have (removed once the new one is written)
 
 
-def plan_outputs(inputs: list[tuple[Path, Path]], out_dir: Path, model, cfg: RobustifyConfig, *, fmt: str,
-                 overwrite: bool, emit: Callable[[FileResult], None]) -> list[_Planned]:
+def plan_outputs(inputs: list[tuple[Path, Path]], out_dir: Path, model: Model | Sequence[Model], cfg: RobustifyConfig, *,
+                 fmt: str, overwrite: bool, emit: Callable[[FileResult], None]) -> list[_Planned]:
     """The inputs to robustify, each with its output path; the others are emitted as failed
     (the output would overwrite an input, two inputs would write one file, the photo cannot be
     read or would not fit in memory) or skipped (the output exists and ``overwrite`` is off)."""
@@ -91,22 +92,27 @@ def _names(src: Path, root: Path, out_dir: Path, dst: Path, fmt: str) -> list[Pa
     return [output_path(src, root, out_dir, e, robust=ok) for ok in (True, False) for e in exts]
 
 
-def _record(model, cfg: RobustifyConfig) -> dict:
+def _record(model: Model | Sequence[Model], cfg: RobustifyConfig) -> dict:
     """The settings an output's "robust" is for (written into it, compared on a rerun)."""
     return {"model": model_name(model), "norm": cfg.norm, "delta": cfg.delta, "eps": cfg.eps, "survive": cfg.survive,
             "max_delta": cfg.max_delta}
 
 
-def model_name(model) -> str:
+def model_name(model: Model | Sequence[Model]) -> str:
     """``NAME``, or ``A+B`` for photos robustified for several models at once."""
-    return "+".join(m.name for m in model) if isinstance(model, (list, tuple)) else model.name
+    return "+".join(m.name for m in models_of(model))
 
 
-def _first(model):
-    return model[0] if isinstance(model, (list, tuple)) else model
+def models_of(model: Model | Sequence[Model]) -> list[Model]:
+    """The models a run is robust for, as a list."""
+    return list(model) if isinstance(model, Sequence) else [model]
 
 
-def _skipped(src: Path, dst: Path, model, cfg: RobustifyConfig) -> FileResult:
+def _first(model: Model | Sequence[Model]) -> Model:
+    return models_of(model)[0]
+
+
+def _skipped(src: Path, dst: Path, model: Model | Sequence[Model], cfg: RobustifyConfig) -> FileResult:
     """An output that exists: skipped, and robust for this run only if preempt recorded it robust for these
     settings (so a resumed ``robustify … && upload`` is as safe as the first run)."""
     meta, now = read_meta(dst), _record(model, cfg)
@@ -127,7 +133,7 @@ def _skipped(src: Path, dst: Path, model, cfg: RobustifyConfig) -> FileResult:
                       metrics={"robust": ok, "recorded": recorded} if recorded else {"robust": ok})
 
 
-def _path_for(model, chw: tuple[int, int, int], cfg: RobustifyConfig) -> str:
+def _path_for(model: Model | Sequence[Model], chw: tuple[int, int, int], cfg: RobustifyConfig) -> str:
     """model, full or survive: the path robustify will take for a photo of this shape (for the memory estimate)."""
     from ..core.resolution import resampling_for
 
@@ -143,7 +149,7 @@ def _path_for(model, chw: tuple[int, int, int], cfg: RobustifyConfig) -> str:
         return "full"
 
 
-def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model, *,
+def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model: Model | Sequence[Model], *,
                     config: RobustifyConfig | None = None, fmt: str = "auto", quality: int | None = None,
                     overwrite: bool = False, strip_metadata: bool = False, batch_size: int = 64,
                     device: str = "cpu", shard: Shard | None = None,
@@ -211,8 +217,8 @@ def _progress(on_step: Callable[[list[Path], int, int, int], None] | None,
 class _Writer:
     """Encodes one robustified photo, judges exactly what will be on disk, writes it atomically."""
 
-    def __init__(self, model, cfg: RobustifyConfig, *, fmt: str, quality: int | None, strip_metadata: bool,
-                 device: str) -> None:
+    def __init__(self, model: Model | Sequence[Model], cfg: RobustifyConfig, *, fmt: str, quality: int | None,
+                 strip_metadata: bool, device: str) -> None:
         self.model, self.cfg, self.fmt, self.quality = model, cfg, fmt, quality
         self.strip_metadata, self.device = strip_metadata, device
         self.dball: ThreatModel = cfg.delta_ball()
@@ -262,7 +268,8 @@ class _Writer:
                                                       meta=meta)
         y1 = torch.tensor([info.label], device=xs.device)
         gen = torch.Generator(device=self.device).manual_seed(batch_seed(self.cfg.seed + 1, [meta["source"]]))
-        ok, p, det = judge(self.model, xs[None], y1, self.cfg, generator=gen)
+        # one model: robustify_files refuses --format jpeg with several (the decoded JPEG is judged by one)
+        ok, p, det = judge(_first(self.model), xs[None], y1, self.cfg, generator=gen)
         moved = change(xs[None], x_o[None])
         metrics = {**metrics, "passes": metrics["passes"] + int(p), "robust_before_encoding": info.robust,
                    "uploads": det[0], "quality": q_used, **{k: float(v[0]) for k, v in moved.items()},

@@ -18,6 +18,7 @@ from ..attacks.suite import SUITES, attack_names
 from ..core.metrics import change
 from ..core.resolution import at_model_input
 from ..core.threat import threat_model
+from ..models.protocol import Model
 from ..verdict import upload
 from .batching import batches, chw, planned_batches
 from .photos import PhotoError, iter_images, load_photo, nothing_found, original_stem
@@ -60,7 +61,7 @@ class VerifyConfig:
                 "certify": {"sigma": self.sigma, "n0": self.n0, "n": self.n, "alpha": self.alpha} if self.certify else None}
 
 
-def suite_for(model, suite: str) -> tuple[str, str | None]:
+def suite_for(model: Model, suite: str) -> tuple[str, str | None]:
     """The suite to run on ``model``: ``suite`` itself, or ``blackbox`` for a model without
     gradients (ONNX), with a one-line note saying so."""
     if suite not in SUITES:
@@ -100,7 +101,7 @@ class VerifyReport:
     warnings: list[str] = field(default_factory=list)  # one line each, e.g. doubtful pairs
 
 
-def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str | Path] | None = None,
+def verify_files(paths: Iterable[str | Path], model: Model, *, originals: Iterable[str | Path] | None = None,
                  config: VerifyConfig | None = None, device: str = "cpu", batch_size: int = 64,
                  shard: Shard | None = None, on_file: Callable[[FileResult], None] | None = None,
                  on_plan: Callable[[int], None] | None = None,
@@ -181,7 +182,7 @@ def verify_files(paths: Iterable[str | Path], model, *, originals: Iterable[str 
     return report
 
 
-def _labels(model, batch: list, pred: torch.Tensor, xo: torch.Tensor | None,
+def _labels(model: Model, batch: list, pred: torch.Tensor, xo: torch.Tensor | None,
             n_classes: int) -> tuple[torch.Tensor, list[str]]:
     """The label each photo is judged against, and where it came from: the model's answer on the
     original when given, else a label in the file's metadata, else the model's answer on the photo."""
@@ -243,7 +244,7 @@ class _Attacker:
     the image of the ε-ball for photos larger than it, preempt.core.resolution), the adaptive
     attack on what survived, each service transform through the real codec, a certificate."""
 
-    def __init__(self, model, cfg: VerifyConfig, gen: torch.Generator,
+    def __init__(self, model: Model, cfg: VerifyConfig, gen: torch.Generator,
                  on_attack: Callable[[str, int], None] | None = None) -> None:
         self.model, self.cfg, self.gen, self.on_attack = model, cfg, gen, on_attack
         self.threat = threat_model(cfg.norm, cfg.eps)

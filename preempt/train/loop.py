@@ -99,12 +99,12 @@ def _lr(cfg: TrainConfig, it: int, total: int) -> float:
 
 
 @torch.no_grad()
-def accuracy(model, x, y, bs: int = 1000) -> float:
+def accuracy(model: torch.nn.Module, x, y, bs: int = 1000) -> float:
     model.eval()
     return sum((model(x[i:i + bs]).argmax(1) == y[i:i + bs]).sum().item() for i in range(0, len(x), bs)) / max(len(x), 1)
 
 
-def robust_accuracy(model, x, y, threat, steps: int, bs: int = 500, seed: int = 0) -> float:
+def robust_accuracy(model: torch.nn.Module, x, y, threat, steps: int, bs: int = 500, seed: int = 0) -> float:
     model.eval()
     gen = torch.Generator(device=x.device).manual_seed(seed)
     ok: float = 0
@@ -209,7 +209,7 @@ def _splits(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, classes: list[st
     return xv, yv, xt, yt, pseudo
 
 
-def _resume(run: Path | None, resume: bool, model, opt, gen: torch.Generator, dev):
+def _resume(run: Path | None, resume: bool, model: Classifier, opt, gen: torch.Generator, dev):
     """(start epoch, best score, best weights, seconds so far, history) from ``run``'s checkpoint
     when resuming, else a fresh start; creates ``run``."""
     if not run:
@@ -229,7 +229,7 @@ def _resume(run: Path | None, resume: bool, model, opt, gen: torch.Generator, de
     return state["epoch"], state["best"], state.get("best_model"), state["elapsed"], history
 
 
-def _epoch(cfg: TrainConfig, epoch: int, order: torch.Tensor, data, model, update_model, opt, balls, gen, dist,
+def _epoch(cfg: TrainConfig, epoch: int, order: torch.Tensor, data, model: Classifier, update_model, opt, balls, gen, dist,
            on_step) -> tuple[float, int]:
     """One epoch of weight updates over ``data`` in ``order``: (summed loss, images seen)."""
     (xt, yt), (threat, dball) = data, balls
@@ -259,7 +259,7 @@ def _epoch(cfg: TrainConfig, epoch: int, order: torch.Tensor, data, model, updat
 class _EvalMode(torch.nn.Module):
     """Runs the model in eval mode (BatchNorm on running statistics) and restores train mode."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
 
@@ -325,14 +325,14 @@ class _Dist:
             td.init_process_group("nccl" if device.startswith("cuda") else "gloo")
         return cls(td.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
 
-    def wrap(self, model):
+    def wrap(self, model: Classifier):
         if self.world == 1:
             return model
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         return DDP(model, device_ids=None if model.device.type == "cpu" else [model.device.index])
 
-    def sync_start(self, model, opt, start_epoch: int) -> int:
+    def sync_start(self, model: Classifier, opt, start_epoch: int) -> int:
         """Make every rank start from rank 0's weights and epoch (fresh or resumed)."""
         if self.world == 1:
             return start_epoch
@@ -360,7 +360,7 @@ def _curve_test_split(cfg: TrainConfig, dev) -> tuple[torch.Tensor, torch.Tensor
     return x[:cfg.curve_size].to(dev), y[:cfg.curve_size].to(dev)
 
 
-def _curves(model, cfg: TrainConfig, threat, train: tuple[torch.Tensor, torch.Tensor],
+def _curves(model: torch.nn.Module, cfg: TrainConfig, threat, train: tuple[torch.Tensor, torch.Tensor],
             test: tuple[torch.Tensor, torch.Tensor] | None) -> dict:
     """``curve_size``: clean and PGD-``val_attack_steps`` accuracy on the first N training images (those trained
     on) and the first N test images, after this epoch; the attack is seeded alike every epoch."""
@@ -376,7 +376,7 @@ def _curves(model, cfg: TrainConfig, threat, train: tuple[torch.Tensor, torch.Te
     return out
 
 
-def test_metrics(model, cfg: TrainConfig, threat, n_attack: int = 1000) -> dict:
+def test_metrics(model: Classifier, cfg: TrainConfig, threat, n_attack: int = 1000) -> dict:
     """Clean accuracy on the whole test split, PGD-20 (step ε/4, random start) on its first n_attack."""
     try:
         x, y, _ = datasets.load(cfg.dataset, "test", cfg.data, **_kw(cfg))
@@ -388,7 +388,7 @@ def test_metrics(model, cfg: TrainConfig, threat, n_attack: int = 1000) -> dict:
             "n_clean": len(x), "n_attack": min(n_attack, len(x)), "attack": f"PGD-20 {threat} step eps/4 random start"}
 
 
-def _free_at_batch(model, opt, x, y, threat, cfg):
+def _free_at_batch(model: torch.nn.Module, opt, x, y, threat, cfg):
     """Free adversarial training: m replays, one backward serves weights and perturbation."""
     delta = torch.zeros_like(x)
     for _ in range(cfg.replays):

@@ -19,20 +19,21 @@ import torch.nn.functional as F
 from ..attacks import losses
 from ..attacks.projected_gradient import loss_and_grad, pgd
 from ..core.threat import ThreatModel
+from ..models.protocol import Logits
 
 METHODS = ("standard", "gaussian", "fgsm", "fast-at", "free-at", "pgd-at", "preempt")
 
 
-def _ce(model, x, y):
+def _ce(model: Logits, x, y):
     return F.cross_entropy(model(x), y)
 
 
-def _pgd_points(model, x, y, threat: ThreatModel, steps: int, step_size: float | None, gen=None):
+def _pgd_points(model: Logits, x, y, threat: ThreatModel, steps: int, step_size: float | None, gen=None):
     return pgd(model, x, y, threat=threat, steps=steps, step_size=step_size, early_stop=False, keep="last",
                generator=gen).x_adv.detach()
 
 
-def descend(model, x, y, ball: ThreatModel, steps: int, step_size: float | None = None, *, ascent: bool = False):
+def descend(model: Logits, x, y, ball: ThreatModel, steps: int, step_size: float | None = None, *, ascent: bool = False):
     """``steps`` signed (or normalised) descent steps on CE inside ``ball`` around x, from x."""
     alpha = step_size if step_size is not None else 2.5 * ball.eps / max(steps, 1)
     sign = 1.0 if ascent else -1.0
@@ -43,7 +44,7 @@ def descend(model, x, y, ball: ThreatModel, steps: int, step_size: float | None 
     return xr
 
 
-def batch_loss(method: str, model, x, y, cfg, threat: ThreatModel, delta_ball: ThreatModel, gen=None,
+def batch_loss(method: str, model: Logits, x, y, cfg, threat: ThreatModel, delta_ball: ThreatModel, gen=None,
                update_model=None):
     """The loss to minimise; attacks are crafted on ``model``, the loss is computed through
     ``update_model`` (the DistributedDataParallel wrapper when training on several processes)."""

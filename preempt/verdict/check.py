@@ -14,6 +14,7 @@ import torch
 
 from ..attacks.base import Survivors
 from ..core.threat import ThreatModel
+from ..models.protocol import Model
 from . import upload
 
 APGD_STARTS = 2  # the strong check's random starts of APGD-CE and APGD-T: one more than verify's default suite
@@ -51,7 +52,7 @@ def check_stages_error(loss: str) -> str | None:
             f"({', '.join(ATTACKS)}), joined by +")
 
 
-def check(model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *, steps: int = 20,
+def check(model: Model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *, steps: int = 20,
           restarts: int = 1, loss: str = "ce", apgd_steps: int = 25, apgd_targets: int = 3,
           generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
     """The check behind "robust": (robust mask, passes).  Robust = no iterate of any stage changed
@@ -84,7 +85,7 @@ def check(model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *, steps
     return s.robust, sum(s.passes.values())
 
 
-def through_uploads(model, x: torch.Tensor, y: torch.Tensor, ok: torch.Tensor, passes: int, threat: ThreatModel,
+def through_uploads(model: Model, x: torch.Tensor, y: torch.Tensor, ok: torch.Tensor, passes: int, threat: ThreatModel,
                     chains: list, *, steps: int, restarts: int, resolution: str,
                     generator: torch.Generator | None) -> tuple[torch.Tensor, int, list[dict]]:
     """The survivors of the check (``ok``) attacked (PGD-``steps``, ``restarts`` starts, in the ε-ball

@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..models.protocol import Model
+
 __all__ = ["Op", "Chain", "parse", "WORST", "jpeg_real", "jpeg_approx", "resize_real", "resize_approx",
            "Through", "attack_uploads"]
 
@@ -351,7 +353,7 @@ class Through:
     """``model ∘ chain``: the classifier behind a service that applies ``chain`` to what it
     receives (real codec forward, approximation backward).  Works with every attack."""
 
-    def __init__(self, model, chain: Chain) -> None:
+    def __init__(self, model: Model, chain: Chain) -> None:
         self.model, self.chain = model, chain
         self.pre, self.classes, self.card = model.pre, model.classes, model.card
         self.differentiable = True
@@ -375,7 +377,7 @@ class Through:
 ORDERS = ("after", "before")  # attack then service (the attacker sends the upload) | service then attack
 
 
-def attack_uploads(model, x: torch.Tensor, y: torch.Tensor, threat, chains: list[Chain], *, steps: int = 20,
+def attack_uploads(model: Model, x: torch.Tensor, y: torch.Tensor, threat, chains: list[Chain], *, steps: int = 20,
                    restarts: int = 1, resolution: str = "auto",
                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, list[dict], int]:
     """Attack 8-bit images ``x`` as uploads through each chain, in both orders.
