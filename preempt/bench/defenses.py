@@ -322,7 +322,8 @@ def _distortion_note(extra: dict[str, Any], cfg: BenchConfig) -> str:
     return (f"on the first {extra['n']} images ({extra['clean_ok']} accepted and correct): unbounded CW-ℓ2 "
             f"({cfg.cw_binary_steps} binary-search steps × {cfg.cw_steps} Adam steps) breaks "
             f"{100 * cw['success']:.1f}% at median ℓ2 {med(cw['median_l2'])} (ℓ∞ {med(cw['median_linf'])}); "
-            f"detector-aware PGD-50 at {threat_model(cfg.norm, cfg.eps)} breaks {100 * pg['success']:.1f}% at median ℓ2 "
+            f"detector-aware PGD-50 at {_ball(str(threat_model(cfg.norm, cfg.eps)))} breaks {100 * pg['success']:.1f}% "
+            "at median ℓ2 "
             f"{med(pg['median_l2'])}; accuracy left at ℓ2 1.5: CW {100 * cw['acc_l2']['1.5']:.1f}%, PGD-50 "
             f"{100 * pg['acc_l2']['1.5']:.1f}%")
 
@@ -536,6 +537,14 @@ def render(doc: dict[str, Any]) -> str:
     return "\n".join(md) + "\n"
 
 
+def _ball(threat: str) -> str:
+    """``linf(eps=0.1)`` → ``ℓ∞ ε = 0.1`` (a threat model as stored in the JSON, for the table)."""
+    import re
+
+    m = re.fullmatch(r"(linf|l2)\(eps=([0-9.e-]+)\)", threat)
+    return f"{'ℓ∞' if m.group(1) == 'linf' else 'ℓ2'} ε = {float(m.group(2)):g}" if m else threat
+
+
 def _render_distortion(rows: dict[str, Any]) -> list[str]:
     """MagNet rows: the unbounded CW-ℓ2 attack beside the detector-aware PGD-50."""
     have = [k for k in ROWS if k in rows and rows[k].get("extra", {}).get("cw-l2")]
@@ -553,7 +562,7 @@ def _render_distortion(rows: dict[str, Any]) -> list[str]:
           + " | ".join(f"Acc. ℓ2 {r}" for r in l2_r) + " | Seconds |",
           "|---|---|" + "---:|" * (3 + len(linf_r) + len(l2_r) + 1)]
     for k in have:
-        pgd_label = f"PGD-50 + detector penalty ({rows[k]['extra'].get('pgd_threat', 'ε-ball')})"
+        pgd_label = f"PGD-50 + detector penalty ({_ball(rows[k]['extra'].get('pgd_threat', 'ε-ball'))})"
         for name, label in (("cw-l2", "CW-ℓ2 (unbounded)"), ("pgd-50", pgd_label)):
             a = rows[k]["extra"][name]
             med = ["–" if a[m] is None else f"{a[m]:.2f}" for m in ("median_l2", "median_linf")]
