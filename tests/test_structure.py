@@ -237,7 +237,7 @@ def test_the_layout_rules_hold():
 
 
 # Layers, bottom first: a module may import its own package and anything in a lower layer, never above.
-LAYERS = {"models": 0, "data": 0, "budget": 0, "version": 0, "core": 1, "attacks": 2, "verdict": 3, "algorithms": 4,
+LAYERS = {"models": 0, "data": 0, "budget": 0, "version": 0, "vocab": 0, "core": 1, "attacks": 2, "verdict": 3, "algorithms": 4,
           "defenses": 4, "train": 5, "pipeline": 5, "bench": 6, "cli": 7, "": 8, "__main__": 8}
 
 
@@ -326,3 +326,43 @@ def test_no_function_is_longer_than_80_lines():
             for rel, tree in _package_sources() for node in ast.walk(tree)
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80]
     assert not long, long
+
+
+def test_vocabularies_are_declared_once_and_match_what_uses_them():
+    """preempt.vocab is the one declaration: the check presets are CHECKS' names, the CLI options
+    are typed with the vocabularies themselves, and the configs refuse what is not in them."""
+    import inspect
+    from typing import get_args
+
+    from preempt import RobustifyConfig, vocab
+    from preempt.cli.robustify import robustify_cmd
+    from preempt.cli.verify import verify_cmd
+    from preempt.train import TrainConfig
+    from preempt.verdict.check import CHECKS
+
+    assert set(vocab.CHECK_PRESETS) == set(CHECKS)
+    hints = inspect.get_annotations(robustify_cmd, eval_str=True)
+    for opt, vocabulary in (("check", vocab.CheckPreset), ("inner_loss", vocab.InnerLoss), ("retry", vocab.Retry),
+                            ("init", vocab.Init), ("goal", vocab.Goal), ("resolution", vocab.Resolution),
+                            ("fmt", vocab.Format), ("norm", vocab.Norm)):
+        assert set(get_args(vocabulary)) <= set(_literal_values(hints[opt])), opt
+    assert set(_literal_values(inspect.get_annotations(verify_cmd, eval_str=True)["resolution"])) == set(vocab.RESOLUTIONS)
+    for field, bad in (("resolution", "half"), ("goal", "prettiest"), ("init", "zeros"), ("inner_loss", "mse"),
+                       ("retry", "adam"), ("optimizer", "adam")):
+        with pytest.raises(ValueError):
+            RobustifyConfig(**{field: bad}).validate()
+    with pytest.raises(ValueError):
+        TrainConfig(schedule="linear")
+
+
+def _literal_values(tp) -> list:
+    """The values of a Literal inside Annotated[... | None, ...]."""
+    from typing import Literal, get_args, get_origin
+
+    out: list = []
+    for t in (get_args(tp) or (tp,)):
+        if get_origin(t) is Literal:
+            out += list(get_args(t))
+        elif get_args(t):
+            out += _literal_values(t)
+    return out

@@ -31,12 +31,13 @@ from ..attacks import losses
 from ..attacks.projected_gradient import pgd_unrolled
 from ..core.metrics import change
 from ..core.quantize import quantize, quantize_change
-from ..core.resolution import RESOLUTIONS, at_model_input, resampling_for
+from ..core.resolution import at_model_input, resampling_for
 from ..core.threat import ThreatModel, threat_model
 from ..models.resample import Resampling
 from ..models.wrapper import Classifier
 from ..verdict import upload
 from ..verdict.check import CHECKS, STRONG_LOSS, check, check_stages_error, through_uploads
+from ..vocab import GOALS, INITS, INNER_LOSSES, OPTIMIZERS, RESOLUTIONS, RETRIES
 from .persistent import PersistentAdversaries
 
 if TYPE_CHECKING:
@@ -152,7 +153,7 @@ class RobustifyConfig:
             raise ValueError(f"retry {self.retry!r}: choose {' or '.join(RETRIES)}")
         if self.retry == "rmsprop" and (self.norm != "linf" or self.optimizer == "rmsprop"):
             raise ValueError("retry='rmsprop' is for ℓ∞ with the sign optimizer (it retries with the other one)")
-        if self.optimizer not in ("sign", "rmsprop"):
+        if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}")
         if self.optimizer == "rmsprop" and self.norm != "linf":
             raise ValueError("optimizer='rmsprop' (the tanh box reparametrisation) is for ℓ∞ only")
@@ -182,10 +183,6 @@ class RobustifyConfig:
         return threat_model(self.norm, self.eps)
 
 
-INITS = ("auto", "original", "descent", "random")
-GOALS = ("strongest", "least-visible")
-INNER_LOSSES = ("ce", "ce+dlr-t", "margin-mt")
-RETRIES = ("none", "rmsprop")
 
 
 RECOMMENDABLE = ("inner_loss", "inner_steps", "inner_targets", "inner_eps_scale", "kappa", "check_apgd_targets",

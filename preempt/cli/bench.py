@@ -5,6 +5,7 @@ from pathlib import Path
 
 import typer
 
+from ..vocab import Norm
 from .common import EXIT_USAGE, budget_option, err_console, fail, print_json
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that ship with preempt (results as Markdown, JSON, PNG).")
@@ -13,7 +14,7 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that ship with pr
 @bench_app.command("defenses")
 def defenses_cmd(
     n: int = typer.Option(1000, min=1, help="Fashion-MNIST test images (the first N)."),
-    norm: str = typer.Option("linf", help="linf | l2 (rows with no ℓ2 version are left out and the report says why)."),
+    norm: Norm = typer.Option("linf", help="linf | l2 (rows with no ℓ2 version are left out and the report says why)."),
     eps: float | None = budget_option(None, "Attack budget ε (default 0.1 for linf, 1.5 for l2; δ = ε for the "
                                             "robustified rows)."),
     rows: str | None = typer.Option(None, help="Comma-separated rows to measure (default: all that apply to --norm): "
@@ -35,8 +36,6 @@ def defenses_cmd(
     from ..data import DataError
     from ..models import ModelError
 
-    if norm not in ("linf", "l2"):
-        fail(f"--norm {norm}: choose linf or l2", EXIT_USAGE)
     if threads:
         torch.set_num_threads(threads)
     picked = [r.strip() for r in rows.split(",") if r.strip()] if rows else None

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..models.protocol import Model
+from ..vocab import CheckPreset, Format, Goal, Init, InnerLoss, Norm, Resolution, Retry
 from .common import (
     EXIT_ERROR,
     EXIT_NOT_ROBUST,
@@ -50,7 +51,7 @@ ModelsOpt = Annotated[list[str] | None, typer.Option(
     "flags describe the first.")]
 InnerStepsOpt = Annotated[int | None, typer.Option(
     help="Steps of the unrolled inner attack (T; default 10, or what the model card recommends).")]
-CheckOpt = Annotated[Literal["strong", "strong-once", "thorough", "pgd"] | None, typer.Option(
+CheckOpt = Annotated[CheckPreset | None, typer.Option(
     help="What decides 'robust' (default strong, with the APGD-T targets the model card recommends): strong = PGD-20 "
          "twice, then APGD-CE and APGD-T from 2 random starts (verify's default suite runs them from one: measured "
          "99.4-99.6% agreement); strong-once = APGD from one start (0.7× the passes, ~1% of its claims fall to verify); "
@@ -60,25 +61,25 @@ SettleOpt = Annotated[int, typer.Option(
     min=0, help="Outer steps more after a photo first passes its check, then checked again (kept only if it passes "
     "too): a deeper point for more passes. --settle 30 runs every step of the default --steps 30 (measured in "
     "results/reproduce.md).")]
-InnerLossOpt = Annotated[Literal["ce", "ce+dlr-t", "margin-mt"] | None, typer.Option(
+InnerLossOpt = Annotated[InnerLoss | None, typer.Option(
     help="The inner attack: ce (the paper's unrolled PGD), ce+dlr-t (every other outer step AutoAttack's targeted DLR "
          "towards the 3 likeliest wrong classes), margin-mt (persistent attackers on the --inner-targets likeliest wrong "
          "classes, for standard classifiers). Default: ce, or the model card's.")]
-RetryOpt = Annotated[Literal["none", "rmsprop"], typer.Option(
+RetryOpt = Annotated[Retry, typer.Option(
     help="rmsprop: photos the loop could not verify run once more with the reference code's tanh-box RMSprop (ℓ∞; "
          "photos robustified at full resolution; measured in results/reproduce.md).")]
-InitOpt = Annotated[Literal["auto", "original", "descent", "random"], typer.Option(
+InitOpt = Annotated[Init, typer.Option(
     help="Start: auto (what the model card recommends, else original), original, descent or random.")]
-GoalOpt = Annotated[Literal["strongest", "least-visible"], typer.Option(
+GoalOpt = Annotated[Goal, typer.Option(
     help="least-visible: once verified, shrink the change while it stays robust (a few more checks).")]
-WhereOpt = Annotated[Literal["auto", "model", "full"], typer.Option(
+WhereOpt = Annotated[Resolution, typer.Option(
     help="Where robustify works: auto/model = at the model's input resolution, lifted to the photo (fast for large "
          "photos); full = every pass on every pixel (the reference path).")]
 SurviveOpt = Annotated[str | None, typer.Option(
     help="Stay robust through what a service does to uploads, e.g. 'jpeg:75-95,resize:1080,2048' or 'worst' "
          "(expectation over these in the loss; the check runs them through the real codec). Works on the photo's own "
          "pixels.")]
-FormatOpt = Annotated[Literal["auto", "png", "jpeg"], typer.Option(
+FormatOpt = Annotated[Format, typer.Option(
     "--format", help="auto: JPEG for JPEG inputs when --survive includes jpeg (at the highest quality robustified for), "
     "else PNG; png: lossless; jpeg: kept inside δ or reported over-budget, verified again as decoded.")]
 QualityOpt = Annotated[int | None, typer.Option(
@@ -103,7 +104,7 @@ def robustify_cmd(
     mean: MeanOpt = None,
     std: StdOpt = None,
     channels: ChannelsOpt = None,
-    norm: Literal["linf", "l2"] | None = typer.Option(None, help="linf | l2 (default: the model's threat model)."),
+    norm: Norm | None = typer.Option(None, help="linf | l2 (default: the model's threat model)."),
     delta: float | None = budget_option(None, "Robustification budget δ (default: the model's)."),
     eps: float | None = budget_option(None, "Attack budget ε to be robust against (default: the model's)."),
     steps: int = typer.Option(30, help="Outer steps at most."),

@@ -6,18 +6,19 @@ import shlex
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..vocab import Norm, Schedule
 from .common import EXIT_USAGE, budget_option, err_console, fail, pick_device, print_json
 
 # options whose help does not fit on one line of the signature
 MethodOpt = Annotated[str, typer.Option("--method", "-m", help="preempt | pgd-at | fast-at | free-at | fgsm | gaussian | "
                                         "standard (classifiers); magnet | defense-gan (the defenses' networks, see "
                                         "--classifier)")]
-ScheduleOpt = Annotated[Literal["cosine", "constant", "step"], typer.Option(
+ScheduleOpt = Annotated[Schedule, typer.Option(
     help="cosine | constant | step (×0.1 at 50% and 75% of the epochs, as in Rice et al. 2020).")]
 CurveOpt = Annotated[int, typer.Option(min=0, help="Log clean and robust accuracy of the first N training and N test "
                                                    "images every epoch (robust overfitting's learning curves).")]
@@ -36,7 +37,7 @@ def train_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the weights (.safetensors) and card (.json)."),
     dataset: str = typer.Option("fashion-mnist", help="fashion-mnist | cifar10 | folder"),
     data: str | None = typer.Option(None, help="Dataset folder (default: Debian's Fashion-MNIST files)."),
-    norm: str = typer.Option("linf", help="linf | l2"),
+    norm: Norm = typer.Option("linf", help="linf | l2"),
     eps: float = budget_option(0.1, "Attack budget ε used while training."),
     delta: float | None = budget_option(None, "Robustification budget δ (preempt; default ε)."),
     steps: int = typer.Option(10, help="Attack steps while training (pgd-at, preempt)."),

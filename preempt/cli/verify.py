@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 
 from ..attacks.suite import SuiteName, suite_help
 from ..budget import format_budget
+from ..vocab import Norm, Resolution
 from .common import (
     EXIT_ERROR,
     EXIT_NOT_ROBUST,
@@ -42,7 +43,7 @@ from .tables import attack_table, verify_table
 
 OriginalOpt = Annotated[list[Path] | None, typer.Option(
     "--original", help="The originals, one per photo in the same order (files or folders); attacked too, for before vs after.")]
-ResolutionOpt = Annotated[Literal["auto", "model", "full"], typer.Option(
+ResolutionOpt = Annotated[Resolution, typer.Option(
     help="auto/model: attack a large photo at the model's input resolution over the image of its ε-ball (contains "
          "every full-resolution attack; fast); full: attack every pixel.")]
 ReencodeOpt = Annotated[str | None, typer.Option(
@@ -72,7 +73,7 @@ def verify_cmd(
     resolution: ResolutionOpt = "auto",
     reencode: ReencodeOpt = None,
     resize: ResizeOpt = None,
-    norm: Literal["linf", "l2"] | None = typer.Option(None, help="linf | l2 (default: the model's)."),
+    norm: Norm | None = typer.Option(None, help="linf | l2 (default: the model's)."),
     eps: float | None = budget_option(None, "Attack budget ε (default: the model's)."),
     suite: SuiteName = typer.Option("strong", help=suite_help() + "."),
     steps: int = typer.Option(20, help="PGD steps (suites pgd and strong)."),

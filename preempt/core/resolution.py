@@ -29,9 +29,8 @@ import torch
 from ..models.protocol import Model
 from ..models.resample import Resampling
 from ..models.wrapper import Classifier
+from ..vocab import RESOLUTIONS
 from .threat import ThreatModel
-
-RESOLUTIONS = ("auto", "model", "full")
 
 
 def resampling_for(model: Model, hw: tuple[int, int], resolution: str = "auto") -> Resampling | None:

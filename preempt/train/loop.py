@@ -17,6 +17,7 @@ from .. import data as datasets
 from ..attacks.projected_gradient import pgd
 from ..core.threat import threat_model
 from ..models import Classifier, Preprocessing, build, save_model
+from ..vocab import SCHEDULES
 from .methods import METHODS, batch_loss
 
 
@@ -77,7 +78,6 @@ class TrainConfig:
             raise ValueError(f"labelled must be at least 1, got {self.labelled}")
 
 
-SCHEDULES = ("cosine", "constant", "step")
 
 
 @dataclass
