@@ -13,7 +13,8 @@ so the attack answers "is there an adversarial point within the table's ℓ∞ b
 Defaults: 6 binary-search steps from c = 1, 200 Adam steps of learning rate 0.01 each, κ = 0.
 ``penalty(x′, logits) -> per-point tensor`` adds a differentiable term (a detector's hinge, see
 :func:`preempt.defenses.magnet.cw`) and ``accept(x′, logits) -> bool mask`` must hold for an
-iterate to count as a success.
+iterate to count as a success; within a step ``accept`` is asked after ``penalty``, of the same
+iterate (so it may reuse what ``penalty`` computed).
 
 The result's ``x_adv`` is the closest successful iterate per point (the input itself where none
 was found), ``success`` where one was found, ``info["l2"]`` its distance (inf where none).

@@ -215,12 +215,16 @@ def cw(magnet: MagNet, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel 
     A point counts as broken by the smallest x′ found that is misclassified on AE(x′) *and*
     accepted by every active detector; ``threat`` (an ℓ∞ ball) confines x′ to it, for accuracy at
     a table's ℓ∞ budget.  ``info["l2"]`` holds ‖x′ − x‖₂ per point (inf where none was found)."""
+    last: dict[str, torch.Tensor] = {}  # the scores penalty computed for this step's iterate
+
     def penalty(xa: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        return detector_weight * magnet.excess(magnet.scores(xa, logits_rec=logits))
+        scores = magnet.scores(xa, logits_rec=logits)
+        last.clear()
+        last.update({k: v.detach() for k, v in scores.items()})
+        return detector_weight * magnet.excess(scores)
 
     def accept(xa: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return ~magnet.rejected(magnet.scores(xa, logits_rec=logits))
+        return ~magnet.rejected(last)  # cw_l2 asks after penalty, of the same iterate: no second AE pass
 
     res = cw_l2(magnet, x, y, threat=threat, confidence=confidence, binary_steps=binary_steps, steps=steps, lr=lr,
                 initial_c=initial_c, penalty=penalty, accept=accept, generator=generator)
