@@ -323,7 +323,7 @@ class _Problem:
         perturbs the upload) and before it on even steps (the attacker perturbs what the service
         made of it).  Real codec forward, differentiable approximation backward."""
         c = self.cfg
-        pick = int(torch.randint(len(self.chains), (1,), generator=gen).item())
+        pick = int(torch.randint(len(self.chains), (1,), generator=gen, device=gen.device).item())  # on gen's device
         xh, xw = xr.shape[-2:]
         chain = self.chains[pick].sample(gen).for_size((int(xh), int(xw)))
         if not chain.ops:

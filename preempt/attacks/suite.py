@@ -150,7 +150,8 @@ def run_suite(model: Model, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatM
             if w <= 1:
                 results = [job(idx, _attack(name, generator, surrogate, pgd_step))]
             else:
-                seeds = torch.randint(0, 2 ** 62, (w,), generator=generator).tolist()
+                seeds = torch.randint(0, 2 ** 62, (w,), generator=generator,
+                                      device=generator.device if generator is not None else None).tolist()
                 gens = [torch.Generator(device=x.device).manual_seed(sd) if generator is not None else None
                         for sd in seeds]
                 with _threads_per_worker(w) as per:

@@ -41,7 +41,7 @@ def _uniform(like: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
     if like.device.type == "cpu" and like.numel() > _NUMPY_RNG_ABOVE:
         import numpy as np
 
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device="cpu").item())
         a = np.random.default_rng(seed).random(like.numel(), dtype=np.float32)
         return torch.from_numpy(a).view(like.shape).to(like.dtype)
     return torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)

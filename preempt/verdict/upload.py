@@ -204,7 +204,8 @@ class Op:
     def sample(self, gen: torch.Generator | None = None) -> Op:
         if self.lo == self.hi:
             return self
-        v = float(torch.randint(int(self.lo), int(self.hi) + 1, (1,), generator=gen).item())
+        v = float(torch.randint(int(self.lo), int(self.hi) + 1, (1,), generator=gen,
+                                device=gen.device if gen is not None else None).item())
         return Op(self.kind, v, v, self.percent)
 
     def _hw(self, x: torch.Tensor) -> tuple[int, int]:
