@@ -135,3 +135,15 @@ def test_efficientnet_lite1_and_lite2_load_and_know_the_shipped_photos(variant, 
     m = load_model(f"efficientnet-lite{variant}")
     assert m.pre.input_size == (size, size) and len(m.classes) == 1000
     assert m.predict(load_photo(ROOT / "examples" / "photos" / "coffee.jpg").tensor()[None]).item() == 967
+
+
+def test_model_sources_are_registered_and_a_new_one_is_one_decorator(tiny_model, monkeypatch):
+    from preempt.models import registry
+
+    assert [s.name for s in registry.SOURCES] == ["torchvision", "bundled", "onnx", "torchscript", "state-dict"]
+    monkeypatch.setattr(registry, "SOURCES", list(registry.SOURCES))
+    registry.SOURCES.insert(0, registry.Source("hub", lambda spec, path, weights: spec.startswith("hub:"),
+                                               lambda req: tiny_model))
+    assert registry.load_model("hub:tiny") is tiny_model
+    with pytest.raises(registry.ModelError, match="no such model file"):
+        registry.load_model("no-such-model")

@@ -12,13 +12,16 @@
   naming an architecture preempt knows (``arch``) or a torchvision one (``torchvision:NAME``);
 * an ``.onnx`` file made by ``preempt export`` (attackable by score-based and transfer attacks only).
 
+Each kind is a registered :class:`Source` (:data:`SOURCES`, tried in order; add one with
+:func:`register_source`), as timm registers models.
+
 Nothing here unpickles: safetensors, or torch files with ``weights_only=True``.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +46,8 @@ DEFAULT_MODEL = IMAGENET_MODEL
 _DEFAULT_FALLBACKS = (IMAGENET_MODEL, FMNIST_MODEL, "fmnist-linf-preempt", "fmnist-linf-pgdat", "fmnist-linf-fastat")
 _ZOO = Path(__file__).resolve().parent / "zoo"
 
-__all__ = ["load_model", "save_model", "from_card", "bundled", "default_model_name", "imagenet_available",
+__all__ = ["load_model", "save_model", "SOURCES", "Source", "register_source",
+           "from_card", "bundled", "default_model_name", "imagenet_available",
            "ModelError", "ModelInfo", "DEFAULT_MODEL", "IMAGENET_MODEL", "FMNIST_MODEL", "sha256"]
 
 
@@ -115,54 +119,120 @@ def default_model_name() -> str:
     raise ModelError("no bundled model found (weights/ is empty); pass --model FILE")
 
 
+@dataclass(frozen=True)
+class _Request:
+    spec: str
+    path: Path
+    weights: str | Path | None
+    card: dict[str, Any] | None
+    preprocessing: dict[str, Any] | None
+    device: str | torch.device
+    verify_sha: bool
+
+
+@dataclass(frozen=True)
+class Source:
+    """A kind of model ``load_model`` can open: ``claims(spec, path, weights)`` says whether this
+    source takes the spec (the first in :data:`SOURCES` that does, loads it), ``load(req)`` opens it."""
+
+    name: str
+    claims: Callable[[str, Path, str | Path | None], bool]
+    load: Callable[[_Request], Model]
+
+
+SOURCES: list[Source] = []
+
+
+def register_source(name: str, claims: Callable[[str, Path, str | Path | None], bool]):
+    """Register a model source (decorates its loader); sources are tried in registration order."""
+    def deco(load: Callable[[_Request], Model]) -> Callable[[_Request], Model]:
+        SOURCES.append(Source(name, claims, load))
+        return load
+    return deco
+
+
+def _from_state_file(r: _Request, path: Path, card: dict[str, Any]) -> Model:
+    if r.verify_sha and card.get("sha256"):
+        actual = sha256(path)
+        if actual != card["sha256"]:
+            raise ModelError(f"{path}: sha256 {actual[:12]}… does not match its card ({card['sha256'][:12]}…)")
+    card.setdefault("name", path.stem)
+    return from_card(with_preprocessing(card, r.preprocessing), read_state(path), where=str(path)).to(r.device)
+
+
+@register_source("torchvision", lambda spec, path, weights: spec.startswith("torchvision:"))
+def _torchvision(r: _Request) -> Model:
+    from . import byo
+
+    return byo.load_torchvision(r.spec.split(":", 1)[1], weights=r.weights, card=r.card,
+                                preprocessing=r.preprocessing).to(r.device)
+
+
+@register_source("bundled", lambda spec, path, weights: weights is None and spec in bundled())
+def _bundled(r: _Request) -> Model:
+    info = bundled()[r.spec]
+    return _from_state_file(r, info.path, dict(r.card or info.card))
+
+
+def _file(spec: str, path: Path, weights: str | Path | None) -> Path:
+    """The file a spec names (``weights`` for a bundled name's own architecture), checked to exist."""
+    have = bundled()
+    p = Path(weights) if weights is not None and spec in have else path
+    if not p.exists():
+        raise ModelError(f"{p}: no such model file or known model (known: {', '.join(sorted(have)) or 'none'}, "
+                         "or torchvision:NAME)")
+    if p.is_dir():
+        raise ModelError(f"{p}: is a folder, not a model file")
+    return p
+
+
+@register_source("onnx", lambda spec, path, weights: _file(spec, path, weights).suffix == ".onnx")
+def _onnx(r: _Request) -> Model:
+    from .onnx import OnnxClassifier
+
+    card = with_preprocessing(r.card, r.preprocessing) if r.card else None
+    return OnnxClassifier.from_file(_file(r.spec, r.path, r.weights), card=card)
+
+
+@register_source("torchscript", lambda spec, path, weights: (
+    _file(spec, path, weights).suffix not in (".safetensors", ".json", ".toml")
+    and is_torchscript(_file(spec, path, weights))))
+def _torchscript(r: _Request) -> Model:
+    from . import byo
+
+    return byo.load_torchscript(_file(r.spec, r.path, r.weights), card=r.card,
+                                preprocessing=r.preprocessing).to(r.device)
+
+
+@register_source("state-dict", lambda spec, path, weights: True)
+def _state_dict(r: _Request) -> Model:
+    path = _file(r.spec, r.path, r.weights)
+    given = r.card
+    if given is None:
+        cp = card_beside(path)
+        if cp is None:
+            raise ModelError(f"{path}: no model card {path.stem}.json or .toml beside it (architecture, "
+                             "preprocessing, classes); pass --card FILE")
+        given = read_card(cp)
+    return _from_state_file(r, path, dict(given))
+
+
 def load_model(spec: str | Path | None = None, *, weights: str | Path | None = None,
                card: str | Path | dict[str, Any] | None = None, preprocessing: dict[str, Any] | None = None,
                device: str | torch.device = "cpu", verify_sha: bool = True) -> Model:
-    """Load a model by bundled name, ``torchvision:NAME``, or file (see the module docstring).
+    """Load a model by bundled name, ``torchvision:NAME``, or file (see the module docstring): the
+    first of the registered :data:`SOURCES` that claims the spec opens it.
 
     ``card``: a card file (JSON/TOML) or dict, instead of the one beside the model;
     ``preprocessing``: card preprocessing keys to override (``input_size``, ``policy``,
     ``resize_size``, ``mean``, ``std``, ``channels``)."""
-    from . import byo
-
-    if spec is None:
-        spec = default_model_name()
-    spec = str(spec)
+    spec = str(default_model_name() if spec is None else spec)
     given: dict[str, Any] | None = read_card(Path(card)) if isinstance(card, (str, Path)) else card
-    have = bundled()
-    if spec.startswith("torchvision:"):
-        return byo.load_torchvision(spec.split(":", 1)[1], weights=weights, card=given,
-                                    preprocessing=preprocessing).to(device)
-    if spec in have and weights is None:
-        info = have[spec]
-        path, c = info.path, dict(given or info.card)
-    else:
-        path = Path(weights) if weights is not None and spec in have else Path(spec)
-        if not path.exists():
-            raise ModelError(f"{path}: no such model file or known model (known: {', '.join(sorted(have)) or 'none'}, "
-                             "or torchvision:NAME)")
-        if path.is_dir():
-            raise ModelError(f"{path}: is a folder, not a model file")
-        if path.suffix == ".onnx":
-            from .onnx import OnnxClassifier
-
-            return OnnxClassifier.from_file(path, card=with_preprocessing(given, preprocessing) if given else None)
-        if path.suffix not in (".safetensors", ".json", ".toml") and is_torchscript(path):
-            return byo.load_torchscript(path, card=given, preprocessing=preprocessing).to(device)
-        if given is None:
-            cp = card_beside(path)
-            if cp is None:
-                raise ModelError(f"{path}: no model card {path.stem}.json or .toml beside it (architecture, "
-                                 "preprocessing, classes); pass --card FILE")
-            given = read_card(cp)
-        c = dict(given)
-    if verify_sha and c.get("sha256"):
-        actual = sha256(path)
-        if actual != c["sha256"]:
-            raise ModelError(f"{path}: sha256 {actual[:12]}… does not match its card ({c['sha256'][:12]}…)")
-    c.setdefault("name", path.stem)
-    c = with_preprocessing(c, preprocessing)
-    return from_card(c, read_state(path), where=str(path)).to(device)
+    req = _Request(spec, Path(spec), weights, given, preprocessing, device, verify_sha)
+    for source in SOURCES:
+        if source.claims(spec, req.path, weights):
+            return source.load(req)
+    raise AssertionError("the state-dict source claims every spec")
 
 
 def save_model(model: Classifier, path: Path, card: Mapping[str, Any]) -> Card:
