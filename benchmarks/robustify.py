@@ -2,10 +2,14 @@
 
     python benchmarks/robustify.py                   # 500 Fashion-MNIST test images + one 4000×3000 photo
     python benchmarks/robustify.py --n 100 --no-photo
+    python benchmarks/robustify.py --n 200 --aa-n 200 --no-photo --out benchmarks/results/robustify-strong.json
 
-For each method it prints clean accuracy, PGD-20 accuracy (true labels, step ε/4, random start,
-a seed the robustifier never saw) before and after robustification, seconds and classifier passes
-(forward+backward) per image, and peak RSS; then the ratios ours / paper.  The photo part runs in
+``ours`` is robustify with its defaults (the default ``strong`` check; ``--check pgd`` gives the
+committed robustify.json's PGD-20 check).  For each method it prints clean accuracy, PGD-20 accuracy
+(true labels, step ε/4, random start, a seed the robustifier never saw) before and after
+robustification, our ``standard`` suite's robust accuracy, the reference AutoAttack's (PyPI
+``pyautoattack``, ``version="standard"``) on the first ``--aa-n`` images, seconds and classifier
+passes (forward+backward) per image, and peak RSS; then the ratios ours / paper.  The photo part runs in
 a subprocess so that its peak RSS is its own.  Results go to benchmarks/results/robustify.json.
 """
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 
 from preempt import RobustifyConfig, load_model, robustify, threat_model
 from preempt.attacks import pgd
+from preempt.attacks.suite import run_suite
 from preempt.data import fashion_mnist
 from preempt.verdict.check import CHECKS  # the committed results used the PGD-20 check
 
@@ -39,6 +44,34 @@ def pgd_accuracy(model, x, y, threat, seed=1234, bs=250) -> float:
     for i in range(0, len(x), bs):
         ok += pgd(model, x[i:i + bs], y[i:i + bs], threat=threat, steps=20, generator=gen).robust.sum().item()
     return ok / len(x)
+
+
+def standard_accuracy(model, x, y, threat, seed=4321) -> float:
+    """Our AutoAttack-style standard suite (``preempt verify --suite standard``)."""
+    return run_suite(model, x, y, threat=threat, suite="standard",
+                     generator=torch.Generator().manual_seed(seed)).robust.float().mean().item()
+
+
+def autoattack_accuracy(model, x, y, threat, seed=0) -> float | None:
+    """The reference AutoAttack (pyautoattack, standard version) run independently on ``x``."""
+    if len(x) == 0:
+        return None
+    from pyautoattack import AutoAttack
+    aa = AutoAttack(model, eps=threat.eps, norm="Linf" if threat.norm == "linf" else "L2", version="standard",
+                    seed=seed, device=str(x.device))
+    x_adv = aa.run_standard_evaluation(x, y, batch_size=500)
+    x_adv = x_adv[0] if isinstance(x_adv, tuple) else x_adv
+    with torch.inference_mode():
+        return (model(x_adv).argmax(1) == y).float().mean().item()
+
+
+def judged(model, xr, y, threat, aa_n: int) -> dict:
+    t0 = time.perf_counter()
+    std = standard_accuracy(model, xr, y, threat)
+    t1 = time.perf_counter()
+    aa = autoattack_accuracy(model, xr[:aa_n], y[:aa_n], threat)
+    return {"standard_acc_after": std, "standard_seconds": t1 - t0, "autoattack_n": min(aa_n, len(xr)),
+            "autoattack_acc_after": aa, "autoattack_seconds": time.perf_counter() - t1}
 
 
 def run_method(model, x, y, cfg: RobustifyConfig, bs: int) -> dict:
@@ -60,7 +93,7 @@ def run_method(model, x, y, cfg: RobustifyConfig, bs: int) -> dict:
         "reported_robust": sum(reported) / len(reported), "seconds_per_image": secs / len(x),
         "passes_per_image": passes / len(x),
         "max_linf": float((xr - x).flatten(1).abs().amax(1).max()),
-        "max_l2": float((xr - x).flatten(1).norm(dim=1).max()),
+        "max_l2": float((xr - x).flatten(1).norm(dim=1).max()), "x": xr,
     }
 
 
@@ -90,6 +123,8 @@ def main() -> None:
     ap.add_argument("--model", default="fmnist-linf-fastat", help="the model of the committed results")
     ap.add_argument("--batch", type=int, default=250)
     ap.add_argument("--methods", default="ours,paper")
+    ap.add_argument("--check", default=None, help="ours' check preset (default: robustify's default)")
+    ap.add_argument("--aa-n", type=int, default=0, help="images judged by the reference AutoAttack (0: none)")
     ap.add_argument("--no-photo", action="store_true")
     ap.add_argument("--photo-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--photo-size", default="4000x3000")
@@ -114,19 +149,34 @@ def main() -> None:
     res = {"model": model.name, "threat_model": tm, "n": a.n, "clean_acc": clean, "pgd20_acc_before": before,
            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
            "command": "python " + " ".join(sys.argv), "methods": {}}
-    cfgs = {"ours": RobustifyConfig(norm=tm["norm"], eps=tm["eps"], delta=tm["delta"], **CHECKS["pgd"]),
+    ours_check = CHECKS[a.check] if a.check else {}
+    res["check"] = a.check or "strong (robustify's default)"
+    if a.aa_n:
+        res["before"] = judged(model, x, y, threat, a.aa_n)
+        print("before: standard suite {standard_acc_after:.2%}, AutoAttack {autoattack_acc_after:.2%} "
+              "on {autoattack_n}".format(**res["before"]), flush=True)
+    cfgs = {"ours": RobustifyConfig(norm=tm["norm"], eps=tm["eps"], delta=tm["delta"], **ours_check),
             "paper": RobustifyConfig.paper(norm=tm["norm"], eps=tm["eps"], delta=tm["delta"])}
     for name in a.methods.split(","):
         r = run_method(model, x, y, cfgs[name], a.batch)
+        if a.aa_n:
+            r |= judged(model, r.pop("x"), y, threat, a.aa_n)
+        else:
+            r.pop("x")
         res["methods"][name] = r
         print(f"{name:>6}: clean {r['clean_acc_after']:.2%}  PGD-20 after {r['pgd20_acc_after']:.2%}  "
               f"(reported robust {r['reported_robust']:.2%})  {r['passes_per_image']:.0f} passes/img  "
-              f"{r['seconds_per_image'] * 1000:.1f} ms/img  max ℓ∞ {r['max_linf']:.4f}")
+              f"{r['seconds_per_image'] * 1000:.1f} ms/img  max ℓ∞ {r['max_linf']:.4f}"
+              + (f"  standard suite {r['standard_acc_after']:.2%}  AutoAttack {r['autoattack_acc_after']:.2%} "
+                 f"on {r['autoattack_n']}" if a.aa_n else ""), flush=True)
     if "ours" in res["methods"] and "paper" in res["methods"]:
         o, p = res["methods"]["ours"], res["methods"]["paper"]
         res["ratios"] = {"passes_ours_over_paper": o["passes_per_image"] / p["passes_per_image"],
                          "seconds_ours_over_paper": o["seconds_per_image"] / p["seconds_per_image"],
                          "pgd20_points_ours_minus_paper": 100 * (o["pgd20_acc_after"] - p["pgd20_acc_after"])}
+        if a.aa_n:
+            res["ratios"]["autoattack_images_ours_minus_paper"] = round(
+                o["autoattack_n"] * (o["autoattack_acc_after"] - p["autoattack_acc_after"]))
         print("ratios ours/paper: passes {passes_ours_over_paper:.3f}, time {seconds_ours_over_paper:.3f}; "
               "PGD-20 accuracy difference {pgd20_points_ours_minus_paper:+.2f} points".format(**res["ratios"]))
     res["peak_rss_mb"] = peak_rss_mb()
