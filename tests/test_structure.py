@@ -366,3 +366,21 @@ def _literal_values(tp) -> list:
         elif get_args(t):
             out += _literal_values(t)
     return out
+
+
+def test_robustify_cli_defaults_are_the_configs():
+    """A flag named like a RobustifyConfig field defaults to that field's default (or None: the card decides)."""
+    import inspect
+    from dataclasses import fields
+
+    from preempt import RobustifyConfig
+    from preempt.cli.robustify import robustify_cmd
+
+    cfg = {f.name: f.default for f in fields(RobustifyConfig)}
+    shared = []
+    for name, p in inspect.signature(robustify_cmd).parameters.items():
+        default = getattr(p.default, "default", p.default)  # a typer.Option holds its default
+        if name in cfg and default is not None:
+            shared.append(name)
+            assert default == cfg[name], (name, default, cfg[name])
+    assert {"steps", "check_steps", "settle", "retry", "init", "goal", "resolution", "seed"} <= set(shared), shared

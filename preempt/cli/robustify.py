@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..algorithms.robustify import RobustifyConfig
 from ..models.protocol import Model
 from ..vocab import CheckPreset, Format, Goal, Init, InnerLoss, Norm, Resolution, Retry
 from .common import (
@@ -92,6 +93,8 @@ BatchOpt = Annotated[int, typer.Option(
          "photos, one 12 MP photo).")]
 
 
+_D = RobustifyConfig()  # the library's defaults are the CLI's: declared once, in RobustifyConfig
+
 def robustify_cmd(
     paths: list[Path] = typer.Argument(..., help="Photos and/or folders (walked for images)."),
     out: OutOpt = Path("robustified"),
@@ -107,19 +110,19 @@ def robustify_cmd(
     norm: Norm | None = typer.Option(None, help="linf | l2 (default: the model's threat model)."),
     delta: float | None = budget_option(None, "Robustification budget δ (default: the model's)."),
     eps: float | None = budget_option(None, "Attack budget ε to be robust against (default: the model's)."),
-    steps: int = typer.Option(30, help="Outer steps at most."),
+    steps: int = typer.Option(_D.steps, help="Outer steps at most."),
     inner_steps: InnerStepsOpt = None,
-    check_steps: int = typer.Option(20, help="Steps of the PGD check that decides 'robust'."),
+    check_steps: int = typer.Option(_D.check_steps, help="Steps of the PGD check that decides 'robust'."),
     check: CheckOpt = None,
-    settle: SettleOpt = 0,
+    settle: SettleOpt = _D.settle,
     inner_loss: InnerLossOpt = None,
     inner_targets: int | None = typer.Option(None, min=1, help="margin-mt: attackers per photo (default 4, or the card's)."),
     max_delta: float | None = budget_option(None, "δ escalation: photos not robust at --delta run again at 2δ, 4δ, … "
                                             "up to this (default: none, or the card's)."),
-    retry: RetryOpt = "none",
-    init: InitOpt = "auto",
-    goal: GoalOpt = "strongest",
-    resolution: WhereOpt = "auto",
+    retry: RetryOpt = _D.retry,  # type: ignore[assignment]
+    init: InitOpt = _D.init,  # type: ignore[assignment]
+    goal: GoalOpt = _D.goal,  # type: ignore[assignment]
+    resolution: WhereOpt = _D.resolution,  # type: ignore[assignment]
     survive: SurviveOpt = None,
     fmt: FormatOpt = "auto",
     quality: QualityOpt = None,
@@ -129,7 +132,7 @@ def robustify_cmd(
     noise_samples: int = typer.Option(8, help="Noise draws per pass with --smoothing-sigma."),
     batch_size: BatchOpt = 64,
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(_D.seed),
     shard: ShardOpt = None,
     json_out: bool = typer.Option(False, "--json", help="Per-file results as JSON on stdout."),
     json_file: SaveJsonOpt = None,
