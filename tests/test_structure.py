@@ -384,3 +384,20 @@ def test_robustify_cli_defaults_are_the_configs():
             shared.append(name)
             assert default == cfg[name], (name, default, cfg[name])
     assert {"steps", "check_steps", "settle", "retry", "init", "goal", "resolution", "seed"} <= set(shared), shared
+
+
+def test_train_cli_defaults_are_the_configs():
+    import inspect
+    from dataclasses import fields
+
+    from preempt.cli.train import train_cmd
+    from preempt.train import TrainConfig
+
+    cfg = {f.name: f.default for f in fields(TrainConfig)}
+    shared = []
+    for name, p in inspect.signature(train_cmd).parameters.items():
+        default = getattr(p.default, "default", p.default)
+        if name in cfg and default is not None and name != "device":  # the CLI's device is auto, the library's cpu
+            shared.append(name)
+            assert default == cfg[name], (name, default, cfg[name])
+    assert len(shared) >= 20, shared

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..train.loop import TrainConfig
 from ..vocab import Norm, Schedule
 from .common import EXIT_USAGE, budget_option, err_console, fail, pick_device, print_json
 
@@ -32,37 +33,40 @@ RecalibrateOpt = Annotated[bool, typer.Option(help="magnet: only recompute the d
 PreemptDirOpt = Annotated[str, typer.Option(help="preempt: descent (the paper) or ascent (reference code).")]
 
 
+_T = TrainConfig()  # the library's defaults are the CLI's: declared once, in TrainConfig
+
+
 def train_cmd(
-    method: MethodOpt = "standard",
+    method: MethodOpt = _T.method,
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the weights (.safetensors) and card (.json)."),
-    dataset: str = typer.Option("fashion-mnist", help="fashion-mnist | cifar10 | folder"),
+    dataset: str = typer.Option(_T.dataset, help="fashion-mnist | cifar10 | folder"),
     data: str | None = typer.Option(None, help="Dataset folder (default: Debian's Fashion-MNIST files)."),
-    norm: Norm = typer.Option("linf", help="linf | l2"),
-    eps: float = budget_option(0.1, "Attack budget ε used while training."),
+    norm: Norm = typer.Option(_T.norm, help="linf | l2"),
+    eps: float = budget_option(_T.eps, "Attack budget ε used while training."),
     delta: float | None = budget_option(None, "Robustification budget δ (preempt; default ε)."),
-    steps: int = typer.Option(10, help="Attack steps while training (pgd-at, preempt)."),
+    steps: int = typer.Option(_T.steps, help="Attack steps while training (pgd-at, preempt)."),
     step_size: float | None = typer.Option(None, help="Attack step size (default ε/4; fast-at 1.25ε)."),
-    delta_steps: int = typer.Option(2, help="preempt: descent steps that find x̂_r."),
-    preempt_direction: PreemptDirOpt = "descent",
-    sigma: float = typer.Option(0.25, help="gaussian: noise σ."),
-    replays: int = typer.Option(4, help="free-at: minibatch replays."),
-    epochs: int = typer.Option(5),
-    batch_size: int = typer.Option(128),
-    lr: float = typer.Option(0.05),
-    schedule: ScheduleOpt = "cosine",
-    curve_size: CurveOpt = 0,
-    arch: str = typer.Option("cnn"),
-    width: int = typer.Option(32),
-    early_stop: bool = typer.Option(False, help="Keep the epoch with the best robust validation accuracy."),
-    attack_bn: str = typer.Option("train", help="BatchNorm mode while crafting training attacks: train | eval."),
-    image_size: int = typer.Option(32, help="ImageFolder: resize images to this."),
-    channels: int = typer.Option(3, help="ImageFolder: 1 (grey) or 3 (colour)."),
+    delta_steps: int = typer.Option(_T.delta_steps, help="preempt: descent steps that find x̂_r."),
+    preempt_direction: PreemptDirOpt = _T.preempt_direction,
+    sigma: float = typer.Option(_T.sigma, help="gaussian: noise σ."),
+    replays: int = typer.Option(_T.replays, help="free-at: minibatch replays."),
+    epochs: int = typer.Option(_T.epochs),
+    batch_size: int = typer.Option(_T.batch_size),
+    lr: float = typer.Option(_T.lr),
+    schedule: ScheduleOpt = _T.schedule,  # type: ignore[assignment]
+    curve_size: CurveOpt = _T.curve_size,
+    arch: str = typer.Option(_T.arch),
+    width: int = typer.Option(_T.width),
+    early_stop: bool = typer.Option(_T.early_stop, help="Keep the epoch with the best robust validation accuracy."),
+    attack_bn: str = typer.Option(_T.attack_bn, help="BatchNorm mode while crafting training attacks: train | eval."),
+    image_size: int = typer.Option(_T.image_size, help="ImageFolder: resize images to this."),
+    channels: int = typer.Option(_T.channels, help="ImageFolder: 1 (grey) or 3 (colour)."),
     limit: int | None = typer.Option(None, help="Train on the first N images only."),
     labelled: LabelledOpt = None,
     unlabelled: int | None = typer.Option(None, min=0, help="With --labelled: use at most M unlabelled images."),
     pseudo_labeller: LabellerOpt = None,
-    val_size: int = typer.Option(2000),
-    seed: int = typer.Option(0),
+    val_size: int = typer.Option(_T.val_size),
+    seed: int = typer.Option(_T.seed),
     threads: int | None = typer.Option(None, help="CPU threads."),
     run_dir: Path | None = typer.Option(None, help="Checkpoints and log.jsonl (default: <out>.run/)."),
     resume: bool = typer.Option(False, help="Continue from run_dir/checkpoint.pt."),
