@@ -2,7 +2,7 @@
 
     python benchmarks/robustify.py                   # 500 Fashion-MNIST test images + one 4000×3000 photo
     python benchmarks/robustify.py --n 100 --no-photo
-    python benchmarks/robustify.py --n 200 --aa-n 200 --no-photo --out benchmarks/results/robustify-strong.json
+    python benchmarks/robustify.py --n 500 --aa-n 200 --no-photo --out benchmarks/results/robustify-strong.json
 
 ``ours`` is robustify with its defaults (the default ``strong`` check; ``--check pgd`` gives the
 committed robustify.json's PGD-20 check).  For each method it prints clean accuracy, PGD-20 accuracy

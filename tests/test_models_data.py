@@ -142,7 +142,7 @@ def test_model_sources_are_registered_and_a_new_one_is_one_decorator(tiny_model,
 
     assert [s.name for s in registry.SOURCES] == ["torchvision", "bundled", "onnx", "torchscript", "state-dict"]
     monkeypatch.setattr(registry, "SOURCES", list(registry.SOURCES))
-    registry.SOURCES.insert(0, registry.Source("hub", lambda spec, path, weights: spec.startswith("hub:"),
+    registry.SOURCES.insert(0, registry.Source("hub", lambda req: req.spec.startswith("hub:"),
                                                lambda req: tiny_model))
     assert registry.load_model("hub:tiny") is tiny_model
     with pytest.raises(registry.ModelError, match="no such model file"):

@@ -95,6 +95,7 @@ BatchOpt = Annotated[int, typer.Option(
 
 _D = RobustifyConfig()  # the library's defaults are the CLI's: declared once, in RobustifyConfig
 
+
 def robustify_cmd(
     paths: list[Path] = typer.Argument(..., help="Photos and/or folders (walked for images)."),
     out: OutOpt = Path("robustified"),

@@ -119,31 +119,47 @@ def default_model_name() -> str:
     raise ModelError("no bundled model found (weights/ is empty); pass --model FILE")
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Request:
+    """What ``load_model`` was asked for; ``file`` (the model file it names) is resolved once, on first use."""
+
     spec: str
-    path: Path
     weights: str | Path | None
     card: dict[str, Any] | None
     preprocessing: dict[str, Any] | None
     device: str | torch.device
     verify_sha: bool
+    have: dict[str, ModelInfo]  # bundled(), read once per load
+    _file: Path | None = None
+
+    @property
+    def file(self) -> Path:
+        """The file the spec names (``weights`` for a bundled name's own architecture), checked to exist."""
+        if self._file is None:
+            p = Path(self.weights) if self.weights is not None and self.spec in self.have else Path(self.spec)
+            if not p.exists():
+                raise ModelError(f"{p}: no such model file or known model (known: "
+                                 f"{', '.join(sorted(self.have)) or 'none'}, or torchvision:NAME)")
+            if p.is_dir():
+                raise ModelError(f"{p}: is a folder, not a model file")
+            self._file = p
+        return self._file
 
 
 @dataclass(frozen=True)
 class Source:
-    """A kind of model ``load_model`` can open: ``claims(spec, path, weights)`` says whether this
-    source takes the spec (the first in :data:`SOURCES` that does, loads it), ``load(req)`` opens it."""
+    """A kind of model ``load_model`` can open: ``claims(req)`` says whether this source takes the
+    request (the first in :data:`SOURCES` that does, loads it), ``load(req)`` opens it."""
 
     name: str
-    claims: Callable[[str, Path, str | Path | None], bool]
+    claims: Callable[[_Request], bool]
     load: Callable[[_Request], Model]
 
 
 SOURCES: list[Source] = []
 
 
-def register_source(name: str, claims: Callable[[str, Path, str | Path | None], bool]):
+def register_source(name: str, claims: Callable[[_Request], bool]):
     """Register a model source (decorates its loader); sources are tried in registration order."""
     def deco(load: Callable[[_Request], Model]) -> Callable[[_Request], Model]:
         SOURCES.append(Source(name, claims, load))
@@ -160,7 +176,7 @@ def _from_state_file(r: _Request, path: Path, card: dict[str, Any]) -> Model:
     return from_card(with_preprocessing(card, r.preprocessing), read_state(path), where=str(path)).to(r.device)
 
 
-@register_source("torchvision", lambda spec, path, weights: spec.startswith("torchvision:"))
+@register_source("torchvision", lambda r: r.spec.startswith("torchvision:"))
 def _torchvision(r: _Request) -> Model:
     from . import byo
 
@@ -168,53 +184,37 @@ def _torchvision(r: _Request) -> Model:
                                 preprocessing=r.preprocessing).to(r.device)
 
 
-@register_source("bundled", lambda spec, path, weights: weights is None and spec in bundled())
+@register_source("bundled", lambda r: r.weights is None and r.spec in r.have)
 def _bundled(r: _Request) -> Model:
-    info = bundled()[r.spec]
+    info = r.have[r.spec]
     return _from_state_file(r, info.path, dict(r.card or info.card))
 
 
-def _file(spec: str, path: Path, weights: str | Path | None) -> Path:
-    """The file a spec names (``weights`` for a bundled name's own architecture), checked to exist."""
-    have = bundled()
-    p = Path(weights) if weights is not None and spec in have else path
-    if not p.exists():
-        raise ModelError(f"{p}: no such model file or known model (known: {', '.join(sorted(have)) or 'none'}, "
-                         "or torchvision:NAME)")
-    if p.is_dir():
-        raise ModelError(f"{p}: is a folder, not a model file")
-    return p
-
-
-@register_source("onnx", lambda spec, path, weights: _file(spec, path, weights).suffix == ".onnx")
+@register_source("onnx", lambda r: r.file.suffix == ".onnx")
 def _onnx(r: _Request) -> Model:
     from .onnx import OnnxClassifier
 
-    card = with_preprocessing(r.card, r.preprocessing) if r.card else None
-    return OnnxClassifier.from_file(_file(r.spec, r.path, r.weights), card=card)
+    return OnnxClassifier.from_file(r.file, card=with_preprocessing(r.card, r.preprocessing) if r.card else None)
 
 
-@register_source("torchscript", lambda spec, path, weights: (
-    _file(spec, path, weights).suffix not in (".safetensors", ".json", ".toml")
-    and is_torchscript(_file(spec, path, weights))))
+@register_source("torchscript", lambda r: r.file.suffix not in (".safetensors", ".json", ".toml")
+                 and is_torchscript(r.file))
 def _torchscript(r: _Request) -> Model:
     from . import byo
 
-    return byo.load_torchscript(_file(r.spec, r.path, r.weights), card=r.card,
-                                preprocessing=r.preprocessing).to(r.device)
+    return byo.load_torchscript(r.file, card=r.card, preprocessing=r.preprocessing).to(r.device)
 
 
-@register_source("state-dict", lambda spec, path, weights: True)
+@register_source("state-dict", lambda r: True)
 def _state_dict(r: _Request) -> Model:
-    path = _file(r.spec, r.path, r.weights)
     given = r.card
     if given is None:
-        cp = card_beside(path)
+        cp = card_beside(r.file)
         if cp is None:
-            raise ModelError(f"{path}: no model card {path.stem}.json or .toml beside it (architecture, "
+            raise ModelError(f"{r.file}: no model card {r.file.stem}.json or .toml beside it (architecture, "
                              "preprocessing, classes); pass --card FILE")
         given = read_card(cp)
-    return _from_state_file(r, path, dict(given))
+    return _from_state_file(r, r.file, dict(given))
 
 
 def load_model(spec: str | Path | None = None, *, weights: str | Path | None = None,
@@ -228,9 +228,9 @@ def load_model(spec: str | Path | None = None, *, weights: str | Path | None = N
     ``resize_size``, ``mean``, ``std``, ``channels``)."""
     spec = str(default_model_name() if spec is None else spec)
     given: dict[str, Any] | None = read_card(Path(card)) if isinstance(card, (str, Path)) else card
-    req = _Request(spec, Path(spec), weights, given, preprocessing, device, verify_sha)
+    req = _Request(spec, weights, given, preprocessing, device, verify_sha, bundled())
     for source in SOURCES:
-        if source.claims(spec, req.path, weights):
+        if source.claims(req):
             return source.load(req)
     raise AssertionError("the state-dict source claims every spec")
 
