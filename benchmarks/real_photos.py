@@ -194,7 +194,8 @@ def rejudge(args: argparse.Namespace) -> None:
     extra = out.with_name(out.stem + "-judged.jsonl")
     rows = judged_rows(out)
     todo = [r for r in rows if r["split"] == args.split and any(j not in r for j in judges)
-            and (r["claimed"] or not args.claimed_only) and (not args.variants_only or r["variant"] in args.variants_only.split(","))]
+            and (r["claimed"] or not args.claimed_only) and (not args.variants_only or r["variant"] in args.variants_only.split(","))
+            and (not args.names or r["photo"] in args.names.split(","))]
     todo.sort(key=lambda r: not r["claimed"])
     for r in todo:
         saved = args.save / f"{r['variant']}-{r['photo']}.png"

@@ -1,0 +1,113 @@
+"""Same pixels, passes and verdicts before and after a refactor (the bit-for-bit check).
+
+    python benchmarks/identical.py --save /tmp/before.pt      # on the old code
+    python benchmarks/identical.py --compare /tmp/before.pt   # on the new code: exit 1 on any difference
+
+Runs, on 40 Fashion-MNIST test images against the ℓ∞ and ℓ2 ADV models: robustify under each check
+preset (the default strong check on all 40, the others on 10), ``judge`` (robustify's check on
+written pixels, with and without a service transform), every verify suite that needs no surrogate,
+``verify_files`` on written PNGs (with ``--uploads``), and records every output tensor, pass count
+and verdict.  About two minutes on 2 cores.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from preempt import RobustifyConfig, load_model, robustify, threat_model
+from preempt.data import fashion_mnist
+
+
+def _check_kw(name: str) -> dict:
+    """A check preset as RobustifyConfig keywords (whichever way the code under test spells it)."""
+    from preempt.verdict import check as c
+
+    preset = c.CHECKS[name]
+    return {"check": preset} if not isinstance(preset, dict) else dict(preset)
+
+
+def run() -> dict:
+    from preempt.algorithms.robustify import judge
+    from preempt.attacks.suite import SUITES, run_suite
+    from preempt.pipeline.photos import save_image
+    from preempt.pipeline.verify_job import VerifyConfig, verify_files
+
+    torch.manual_seed(0)
+    x, y = fashion_mnist("test")
+    x, y = x[:40], y[:40]
+    out: dict = {}
+    for name in ("fmnist-linf-pgdat", "fmnist-l2-pgdat"):
+        model = load_model(name)
+        tm = model.card["threat_model"]
+        norm, eps, delta = tm["norm"], tm["eps"], tm["delta"]
+        with torch.inference_mode():
+            yp = model.predict(x)
+        for preset in ("strong", "strong-once", "pgd", "thorough"):
+            n = 40 if preset == "strong" else 10
+            cfg = RobustifyConfig(norm=norm, eps=eps, delta=delta, seed=1, **_check_kw(preset))
+            r = robustify(model, x[:n], yp[:n], config=cfg)
+            out[f"{name}/robustify-{preset}/x"] = r.x
+            out[f"{name}/robustify-{preset}/meta"] = [(i.robust, i.passes, i.steps) for i in r.images]
+        cfg = RobustifyConfig(norm=norm, eps=eps, delta=delta, seed=1)
+        xr = out[f"{name}/robustify-strong/x"]
+        ok, p, det = judge(model, xr[:8], yp[:8], cfg, generator=torch.Generator().manual_seed(3))
+        out[f"{name}/judge"] = (ok.tolist(), p, det)
+        cfg_up = RobustifyConfig(norm=norm, eps=eps, delta=delta, seed=1, survive="jpeg:90")
+        ok, p, det = judge(model, xr[:4], yp[:4], cfg_up, generator=torch.Generator().manual_seed(4))
+        out[f"{name}/judge-upload"] = (ok.tolist(), p, det)
+        for suite in SUITES:
+            if suite in ("blackbox", "rand"):
+                continue
+            n = 40 if suite in ("pgd", "strong", "quick") else 8
+            s = run_suite(model, xr[:n], yp[:n], threat=threat_model(norm, eps), suite=suite,
+                          generator=torch.Generator().manual_seed(5))
+            out[f"{name}/suite-{suite}"] = (s.robust.tolist(), s.broken_by, dict(s.passes), s.x_adv)
+        with tempfile.TemporaryDirectory() as d:
+            paths = []
+            for i in range(6):
+                p_ = Path(d) / f"img{i}.png"
+                save_image(xr[i], p_)
+                paths.append(p_)
+            for suite, uploads in (("strong", None), ("pgd", "jpeg:90")):
+                rep = verify_files(paths, model, config=VerifyConfig(norm=norm, eps=eps, suite=suite, uploads=uploads))
+                out[f"{name}/verify-{suite}"] = [(Path(r.src).name, r.status, r.label, r.metrics) for r in rep.files]
+    return out
+
+
+def same(a, b, key: str = "") -> list[str]:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        ok = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+        return [] if ok else [key]
+    if isinstance(a, dict) and isinstance(b, dict):
+        diffs = [f"{key}: keys {sorted(set(a) ^ set(b))}"] if set(a) != set(b) else []
+        return diffs + [d for k in a if k in b for d in same(a[k], b[k], f"{key}/{k}")]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return [f"{key}: length {len(a)} != {len(b)}"]
+        return [d for i, (u, v) in enumerate(zip(a, b)) for d in same(u, v, f"{key}[{i}]")]
+    return [] if a == b else [f"{key}: {a!r} != {b!r}"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    g = ap.add_mutually_exclusive_group(required=True)
+    g.add_argument("--save", type=Path)
+    g.add_argument("--compare", type=Path)
+    args = ap.parse_args()
+    out = run()
+    if args.save:
+        torch.save(out, args.save)
+        print(f"{len(out)} results saved to {args.save}")
+        return
+    before = torch.load(args.compare, weights_only=False)  # our own file, written by --save
+    diffs = same(before, out)
+    print("\n".join(diffs[:50]) or f"identical: {len(out)} results")
+    sys.exit(1 if diffs else 0)
+
+
+if __name__ == "__main__":
+    main()
