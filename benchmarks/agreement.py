@@ -22,24 +22,27 @@ import json
 import platform
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from preempt import load_model, robustify, threat_model
-from preempt.attacks import pgd, run_suite
-from preempt.verdict.check import CHECKS
+from preempt.attacks import pgd
+from preempt.verdict import run_suite
+from preempt.verdict.check import CHECKS, Check
 
 HERE = Path(__file__).resolve().parent
 
 VARIANTS = {
     # name: robustify check settings (the presets of preempt.verdict.check.CHECKS, and steps between them)
     "pgd": CHECKS["pgd"],                                                 # PGD-20, one random start
-    "pgd-x2": dict(check_loss="ce", check_restarts=2),                    # two random starts
-    "pgd+apgd-t": dict(check_loss="ce+apgd-t", check_restarts=1),         # + APGD-T (3 targets, 25 it)
+    "pgd-x2": Check("pgd-x2", "ce", restarts=2),                          # two random starts
+    "pgd+apgd-t": Check("pgd+apgd-t", "ce+apgd-t", apgd_steps=25, apgd_targets=3),  # + APGD-T (3 targets, 25 it)
     "strong-once": CHECKS["strong-once"],                                 # 2 starts, APGD-CE, APGD-T
     "strong": CHECKS["strong"],                                           # 2 starts, APGD-CE + APGD-T twice
-    "strong-apgd-x3": dict(check_loss="+".join(["ce"] + ["apgd-ce", "apgd-t"] * 3), check_restarts=2),  # 3 times
+    "strong-apgd-x3": Check("strong-apgd-x3", "+".join(["ce"] + ["apgd-ce", "apgd-t"] * 3), restarts=2,
+                            apgd_steps=25, apgd_targets=3),                # 3 times
     "thorough": CHECKS["thorough"],
 }
 
@@ -95,7 +98,7 @@ def main() -> None:
         t0 = time.perf_counter()
         claims, passes, xs = [], [], []
         for i in range(0, len(x), 250):
-            r = robustify(model, x[i:i + 250], y[i:i + 250], norm=tm["norm"], delta=tm["delta"], eps=tm["eps"], **VARIANTS[name])
+            r = robustify(model, x[i:i + 250], y[i:i + 250], norm=tm["norm"], delta=tm["delta"], eps=tm["eps"], check=VARIANTS[name])
             xs.append(r.x)
             claims += [im.robust for im in r.images]
             passes += [im.passes for im in r.images]
@@ -104,7 +107,7 @@ def main() -> None:
         claim = torch.tensor(claims)
         v = verdicts(model, x_r, y, threat, 0 if a.no_standard else (a.standard_n or len(x)))
         pixels = hashlib.sha256(torch.round(x_r * 255).to(torch.uint8).numpy().tobytes()).hexdigest()
-        row = {"check": VARIANTS[name], "claimed": float(claim.float().mean()),
+        row = {"check": asdict(VARIANTS[name]), "claimed": float(claim.float().mean()),
                "passes_per_image": sum(passes) / len(passes), "seconds_per_image": sec / len(x),
                "pixels_sha256": pixels, "verified": {}}
         for k, ok in v.items():

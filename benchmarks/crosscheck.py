@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from preempt import load_model, threat_model
-from preempt.attacks import run_suite
 from preempt.data import fashion_mnist
+from preempt.verdict import run_suite
 
 HERE = Path(__file__).resolve().parent
 

@@ -71,13 +71,12 @@ def workload(name: str, dev: torch.device, x: torch.Tensor, model_name: str, eps
              batch: int) -> dict:
     from preempt import RobustifyConfig, load_model, robustify, threat_model
     from preempt.algorithms.robustify import recommended, resolve_init
-    from preempt.attacks import run_suite
     from preempt.core.resolution import at_model_input
-    from preempt.verdict.check import CHECKS
+    from preempt.verdict import run_suite
 
     model = load_model(model_name, device=dev)
     cfg = RobustifyConfig(eps=eps, delta=delta, init=resolve_init("auto", model),
-                          **{**CHECKS["strong"], **recommended(model)})
+                          **recommended(model))
     x = x.to(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)

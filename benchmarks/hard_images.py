@@ -22,13 +22,13 @@ import torch
 from reproduce import ROOT, SETTINGS, variant  # (run from benchmarks/, like reproduce.py)
 
 from preempt import RobustifyConfig, load_model, robustify, threat_model
-from preempt.attacks import run_suite
 from preempt.data import fashion_mnist
+from preempt.verdict import run_suite
 from preempt.verdict.check import CHECKS
 
 # the table's ADV / Ours rows, with the check they were made with (APGD from one start)
-OPTIONS = {"linf": {"settle": 30, **CHECKS["strong-once"]},
-           "l2": {"settle": 30, "inner_loss": "ce+dlr-t", **CHECKS["strong-once"]}}
+OPTIONS = {"linf": {"settle": 30, "check": CHECKS["strong-once"]},
+           "l2": {"settle": 30, "inner_loss": "ce+dlr-t", "check": CHECKS["strong-once"]}}
 
 
 def hard_set(m, norm: str, n: int, eps: float) -> dict:

@@ -2,6 +2,7 @@
 
     python benchmarks/identical.py --save /tmp/before.pt      # on the old code
     python benchmarks/identical.py --compare /tmp/before.pt   # on the new code: exit 1 on any difference
+    python benchmarks/identical.py --photo corpus/test/skimage-chelsea.png --save /tmp/photo-before.pt  # (and --compare)
 
 Runs, on 40 Fashion-MNIST test images against the ℓ∞ and ℓ2 ADV models: robustify under each check
 preset (the default strong check on all 40, the others on 10), ``judge`` (robustify's check on
@@ -32,7 +33,10 @@ def _check_kw(name: str) -> dict:
 
 def run() -> dict:
     from preempt.algorithms.robustify import judge
-    from preempt.attacks.suite import SUITES, run_suite
+    try:
+        from preempt.verdict.check import SUITES, run_suite
+    except ImportError:  # before the Check
+        from preempt.attacks.suite import SUITES, run_suite  # type: ignore[no-redef]
     from preempt.pipeline.photos import save_image
     from preempt.pipeline.verify_job import VerifyConfig, verify_files
 
@@ -78,13 +82,39 @@ def run() -> dict:
     return out
 
 
+def run_photo(path: Path) -> dict:
+    """One real photo against efficientnet-lite0 (the model-input path): a short robustify with the
+    card's attackers, and verify's default suite on the written PNG."""
+    from preempt.algorithms.robustify import recommended
+    from preempt.pipeline.photos import load_photo, save_image
+    from preempt.pipeline.verify_job import VerifyConfig, verify_files
+
+    model = load_model("efficientnet-lite0")
+    x = load_photo(path).tensor()[None]
+    with torch.inference_mode():
+        y = model.predict(x)
+    rec = recommended(model)
+    rec.pop("max_delta", None)
+    if "check" not in rec:  # before the Check: the card's check_* keys came back as fields
+        rec = {**_check_kw("strong"), **rec}
+    cfg = RobustifyConfig(eps=1 / 255, delta=8 / 255, steps=6, min_steps=2, check_every=2, seed=2, **rec)
+    r = robustify(model, x, y, config=cfg)
+    out = {"photo/x": r.x, "photo/meta": [(i.robust, i.passes, i.steps) for i in r.images]}
+    with tempfile.TemporaryDirectory() as d:
+        p_ = Path(d) / "photo.png"
+        save_image(r.x[0], p_)
+        rep = verify_files([p_], model, config=VerifyConfig(eps=1 / 255, suite="strong"))
+        out["photo/verify"] = [(f.status, f.label, f.metrics.get("broken_by")) for f in rep.files]
+    return out
+
+
 def same(a, b, key: str = "") -> list[str]:
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         ok = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
         return [] if ok else [key]
     if isinstance(a, dict) and isinstance(b, dict):
         diffs = [f"{key}: keys {sorted(set(a) ^ set(b))}"] if set(a) != set(b) else []
-        return diffs + [d for k in a if k in b for d in same(a[k], b[k], f"{key}/{k}")]
+        return diffs + [d for k in a if k in b and k != "seconds" for d in same(a[k], b[k], f"{key}/{k}")]  # wall time
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         if len(a) != len(b):
             return [f"{key}: length {len(a)} != {len(b)}"]
@@ -97,8 +127,9 @@ def main() -> None:
     g = ap.add_mutually_exclusive_group(required=True)
     g.add_argument("--save", type=Path)
     g.add_argument("--compare", type=Path)
+    ap.add_argument("--photo", type=Path, default=None, help="instead: one real photo against efficientnet-lite0")
     args = ap.parse_args()
-    out = run()
+    out = run_photo(args.photo) if args.photo else run()
     if args.save:
         torch.save(out, args.save)
         print(f"{len(out)} results saved to {args.save}")

@@ -110,7 +110,7 @@ def grid(model, items, out: dict, eps_list: tuple[int, ...] = (1, 2)) -> None:
                     before[key] = attack_robust(model, x, y, eps, seed=1000)
                 for k in rb:
                     rb[k] += int(before[key][k].sum())
-                r = robustify(model, x, y, eps=eps, delta=delta, seed=0, **CHECKS["pgd"])
+                r = robustify(model, x, y, eps=eps, delta=delta, seed=0, check=CHECKS["pgd"])
                 a = attack_robust(model, r.x, y, eps, seed=2000)
                 for k in ra:
                     ra[k] += int(a[k].sum())
@@ -143,7 +143,7 @@ def contrast(out: dict, n: int = 200) -> None:
     t0 = time.perf_counter()
     pred = model.predict(x)
     b = attack_robust(model, x, pred, 0.1, seed=1000)
-    r = robustify(model, x, pred, eps=0.1, delta=0.1, seed=0, **CHECKS["pgd"])
+    r = robustify(model, x, pred, eps=0.1, delta=0.1, seed=0, check=CHECKS["pgd"])
     a = attack_robust(model, r.x, pred, 0.1, seed=2000)
     row = {"model": "fmnist-linf-pgdat", "images": n, "eps": 0.1, "delta": 0.1,
            "pgd20_before": float(b["pgd20"].float().mean()), "apgd_before": float(b["apgd"].float().mean()),
@@ -162,7 +162,7 @@ def paths(model, items, out: dict, eps: float = 1 / 255, delta: float = 4 / 255)
         for idx in by_size(items):
             x = torch.stack([items[i][1] for i in idx])
             y = model.predict(x)
-            r = robustify(model, x, y, eps=eps, delta=delta, resolution=mode, seed=0, **CHECKS["pgd"])
+            r = robustify(model, x, y, eps=eps, delta=delta, resolution=mode, seed=0, check=CHECKS["pgd"])
             p = pgd(model, r.x, y, threat=Linf(eps), steps=20, generator=torch.Generator().manual_seed(3000))
             robust += int(p.robust.sum())
             claimed += sum(i.robust for i in r.images)

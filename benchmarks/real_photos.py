@@ -5,13 +5,14 @@
     python benchmarks/real_photos.py --split test --variants "mt:inner_loss=margin-mt" --judge standard,aa
 
 Each variant is ``NAME:key=value;key=value`` (:class:`preempt.RobustifyConfig` fields; ``check=PRESET``
-names a check preset).  Every photo is robustified on its own (photos differ in size) with the
+names a check preset, ``check_FIELD=N`` sets a field of the check, e.g. ``check_apgd_targets=9``).  Every photo is robustified on its own (photos differ in size) with the
 model's own label on the original, quantised as ``preempt robustify`` writes it, then judged by
 attacks robustify never ran with seeds it never saw:
 
 * ``apgd`` — APGD-CE (100 iterations), then APGD-T on 9 targets (100 iterations each), at the model
   input over the image of the ε-ball (the ball robustify's claim is about): the cheap dev judge;
 * ``standard`` — our AutoAttack-style standard suite (``preempt verify --suite standard``), same ball;
+* ``apgd-full``, ``standard-full`` — the same on the photo's own pixels at full resolution;
 * ``aa`` — the reference AutoAttack (PyPI ``pyautoattack``, ``version="standard"``) on the photo's own
   pixels at full resolution through the model wrapper (the attacker who edits the file).
 
@@ -25,18 +26,18 @@ import json
 import platform
 import sys
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
 
 from preempt import Linf, RobustifyConfig, load_model, robustify
 from preempt.attacks.auto_pgd import apgd, apgd_targeted
-from preempt.attacks.suite import run_suite
 from preempt.budget import parse_budget
 from preempt.core.resolution import at_model_input
 from preempt.pipeline.photos import load_photo, save_image
-from preempt.verdict.check import CHECKS
+from preempt.verdict import run_suite
+from preempt.verdict.check import CHECKS, Check
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "real-photos.jsonl"
@@ -46,10 +47,14 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     name, _, body = spec.partition(":")
     kw: dict = {}
     types = {f.name: f.type for f in fields(RobustifyConfig)}
+    check_fields = {f"check_{f.name}": f.name for f in fields(Check) if f.type in ("int", "int | None")}
     for item in filter(None, body.split(";")):
         k, _, v = item.partition("=")
         if k == "check":
-            kw.update(CHECKS[v])
+            kw["check"] = CHECKS[v]
+            continue
+        if k in check_fields:  # check_apgd_targets=9: a field of the check (the default one unless check= came first)
+            kw["check"] = replace(kw.get("check", RobustifyConfig.check), **{check_fields[k]: int(v)})
             continue
         if k not in types:
             raise SystemExit(f"unknown RobustifyConfig field {k!r}")
@@ -65,8 +70,8 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     return name, kw
 
 
-def judge_apgd(model, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int) -> tuple[bool, str | None]:
-    mi = at_model_input(model, x, Linf(eps))
+def judge_apgd(model, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int, resolution: str = "auto") -> tuple[bool, str | None]:
+    mi = at_model_input(model, x, Linf(eps), resolution)
     gen = torch.Generator().manual_seed(seed)
     if model.predict(x).item() != y.item():
         return False, "clean"
@@ -77,8 +82,8 @@ def judge_apgd(model, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int) -
     return True, None
 
 
-def judge_standard(model, x, y, eps, seed) -> tuple[bool, str | None]:
-    mi = at_model_input(model, x, Linf(eps))
+def judge_standard(model, x, y, eps, seed, resolution: str = "auto") -> tuple[bool, str | None]:
+    mi = at_model_input(model, x, Linf(eps), resolution)
     r = run_suite(mi.model, mi.x, y, threat=mi.threat, suite="standard", generator=torch.Generator().manual_seed(seed))
     return bool(r.robust.item()), r.broken_by[0]
 
@@ -98,7 +103,10 @@ def judge_aa(model, x, y, eps, seed) -> tuple[bool, str | None]:
     return ok, None if ok else "aa"
 
 
-JUDGES = {"apgd": judge_apgd, "standard": judge_standard, "aa": judge_aa}
+JUDGES = {"apgd": judge_apgd, "standard": judge_standard, "aa": judge_aa,
+          # the same attacks on the file's own pixels (the ball an attacker who edits the file reaches)
+          "apgd-full": lambda *a: judge_apgd(*a, resolution="full"),
+          "standard-full": lambda *a: judge_standard(*a, resolution="full")}
 
 
 def transfer_judge(name: str):
@@ -221,15 +229,16 @@ def summary(path: Path) -> None:
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["split"], r["model"], r["variant"], r["eps"], r["delta"]), []).append(r)
-    print("| split | variant | ε | δ (start) | photos | claimed | apgd | standard | AA (ref.) | AA on lite2 | PSNR (median) | passes | s / photo |")
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| split | variant | ε | δ (start) | photos | claimed | apgd | standard | apgd (file) | standard (file) | AA (ref., file) "
+          "| AA on lite2 | PSNR (median) | passes | s / photo |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (split, _m, var, eps, delta), rs in sorted(groups.items()):
         def frac(k: str, rs: list = rs) -> str:
             have = [r[k] for r in rs if k in r]
             return f"{sum(have)}/{len(have)}" if have else "–"
         ps = sorted(r["psnr"] for r in rs)
         print(f"| {split} | {var} | {eps * 255:.0f}/255 | {delta * 255:.0f}/255 | {len(rs)} | {frac('claimed')} | {frac('apgd')} | "
-              f"{frac('standard')} | {frac('aa')} | {frac('aa@efficientnet-lite2')} | {ps[len(ps) // 2]:.1f} | {sum(r['passes'] for r in rs) / len(rs):.0f} | "
+              f"{frac('standard')} | {frac('apgd-full')} | {frac('standard-full')} | {frac('aa')} | {frac('aa@efficientnet-lite2')} | {ps[len(ps) // 2]:.1f} | {sum(r['passes'] for r in rs) / len(rs):.0f} | "
               f"{sum(r['seconds'] for r in rs) / len(rs):.0f} |")
 
 
@@ -257,7 +266,7 @@ def main() -> None:
     ap.add_argument("--variants", default="base:")
     ap.add_argument("--eps", default="1/255")
     ap.add_argument("--delta", default="8/255")
-    ap.add_argument("--judge", default="apgd", help="comma-separated: apgd, standard, aa, aa@MODEL (transfer); none")
+    ap.add_argument("--judge", default="apgd", help="comma-separated: apgd, standard, apgd-full, standard-full, aa, aa@MODEL (transfer); none")
     ap.add_argument("--seed", type=int, default=12345, help="the judges' seed (robustify's is its own)")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--summary", type=Path, default=None, help="print the table of a results file and stop")

@@ -34,8 +34,9 @@ import torch
 
 from preempt import RobustifyConfig, load_model, robustify, threat_model
 from preempt.algorithms.robustify import INNER_LOSSES, RETRIES
-from preempt.attacks import pgd, run_suite
+from preempt.attacks import pgd
 from preempt.data import fashion_mnist
+from preempt.verdict import run_suite
 from preempt.verdict.check import CHECKS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,7 +157,7 @@ def robustified(model, x, norm: str, eps: float, seed: int, check: str, bs: int 
     from safetensors.torch import load_file, save_file
 
     options = {k: v for k, v in options.items() if v is not None}
-    cfg = RobustifyConfig(norm=norm, eps=eps, delta=eps, seed=seed, **CHECKS[check], **options)
+    cfg = RobustifyConfig(norm=norm, eps=eps, delta=eps, seed=seed, check=CHECKS[check], **options)
     outs, seconds, passes = [], 0.0, 0
     for i in range(0, len(x), bs):
         ck = work / f"xr-{i}.safetensors" if work else None

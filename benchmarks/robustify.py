@@ -21,14 +21,15 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from preempt import RobustifyConfig, load_model, robustify, threat_model
 from preempt.attacks import pgd
-from preempt.attacks.suite import run_suite
 from preempt.data import fashion_mnist
+from preempt.verdict import run_suite
 from preempt.verdict.check import CHECKS  # the committed results used the PGD-20 check
 
 HERE = Path(__file__).resolve().parent
@@ -89,7 +90,7 @@ def run_method(model, x, y, cfg: RobustifyConfig, bs: int) -> dict:
     with torch.inference_mode():
         clean = (model(xr).argmax(1) == y).float().mean().item()
     return {
-        "config": cfg.__dict__, "clean_acc_after": clean, "pgd20_acc_after": pgd_accuracy(model, xr, y, threat),
+        "config": asdict(cfg), "clean_acc_after": clean, "pgd20_acc_after": pgd_accuracy(model, xr, y, threat),
         "reported_robust": sum(reported) / len(reported), "seconds_per_image": secs / len(x),
         "passes_per_image": passes / len(x),
         "max_linf": float((xr - x).flatten(1).abs().amax(1).max()),
@@ -106,7 +107,7 @@ def photo_run(model_name: str | None, size: tuple[int, int], steps: int) -> dict
     x = torch.from_numpy(__import__("numpy").asarray(im).copy()).permute(2, 0, 1).float().div(255)[None]
     model = load_model(model_name)
     tm = model.card.get("threat_model", {"norm": "linf", "eps": 0.1, "delta": 0.1})
-    cfg = RobustifyConfig(norm=tm["norm"], eps=tm["eps"], delta=tm["delta"], steps=steps, **CHECKS["pgd"])
+    cfg = RobustifyConfig(norm=tm["norm"], eps=tm["eps"], delta=tm["delta"], steps=steps, check=CHECKS["pgd"])
     rss0 = peak_rss_mb()
     model.passes = 0
     t0 = time.perf_counter()
@@ -149,7 +150,7 @@ def main() -> None:
     res = {"model": model.name, "threat_model": tm, "n": a.n, "clean_acc": clean, "pgd20_acc_before": before,
            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
            "command": "python " + " ".join(sys.argv), "methods": {}}
-    ours_check = CHECKS[a.check] if a.check else {}
+    ours_check = {"check": CHECKS[a.check]} if a.check else {}
     res["check"] = a.check or "strong (robustify's default)"
     if a.aa_n:
         res["before"] = judged(model, x, y, threat, a.aa_n)

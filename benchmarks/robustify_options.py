@@ -19,8 +19,8 @@ import torch
 from reproduce import SETTINGS, variant  # (run as a script from benchmarks/, like reproduce.py)
 
 from preempt import RobustifyConfig, load_model, robustify, threat_model
-from preempt.attacks import run_suite
 from preempt.data import fashion_mnist
+from preempt.verdict import run_suite
 from preempt.verdict.check import CHECKS
 
 torch.set_num_threads(int(os.environ.get("THREADS", "2")))
@@ -39,7 +39,7 @@ for v in variants:
     m.passes = 0
     t = time.perf_counter()
     # the committed lines used the strong check of the time (APGD from one start)
-    r = robustify(m, x, config=RobustifyConfig(norm=norm, eps=eps, delta=eps, seed=0, **{**CHECKS["strong-once"], **kw}))
+    r = robustify(m, x, config=RobustifyConfig(norm=norm, eps=eps, delta=eps, seed=0, **{"check": CHECKS["strong-once"], **kw}))
     p = m.passes / n
     dt = time.perf_counter() - t
     claim = r.robust & correct

@@ -77,7 +77,7 @@ def run(name, model, x, y, eps, delta, settings, chains_spec, out, bs):
         xs, infos = [], []
         for i in range(0, len(x), bs):
             r = robustify(model, x[i:i + bs], y[i:i + bs], delta=delta, eps=eps, survive=survive,
-                           **CHECKS["pgd"])
+                           check=CHECKS["pgd"])
             xs.append(r.x)
             infos += r.images
         sec = (time.perf_counter() - t0) / len(x)

@@ -13,7 +13,8 @@ InnerLoss = Literal["ce", "ce+dlr-t", "margin-mt"]     # robustify's inner attac
 Retry = Literal["none", "rmsprop"]
 Optimizer = Literal["sign", "rmsprop"]
 Format = Literal["auto", "png", "jpeg"]                # robustify's output format
-CheckPreset = Literal["strong", "strong-once", "thorough", "pgd"]  # robustify --check (preempt.verdict.check.CHECKS)
+CheckPreset = Literal["strong", "strong-once", "thorough", "pgd"]  # robustify --check (preempt.verdict.check.PRESETS)
+SuiteName = Literal["pgd", "strong", "quick", "standard", "rand", "blackbox"]  # verify --suite (preempt.verdict.check.SUITES)
 Schedule = Literal["cosine", "constant", "step"]       # training learning-rate schedule
 
 NORMS: tuple[str, ...] = get_args(Norm)

@@ -94,11 +94,12 @@ def test_losses_hand_computed():
     assert torch.isclose(losses.dlr(z, y), torch.tensor([2.0 / 3.0]))
 
 
-from preempt.attacks import apgd, fab_targeted, run_suite, square  # noqa: E402
+from preempt.attacks import apgd, fab_targeted, square  # noqa: E402
 from preempt.attacks.auto_pgd import checkpoints  # noqa: E402
 from preempt.attacks.fab import project_hyperplane_box  # noqa: E402
 from preempt.attacks.registry import ATTACKS, Attack, get, register  # noqa: E402
 from preempt.attacks.square_search import p_selection  # noqa: E402
+from preempt.verdict import run_suite  # noqa: E402
 
 # shorter runs than the defaults, so the table over every registered attack stays quick
 QUICK = {"pgd": {}, "apgd-ce": {"steps": 30}, "apgd-dlr": {"steps": 30}, "apgd-t": {"steps": 20, "n_targets": 3},
@@ -140,8 +141,8 @@ def test_each_attack_at_zero_eps_keeps_clean_accuracy(tiny_model, tiny_data, nam
 
 
 def test_an_attack_added_by_one_register_line_runs_in_every_suite_by_name(tiny_model, tiny_data, monkeypatch):
-    """The example of docs/library.md: a new attack is one function and one register() line."""
-    from preempt.attacks import suite as suite_mod
+    """The example of docs/library.md: a new attack is one function and one register() line; a check names it."""
+    from preempt.verdict.check import CHECKS, Check
 
     def shift(model, x, y, *, threat, generator=None, scale=1.0):  # a (weak) attack: the far corner of the ball
         from preempt.attacks.base import AttackResult
@@ -150,10 +151,12 @@ def test_an_attack_added_by_one_register_line_runs_in_every_suite_by_name(tiny_m
         return AttackResult(xa, model.predict(xa) != y, len(x))
 
     monkeypatch.setitem(ATTACKS, "corner", Attack("corner", shift, "the corner of the ball", {"scale": 1.0}))
-    monkeypatch.setitem(suite_mod.SUITES, "corner", suite_mod.Suite("corner", "corner", lambda s, r, g: ["corner"]))
     x, y = tiny_data[0][:50], tiny_data[1][:50]
-    res = suite_mod.run_suite(tiny_model, x, y, threat=Linf(1.0), suite="corner", workers=1)
+    res = Check("corner", "corner").judge(tiny_model, x, y, Linf(1.0))
     assert list(res.per_attack) == ["clean", "corner"] and res.per_attack["corner"] < res.per_attack["clean"]
+    # ... and in an existing check, after its own attacks
+    both = Check("quick+corner", CHECKS["quick"].stages + "+corner").judge(tiny_model, x, y, Linf(0.01))
+    assert list(both.per_attack) == ["clean", "pgd-20", "apgd-ce", "corner"]
     with pytest.raises(ValueError, match="registered already"):
         register("apgd-ce", shift, help="a second apgd-ce")
     with pytest.raises(KeyError):

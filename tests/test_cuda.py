@@ -13,9 +13,9 @@ import torch
 from typer.testing import CliRunner
 
 from preempt import RobustifyConfig, robustify, threat_model
-from preempt.attacks.suite import run_suite
 from preempt.cli import app
-from preempt.verdict.check import check
+from preempt.verdict import run_suite
+from preempt.verdict.check import CHECKS
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device")
@@ -70,9 +70,9 @@ def test_margin_mt_and_survive_on_cuda(on_gpu):
 @needs_cuda
 def test_check_with_a_cuda_generator(on_gpu):
     model, x, y = on_gpu
-    ok, passes = check(model, x, y, threat_model("linf", 0.05), loss="ce+apgd-ce+apgd-t", restarts=2,
-                       generator=torch.Generator(device="cuda").manual_seed(0))
-    assert ok.device.type == "cuda" and passes > 0
+    v = CHECKS["strong-once"].judge(model, x, y, threat_model("linf", 0.05),
+                                    generator=torch.Generator(device="cuda").manual_seed(0))
+    assert v.robust.device.type == "cuda" and v.total_passes > 0
 
 
 @needs_cuda

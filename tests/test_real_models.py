@@ -16,6 +16,7 @@ from preempt.attacks import pgd
 from preempt.cli import app
 from preempt.core.resolution import at_model_input
 from preempt.models import Classifier, Model, ModelError, Preprocessing, Resampling, load_model
+from preempt.verdict.check import Check
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -95,6 +96,26 @@ def test_model_resolution_path_matches_the_full_path(tiny_model, big_photos, nor
     assert abs(robust["full"] - robust["model"]) <= 2, robust
 
 
+def test_check_resolution_sets_the_ball_the_check_attacks(tiny_model, big_photos):
+    """The loop at model resolution, its check on the file's own pixels (check_resolution="full"): no claim
+    falls to a full-resolution PGD-20 from another start, and the check attacks a subset of the model-input
+    ball, so it claims at least what the model-input check claims."""
+    from preempt import RobustifyConfig
+
+    with pytest.raises(ValueError, match="check_resolution"):
+        RobustifyConfig(check_resolution="half").validate()
+    claims = {}
+    for where in ("model", "full"):
+        r = robustify(tiny_model, big_photos, delta=0.1, eps=0.1, resolution="model", check_resolution=where, seed=0)
+        assert r.config["check_resolution"] == where
+        claimed = torch.tensor([i.robust for i in r.images])
+        y = torch.tensor([i.label for i in r.images])
+        a = pgd(tiny_model, r.x, y, threat=Linf(0.1), steps=20, generator=torch.Generator().manual_seed(3))
+        assert int((claimed & a.success).sum()) <= 1, where
+        claims[where] = int(claimed.sum())
+    assert claims["full"] >= claims["model"] - 1, claims
+
+
 def test_least_visible_shrinks_the_change_and_stays_robust(tiny_model, big_photos):
     strong = robustify(tiny_model, big_photos, seed=0)
     light = robustify(tiny_model, big_photos, seed=0, goal="least-visible")
@@ -118,7 +139,9 @@ def test_robustify_rejects_tensors_it_cannot_mean(tiny_model, bad, match):
         robustify(tiny_model, bad)
 
 
-@pytest.mark.parametrize("kw,match", [(dict(check_steps=0), "check_steps"), (dict(delta=float("nan")), "delta"),
+@pytest.mark.parametrize("kw,match", [(dict(check=Check("x", "ce", steps=0)), ">= 1"),
+                                      (dict(check={"check_loss": "ce"}), "must be a preempt.verdict.check.Check"),
+                                      (dict(delta=float("nan")), "delta"),
                                       (dict(goal="invisible"), "goal")])
 def test_robustify_refuses_meaningless_settings(tiny_model, kw, match):
     with pytest.raises(ValueError, match=match):

@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 
 from preempt import L2, Linf
 from preempt.attacks.base import AttackResult, Survivors
-from preempt.attacks.suite import SUITES, SuiteName, attack_names, run_suite
 from preempt.core.quantize import quantize, quantize_change
 from preempt.models.card import budgets
+from preempt.verdict.check import CHECKS, PRESETS, SUITES, Check, run_suite
+from preempt.vocab import CheckPreset, SuiteName
 
 
 @pytest.mark.parametrize("ball", [Linf(0.1), L2(0.5)])
@@ -63,14 +64,22 @@ def test_survivors_attacks_only_what_is_left_and_names_the_first_break():
     assert s.passes == {"a": 3, "b": 2}
 
 
-def test_the_cli_type_and_the_registry_list_the_same_suites():
+def test_the_cli_type_and_the_table_list_the_same_suites_and_presets():
     from typing import get_args
 
-    assert set(get_args(SuiteName)) == set(SUITES)
-    assert attack_names("pgd", steps=7, restarts=3) == ["pgd-7"] * 3
-    assert attack_names("blackbox") == ["square"]
+    assert set(get_args(SuiteName)) == set(SUITES) and set(get_args(CheckPreset)) == set(PRESETS)
+    assert set(PRESETS) | {c.name for c in SUITES.values()} <= set(CHECKS)  # every name is a Check of the one table
+    assert all(c.name == n for n, c in CHECKS.items())
+    assert SUITES["pgd"].tuned(steps=7, restarts=3).attacks() == ["pgd-7"] * 3
+    assert SUITES["standard"].tuned(steps=7, restarts=3) == SUITES["standard"]  # takes none of verify's PGD flags
+    assert SUITES["blackbox"].attacks() == ["square"]
+    assert SUITES["blackbox"].attacks(surrogate=object()) == ["square", "transfer-pgd-20", "transfer-apgd-ce"]
     with pytest.raises(ValueError, match="unknown suite"):
-        attack_names("nope")
+        run_suite(None, torch.zeros(1), torch.zeros(1), threat=Linf(0.1), suite="nope")
+    with pytest.raises(ValueError, match="check stage 'nope'"):
+        Check("x", "ce+nope").validate()
+    with pytest.raises(ValueError, match=">= 1"):
+        Check("x", "ce", restarts=0).validate()
 
 
 def test_verify_by_default_runs_the_attacks_of_robustify_default_check(tiny_model, tiny_data):
@@ -78,19 +87,22 @@ def test_verify_by_default_runs_the_attacks_of_robustify_default_check(tiny_mode
     random start where the check runs it from two (a margin, so verify from its own starts agrees)."""
     from preempt import RobustifyConfig, robustify
     from preempt.pipeline.verify_job import VerifyConfig
-    from preempt.verdict.check import APGD_STARTS, CHECKS, check
+    from preempt.verdict.check import APGD_STARTS
 
     cfg = RobustifyConfig()
     assert VerifyConfig().suite == "strong" and APGD_STARTS == 2
-    assert cfg.check_loss == CHECKS["strong"]["check_loss"] == "ce+apgd-ce+apgd-t+apgd-ce+apgd-t"
-    once = CHECKS["strong-once"]
-    assert attack_names("strong") == ["pgd-20"] * once["check_restarts"] + [f"apgd-ce-{cfg.check_apgd_steps}",
-                                                                           f"apgd-t-{cfg.check_apgd_steps}"]
-    assert once["check_loss"] == "ce+apgd-ce+apgd-t" and cfg.check_apgd_targets == 3
+    assert cfg.check is CHECKS["strong"] and cfg.check.stages == "ce+apgd-ce+apgd-t+apgd-ce+apgd-t"
+    once = SUITES["strong"]
+    assert once is CHECKS["strong-once"] and once.stages == "ce+apgd-ce+apgd-t"
+    assert (once.restarts, once.apgd_steps, once.apgd_targets) == (cfg.check.restarts, cfg.check.apgd_steps,
+                                                                    cfg.check.apgd_targets) == (2, 25, 3)
+    assert once.attacks() == ["pgd-20", "pgd-20", "apgd-ce-25", "apgd-t-25"]
+    assert cfg.check.attacks() == ["pgd-20", "pgd-20"] + ["apgd-ce-25", "apgd-t-25"] * APGD_STARTS
     x, y = tiny_data
     x, y = x[:24], y[:24]
     t = Linf(0.1)
-    ok, _ = check(tiny_model, x, y, t, restarts=2, loss=once["check_loss"], generator=torch.Generator().manual_seed(5))
+    ok = once.judge(tiny_model, x, y, t, correct=torch.ones(len(x), dtype=torch.bool),
+                    generator=torch.Generator().manual_seed(5)).robust
     r = run_suite(tiny_model, x, y, threat=t, suite="strong", workers=1, generator=torch.Generator().manual_seed(5))
     assert 0 < int(ok.sum()) < len(x) and r.robust.tolist() == ok.tolist()  # the same attacks, the same draws
     # robustify's claims hold under verify's default from other random starts
@@ -145,8 +157,6 @@ def test_verify_names_the_label_after_the_attack(tmp_path, photo_dir, tiny_model
 def test_each_attack_reports_the_passes_the_model_counted(tiny_model, tiny_data, name, ball):
     """Two counters, one truth: what an attack reports is what Classifier.passes metered."""
     from preempt.attacks import adaptive, apgd, apgd_targeted, fab_targeted, pgd, square
-    from preempt.verdict.check import check
-
     x, y = tiny_data[0][:10], tiny_data[1][:10]
     g = torch.Generator().manual_seed(0)
     run = {"pgd": lambda: pgd(tiny_model, x, y, threat=ball, generator=g).passes,
@@ -155,7 +165,7 @@ def test_each_attack_reports_the_passes_the_model_counted(tiny_model, tiny_data,
            "fab-t": lambda: fab_targeted(tiny_model, x, y, threat=ball, steps=10).passes,
            "square": lambda: square(tiny_model, x, y, threat=ball, queries=50, generator=g).passes,
            "adaptive": lambda: adaptive(tiny_model, x, y, threat=ball, generator=g).passes,
-           "check": lambda: check(tiny_model, x, y, ball, loss="ce+apgd-ce+apgd-t", restarts=2, generator=g)[1]}[name]
+           "check": lambda: CHECKS["strong-once"].judge(tiny_model, x, y, ball, generator=g).total_passes}[name]
     before = tiny_model.passes
     reported = run()
     assert reported == tiny_model.passes - before > 0
@@ -338,9 +348,7 @@ def test_vocabularies_are_declared_once_and_match_what_uses_them():
     from preempt.cli.robustify import robustify_cmd
     from preempt.cli.verify import verify_cmd
     from preempt.train import TrainConfig
-    from preempt.verdict.check import CHECKS
-
-    assert set(vocab.CHECK_PRESETS) == set(CHECKS)
+    assert set(vocab.CHECK_PRESETS) == set(PRESETS) and set(PRESETS) <= set(CHECKS)
     hints = inspect.get_annotations(robustify_cmd, eval_str=True)
     for opt, vocabulary in (("check", vocab.CheckPreset), ("inner_loss", vocab.InnerLoss), ("retry", vocab.Retry),
                             ("init", vocab.Init), ("goal", vocab.Goal), ("resolution", vocab.Resolution),
@@ -377,6 +385,7 @@ def test_robustify_cli_defaults_are_the_configs():
     from preempt.cli.robustify import robustify_cmd
 
     cfg = {f.name: f.default for f in fields(RobustifyConfig)}
+    cfg["check_steps"] = RobustifyConfig.check.steps  # --check-steps sets the check's PGD steps
     shared = []
     for name, p in inspect.signature(robustify_cmd).parameters.items():
         default = getattr(p.default, "default", p.default)  # a typer.Option holds its default

@@ -31,12 +31,12 @@ from ..attacks import losses
 from ..attacks.projected_gradient import pgd_unrolled
 from ..core.metrics import change
 from ..core.quantize import quantize, quantize_change
-from ..core.resolution import at_model_input, resampling_for
+from ..core.resolution import resampling_for
 from ..core.threat import ThreatModel, threat_model
 from ..models.resample import Resampling
 from ..models.wrapper import Classifier
 from ..verdict import upload
-from ..verdict.check import CHECKS, STRONG_LOSS, check, check_stages_error, through_uploads
+from ..verdict.check import CHECKS, Check
 from ..vocab import GOALS, INITS, INNER_LOSSES, OPTIMIZERS, RESOLUTIONS, RETRIES
 from .persistent import PersistentAdversaries
 
@@ -87,11 +87,7 @@ class RobustifyConfig:
     step_size: float | None = None     # outer; default δ/4 (ℓ∞) or δ/4 (ℓ2, normalised)
     inner_step_size: float | None = None  # default ε/4
     check_every: int = 5
-    check_steps: int = 20
-    check_restarts: int = 2    # random starts of each PGD stage
-    check_loss: str = STRONG_LOSS  # the check's stages, in turn (see check() and CHECKS): 2 × PGD, APGD-CE + APGD-T twice
-    check_apgd_steps: int = 25  # iterations of the check's APGD stages
-    check_apgd_targets: int = 3  # target classes of its APGD-T stage
+    check: Check = CHECKS["strong"]  # the verdict behind "robust" (preempt.verdict.check): 2 × PGD-20, APGD-CE + APGD-T twice
     min_steps: int = 5         # outer steps before the first check
     settle: int = 0            # outer steps more after an image is first verified, then checked again: the later
                                # photo is kept if it passes too (a deeper point than the first one to pass); at most
@@ -117,6 +113,9 @@ class RobustifyConfig:
                                # | auto: what the model card recommends, else original
     early_stop: bool = True    # False: no checks before the last step (the paper's algorithm)
     resolution: str = "auto"   # auto | model | full: where the loop works (see preempt.core.resolution)
+    check_resolution: str | None = None  # where the check attacks: model = the model input over the image of the
+                               # ε-ball (a superset of what a file attacker reaches), full = the file's own pixels;
+                               # None: as resolution
     goal: str = "strongest"    # strongest | least-visible: shrink a verified change while it stays robust
     shrink_steps: int = 4      # bisection steps of least-visible (scale precision 1/2^steps)
     work_scale: int = 3        # model resolution: the change's grid, in multiples of the model input
@@ -132,12 +131,9 @@ class RobustifyConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.steps < 0 or self.inner_steps < 1 or self.check_every < 1 or self.settle < 0:
             raise ValueError("steps and settle must be >= 0, inner_steps and check_every >= 1")
-        why = check_stages_error(self.check_loss)
-        if why:
-            raise ValueError(why)
-        if min(self.check_steps, self.check_restarts, self.check_apgd_steps, self.check_apgd_targets) < 1:
-            raise ValueError("check_steps, check_restarts, check_apgd_steps and check_apgd_targets must be >= 1: "
-                             "without a check nothing is verified")
+        if not isinstance(self.check, Check):
+            raise ValueError(f"check must be a preempt.verdict.check.Check (e.g. CHECKS['strong']), got {self.check!r}")
+        self.check.validate()
         if self.settle and not self.early_stop:
             raise ValueError("settle needs early_stop: without checks before the last step nothing settles")
         if self.inner_loss not in INNER_LOSSES:
@@ -157,8 +153,10 @@ class RobustifyConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}")
         if self.optimizer == "rmsprop" and self.norm != "linf":
             raise ValueError("optimizer='rmsprop' (the tanh box reparametrisation) is for ℓ∞ only")
-        if self.resolution not in RESOLUTIONS:
-            raise ValueError(f"resolution {self.resolution!r}: choose {', '.join(RESOLUTIONS)}")
+        for name in ("resolution", "check_resolution"):
+            v = getattr(self, name)
+            if v not in RESOLUTIONS and not (name == "check_resolution" and v is None):
+                raise ValueError(f"{name} {v!r}: choose {', '.join(RESOLUTIONS)}")
         if self.goal not in GOALS:
             raise ValueError(f"goal {self.goal!r}: choose {', '.join(GOALS)}")
         if self.init not in INITS:
@@ -173,8 +171,12 @@ class RobustifyConfig:
         """The published algorithm: 100 outer steps, PGD-20 inside, RMSprop on a tanh-reparametrised
         ℓ∞ box from a random start, judged once at the end (2,100 passes per image)."""
         base = dict(steps=100, inner_steps=20, optimizer="rmsprop" if kw.get("norm", "linf") == "linf" else "sign",
-                    init="random", early_stop=False, **CHECKS["pgd"])
+                    init="random", early_stop=False, check=CHECKS["pgd"])
         return cls(**{**base, **kw})
+
+    def check_at(self) -> str:
+        """Where the check attacks a written photo (``check_resolution``, else ``resolution``)."""
+        return self.check_resolution or self.resolution
 
     def delta_ball(self) -> ThreatModel:
         return threat_model(self.norm, self.delta)
@@ -185,16 +187,21 @@ class RobustifyConfig:
 
 
 
-RECOMMENDABLE = ("inner_loss", "inner_steps", "inner_targets", "inner_eps_scale", "kappa", "check_apgd_targets",
-                 "check_apgd_steps", "max_delta")
+RECOMMENDABLE = ("inner_loss", "inner_steps", "inner_targets", "inner_eps_scale", "kappa", "max_delta", "check_resolution")
+CARD_CHECK = {"check_apgd_targets": "apgd_targets", "check_apgd_steps": "apgd_steps"}  # card key -> Check field
 
 
-def recommended(model: Model) -> dict:
+def recommended(model: Model, check: Check = CHECKS["strong"]) -> dict:
     """The robustify settings a model's card recommends (``card["robustify"]``: what was measured to
     work for it, e.g. the persistent multi-target attack for the standard ImageNet models), restricted
-    to :data:`RECOMMENDABLE`.  ``init`` has its own resolution (:func:`resolve_init`)."""
+    to :data:`RECOMMENDABLE`, with ``check`` as the card would judge with it (its APGD-T targets and
+    iterations, :data:`CARD_CHECK`, where the check runs APGD).  ``init`` has its own resolution
+    (:func:`resolve_init`)."""
     rec = ((getattr(model, "card", None) or {}).get("robustify") or {})
-    return {k: v for k, v in rec.items() if k in RECOMMENDABLE}
+    over = {f: rec[k] for k, f in CARD_CHECK.items() if k in rec}
+    apgd = any(n in ("apgd-ce", "apgd-t") for n in check.stages.split("+"))
+    return {**{k: v for k, v in rec.items() if k in RECOMMENDABLE},
+            "check": replace(check, **over) if over and apgd else check}
 
 
 def resolve_init(init: str, model: Model) -> str:
@@ -307,15 +314,13 @@ class _Problem:
 
     def check(self, photo: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
               extra_restarts: int = 0) -> tuple[torch.Tensor, int, list[dict]]:
-        """The configured check on a photo as written, attacked where verify attacks it, then (with
-        ``survive``) through each service transform by the real codec: (robust, passes, per-image
+        """The configured check on a photo as written (:meth:`Check.judge`: where verify attacks it,
+        then with ``survive`` each service transform by the real codec): (robust, passes, per-image
         upload outcomes)."""
-        c = self.cfg
-        ok, passes = check(self.model, self.photo_input(photo), y, self.eball, steps=c.check_steps,
-                           restarts=c.check_restarts + extra_restarts, loss=c.check_loss, apgd_steps=c.check_apgd_steps,
-                           apgd_targets=c.check_apgd_targets, generator=gen)
-        return through_uploads(self.full_model, photo, y, ok, passes, c.eps_ball(), self.chains, steps=c.check_steps,
-                               restarts=c.check_restarts + extra_restarts, resolution=c.resolution, generator=gen)
+        v = self.cfg.check.stronger(extra_restarts).judge(
+            self.full_model, photo, y, self.full_eball, generator=gen, resolution=self.cfg.check_at(),
+            chains=self.chains, correct=torch.ones(len(photo), dtype=torch.bool, device=photo.device))
+        return v.robust, v.total_passes, v.uploads
 
     def eot_loss(self, xr: torch.Tensor, y: torch.Tensor, k: int, gen: torch.Generator) -> tuple[torch.Tensor, int]:
         """Expectation over the service transforms, one sample per outer step: a chain drawn from
@@ -807,12 +812,9 @@ def _shrink(joint: _Joint, v: torch.Tensor, idx: torch.Tensor, gen: torch.Genera
 
 def judge(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfig,
           generator: torch.Generator | None = None) -> tuple[torch.Tensor, int, list[dict]]:
-    """robustify's check on images as written (e.g. decoded from a JPEG): the configured PGD check
-    where verify attacks, then each ``survive`` transform through the real codec.
+    """robustify's check on images as written (e.g. decoded from a JPEG): ``cfg.check`` where verify
+    attacks, then each ``survive`` transform through the real codec.
     Returns (robust, passes, per-image upload outcomes)."""
-    mi = at_model_input(model, x, cfg.eps_ball(), cfg.resolution)
-    ok, passes = check(mi.model, mi.x, y, mi.threat, steps=cfg.check_steps, restarts=cfg.check_restarts,
-                       loss=cfg.check_loss, apgd_steps=cfg.check_apgd_steps, apgd_targets=cfg.check_apgd_targets,
-                       generator=generator)
-    return through_uploads(model, x, y, ok, passes, cfg.eps_ball(), cfg.chains(), steps=cfg.check_steps,
-                           restarts=cfg.check_restarts, resolution=cfg.resolution, generator=generator)
+    v = cfg.check.judge(model, x, y, cfg.eps_ball(), generator=generator, resolution=cfg.check_at(), chains=cfg.chains(),
+                        correct=torch.ones(len(x), dtype=torch.bool, device=x.device))
+    return v.robust, v.total_passes, v.uploads

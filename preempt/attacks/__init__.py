@@ -5,7 +5,7 @@ from .base import AttackResult
 from .fab import fab_targeted
 from .projected_gradient import pgd, pgd_unrolled
 from .square_search import square
-from .suite import SUITES, SuiteResult, run_suite
+from .suite import SuiteResult, run_attacks
 
-__all__ = ["adaptive", "AttackResult", "pgd", "pgd_unrolled", "apgd", "apgd_targeted", "fab_targeted", "square", "run_suite",
-           "SuiteResult", "SUITES"]
+__all__ = ["adaptive", "AttackResult", "pgd", "pgd_unrolled", "apgd", "apgd_targeted", "fab_targeted", "square", "run_attacks",
+           "SuiteResult"]

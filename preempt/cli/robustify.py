@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -76,6 +77,10 @@ GoalOpt = Annotated[Goal, typer.Option(
 WhereOpt = Annotated[Resolution, typer.Option(
     help="Where robustify works: auto/model = at the model's input resolution, lifted to the photo (fast for large "
          "photos); full = every pass on every pixel (the reference path).")]
+CheckWhereOpt = Annotated[Resolution | None, typer.Option(
+    help="Where the check that decides 'robust' attacks: full = the file's own pixels (what an attacker who edits the "
+         "file reaches; what preempt verify attacks by default); model = the model input over the image of the ε-ball "
+         "(a larger, stricter ball); auto = model for photos the model resizes. Default: --resolution's, or the card's.")]
 SurviveOpt = Annotated[str | None, typer.Option(
     help="Stay robust through what a service does to uploads, e.g. 'jpeg:75-95,resize:1080,2048' or 'worst' "
          "(expectation over these in the loss; the check runs them through the real codec). Works on the photo's own "
@@ -113,7 +118,7 @@ def robustify_cmd(
     eps: float | None = budget_option(None, "Attack budget ε to be robust against (default: the model's)."),
     steps: int = typer.Option(_D.steps, help="Outer steps at most."),
     inner_steps: InnerStepsOpt = None,
-    check_steps: int = typer.Option(_D.check_steps, help="Steps of the PGD check that decides 'robust'."),
+    check_steps: int = typer.Option(_D.check.steps, help="Steps of the PGD check that decides 'robust'."),
     check: CheckOpt = None,
     settle: SettleOpt = _D.settle,
     inner_loss: InnerLossOpt = None,
@@ -124,6 +129,7 @@ def robustify_cmd(
     init: InitOpt = _D.init,  # type: ignore[assignment]
     goal: GoalOpt = _D.goal,  # type: ignore[assignment]
     resolution: WhereOpt = _D.resolution,  # type: ignore[assignment]
+    check_resolution: CheckWhereOpt = None,
     survive: SurviveOpt = None,
     fmt: FormatOpt = "auto",
     quality: QualityOpt = None,
@@ -155,7 +161,7 @@ def robustify_cmd(
     dev, clf, norm, eps, delta = model_and_budgets(spec, device, norm, eps, delta)
     clf, others = _models(paths, clf, model, dev, sigma, noise_samples, seed, check_steps)
     cfg = _config(clf, check, dict(inner_steps=inner_steps, inner_loss=inner_loss, inner_targets=inner_targets,
-                                   max_delta=max_delta), init, norm=norm, delta=delta, eps=eps, steps=steps,
+                                   max_delta=max_delta, check_resolution=check_resolution), init, norm=norm, delta=delta, eps=eps, steps=steps,
                   check_steps=check_steps, settle=settle, retry=retry, seed=seed, goal=goal, resolution=resolution,
                   survive=survive)
     err_console.print(_header(share, [clf, *others], dev, cfg, check or "strong", check_steps, survive), highlight=False)
@@ -200,11 +206,14 @@ def _models(paths: list[Path], clf, names: list[str] | None, dev: str, sigma: fl
 
 def _config(clf, check: str | None, given: dict, init: str, **kw):
     """The RobustifyConfig: the strong check, then what the model card recommends, then the flags given."""
+    from dataclasses import replace
+
     from ..algorithms.robustify import RobustifyConfig, recommended, resolve_init
     from ..verdict.check import CHECKS
 
     given = {k: v for k, v in given.items() if v is not None}
-    settings = {**CHECKS["strong"], **recommended(clf), **given, **(CHECKS[check] if check else {})}
+    settings = {**recommended(clf, CHECKS[check or "strong"]), **given}
+    settings["check"] = replace(settings["check"], steps=kw.pop("check_steps"))
     if "max_delta" not in given and (settings.get("max_delta") or 0) < kw["delta"]:
         settings.pop("max_delta", None)  # the card's cap is below the --delta asked for: no escalation
     try:
@@ -226,7 +235,7 @@ def _finish(paths: list[Path], out: Path, models: list, dev: str, cfg, done: lis
     missing = sum(not p.exists() for p in paths)
     title = (f"interrupted: {len(results)} finished, " if interrupted else "") + f"robustified into {out}/"
     err_console.print(summary_table(results, title=title, wall=wall))
-    doc = shard_doc({"model": model_name(models), "device": dev, "config": cfg.__dict__, "out": str(out),
+    doc = shard_doc({"model": model_name(models), "device": dev, "config": asdict(cfg), "out": str(out),
                      "files": [r.to_dict() for r in results], **({"interrupted": True} if interrupted else {})}, share, results)
     if json_out:
         print_json(doc)
@@ -246,7 +255,8 @@ def _header(share, models: list, dev: str, cfg, check: str, check_steps: int, su
     return ((f"share {share}: " if share else "") + f"model {model_name(models)} on {dev}; {cfg.norm} "
             f"δ={format_budget(cfg.delta)} ε={format_budget(cfg.eps)}; "
             f"≤{cfg.steps} outer × {cfg.inner_steps} inner steps, check {check}" + (f" (PGD-{check_steps})" if check_steps != 20 else "")
-            + (f" ({cfg.check_apgd_targets} APGD-T targets)" if cfg.check_apgd_targets != 3 else "")
+            + (f" ({cfg.check.apgd_targets} APGD-T targets)" if cfg.check.apgd_targets not in (None, 3) else "")
+            + (f" at {cfg.check_at()} resolution" if cfg.check_resolution else "")
             + f", goal {cfg.goal}"
             + (f", settle {cfg.settle}" if cfg.settle else "")
             + (f", inner loss {cfg.inner_loss}" if cfg.inner_loss != "ce" else "")

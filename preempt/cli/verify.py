@@ -7,9 +7,9 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from ..attacks.suite import SuiteName, suite_help
 from ..budget import format_budget
-from ..vocab import Norm, Resolution
+from ..verdict.check import suite_help
+from ..vocab import Norm, Resolution, SuiteName
 from .common import (
     EXIT_ERROR,
     EXIT_NOT_ROBUST,

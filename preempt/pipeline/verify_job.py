@@ -1,25 +1,24 @@
 """``preempt verify`` on files: label sources, pairing with originals, the attacks, the report rows.
 
-Photos of one size are attacked together (see :mod:`preempt.attacks.suite` for the suites); a
+Photos of one size are attacked together (see :mod:`preempt.verdict.check` for the suites); a
 photo that cannot be read fails alone and the rest go on.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..attacks.base import Survivors
-from ..attacks.suite import SUITES, attack_names
 from ..core.metrics import change
 from ..core.resolution import at_model_input
 from ..core.threat import threat_model
 from ..models.protocol import Model
 from ..verdict import upload
+from ..verdict.check import SUITES, Check, suite_check
 from .batching import batches, chw, planned_batches
 from .photos import PhotoError, iter_images, load_photo, nothing_found, original_stem
 from .results import FileResult, NoImages, in_input_order, label_name
@@ -30,7 +29,7 @@ from .shard import Shard, batch_seed, take
 class VerifyConfig:
     norm: str = "linf"
     eps: float = 0.1
-    suite: str = "strong"           # a name in preempt.attacks.suite.SUITES (strong: robustify's default check)
+    suite: str = "strong"           # a name in preempt.verdict.check.SUITES (strong: the attacks of robustify's default check)
     steps: int = 20                 # PGD steps (suites "pgd" and "strong")
     step_size: float | None = None  # PGD step, default ε/4
     restarts: int = 1               # PGD restarts
@@ -47,11 +46,16 @@ class VerifyConfig:
     uploads: str | None = None      # service transforms (preempt.verdict.upload spec): each photo also attacked through
                                     # the real codec, before and after the transform
 
+    def check(self) -> Check:
+        """The check this configuration runs: the suite's, with verify's PGD flags where it takes them
+        and the adaptive attack after it when asked."""
+        c = suite_check(self.suite).tuned(steps=self.steps, restarts=self.restarts, step_size=self.step_size)
+        return replace(c, extra=("adaptive",)) if self.adaptive else c
+
     def describe(self) -> dict:
         """The attacks' parameters, as reports state them."""
         # each attack once (the pgd suite's restarts and the strong suite's two PGD starts repeat one name)
-        attacks = list(dict.fromkeys(attack_names(self.suite, self.surrogate, steps=self.steps, restarts=self.restarts)))
-        attacks += ["adaptive"] if self.adaptive else []
+        attacks = list(dict.fromkeys(self.check().attacks(self.surrogate)))
         attacks += [str(c) for c in upload.concrete(upload.parse(self.uploads), (1 << 30, 1 << 30))]
         return {"suite": self.suite, "attacks": attacks, "attack": "pgd" if self.suite == "pgd" else self.suite,
                 "steps": self.steps, "step_size": self.step_size or self.eps / 4, "norm": self.norm,
@@ -252,35 +256,21 @@ class _Attacker:
 
     def attack(self, x: torch.Tensor, y: torch.Tensor, correct: torch.Tensor) -> _Outcome:
         """``correct``: the clean predictions already compared with ``y`` (no second forward pass)."""
-        from ..attacks import adaptive, run_suite
-
         cfg, gen = self.cfg, self.gen
-        mi = at_model_input(self.model, x, self.threat, cfg.resolution)
-        r = run_suite(mi.model, mi.x, y, threat=mi.threat, suite=cfg.suite, generator=gen, surrogate=cfg.surrogate,
-                      steps=cfg.steps, restarts=cfg.restarts, step_size=cfg.step_size, correct=correct,
-                      on_attack=self.on_attack, workers=1 if cfg.suite == "pgd" else None)
-        s = Survivors(r.robust, r.x_adv, broken_by=r.broken_by)
-        if cfg.adaptive:
-            if self.on_attack:
-                self.on_attack("adaptive", int(s.robust.sum()))
-            s.attack("adaptive", lambda idx: adaptive(mi.model, mi.x[idx], y[idx], threat=mi.threat, generator=gen))
+        check = cfg.check()
+        v = check.judge(self.model, x, y, self.threat, generator=gen, resolution=cfg.resolution, chains=self.chains,
+                        uploads_for="correct", upload_steps=cfg.steps, upload_restarts=cfg.restarts, correct=correct,
+                        workers=1 if cfg.suite == "pgd" else None, surrogate=cfg.surrogate, on_attack=self.on_attack)
         # the label each attack's adversarial point gets (what the service would have said)
         after: list[int | None] = [None] * len(x)
-        hit = torch.tensor([b not in (None, "clean") for b in s.broken_by], dtype=torch.bool)
-        if hit.any() and s.x_adv is not None:
+        attacks = set(check.attacks(cfg.surrogate))
+        hit = torch.tensor([b in attacks for b in v.broken_by], dtype=torch.bool)
+        if hit.any():
+            mi = at_model_input(self.model, x, self.threat, cfg.resolution)
             idx = hit.nonzero().squeeze(1).to(x.device)
-            for i, lab in zip(idx.tolist(), mi.model.predict(s.x_adv[idx]).tolist()):
+            for i, lab in zip(idx.tolist(), mi.model.predict(v.x_adv[idx]).tolist()):
                 after[i] = int(lab)
-        details: list[dict] = [{} for _ in range(len(x))]
-        if self.chains and correct.any():  # every clean-correct photo, so the report names each transform's outcome
-            idx = correct.nonzero().squeeze(1)
-            up, det, _ = upload.attack_uploads(self.model, x[idx], y[idx], self.threat, self.chains, steps=cfg.steps,
-                                               restarts=cfg.restarts, resolution=cfg.resolution, generator=gen)
-            for j, i in enumerate(idx.tolist()):
-                details[i] = det[j]
-                if not up[j] and s.robust[i]:
-                    s.hit(next(k for k, v in det[j].items() if v != "ok"), idx[j:j + 1])
-        return _Outcome(s.robust, s.broken_by, details, after)
+        return _Outcome(v.robust, v.broken_by, v.uploads, after)
 
     def certificate(self, x: torch.Tensor, label: int) -> dict:
         from ..defenses.smoothing import certify
