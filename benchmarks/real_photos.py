@@ -109,17 +109,22 @@ JUDGES = {"apgd": judge_apgd, "standard": judge_standard, "aa": judge_aa,
           "standard-full": lambda *a: judge_standard(*a, resolution="full")}
 
 
-def transfer_judge(name: str):
-    """``aa@MODEL``: the reference AutoAttack on another model (one never robustified for), against that
-    model's own label on the original photo."""
-    other = load_model(name)
+def transfer_judge(spec: str):
+    """``JUDGE@MODEL`` (``aa@efficientnet-lite2``, ``apgd-full@efficientnet-lite2``): that judge on another model
+    (one never robustified for), against that model's own label on the original photo."""
+    base, name = spec.split("@", 1)
+    other, fn = load_model(name), JUDGES[base]
 
     def judge(model, x, y, eps, seed, x_o=None):
         with torch.inference_mode():
             y_other = other.predict(x_o if x_o is not None else x)
-        return judge_aa(other, x, y_other, eps, seed)
+        return fn(other, x, y_other, eps, seed)
 
     return judge
+
+
+def judge_fns(judges: list[str]) -> dict:
+    return {j: (transfer_judge(j) if "@" in j else JUDGES[j]) for j in judges}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -131,7 +136,7 @@ def run(args: argparse.Namespace) -> None:
         raise SystemExit(f"no photos in {args.corpus / args.split}: run benchmarks/corpus.py --out {args.corpus}")
     eps = parse_budget(args.eps)
     judges = [j for j in args.judge.split(",") if j and j != "none"]
-    fns = {j: (transfer_judge(j.split("@", 1)[1]) if j.startswith("aa@") else JUDGES[j]) for j in judges}
+    fns = judge_fns(judges)
     models = [model] + [load_model(m) for m in args.also_model]
     out = Path(args.out)
     done = set()
@@ -163,7 +168,7 @@ def run(args: argparse.Namespace) -> None:
                    "seconds": secs}
             for j in judges:
                 t1 = time.perf_counter()
-                ok, by = fns[j](model, res.x, y, eps, args.seed, x) if j.startswith("aa@") else fns[j](model, res.x, y, eps, args.seed)
+                ok, by = fns[j](model, res.x, y, eps, args.seed, x) if "@" in j else fns[j](model, res.x, y, eps, args.seed)
                 row[j], row[f"{j}_broken_by"], row[f"{j}_seconds"] = ok, by, time.perf_counter() - t1
             row["command"] = "python " + " ".join(sys.argv)
             row["machine"] = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
@@ -197,7 +202,7 @@ def rejudge(args: argparse.Namespace) -> None:
     ``--claimed-only`` for nothing else).  Results go to OUT's ``-judged.jsonl`` sibling."""
     model = load_model(args.model)
     judges = [j for j in args.judge.split(",") if j and j != "none"]
-    fns = {j: (transfer_judge(j.split("@", 1)[1]) if j.startswith("aa@") else JUDGES[j]) for j in judges}
+    fns = judge_fns(judges)
     out = Path(args.out)
     extra = out.with_name(out.stem + "-judged.jsonl")
     rows = judged_rows(out)
@@ -216,7 +221,7 @@ def rejudge(args: argparse.Namespace) -> None:
             if j in r:
                 continue
             t1 = time.perf_counter()
-            ok, by = fns[j](model, x_r, y, r["eps"], args.seed, x) if j.startswith("aa@") else fns[j](model, x_r, y, r["eps"], args.seed)
+            ok, by = fns[j](model, x_r, y, r["eps"], args.seed, x) if "@" in j else fns[j](model, x_r, y, r["eps"], args.seed)
             result = {j: ok, f"{j}_broken_by": by, f"{j}_seconds": time.perf_counter() - t1}
             with extra.open("a") as fh:
                 fh.write(json.dumps({"key": list(_key(r)), "result": result, "command": "python " + " ".join(sys.argv)}) + "\n")
@@ -266,7 +271,7 @@ def main() -> None:
     ap.add_argument("--variants", default="base:")
     ap.add_argument("--eps", default="1/255")
     ap.add_argument("--delta", default="8/255")
-    ap.add_argument("--judge", default="apgd", help="comma-separated: apgd, standard, apgd-full, standard-full, aa, aa@MODEL (transfer); none")
+    ap.add_argument("--judge", default="apgd", help="comma-separated: apgd, standard, apgd-full, standard-full, aa, JUDGE@MODEL (transfer); none")
     ap.add_argument("--seed", type=int, default=12345, help="the judges' seed (robustify's is its own)")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--summary", type=Path, default=None, help="print the table of a results file and stop")

@@ -116,6 +116,27 @@ def test_check_resolution_sets_the_ball_the_check_attacks(tiny_model, big_photos
     assert claims["full"] >= claims["model"] - 1, claims
 
 
+def test_verify_attacks_the_file_pixels_by_default(tmp_path, tiny_model, big_photos):
+    """verify's default ball is the file's own pixels (what "robust" means); --resolution model attacks the
+    model input over the image of the ε-ball, a superset, so it breaks at least what the default breaks."""
+    from preempt.pipeline.photos import save_image
+    from preempt.pipeline.verify_job import VerifyConfig, verify_files
+
+    paths = []
+    for i in range(12):
+        paths.append(tmp_path / f"p{i}.png")
+        save_image(big_photos[i], paths[-1])
+    reports = {}
+    for res in (None, "model"):
+        cfg = VerifyConfig(eps=0.08, suite="pgd", seed=0) if res is None else VerifyConfig(eps=0.08, suite="pgd", seed=0,
+                                                                                          resolution=res)
+        reports[res or "default"] = verify_files(paths, tiny_model, config=cfg)
+    assert VerifyConfig().describe()["resolution"] == "full"
+    robust = {k: {r.src: r.status == "robust" for r in rep.files} for k, rep in reports.items()}
+    assert sum(robust["default"].values()) >= sum(robust["model"].values())
+    assert sum(robust["default"].values()) > sum(robust["model"].values()) or all(robust["model"].values())
+
+
 def test_least_visible_shrinks_the_change_and_stays_robust(tiny_model, big_photos):
     strong = robustify(tiny_model, big_photos, seed=0)
     light = robustify(tiny_model, big_photos, seed=0, goal="least-visible")

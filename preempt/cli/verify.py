@@ -44,8 +44,9 @@ from .tables import attack_table, verify_table
 OriginalOpt = Annotated[list[Path] | None, typer.Option(
     "--original", help="The originals, one per photo in the same order (files or folders); attacked too, for before vs after.")]
 ResolutionOpt = Annotated[Resolution, typer.Option(
-    help="auto/model: attack a large photo at the model's input resolution over the image of its ε-ball (contains "
-         "every full-resolution attack; fast); full: attack every pixel.")]
+    help="full (default): attack the file's own pixels through the model's resize, the ball an attacker who edits the "
+         "file reaches (what 'robust' means); auto/model: attack a large photo at the model's input over the image of "
+         "its ε-ball, a larger ball (stricter; much cheaper per pass on a large photo).")]
 ReencodeOpt = Annotated[str | None, typer.Option(
     help="Also attack each photo as a service would receive it: through the real codec, before and after the attack, "
          "e.g. 'jpeg:85', 'jpeg:95,jpeg:75' or 'worst' (q 95/85/75/60, long side 1080/2048, double compression).")]
@@ -70,7 +71,7 @@ def verify_cmd(
     mean: MeanOpt = None,
     std: StdOpt = None,
     channels: ChannelsOpt = None,
-    resolution: ResolutionOpt = "auto",
+    resolution: ResolutionOpt = "full",
     reencode: ReencodeOpt = None,
     resize: ResizeOpt = None,
     norm: Norm | None = typer.Option(None, help="linf | l2 (default: the model's)."),

@@ -42,7 +42,8 @@ class VerifyConfig:
     n0: int = 100
     n: int = 10000
     alpha: float = 0.001
-    resolution: str = "auto"        # auto | model | full: attack the model input or every photo pixel
+    resolution: str = "full"        # full: the file's own pixels (what "robust" means) | auto | model: the model input
+                                    # over the image of the ε-ball (a larger ball, cheaper per pass on large photos)
     uploads: str | None = None      # service transforms (preempt.verdict.upload spec): each photo also attacked through
                                     # the real codec, before and after the transform
 
