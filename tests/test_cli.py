@@ -300,13 +300,15 @@ def test_a_photo_that_is_not_robust_is_not_named_robust(tmp_path, photo_dir, tin
 
 def test_card_recommendations_flags_and_several_models(tmp_path, photo_dir, tiny_model, tiny_model_file):
     card = json.loads(tiny_model_file.with_suffix(".json").read_text())
-    card["robustify"] = {"inner_loss": "margin-mt", "inner_targets": 2, "inner_steps": 2, "max_delta": 0.2, "init": "original"}
+    card["robustify"] = {"inner_loss": "margin-mt", "inner_targets": 2, "inner_steps": 2, "max_delta": 0.2, "init": "original",
+                         "check_resolution": "full"}
     (tmp_path / "card.json").write_text(json.dumps(card))
     r = run("robustify", photo_dir / "img0.png", "-o", tmp_path / "a", "--model", tiny_model_file, "--card",
             tmp_path / "card.json", "--steps", "4", "--json")
     assert r.exit_code in (0, 3), r.output
     cfg = _json(r)["config"]
     assert (cfg["inner_loss"], cfg["inner_targets"], cfg["inner_steps"], cfg["max_delta"]) == ("margin-mt", 2, 2, 0.2)
+    assert cfg["check_resolution"] == "full" and "at full resolution" in r.stderr
     assert "inner loss margin-mt (2 targets)" in r.stderr and "δ up to 0.2" in r.stderr
     # flags win over the card
     r = run("robustify", photo_dir / "img0.png", "-o", tmp_path / "b", "--model", tiny_model_file, "--card",
@@ -317,6 +319,11 @@ def test_card_recommendations_flags_and_several_models(tmp_path, photo_dir, tiny
     again = run("robustify", photo_dir / "img0.png", "-o", tmp_path / "b", "--model", tiny_model_file, "--card",
                 tmp_path / "card.json", "--steps", "4", "--inner-loss", "ce", "--inner-steps", "3", "--max-delta", "0.2")
     assert again.exit_code == 3 and "max_delta" in again.stderr
+    # ... and so is the ball its check attacked (the model input is not the file's pixels)
+    other = run("robustify", photo_dir / "img0.png", "-o", tmp_path / "b", "--model", tiny_model_file, "--card",
+                tmp_path / "card.json", "--steps", "4", "--inner-loss", "ce", "--inner-steps", "3", "--max-delta", "1/10",
+                "--check-resolution", "model")
+    assert other.exit_code == 3 and "check_resolution" in other.stderr
     bad = run("robustify", photo_dir / "img0.png", "-o", tmp_path / "c", "--model", tiny_model_file, "--max-delta", "0.01")
     assert bad.exit_code == 2 and "max_delta" in bad.output
     # two models at once: robust for both, the record names both, a rerun with one model does not count it robust
