@@ -128,8 +128,7 @@ def test_verify_attacks_the_file_pixels_by_default(tmp_path, tiny_model, big_pho
         save_image(big_photos[i], paths[-1])
     reports = {}
     for res in (None, "model"):
-        cfg = VerifyConfig(eps=0.08, suite="pgd", seed=0) if res is None else VerifyConfig(eps=0.08, suite="pgd", seed=0,
-                                                                                          resolution=res)
+        cfg = VerifyConfig(eps=0.08, suite="pgd", seed=0, **({"resolution": res} if res else {}))
         reports[res or "default"] = verify_files(paths, tiny_model, config=cfg)
     assert VerifyConfig().describe()["resolution"] == "full"
     robust = {k: {r.src: r.status == "robust" for r in rep.files} for k, rep in reports.items()}

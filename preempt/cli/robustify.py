@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -208,8 +208,6 @@ def _models(paths: list[Path], clf, names: list[str] | None, dev: str, sigma: fl
 
 def _config(clf, check: str | None, given: dict, init: str, **kw):
     """The RobustifyConfig: the strong check, then what the model card recommends, then the flags given."""
-    from dataclasses import replace
-
     from ..algorithms.robustify import RobustifyConfig, recommended, resolve_init
     from ..verdict.check import CHECKS
 
