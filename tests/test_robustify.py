@@ -253,6 +253,21 @@ def test_delta_escalation_spends_more_only_where_needed(tiny_model, tiny_data):
         robustify(tiny_model, x, delta=0.1, max_delta=0.05)
 
 
+def test_a_lower_max_delta_is_the_same_run_cut_short(tiny_model, tiny_data):
+    """benchmarks/curve.py --escalation reads the point at d off one run to 4d: an image robust at δ ≤ d
+    there gets the very same pixels, δ and passes from a run with max_delta = d (stages keep their seeds)."""
+    x, _ = tiny_data
+    x = _grid(x[:60])
+    kw = dict(eps=0.15, steps=6, min_steps=2, check_every=2, delta=0.04)
+    full, cut = robustify(tiny_model, x, max_delta=0.16, **kw), robustify(tiny_model, x, max_delta=0.08, **kw)
+    within = torch.tensor([im.robust and im.delta <= 0.08 + 1e-9 for im in full.images])
+    assert 0 < int(within.sum()) < int(full.robust.sum())  # some stop by 0.08, some need 0.16
+    assert torch.equal(cut.x[within], full.x[within])
+    assert torch.equal(cut.robust, within)  # the rest are not robust with max_delta 0.08
+    for i in within.nonzero().squeeze(1).tolist():
+        assert (cut.images[i].delta, cut.images[i].passes) == (full.images[i].delta, full.images[i].passes)
+
+
 def test_an_unverified_image_is_written_as_its_best_iterate(tiny_model, tiny_data, monkeypatch):
     from preempt.algorithms import robustify as module
     from preempt.core.quantize import quantize
