@@ -84,7 +84,7 @@ def median(rs: list[dict], key: str, digits: int) -> str:
 
 def table(by: dict) -> str:
     head = ("| ε | δ | photos | " + " | ".join(name for _, name in JUDGES)
-            + " | PSNR (median, claimed) | SSIM (median, claimed) | passes / photo | s / photo |")
+            + " | PSNR (median, claimed) | SSIM (median, claimed) | passes / photo (mean) | s / photo (mean) |")
     lines = [head, "|" + "---|" * (len(JUDGES) + 7)]
     for (eps, delta), rs in by.items():
         won = [r for r in rs if r["at"]]

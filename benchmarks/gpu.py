@@ -7,7 +7,7 @@ Two workloads, the same on every device:
 
 * **photos** — the first ``--photos`` of a fixed list of scikit-image photos, centre-cropped to
   512×512, robustified against ``efficientnet-lite0`` with the settings its card recommends at
-  ε = 1/255, δ = 8/255 (what ``preempt robustify`` does by default), then attacked with the
+  ε = 1/255, δ = 8/255 (the default before 2026-12-04, when it became δ from 2/255, escalating), then attacked with the
   standard suite (APGD-CE, APGD-T, FAB-T, Square) at the model input over the image of the ε-ball,
   as ``preempt verify --suite standard`` does;
 * **fmnist** — the first ``--fmnist`` Fashion-MNIST test images robustified against
