@@ -101,8 +101,7 @@ def plot(by: dict, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    colours = ("tab:blue", "tab:orange", "tab:green")
-    for colour, eps in zip(colours, sorted({e for e, _ in by})):
+    for i, eps in enumerate(sorted({e for e, _ in by})):
         for (key, name), style in zip(JUDGES, ("o:", "s-", "^--", "D-")):
             xs, ys, whole = [], [], True
             for (e, d), rs in by.items():
@@ -112,7 +111,7 @@ def plot(by: dict, path: Path, title: str) -> None:
                     ys.append(c[0] / c[1])
                     whole &= c[1] == len(rs)
             if xs and whole:  # a judge run on only some claimed photos is in the table, not the plot
-                ax.plot(xs, ys, style, color=colour, label=f"ε = {eps * 255:g}/255: {name}")
+                ax.plot(xs, ys, style, color=f"C{i}", label=f"ε = {eps * 255:g}/255: {name}")
     ax.set_xscale("log", base=2)
     ax.set_xticks([d * 255 for d in DELTAS], [f"{d * 255:.0f}/255" for d in DELTAS])
     ax.set_xlabel("δ (the user's budget)")
@@ -137,7 +136,8 @@ def main() -> None:
     if not by:
         raise SystemExit(f"no rows of variant {args.variant!r} ({args.split}) in {args.rows}")
     print(table(by))
-    how = "δ escalating from 2/255" if args.escalation else "fixed δ"
+    start = min(r["delta"] for rs in by.values() for r in rs)
+    how = f"δ escalating from {start * 255:g}/255" if args.escalation else "fixed δ"
     plot(by, args.png, f"Real photos vs EfficientNet-Lite0 ({args.split} half, {how})")
     print(f"\nplot: {args.png}")
 

@@ -182,12 +182,17 @@ def _timed(cmd: list[str]) -> dict:
             "stdout": p.stdout}
 
 
-def big(out: dict) -> None:
+def chelsea_12mp(path: Path) -> Path:
+    """The 12 MP test photo: scikit-image's chelsea upscaled to 4000×3000, saved as JPEG q92 at ``path``."""
     from skimage import data
 
+    Image.fromarray(data.chelsea()).resize((4000, 3000), Image.BICUBIC).save(path, quality=92)
+    return path
+
+
+def big(out: dict) -> None:
     tmp = Path(tempfile.mkdtemp())
-    src = tmp / "chelsea-12mp.jpg"
-    Image.fromarray(data.chelsea()).resize((4000, 3000), Image.BICUBIC).save(src, quality=92)
+    src = chelsea_12mp(tmp / "chelsea-12mp.jpg")
     pre = [sys.executable, "-m", "preempt.cli"]
     common = ["--model", "efficientnet-lite0", "--eps", str(1 / 255), "--delta", str(4 / 255), "--json", "--check", "pgd"]
     res: dict = {"photo": "scikit-image chelsea upscaled to 4000×3000, JPEG q92", "eps": "1/255", "delta": "4/255"}

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from photos import _timed
+from photos import _timed, chelsea_12mp
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent
@@ -28,11 +28,7 @@ HERE = Path(__file__).resolve().parent
 def photos(corpus: Path, names: list[str], tmp: Path) -> list[tuple[str, Path]]:
     out = [(f"{n} (corpus, {'×'.join(map(str, Image.open(corpus / 'test' / f'{n}.png').size))})", corpus / "test" / f"{n}.png")
            for n in names]
-    from skimage import data
-
-    big = tmp / "chelsea-12mp.jpg"
-    Image.fromarray(data.chelsea()).resize((4000, 3000), Image.BICUBIC).save(big, quality=92)
-    return out + [("scikit-image chelsea upscaled to 4000×3000 (12 MP), JPEG q92", big)]
+    return out + [("scikit-image chelsea upscaled to 4000×3000 (12 MP), JPEG q92", chelsea_12mp(tmp / "chelsea-12mp.jpg"))]
 
 
 def main() -> None:
