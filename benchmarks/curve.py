@@ -43,9 +43,20 @@ from pathlib import Path
 
 from real_photos import OUT, judged_rows
 
+from preempt.budget import parse_budget
+
 JUDGES = (("claimed", "robustify's claim"), ("apgd-full", "APGD-CE + APGD-T (file)"),
           ("standard-full", "standard suite (file)"), ("aa", "reference AutoAttack (file)"))
 DELTAS = (2 / 255, 4 / 255, 8 / 255, 16 / 255)
+
+
+def max_delta(row: dict) -> float:
+    """The δ an escalating row's run went up to (``max_delta=…`` in its variant spec; else its start δ)."""
+    for item in row.get("config", "").partition(":")[2].split(";"):
+        k, _, v = item.partition("=")
+        if k == "max_delta" and v != "none":
+            return parse_budget(v)
+    return row["delta"]
 
 
 def points(rows: list[dict], variant: str, split: str, escalation: bool = False) -> dict[tuple[float, float], list[dict]]:
@@ -54,9 +65,10 @@ def points(rows: list[dict], variant: str, split: str, escalation: bool = False)
     for r in rows:
         if r["variant"] not in variant.split(",") or r["split"] != split:
             continue
+        top = max_delta(r) if escalation else r["delta"]
         for d in (DELTAS if escalation else (r["delta"],)):
-            if escalation and d < r["delta"] - 1e-9:
-                continue
+            if escalation and (d < r["delta"] - 1e-9 or d > top + 1e-9):
+                continue  # below the run's start, or above the δ it escalated to: not measured
             at = bool(r["claimed"]) and (not escalation or r["delta_used"] <= d + 1e-9)
             by.setdefault((r["eps"], d), []).append({**r, "at": at})
     return dict(sorted(by.items()))

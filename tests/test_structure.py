@@ -410,3 +410,14 @@ def test_train_cli_defaults_are_the_configs():
             shared.append(name)
             assert default == cfg[name], (name, default, cfg[name])
     assert len(shared) >= 20, shared
+
+
+def test_a_check_sets_how_many_apgd_t_targets_run_at_once():
+    from dataclasses import replace
+
+    c = replace(CHECKS["strong-once"], apgd_targets=9, apgd_at_once=1)
+    kws = [kw for label, _, kw in c.runs() if label.startswith("apgd-t")]
+    assert kws == [{"steps": 25, "n_targets": 9, "at_once": 1}]
+    assert "at_once" not in [kw for label, _, kw in CHECKS["strong-once"].runs() if label.startswith("apgd-t")][0]
+    with pytest.raises(ValueError, match="apgd_at_once"):
+        replace(c, apgd_at_once=0).validate()

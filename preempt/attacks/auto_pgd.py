@@ -52,9 +52,11 @@ def _loss_and_grad(model: Logits, x_adv, y, loss_fn, eot: int):
 
 def apgd(model: Logits, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps: int = 100,
          loss: str | losses.Loss = "ce", target: torch.Tensor | None = None, rho: float = 0.75,
-         restarts: int = 1, eot: int = 1, generator: torch.Generator | None = None) -> AttackResult:
+         restarts: int = 1, eot: int = 1, generator: torch.Generator | None = None, group: int = 1) -> AttackResult:
     """APGD with ``loss`` (``ce`` or ``dlr``); with ``target`` given, the targeted DLR loss
-    towards ``target`` (success is still any label other than ``y``)."""
+    towards ``target`` (success is still any label other than ``y``).  ``group``: the rows come in
+    consecutive groups of that many, one point attacked several ways (APGD-T's targets at once); the
+    run stops once every group has a success, not every row."""
     tgt: torch.Tensor  # the targets of the points attacked in the current restart (set in the loop)
     if target is not None:
         loss_fn = lambda z, yy: losses.dlr_targeted(z, yy, tgt)
@@ -68,7 +70,8 @@ def apgd(model: Logits, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel
         nonlocal tgt, history
         if target is not None:
             tgt = target[idx]
-        xa, ok, p, history = _run(model, x[idx], y[idx], threat, steps, loss_fn, rho, eot, generator)
+        xa, ok, p, history = _run(model, x[idx], y[idx], threat, steps, loss_fn, rho, eot, generator,
+                                  group if len(idx) == len(x) else 1)
         return AttackResult(xa, ok, p)
 
     for _ in range(restarts):
@@ -80,7 +83,7 @@ def apgd(model: Logits, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel
                                                     "step_history": history})
 
 
-def _run(model: Logits, x, y, threat, n_iter, loss_fn, rho, eot, generator):
+def _run(model: Logits, x, y, threat, n_iter, loss_fn, rho, eot, generator, group: int = 1):
     n = len(x)
     proj = threat.projector(x)
     x_adv = proj(_start(threat, x, generator))
@@ -109,7 +112,7 @@ def _run(model: Logits, x, y, threat, n_iter, loss_fn, rho, eot, generator):
         hit = logits.argmax(1) != y
         adv[hit & ~fooled] = x_adv[hit & ~fooled]
         fooled |= hit
-        if fooled.all():
+        if fooled.view(-1, group).any(1).all():
             break
         increases += (loss > loss_prev).float()
         loss_prev = loss
@@ -131,16 +134,33 @@ def _run(model: Logits, x, y, threat, n_iter, loss_fn, rho, eot, generator):
     return adv, fooled, passes, torch.stack(history) if history else None
 
 
+TARGET_ROWS = 32  # APGD-T attacks several targets at once while the batch stays within this many rows
+
+
 def apgd_targeted(model: Logits, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps: int = 100,
-                  n_targets: int = 9, rho: float = 0.75, eot: int = 1,
+                  n_targets: int = 9, rho: float = 0.75, eot: int = 1, at_once: int | None = None,
                   generator: torch.Generator | None = None) -> AttackResult:
-    """APGD-T: targeted DLR towards each of the ``n_targets`` highest-ranked other classes."""
+    """APGD-T: targeted DLR towards each of the ``n_targets`` highest-ranked other classes.
+
+    ``at_once`` targets run as one batch (a point attacked towards g targets is g rows, and the run
+    stops for it at its first success); None: as many as keep the batch within ``TARGET_ROWS`` rows
+    (all 9 for one photo, one at a time for a batch of 32 or more, the reference's order).  Each
+    target still gets its own ``steps`` iterations from its own random start, as when run in turn;
+    only the batch shape changes (on 2 CPU cores, one pass of 9 rows cost less than 9 of one row)."""
     x = x.detach()
     with torch.no_grad():
         z = model(x)
+    g_max = at_once if at_once is not None else max(1, TARGET_ROWS // max(len(x), 1))
     s = Survivors(torch.ones(len(x), dtype=torch.bool, device=x.device), x)
-    s.per_target(z, y, n_targets, lambda idx, tgt: apgd(model, x[idx], y[idx], threat=threat, steps=steps, target=tgt,
-                                                        rho=rho, eot=eot, generator=generator))
+
+    def towards(idx: torch.Tensor, tgt: torch.Tensor) -> AttackResult:
+        g = tgt.shape[1]
+        rows = idx.repeat_interleave(g)
+        r = apgd(model, x[rows], y[rows], threat=threat, steps=steps, target=tgt.reshape(-1), rho=rho, eot=eot,
+                 generator=generator, group=g)
+        return r.collapse(g)
+
+    s.per_target(z, y, n_targets, towards, at_once=max(1, g_max))
     assert s.x_adv is not None
     passes = len(x) + sum(s.passes.values())
     return AttackResult(s.x_adv, ~s.robust, passes, {"attack": "apgd-t", "steps": steps, "n_targets": n_targets,

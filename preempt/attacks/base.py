@@ -23,6 +23,23 @@ class AttackResult:
     def robust(self) -> torch.Tensor:
         return ~self.success
 
+    def collapse(self, group: int) -> AttackResult:
+        """Rows in consecutive groups of ``group`` (one point attacked ``group`` ways, e.g. towards
+        ``group`` targets at once) as one result per point: a success where some row succeeded, the
+        first successful row's point (else the first row's), the passes of every row."""
+        ok = self.success.view(-1, group)
+        first = ok.float().argmax(1)  # the first successful row, 0 where none
+        x = self.x_adv.view(len(ok), group, *self.x_adv.shape[1:])[torch.arange(len(ok), device=ok.device), first]
+        return AttackResult(x, ok.any(1), self.passes, self.info)
+
+
+def ranked_targets(logits: torch.Tensor, y: torch.Tensor, n_targets: int) -> torch.Tensor:
+    """(N, k) the k = min(n_targets, classes − 1) classes ranked highest by ``logits``, the label left out:
+    the targets of APGD-T and FAB-T, most likely first."""
+    order = logits.sort(1, descending=True).indices
+    k = min(n_targets, order.shape[1] - 1)
+    return order[order != y[:, None]].view(len(y), -1)[:, :k]
+
 
 class Survivors:
     """The points a sequence of attacks has not broken yet — the AutoAttack protocol's bookkeeping,
@@ -73,20 +90,22 @@ class Survivors:
         self.passes[name] = self.passes.get(name, 0) + r.passes
 
     def per_target(self, logits: torch.Tensor, y: torch.Tensor, n_targets: int,
-                   fn: Callable[[torch.Tensor, torch.Tensor], AttackResult]) -> None:
+                   fn: Callable[[torch.Tensor, torch.Tensor], AttackResult], *, at_once: int = 1) -> None:
         """The targeted protocol (APGD-T, FAB-T): ``fn(idx, targets)`` on the survivors, towards their
-        k-th highest-ranked class other than the label (by the clean ``logits``), k = 1 … n_targets."""
-        order = logits.sort(1, descending=True).indices
+        k-th highest-ranked class other than the label (by the clean ``logits``), k = 1 … n_targets,
+        ``at_once`` targets per call: ``targets`` is (len(idx), g), g ≤ ``at_once``, and ``fn`` returns
+        one result per point (broken when some target broke it; :meth:`AttackResult.collapse`)."""
+        ranked = ranked_targets(logits, y, n_targets)
 
-        def towards(k: int) -> Callable[[torch.Tensor], AttackResult]:
-            def run(idx: torch.Tensor) -> AttackResult:
-                ranked = order[idx]
-                return fn(idx, ranked[ranked != y[idx, None]].view(len(idx), -1)[:, k - 1])
-            return run
+        def towards(k: int, g: int) -> Callable[[torch.Tensor], AttackResult]:
+            return lambda idx: fn(idx, ranked[idx, k:k + g])
 
-        for k in range(1, min(n_targets, order.shape[1] - 1) + 1):
-            if self.attack(f"target-{k}", towards(k)) is None:
+        k, n = 0, ranked.shape[1]
+        while k < n:
+            g = min(at_once, n - k)
+            if self.attack(f"target-{k + 1}" if g == 1 else f"targets-{k + 1}-{k + g}", towards(k, g)) is None:
                 break
+            k += g
 
     def attack_mask(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """As :meth:`attack`, for an attack that returns only its success mask (no points, no passes)."""

@@ -135,7 +135,7 @@ def fab_targeted(model: Logits, x: torch.Tensor, y: torch.Tensor, *, threat: Thr
     s = Survivors(z.argmax(1) == y, x)
 
     def towards(idx: torch.Tensor, tgt: torch.Tensor) -> AttackResult:
-        adv, dist, p = _fab_run(model, x[idx], y[idx], tgt, threat, steps, alpha_max, eta, beta)
+        adv, dist, p = _fab_run(model, x[idx], y[idx], tgt[:, 0], threat, steps, alpha_max, eta, beta)
         return AttackResult(adv, dist <= threat.eps + 1e-6, p)
 
     s.per_target(z, y, n_targets, towards)

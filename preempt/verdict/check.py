@@ -71,7 +71,8 @@ class Check:
 
     A stage is ``ce`` / ``dlr`` (PGD-``steps`` with that loss, ``restarts`` random starts, step
     ``step_size``, default ε/4), ``apgd-ce`` / ``apgd-t`` (``apgd_steps`` iterations, ``apgd_targets``
-    targets; None: the registered defaults, AutoAttack's 100 and 9), or any other registered attack
+    targets, ``apgd_at_once`` of them per batch; None: the registered defaults, AutoAttack's 100 and 9,
+    and as many targets at once as keep a batch within 32 rows), or any other registered attack
     with its registered defaults (``pgd-N``, ``fab-t``, ``square``, ``transfer-*`` which runs only when
     a surrogate is given, …).  ``extra``: attacks run after the stages from the caller's generator on
     one thread (verify's ``--adaptive``).  ``tunable``: the fields verify's flags may set."""
@@ -84,6 +85,7 @@ class Check:
     step_size: float | None = None
     apgd_steps: int | None = None
     apgd_targets: int | None = None
+    apgd_at_once: int | None = None
     extra: tuple[str, ...] = ()
     tunable: tuple[str, ...] = ()
 
@@ -91,8 +93,9 @@ class Check:
         why = check_stages_error("+".join([self.stages, *self.extra]))
         if why:
             raise ValueError(why)
-        if min(self.steps, self.restarts, self.apgd_steps or 1, self.apgd_targets or 1) < 1:
-            raise ValueError("a check's steps, restarts, apgd_steps and apgd_targets must be >= 1: "
+        optional = (self.apgd_steps, self.apgd_targets, self.apgd_at_once)
+        if min(self.steps, self.restarts, *(1 if v is None else v for v in optional)) < 1:
+            raise ValueError("a check's steps, restarts, apgd_steps, apgd_targets and apgd_at_once must be >= 1: "
                              "without a check nothing is verified")
 
     def stronger(self, extra_restarts: int) -> Check:
@@ -113,6 +116,8 @@ class Check:
             kw: dict[str, Any] = {} if self.apgd_steps is None else {"steps": self.apgd_steps}
             if name == "apgd-t" and self.apgd_targets is not None:
                 kw["n_targets"] = self.apgd_targets
+            if name == "apgd-t" and self.apgd_at_once is not None:
+                kw["at_once"] = self.apgd_at_once
             label = name if self.apgd_steps is None else f"{name}-{self.apgd_steps}"
             return [(label, get(name), kw)]
         if name.startswith("transfer-"):
