@@ -344,14 +344,14 @@ def test_apgd_t_targets_at_once_is_as_strong_as_in_turn(tiny_model, tiny_data):
 
 
 def test_apgd_t_at_once_stops_a_point_at_its_first_success(tiny_model, tiny_data):
-    """One photo, all targets in one batch (the default for a single photo): broken at once at a large ε,
+    """One photo, all targets in one batch (``at_once=None`` for a single photo): broken at once at a large ε,
     the run stops there (a few passes, not 3 × 20); robust at ε = 0, every target runs every iteration."""
     from preempt.attacks import apgd_targeted
 
     x, y = tiny_data
-    broken = apgd_targeted(tiny_model, x[:1], y[:1], threat=Linf(1.0), steps=20, n_targets=3,
+    broken = apgd_targeted(tiny_model, x[:1], y[:1], threat=Linf(1.0), steps=20, n_targets=3, at_once=None,
                            generator=torch.Generator().manual_seed(0))
     assert broken.success.item() and broken.passes <= 1 + 3 * 3
-    kept = apgd_targeted(tiny_model, x[:1], y[:1], threat=Linf(0.0), steps=20, n_targets=3,
+    kept = apgd_targeted(tiny_model, x[:1], y[:1], threat=Linf(0.0), steps=20, n_targets=3, at_once=None,
                          generator=torch.Generator().manual_seed(0))
     assert kept.robust.item() and kept.passes == 1 + 3 * 21

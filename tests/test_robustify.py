@@ -314,3 +314,21 @@ def test_several_models_at_once_robust_for_each(tiny_model, tiny_data):
     assert mt.robust.float().mean() > 0.5
     with pytest.raises(ValueError, match="several models"):
         robustify([tiny_model, other], x, retry="rmsprop")
+
+
+def test_give_up_stops_a_hopeless_stage_early_but_never_the_last(tiny_model, tiny_data):
+    """give_up = N: an image whose inner attack never failed in its first N outer steps stops there, not
+    robust; with δ escalation it moves on to the next δ, and the last δ always runs in full."""
+    x, _ = tiny_data
+    x = _grid(x[:30])
+    kw = dict(delta=0.02, eps=0.3, steps=8, min_steps=2, check_every=2)  # ε ≫ δ: the inner attack always wins
+    base, cut = robustify(tiny_model, x, **kw), robustify(tiny_model, x, give_up=3, **kw)
+    assert not base.robust.any() and not cut.robust.any()
+    assert {im.steps for im in base.images} == {8} and {im.steps for im in cut.images} == {3}
+    assert sum(im.passes for im in cut.images) < 0.5 * sum(im.passes for im in base.images)
+    last = robustify(tiny_model, x, give_up=3, max_delta=0.02, **kw)  # δ is already the last one
+    assert {im.steps for im in last.images} == {8}
+    esc = robustify(tiny_model, x, give_up=3, max_delta=0.04, **kw)  # 0.02 given up after 3, 0.04 in full
+    assert {im.steps for im in esc.images} == {3 + 8}
+    with pytest.raises(ValueError, match="give_up"):
+        robustify(tiny_model, x, give_up=-1, **kw)

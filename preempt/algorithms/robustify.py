@@ -101,6 +101,9 @@ class RobustifyConfig:
     restart_every: int = 8     # margin-mt: every so many outer steps one attacker restarts at random
     inner_eps_scale: float = 1.0  # margin-mt: the attackers' ball is this many times ε (a safety margin; the check keeps ε)
     max_delta: float | None = None  # δ escalation: images not robust at δ run again at 2δ, 4δ, … up to this
+    give_up: int = 0           # > 0: an image whose inner attack never failed in its first give_up outer steps stops
+                               # there, not robust (with max_delta: it moves on to the next δ sooner; never at the
+                               # last δ)
     retry: str = "none"        # none | rmsprop: images the loop could not verify run once more, from the start,
                                # with the tanh-box RMSprop (ℓ∞; photos the loop ran at full resolution)
     quantize: bool = True
@@ -129,8 +132,8 @@ class RobustifyConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-        if self.steps < 0 or self.inner_steps < 1 or self.check_every < 1 or self.settle < 0:
-            raise ValueError("steps and settle must be >= 0, inner_steps and check_every >= 1")
+        if self.steps < 0 or self.inner_steps < 1 or self.check_every < 1 or self.settle < 0 or self.give_up < 0:
+            raise ValueError("steps, settle and give_up must be >= 0, inner_steps and check_every >= 1")
         if not isinstance(self.check, Check):
             raise ValueError(f"check must be a preempt.verdict.check.Check (e.g. CHECKS['strong']), got {self.check!r}")
         self.check.validate()
@@ -187,7 +190,8 @@ class RobustifyConfig:
 
 
 
-RECOMMENDABLE = ("inner_loss", "inner_steps", "inner_targets", "inner_eps_scale", "kappa", "max_delta", "check_resolution")
+RECOMMENDABLE = ("inner_loss", "inner_steps", "inner_targets", "inner_eps_scale", "kappa", "max_delta", "check_resolution",
+                 "give_up")
 CARD_CHECK = {"check_apgd_targets": "apgd_targets", "check_apgd_steps": "apgd_steps"}  # card key -> Check field
 
 
@@ -378,6 +382,7 @@ def robustify(model: Model | Sequence[Model], x: torch.Tensor, y: torch.Tensor |
             opt.restore(back, book.anchor[back])
 
     best = _BestIterate(opt, len(x_o), cfg.min_steps)
+    give_up = cfg.give_up if cfg.max_delta is None or cfg.max_delta > cfg.delta + 1e-12 else 0
     for k in range(1, cfg.steps + 1):
         idx = book.pending()
         if len(idx) == 0:
@@ -388,13 +393,16 @@ def robustify(model: Model | Sequence[Model], x: torch.Tensor, y: torch.Tensor |
         best.offer(idx, k, loss)
         book.stepped(idx, k, p, loss)
         opt.update(idx, leaf, xr, g, k)
+        book.ever_survived[idx] |= survived
+        if give_up and k == give_up and k < cfg.steps:  # the inner attack never failed: this δ is hopeless, stop here
+            idx, survived = _give_up(book, prob, best, idx, survived)
         last = k == cfg.steps
         settling = book.verified_at[idx] >= 0
         if settling.any():  # verified images whose extra steps are done (or ran out) get their second check
             due = idx[settling & ((k - book.verified_at[idx] >= cfg.settle) | last)]
             if len(due):
                 run_check(due, k)
-        if last or (cfg.early_stop and k >= cfg.min_steps and (k - cfg.min_steps) % cfg.check_every == 0):
+        if len(idx) and (last or (cfg.early_stop and k >= cfg.min_steps and (k - cfg.min_steps) % cfg.check_every == 0)):
             fresh = idx[~settling]
             cand = fresh if last else fresh[survived[~settling]]  # a check only where the inner attack itself failed
             if len(cand):
@@ -419,6 +427,19 @@ def robustify(model: Model | Sequence[Model], x: torch.Tensor, y: torch.Tensor |
     if cfg.max_delta is not None:
         _escalate(models, x_o, y, cfg, res, on_step)
     return res
+
+
+def _give_up(book: _Ledger, prob: _Problem, best: _BestIterate, idx: torch.Tensor,
+             survived: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``give_up``: the images of ``idx`` whose inner attack never failed so far (and not settling) stop,
+    not robust, written as their best iterate; returns the images that go on, with their ``survived``."""
+    hopeless = ~book.ever_survived[idx] & (book.verified_at[idx] < 0)
+    if hopeless.any():
+        gone = idx[hopeless]
+        book.final[gone] = prob.photo(best.current(gone), gone)
+        book.done[gone] = True
+        book.finish(gone)
+    return idx[~hopeless], survived[~hopeless]
 
 
 def _refuse(models: list[Model], cfg: RobustifyConfig, x: torch.Tensor) -> None:
@@ -452,7 +473,8 @@ def _escalate(models: list[Model], x_o: torch.Tensor, y: torch.Tensor, cfg: Robu
             return
         d, stage = min(2 * d, cfg.max_delta), stage + 1
         sub = robustify(models, x_o[left], y[left], on_step=on_step,
-                        config=replace(cfg, delta=d, max_delta=None, seed=cfg.seed + 1000 * stage))
+                        config=replace(cfg, delta=d, max_delta=None, seed=cfg.seed + 1000 * stage,
+                                       give_up=cfg.give_up if d < cfg.max_delta - 1e-12 else 0))
         _merge_rerun(res, left, sub)
 
 
@@ -686,6 +708,7 @@ class _Ledger:
         self.done = torch.zeros(n, dtype=torch.bool, device=dev)
         self.robust = torch.zeros(n, dtype=torch.bool, device=dev)
         self.verified_at = torch.full((n,), -1, dtype=torch.long, device=dev)  # outer step of the first pass (settle)
+        self.ever_survived = torch.zeros(n, dtype=torch.bool, device=dev)  # some step's inner attack failed (give_up)
         self.anchor = torch.empty(0)  # variable of each first verified photo (settle; made at the first pass)
         self.steps = torch.zeros(n, dtype=torch.long)
         self.passes = torch.full((n,), first_passes, dtype=torch.long)

@@ -134,19 +134,25 @@ def _run(model: Logits, x, y, threat, n_iter, loss_fn, rho, eot, generator, grou
     return adv, fooled, passes, torch.stack(history) if history else None
 
 
-TARGET_ROWS = 32  # APGD-T attacks several targets at once while the batch stays within this many rows
+# at_once=None: several targets at once while the batch stays within this many rows.  On 2 CPU cores one
+# forward+backward of efficientnet-lite0 cost 1.2-1.5x less per image at batch 4-9 than at batch 1, more
+# again at 18 and 32 (benchmarks/results/pass-cost.md); yet inside robustify the checks that fail cost more
+# (a photo's 9 rows run until its first break) and the whole run was no faster (0.97x,
+# benchmarks/results/breakdown.md), so the default stays the reference's one target at a time.
+TARGET_ROWS = 9
 
 
 def apgd_targeted(model: Logits, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel, steps: int = 100,
-                  n_targets: int = 9, rho: float = 0.75, eot: int = 1, at_once: int | None = None,
+                  n_targets: int = 9, rho: float = 0.75, eot: int = 1, at_once: int | None = 1,
                   generator: torch.Generator | None = None) -> AttackResult:
     """APGD-T: targeted DLR towards each of the ``n_targets`` highest-ranked other classes.
 
     ``at_once`` targets run as one batch (a point attacked towards g targets is g rows, and the run
-    stops for it at its first success); None: as many as keep the batch within ``TARGET_ROWS`` rows
-    (all 9 for one photo, one at a time for a batch of 32 or more, the reference's order).  Each
-    target still gets its own ``steps`` iterations from its own random start, as when run in turn;
-    only the batch shape changes (on 2 CPU cores, one pass of 9 rows cost less than 9 of one row)."""
+    stops for it at its first success); 1 (default): in turn, the reference's order; None: as many
+    as keep the batch within ``TARGET_ROWS`` rows (all 9 for one photo).  Each target still gets its
+    own ``steps`` iterations from its own random start, as when run in turn; only the batch shape
+    changes (worth it where a pass of many rows costs little more than one, as on a GPU; on 2 CPU
+    cores robustify was no faster with it)."""
     x = x.detach()
     with torch.no_grad():
         z = model(x)

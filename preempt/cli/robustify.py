@@ -127,6 +127,8 @@ def robustify_cmd(
     inner_targets: int | None = typer.Option(None, min=1, help="margin-mt: attackers per photo (default 4, or the card's)."),
     max_delta: float | None = budget_option(None, "δ escalation: photos not robust at --delta run again at 2δ, 4δ, … "
                                             "up to this (default: none, or the card's)."),
+    give_up: int | None = typer.Option(None, min=0, help="With --max-delta: a photo whose inner attack never failed in "
+                                       "its first N outer steps moves on to the next δ (0: never; default: the card's)."),
     retry: RetryOpt = _D.retry,  # type: ignore[assignment]
     init: InitOpt = _D.init,  # type: ignore[assignment]
     goal: GoalOpt = _D.goal,  # type: ignore[assignment]
@@ -163,7 +165,7 @@ def robustify_cmd(
     dev, clf, norm, eps, delta = model_and_budgets(spec, device, norm, eps, delta)
     clf, others = _models(paths, clf, model, dev, sigma, noise_samples, seed, check_steps)
     cfg = _config(clf, check, dict(inner_steps=inner_steps, inner_loss=inner_loss, inner_targets=inner_targets,
-                                   max_delta=max_delta, check_resolution=check_resolution), init, norm=norm, delta=delta, eps=eps, steps=steps,
+                                   max_delta=max_delta, check_resolution=check_resolution, give_up=give_up), init, norm=norm, delta=delta, eps=eps, steps=steps,
                   check_steps=check_steps, settle=settle, retry=retry, seed=seed, goal=goal, resolution=resolution,
                   survive=survive)
     err_console.print(_header(share, [clf, *others], dev, cfg, check or "strong", check_steps, survive), highlight=False)

@@ -72,7 +72,7 @@ class Check:
     A stage is ``ce`` / ``dlr`` (PGD-``steps`` with that loss, ``restarts`` random starts, step
     ``step_size``, default ε/4), ``apgd-ce`` / ``apgd-t`` (``apgd_steps`` iterations, ``apgd_targets``
     targets, ``apgd_at_once`` of them per batch; None: the registered defaults, AutoAttack's 100 and 9,
-    and as many targets at once as keep a batch within 32 rows), or any other registered attack
+    one target at a time), or any other registered attack
     with its registered defaults (``pgd-N``, ``fab-t``, ``square``, ``transfer-*`` which runs only when
     a surrogate is given, …).  ``extra``: attacks run after the stages from the caller's generator on
     one thread (verify's ``--adaptive``).  ``tunable``: the fields verify's flags may set."""
