@@ -46,7 +46,7 @@ def main() -> None:
         m = f.get("metrics") or {}
         r.update(photo=what, status=f.get("status"), delta=m.get("delta"), psnr=m.get("psnr"), passes=m.get("passes"),
                  model=doc.get("model"),
-                 settings={k: (doc.get("config") or {}).get(k) for k in ("eps", "delta", "max_delta", "inner_loss", "check_resolution")})
+                 settings={k: (doc.get("config") or {}).get(k) for k in ("eps", "delta", "max_delta", "give_up", "inner_loss", "check_resolution")})
         rows.append(r)
         print(json.dumps(r), flush=True)
     out = {"command": "python " + " ".join(sys.argv), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
