@@ -310,7 +310,7 @@ def test_card_recommendations_flags_and_several_models(tmp_path, photo_dir, tiny
     assert (cfg["inner_loss"], cfg["inner_targets"], cfg["inner_steps"], cfg["max_delta"]) == ("margin-mt", 2, 2, 0.2)
     assert cfg["give_up"] == 3
     assert cfg["check_resolution"] == "full" and "at full resolution" in r.stderr
-    assert "inner loss margin-mt (2 targets)" in r.stderr and "δ up to 0.2" in r.stderr
+    assert "inner loss margin-mt (2 targets)" in r.stderr and "δ up to 0.2 (next δ after 3 steps" in r.stderr
     # flags win over the card
     r = run("robustify", photo_dir / "img0.png", "-o", tmp_path / "b", "--model", tiny_model_file, "--card",
             tmp_path / "card.json", "--steps", "4", "--inner-loss", "ce", "--inner-steps", "3", "--max-delta", "1/10",

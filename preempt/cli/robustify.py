@@ -264,6 +264,7 @@ def _header(share, models: list, dev: str, cfg, check: str, check_steps: int, su
             + (f", inner loss {cfg.inner_loss}" if cfg.inner_loss != "ce" else "")
             + (f" ({cfg.inner_targets} targets)" if cfg.inner_loss == "margin-mt" else "")
             + (f", δ up to {format_budget(cfg.max_delta)}" if cfg.max_delta is not None else "")
+            + (f" (next δ after {cfg.give_up} steps without a failed attack)" if cfg.give_up and cfg.max_delta is not None else "")
             + (f", retry {cfg.retry}" if cfg.retry != "none" else "")
             + (f"; surviving {survive}" if survive else ""))
 
