@@ -135,7 +135,7 @@ def _run(model: Logits, x, y, threat, n_iter, loss_fn, rho, eot, generator, grou
 
 
 # at_once=None: several targets at once while the batch stays within this many rows.  On 2 CPU cores one
-# forward+backward of efficientnet-lite0 cost 1.2-1.5x less per image at batch 4-9 than at batch 1, more
+# forward+backward of efficientnet-lite0 cost ~1.5x less per image at batch 4-9 than at batch 1 (1.2x at batch 2), more
 # again at 18 and 32 (benchmarks/results/pass-cost.md); yet inside robustify the checks that fail cost more
 # (a photo's 9 rows run until its first break) and the whole run was no faster (0.97x,
 # benchmarks/results/breakdown.md), so the default stays the reference's one target at a time.
@@ -148,8 +148,9 @@ def apgd_targeted(model: Logits, x: torch.Tensor, y: torch.Tensor, *, threat: Th
     """APGD-T: targeted DLR towards each of the ``n_targets`` highest-ranked other classes.
 
     ``at_once`` targets run as one batch (a point attacked towards g targets is g rows, and the run
-    stops for it at its first success); 1 (default): in turn, the reference's order; None: as many
-    as keep the batch within ``TARGET_ROWS`` rows (all 9 for one photo).  Each target still gets its
+    stops once every point of the batch has a success: for one photo, at its first); 1 (default): in
+    turn, the reference's order; None: as many as keep the batch within ``TARGET_ROWS`` rows (all 9
+    for one photo).  Each target still gets its
     own ``steps`` iterations from its own random start, as when run in turn; only the batch shape
     changes (worth it where a pass of many rows costs little more than one, as on a GPU; on 2 CPU
     cores robustify was no faster with it)."""

@@ -127,8 +127,9 @@ def robustify_cmd(
     inner_targets: int | None = typer.Option(None, min=1, help="margin-mt: attackers per photo (default 4, or the card's)."),
     max_delta: float | None = budget_option(None, "δ escalation: photos not robust at --delta run again at 2δ, 4δ, … "
                                             "up to this (default: none, or the card's)."),
-    give_up: int | None = typer.Option(None, min=0, help="With --max-delta: a photo whose inner attack never failed in "
-                                       "its first N outer steps moves on to the next δ (0: never; default: the card's)."),
+    give_up: int | None = typer.Option(None, min=0, help="A photo whose inner attack never failed in its first N outer "
+                                       "steps stops there, not robust; with --max-delta it moves on to the next δ, and "
+                                       "the last δ runs in full (0: never; default: the card's)."),
     retry: RetryOpt = _D.retry,  # type: ignore[assignment]
     init: InitOpt = _D.init,  # type: ignore[assignment]
     goal: GoalOpt = _D.goal,  # type: ignore[assignment]
@@ -265,6 +266,7 @@ def _header(share, models: list, dev: str, cfg, check: str, check_steps: int, su
             + (f" ({cfg.inner_targets} targets)" if cfg.inner_loss == "margin-mt" else "")
             + (f", δ up to {format_budget(cfg.max_delta)}" if cfg.max_delta is not None else "")
             + (f" (next δ after {cfg.give_up} steps without a failed attack)" if cfg.give_up and cfg.max_delta is not None else "")
+            + (f", give up after {cfg.give_up} steps without a failed attack" if cfg.give_up and cfg.max_delta is None else "")
             + (f", retry {cfg.retry}" if cfg.retry != "none" else "")
             + (f"; surviving {survive}" if survive else ""))
 
