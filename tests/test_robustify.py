@@ -332,3 +332,23 @@ def test_give_up_stops_a_hopeless_stage_early_but_never_the_last(tiny_model, tin
     assert {im.steps for im in esc.images} == {3 + 8}
     with pytest.raises(ValueError, match="give_up"):
         robustify(tiny_model, x, give_up=-1, **kw)
+
+
+def test_escalation_steps_on_the_8_bit_grid():
+    """escalate: each stage's δ is the last times the factor, in whole 8-bit levels when δ is on that grid (a
+    written photo moves in whole levels: 2.83/255 would write as 2/255), at least one level up."""
+    from preempt.algorithms.robustify import _next_delta
+
+    def schedule(factor: float) -> list[float]:
+        d, out = 2 / 255, [2.0]
+        while d < 16 / 255 - 1e-9:
+            d = min(_next_delta(d, factor), 16 / 255)
+            out.append(round(d * 255, 6))
+        return out
+
+    assert schedule(2.0) == [2, 4, 8, 16]
+    assert schedule(2 ** 0.5) == [2, 3, 4, 6, 8, 11, 16]
+    assert schedule(1.01) == list(range(2, 17))  # at least one level up
+    assert _next_delta(0.04, 2.0) == pytest.approx(0.08)  # off the grid: the plain product
+    with pytest.raises(ValueError, match="escalate"):
+        robustify(torch.nn.Identity(), torch.zeros(1, 1, 4, 4), escalate=1.0)

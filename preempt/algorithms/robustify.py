@@ -101,6 +101,7 @@ class RobustifyConfig:
     restart_every: int = 8     # margin-mt: every so many outer steps one attacker restarts at random
     inner_eps_scale: float = 1.0  # margin-mt: the attackers' ball is this many times ε (a safety margin; the check keeps ε)
     max_delta: float | None = None  # δ escalation: images not robust at δ run again at 2δ, 4δ, … up to this
+    escalate: float = 2.0      # δ escalation: each stage's δ is the last one times this (on the 8-bit grid when δ is on it)
     give_up: int = 0           # > 0: an image whose inner attack never failed in its first give_up outer steps stops
                                # there, not robust (with max_delta: it moves on to the next δ sooner; never at the
                                # last δ)
@@ -146,6 +147,8 @@ class RobustifyConfig:
         if self.inner_targets < 1 or self.restart_every < 0 or not math.isfinite(self.kappa) or \
                 not (math.isfinite(self.inner_eps_scale) and self.inner_eps_scale > 0):
             raise ValueError("inner_targets must be >= 1, restart_every >= 0, kappa finite and inner_eps_scale > 0")
+        if not (math.isfinite(self.escalate) and self.escalate > 1):
+            raise ValueError(f"escalate must be a finite number > 1, got {self.escalate!r}")
         if self.max_delta is not None and not (math.isfinite(self.max_delta) and self.max_delta >= self.delta):
             raise ValueError(f"max_delta must be a finite number >= delta ({self.delta:g}), got {self.max_delta!r}")
         if self.retry not in RETRIES:
@@ -429,6 +432,15 @@ def robustify(model: Model | Sequence[Model], x: torch.Tensor, y: torch.Tensor |
     return res
 
 
+def _next_delta(d: float, factor: float) -> float:
+    """The next δ of an escalation: ``factor`` × d, rounded to the 8-bit grid (at least one level up) when d
+    lies on it, since a written photo's change moves in whole levels (2.83/255 would write as 2/255)."""
+    levels = d * 255
+    if abs(levels - round(levels)) > 1e-6:
+        return d * factor
+    return max(math.floor(levels * factor + 0.5), round(levels) + 1) / 255
+
+
 def _give_up(book: _Ledger, prob: _Problem, best: _BestIterate, idx: torch.Tensor,
              survived: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``give_up``: the images of ``idx`` whose inner attack never failed so far (and not settling) stop,
@@ -471,7 +483,7 @@ def _escalate(models: list[Model], x_o: torch.Tensor, y: torch.Tensor, cfg: Robu
         left = (~res.robust).nonzero().squeeze(1)
         if not len(left):
             return
-        d, stage = min(2 * d, cfg.max_delta), stage + 1
+        d, stage = min(_next_delta(d, cfg.escalate), cfg.max_delta), stage + 1
         sub = robustify(models, x_o[left], y[left], on_step=on_step,
                         config=replace(cfg, delta=d, max_delta=None, seed=cfg.seed + 1000 * stage,
                                        give_up=cfg.give_up if d < cfg.max_delta - 1e-12 else 0))
