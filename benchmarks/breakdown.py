@@ -19,7 +19,9 @@ import statistics
 import sys
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
+from unittest.mock import patch
 
 import torch
 from real_photos import parse_variant
@@ -40,12 +42,12 @@ class Meter:
 
     def __init__(self) -> None:
         self.loop_s = 0.0
-        self.loop_calls = 0
         self.checks: list[dict] = []
         self.trace: list[dict] = []  # per outer step: δ of the stage, outer loss, whether every inner attacker failed
 
-    def install(self) -> list:
-        undo = []
+    @contextmanager
+    def installed(self):
+        """The loop and the check timed from outside for the block (patched, then restored)."""
         outer, judge = rmod._Joint.outer, cmod.Check.judge
         meter = self
 
@@ -55,20 +57,18 @@ class Meter:
             meter.loop_s += time.perf_counter() - t
             meter.trace.append({"delta": round(self.cfg.delta * 255, 3), "k": a[3] if len(a) > 3 else k.get("k"),
                                 "loss": float(r[1].sum()), "survived": bool(r[2].all())})
-            meter.loop_calls += 1
             return r
 
         def timed_judge(self, model, x, *a, **k):
             t = time.perf_counter()
             v = judge(self, model, x, *a, **k)
-            meter.checks.append({"step": len(meter.trace), "robust": bool(v.robust.all()), "broken_by": [b for b in v.broken_by],
+            meter.checks.append({"step": len(meter.trace), "robust": bool(v.robust.all()), "broken_by": list(v.broken_by),
                                  "seconds": time.perf_counter() - t, "passes": dict(v.passes),
                                  "attack_seconds": {n: round(s, 3) for n, s in v.seconds.items()}})
             return v
 
-        rmod._Joint.outer, cmod.Check.judge = timed_outer, timed_judge
-        undo += [(rmod._Joint, "outer", outer), (cmod.Check, "judge", judge)]
-        return undo
+        with patch.object(rmod._Joint, "outer", timed_outer), patch.object(cmod.Check, "judge", timed_judge):
+            yield self
 
 
 def main() -> None:
@@ -98,18 +98,14 @@ def main() -> None:
         for a in args.at_once.split(","):
             _, kw = parse_variant(args.variant + f";check_apgd_at_once={a}")
             m = Meter()
-            undo = m.install()
             t0 = time.perf_counter()
-            try:
+            with m.installed():
                 res = robustify(model, x, y, config=RobustifyConfig(norm="linf", eps=eps, delta=delta, **kw))
-            finally:
-                for obj, attr, fn in undo:
-                    setattr(obj, attr, fn)
             total = time.perf_counter() - t0
             im = res.images[0]
             failed = [c for c in m.checks if not c["robust"]]
             row = {"photo": f.stem, "at_once": a, "robust": im.robust, "delta": im.delta, "psnr": im.psnr,
-                   "passes": im.passes, "seconds": total, "loop_seconds": m.loop_s, "outer_steps": m.loop_calls,
+                   "passes": im.passes, "seconds": total, "loop_seconds": m.loop_s, "outer_steps": len(m.trace),
                    "check_seconds": sum(c["seconds"] for c in m.checks), "checks": len(m.checks),
                    "checks_failed": len(failed),
                    "failed_check_seconds": sum(c["seconds"] for c in failed),
@@ -118,7 +114,7 @@ def main() -> None:
                    "check_list": m.checks, "trace": m.trace}
             rows.append(row)
             print(f"{f.stem:<30} at_once={a:<4} robust {im.robust!s:<5} δ {im.delta * 255:.0f}/255 {total:6.1f}s "
-                  f"loop {m.loop_s:6.1f}s ({m.loop_calls} steps) checks {row['check_seconds']:6.1f}s "
+                  f"loop {m.loop_s:6.1f}s ({len(m.trace)} steps) checks {row['check_seconds']:6.1f}s "
                   f"({len(m.checks)}, {len(failed)} failed, {row['failed_check_seconds']:.1f}s) {row['broken_by']}", flush=True)
     out = {"command": "python " + " ".join(sys.argv),
            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}", "rows": rows}

@@ -405,7 +405,7 @@ def robustify(model: Model | Sequence[Model], x: torch.Tensor, y: torch.Tensor |
             due = idx[settling & ((k - book.verified_at[idx] >= cfg.settle) | last)]
             if len(due):
                 run_check(due, k)
-        if len(idx) and (last or (cfg.early_stop and k >= cfg.min_steps and (k - cfg.min_steps) % cfg.check_every == 0)):
+        if last or (cfg.early_stop and k >= cfg.min_steps and (k - cfg.min_steps) % cfg.check_every == 0):
             fresh = idx[~settling]
             cand = fresh if last else fresh[survived[~settling]]  # a check only where the inner attack itself failed
             if len(cand):
@@ -416,9 +416,9 @@ def robustify(model: Model | Sequence[Model], x: torch.Tensor, y: torch.Tensor |
     if len(left):
         if cfg.steps == 0:
             run_check(left)
+            book.finish(left)
         else:  # not verified: the iterate whose outer loss was lowest, not merely the last one
-            book.final[left] = prob.photo(best.current(left), left)
-        book.finish(left)
+            book.unverified(left, prob.photo(best.current(left), left))
     if cfg.goal == "least-visible":
         won = book.robust.nonzero().squeeze(1)
         if len(won):
@@ -448,9 +448,7 @@ def _give_up(book: _Ledger, prob: _Problem, best: _BestIterate, idx: torch.Tenso
     hopeless = ~book.ever_survived[idx] & (book.verified_at[idx] < 0)
     if hopeless.any():
         gone = idx[hopeless]
-        book.final[gone] = prob.photo(best.current(gone), gone)
-        book.done[gone] = True
-        book.finish(gone)
+        book.unverified(gone, prob.photo(best.current(gone), gone))
     return idx[~hopeless], survived[~hopeless]
 
 
@@ -766,6 +764,12 @@ class _Ledger:
 
     def finish(self, idx: torch.Tensor) -> None:
         self.seconds[idx.cpu()] = time.perf_counter() - self.t0
+
+    def unverified(self, idx: torch.Tensor, q: torch.Tensor) -> None:
+        """Images ``idx`` are done without a pass, written as the photos ``q`` (their best iterates)."""
+        self.final[idx] = q
+        self.done[idx] = True
+        self.finish(idx)
 
     def shrunk(self, idx: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, passes: int) -> None:
         self.final[idx], self.scale[idx.cpu()] = q, scale.cpu()

@@ -150,10 +150,9 @@ def apgd_targeted(model: Logits, x: torch.Tensor, y: torch.Tensor, *, threat: Th
     ``at_once`` targets run as one batch (a point attacked towards g targets is g rows, and the run
     stops once every point of the batch has a success: for one photo, at its first); 1 (default): in
     turn, the reference's order; None: as many as keep the batch within ``TARGET_ROWS`` rows (all 9
-    for one photo).  Each target still gets its
-    own ``steps`` iterations from its own random start, as when run in turn; only the batch shape
-    changes (worth it where a pass of many rows costs little more than one, as on a GPU; on 2 CPU
-    cores robustify was no faster with it)."""
+    for one photo).  Each target still gets its own ``steps`` iterations from its own random start,
+    as when run in turn; only the batch shape changes (worth it where a pass of many rows costs little
+    more than one, as on a GPU; on 2 CPU cores robustify was no faster with it)."""
     x = x.detach()
     with torch.no_grad():
         z = model(x)
