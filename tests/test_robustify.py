@@ -224,6 +224,20 @@ def test_persistent_multi_target_inner_attack_defends_and_counts_its_passes(tiny
     after = apgd_targeted(tiny_model, res.x, label, threat=threat, generator=gen).robust
     assert after.float().mean() >= before + 0.2
     assert after[res.robust].float().mean() > 0.9  # its claims hold against an attack it never ran
+    # the attackers in bfloat16 (where the CPU runs it natively; float32 elsewhere): the check stays float32
+    bf = robustify(tiny_model, x, **{**kw, "steps": 12, "early_stop": True, "min_steps": 2, "check_every": 2,
+                                     "loop_precision": "bfloat16"})
+    assert bf.config["loop_precision"] == "bfloat16" and (threat.distance(bf.x, x) <= 0.1 + 1e-6).all()
+    held = apgd_targeted(tiny_model, bf.x, label, threat=threat, generator=torch.Generator().manual_seed(5)).robust
+    assert held[bf.robust].float().mean() > 0.9 and held.float().mean() >= before + 0.2
+    from preempt.algorithms.robustify import bfloat16_native, loop_autocast
+
+    ctx = loop_autocast("bfloat16", torch.device("cpu"))
+    assert ctx._enabled == bfloat16_native(torch.device("cpu")) and not loop_autocast("float32", torch.device("cpu"))._enabled
+    with pytest.raises(ValueError, match="loop_precision"):
+        robustify(tiny_model, x, inner_loss="margin-mt", loop_precision="float16")
+    with pytest.raises(ValueError, match="loop_precision"):
+        robustify(tiny_model, x, inner_loss="ce", loop_precision="bfloat16")
     with pytest.raises(ValueError, match="margin-mt"):
         robustify(tiny_model, x, inner_loss="margin-mt", survive="jpeg:90")
     with pytest.raises(ValueError, match="inner_targets"):

@@ -59,7 +59,7 @@ class PersistentAdversaries:
             a = self.a[idx, :k_eff]
             xa = (z[:, None] + a).clamp(0, 1).reshape(flat).requires_grad_(True)
             with torch.enable_grad():
-                logits = model(xa)
+                logits = model(xa).float()  # under bfloat16 autocast (loop_precision) the margins are kept in float32
                 zy = logits.gather(1, y.repeat_interleave(k_eff)[:, None]).squeeze(1)
                 zt = logits.gather(1, targets.reshape(-1, 1)).squeeze(1)
                 d = (zt - zy).view(n, k_eff)

@@ -37,7 +37,7 @@ from ..models.resample import Resampling
 from ..models.wrapper import Classifier
 from ..verdict import upload
 from ..verdict.check import CHECKS, Check
-from ..vocab import GOALS, INITS, INNER_LOSSES, OPTIMIZERS, RESOLUTIONS, RETRIES
+from ..vocab import GOALS, INITS, INNER_LOSSES, LOOP_PRECISIONS, OPTIMIZERS, RESOLUTIONS, RETRIES
 from .persistent import PersistentAdversaries
 
 if TYPE_CHECKING:
@@ -100,6 +100,8 @@ class RobustifyConfig:
     kappa: float = 4.0         # margin-mt: the logit margin below which an attacker still counts
     restart_every: int = 8     # margin-mt: every so many outer steps one attacker restarts at random
     inner_eps_scale: float = 1.0  # margin-mt: the attackers' ball is this many times ε (a safety margin; the check keeps ε)
+    loop_precision: str = "float32"  # margin-mt: bfloat16 runs the attackers' passes under autocast where the device
+                                     # has native bfloat16 (else float32); checks and the written photo stay float32
     max_delta: float | None = None  # δ escalation: images not robust at δ run again at 2δ, 4δ, … up to this
     escalate: float = 2.0      # δ escalation: each stage's δ is the last one times this (on the 8-bit grid when δ is on it)
     give_up: int = 0           # > 0: an image whose inner attack never failed in its first give_up outer steps stops
@@ -147,6 +149,10 @@ class RobustifyConfig:
         if self.inner_targets < 1 or self.restart_every < 0 or not math.isfinite(self.kappa) or \
                 not (math.isfinite(self.inner_eps_scale) and self.inner_eps_scale > 0):
             raise ValueError("inner_targets must be >= 1, restart_every >= 0, kappa finite and inner_eps_scale > 0")
+        if self.loop_precision not in LOOP_PRECISIONS:
+            raise ValueError(f"loop_precision {self.loop_precision!r}: choose {' or '.join(LOOP_PRECISIONS)}")
+        if self.loop_precision != "float32" and self.inner_loss != "margin-mt":
+            raise ValueError("loop_precision='bfloat16' is for inner_loss='margin-mt' (the persistent attackers)")
         if not (math.isfinite(self.escalate) and self.escalate > 1):
             raise ValueError(f"escalate must be a finite number > 1, got {self.escalate!r}")
         if self.max_delta is not None and not (math.isfinite(self.max_delta) and self.max_delta >= self.delta):
@@ -194,7 +200,7 @@ class RobustifyConfig:
 
 
 RECOMMENDABLE = ("inner_loss", "inner_steps", "inner_targets", "inner_eps_scale", "kappa", "max_delta", "check_resolution",
-                 "give_up")
+                 "give_up", "loop_precision")
 CARD_CHECK = {"check_apgd_targets": "apgd_targets", "check_apgd_steps": "apgd_steps"}  # card key -> Check field
 
 
@@ -432,6 +438,25 @@ def robustify(model: Model | Sequence[Model], x: torch.Tensor, y: torch.Tensor |
     return res
 
 
+def bfloat16_native(device: torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 convolutions natively (CUDA with bf16, or a CPU with AVX-512 BF16 / AMX
+    through oneDNN); elsewhere autocast to bfloat16 would emulate it, slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def loop_autocast(precision: str, device: torch.device) -> torch.autocast:
+    """The autocast context of robustify's attackers (``loop_precision``): bfloat16 where native, else off."""
+    on = precision == "bfloat16" and bfloat16_native(device)
+    return torch.autocast(device.type if device.type in ("cpu", "cuda") else "cpu", dtype=torch.bfloat16, enabled=on)
+
+
 def _next_delta(d: float, factor: float) -> float:
     """The next δ of an escalation: ``factor`` × d, rounded to the 8-bit grid (at least one level up) when d
     lies on it, since a written photo's change moves in whole levels (2.83/255 would write as 2/255)."""
@@ -566,7 +591,8 @@ class _Joint:
                 value = loss[1]
             else:
                 z = prob.inputs(xr, idx)
-                value, gz, worst, p = adv.loss_and_grad(prob.model, z, y[idx], idx, k, self.cfg.inner_steps)
+                with loop_autocast(self.cfg.loop_precision, z.device):
+                    value, gz, worst, p = adv.loss_and_grad(prob.model, z, y[idx], idx, k, self.cfg.inner_steps)
                 (g,) = torch.autograd.grad(z, leaf, grad_outputs=gz, retain_graph=len(self.probs) > 1)
                 survived = worst < 0
             g_sum = g if g_sum is None else g_sum + g
@@ -825,27 +851,31 @@ def _shrink(joint: _Joint, v: torch.Tensor, idx: torch.Tensor, gen: torch.Genera
     hi = torch.ones(len(idx), device=v.device)
     passes = 0
 
-    def strong(scale: torch.Tensor, record: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def strong(scale: torch.Tensor, at: torch.Tensor, record: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stronger check on the photos of images ``idx[at]`` scaled by ``scale[at]``."""
         nonlocal passes
-        q = prob.photo(centre + scale.view(shape) * d, idx)
-        ok, p, det = joint.check(q, idx, gen, extra_restarts)
+        q = prob.photo(centre[at] + scale[at].view(shape) * d[at], idx[at])
+        ok, p, det = joint.check(q, idx[at], gen, extra_restarts)
         passes += p
         if record:
-            for j, i in enumerate(idx.tolist()):
+            for j, i in enumerate(idx[at].tolist()):
                 if ok[j]:
                     uploads[i] = det[j]
         return ok, q
 
+    every = torch.arange(len(idx), device=v.device)
     for _ in range(steps):
         mid = (lo + hi) / 2
-        ok, _ = strong(mid)
+        ok, _ = strong(mid, every)
         hi = torch.where(ok, mid, hi)
         lo = torch.where(ok, lo, mid)
     s = hi + margin * (1 - hi)
-    ok, best = strong(s, record=True)
-    if not ok.all():
-        best[~ok] = prob.photo(v[~ok], idx[~ok])
-        s = torch.where(ok, s, torch.ones_like(s))
+    best = prob.photo(v, idx)  # the full, verified change: kept where no smaller scale passed
+    smaller = (hi < 1).nonzero().squeeze(1)  # (hi = 1: s* = 1 is that very photo, checked already)
+    if len(smaller):
+        ok, q = strong(s, smaller, record=True)
+        best[smaller[ok]] = q[ok]
+        s[smaller[~ok]] = 1.0
     return s, best, int(round(passes / max(len(idx), 1)))
 
 

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..algorithms.robustify import RobustifyConfig
 from ..models.protocol import Model
-from ..vocab import CheckPreset, Format, Goal, Init, InnerLoss, Norm, Resolution, Retry
+from ..vocab import CheckPreset, Format, Goal, Init, InnerLoss, LoopPrecision, Norm, Resolution, Retry
 from .common import (
     EXIT_ERROR,
     EXIT_NOT_ROBUST,
@@ -63,6 +63,9 @@ SettleOpt = Annotated[int, typer.Option(
     min=0, help="Outer steps more after a photo first passes its check, then checked again (kept only if it passes "
     "too): a deeper point for more passes. --settle 30 runs every step of the default --steps 30 (measured in "
     "results/reproduce.md).")]
+LoopPrecisionOpt = Annotated[LoopPrecision | None, typer.Option(
+    help="margin-mt: the attackers' passes in bfloat16 where the CPU or GPU runs it natively (else float32); the "
+         "check that decides 'robust' always runs in float32. Default: float32, or the model card's.")]
 InnerLossOpt = Annotated[InnerLoss | None, typer.Option(
     help="The inner attack: ce (the paper's unrolled PGD), ce+dlr-t (every other outer step AutoAttack's targeted DLR "
          "towards the 3 likeliest wrong classes), margin-mt (persistent attackers on the --inner-targets likeliest wrong "
@@ -125,6 +128,7 @@ def robustify_cmd(
     settle: SettleOpt = _D.settle,
     inner_loss: InnerLossOpt = None,
     inner_targets: int | None = typer.Option(None, min=1, help="margin-mt: attackers per photo (default 4, or the card's)."),
+    loop_precision: LoopPrecisionOpt = None,
     max_delta: float | None = budget_option(None, "δ escalation: photos not robust at --delta run again at 2δ, 4δ, … "
                                             "up to this (default: none, or the card's)."),
     give_up: int | None = typer.Option(None, min=0, help="A photo whose inner attack never failed in its first N outer "
@@ -166,7 +170,8 @@ def robustify_cmd(
     dev, clf, norm, eps, delta = model_and_budgets(spec, device, norm, eps, delta)
     clf, others = _models(paths, clf, model, dev, sigma, noise_samples, seed, check_steps)
     cfg = _config(clf, check, dict(inner_steps=inner_steps, inner_loss=inner_loss, inner_targets=inner_targets,
-                                   max_delta=max_delta, check_resolution=check_resolution, give_up=give_up), init, norm=norm, delta=delta, eps=eps, steps=steps,
+                                   max_delta=max_delta, check_resolution=check_resolution, give_up=give_up,
+                                   loop_precision=loop_precision), init, norm=norm, delta=delta, eps=eps, steps=steps,
                   check_steps=check_steps, settle=settle, retry=retry, seed=seed, goal=goal, resolution=resolution,
                   survive=survive)
     err_console.print(_header(share, [clf, *others], dev, cfg, check or "strong", check_steps, survive), highlight=False)
@@ -219,6 +224,8 @@ def _config(clf, check: str | None, given: dict, init: str, **kw):
     settings["check"] = replace(settings["check"], steps=kw.pop("check_steps"))
     if "max_delta" not in given and (settings.get("max_delta") or 0) < kw["delta"]:
         settings.pop("max_delta", None)  # the card's cap is below the --delta asked for: no escalation
+    if "loop_precision" not in given and settings.get("inner_loss") != "margin-mt":
+        settings.pop("loop_precision", None)  # the card's precision is its attackers': --inner-loss chose others
     try:
         cfg = RobustifyConfig(init=resolve_init(init, clf), **kw, **settings)
         cfg.validate()
@@ -264,6 +271,7 @@ def _header(share, models: list, dev: str, cfg, check: str, check_steps: int, su
             + (f", settle {cfg.settle}" if cfg.settle else "")
             + (f", inner loss {cfg.inner_loss}" if cfg.inner_loss != "ce" else "")
             + (f" ({cfg.inner_targets} targets)" if cfg.inner_loss == "margin-mt" else "")
+            + (f" in {cfg.loop_precision}" if cfg.loop_precision != "float32" else "")
             + (f", δ up to {format_budget(cfg.max_delta)}" if cfg.max_delta is not None else "")
             + (f" (next δ after {cfg.give_up} steps without a failed attack)" if cfg.give_up and cfg.max_delta is not None else "")
             + (f", give up after {cfg.give_up} steps without a failed attack" if cfg.give_up and cfg.max_delta is None else "")

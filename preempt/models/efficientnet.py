@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 # (repeats, kernel, stride, expand ratio, in, out) — EfficientNet-B0's stages, which Lite0 keeps
 _STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
@@ -83,6 +84,34 @@ class EfficientNetLite(nn.Module):
         self._bn1 = nn.BatchNorm2d(1280, **_BN)
         self._dropout = nn.Dropout(dropout)
         self._fc = nn.Linear(1280, num_classes)
+
+    folded = False
+
+    def fold_batchnorm(self) -> EfficientNetLite:
+        """Fold every batch norm into the convolution before it, in place, for inference: the same
+        function up to float rounding (logits within ~1e-5), one op less per convolution.  Measured
+        (``benchmarks/pass_cost.py --fold``): a forward and backward pass of Lite0 about 1.2× faster
+        on 2 CPU cores.  A folded network cannot be trained (its batch statistics are gone)."""
+        if self.folded:
+            return self
+        if self.training:
+            raise RuntimeError("fold_batchnorm is for inference: call .eval() first")
+        pairs: list[tuple[nn.Module, str, str]] = [(self, "_conv_stem", "_bn0"), (self, "_conv_head", "_bn1")]
+        for b in self._blocks:
+            pairs += [(b, "_expand_conv", "_bn0")] if b.expand else []
+            pairs += [(b, "_depthwise_conv", "_bn1"), (b, "_project_conv", "_bn2")]
+        with torch.no_grad():
+            for mod, conv, bn in pairs:
+                setattr(mod, conv, fuse_conv_bn_eval(getattr(mod, conv), getattr(mod, bn)))
+                setattr(mod, bn, nn.Identity())
+        self.folded = True
+        return self
+
+    def train(self, mode: bool = True) -> EfficientNetLite:
+        if mode and self.folded:
+            raise RuntimeError("this EfficientNet-Lite has its batch norms folded (fold_batchnorm): it is for "
+                               "inference only; build a fresh one to train")
+        return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu6(self._bn0(self._conv_stem(x)))
