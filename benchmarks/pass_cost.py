@@ -69,8 +69,10 @@ def compare_rows(name: str, what: str, batches: list[int], repeat: int) -> list[
     b_model, bf16 = (unfolded(name), False) if what == "fold" else (a_model, True)
     size = a_model.pre.input_size[0]
     x = torch.rand(2, 3, size, size)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        gap = float((a_model(x) - b_model(x).float()).abs().max())
+    with torch.no_grad():
+        a_logits = a_model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            gap = float((a_logits - b_model(x).float()).abs().max())
     rows = []
     for b in batches:
         a, p = [], []

@@ -31,6 +31,13 @@ def photos(corpus: Path, names: list[str], tmp: Path) -> list[tuple[str, Path]]:
     return out + [("scikit-image chelsea upscaled to 4000×3000 (12 MP), JPEG q92", chelsea_12mp(tmp / "chelsea-12mp.jpg"))]
 
 
+def settings_of(cfg: dict) -> dict:
+    """The robustify settings a timing depends on, from the CLI's JSON config."""
+    keys = ("eps", "delta", "max_delta", "give_up", "inner_loss", "check_resolution", "loop_precision", "least_change")
+    check = cfg.get("check")
+    return {**{k: cfg.get(k) for k in keys}, "check": check.get("name") if isinstance(check, dict) else check}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", type=Path, default=Path("corpus"))
@@ -46,7 +53,7 @@ def main() -> None:
         m = f.get("metrics") or {}
         r.update(photo=what, status=f.get("status"), delta=m.get("delta"), psnr=m.get("psnr"), passes=m.get("passes"),
                  model=doc.get("model"),
-                 settings={k: (doc.get("config") or {}).get(k) for k in ("eps", "delta", "max_delta", "give_up", "inner_loss", "check_resolution")})
+                 settings=settings_of(doc.get("config") or {}))
         rows.append(r)
         print(json.dumps(r), flush=True)
     out = {"command": "python " + " ".join(sys.argv), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",

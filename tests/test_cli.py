@@ -301,7 +301,8 @@ def test_a_photo_that_is_not_robust_is_not_named_robust(tmp_path, photo_dir, tin
 def test_card_recommendations_flags_and_several_models(tmp_path, photo_dir, tiny_model, tiny_model_file):
     card = json.loads(tiny_model_file.with_suffix(".json").read_text())
     card["robustify"] = {"inner_loss": "margin-mt", "inner_targets": 2, "inner_steps": 2, "max_delta": 0.2, "init": "original",
-                         "check_resolution": "full", "give_up": 3, "loop_precision": "bfloat16"}
+                         "check_resolution": "full", "give_up": 3, "loop_precision": "bfloat16",
+                         "least_change": True, "check": "strong-once"}
     (tmp_path / "card.json").write_text(json.dumps(card))
     r = run("robustify", photo_dir / "img0.png", "-o", tmp_path / "a", "--model", tiny_model_file, "--card",
             tmp_path / "card.json", "--steps", "4", "--json")
@@ -309,13 +310,15 @@ def test_card_recommendations_flags_and_several_models(tmp_path, photo_dir, tiny
     cfg = _json(r)["config"]
     assert (cfg["inner_loss"], cfg["inner_targets"], cfg["inner_steps"], cfg["max_delta"]) == ("margin-mt", 2, 2, 0.2)
     assert cfg["give_up"] == 3 and cfg["loop_precision"] == "bfloat16" and "(2 targets) in bfloat16" in r.stderr
+    assert cfg["least_change"] and ", least change" in r.stderr and "check strong-once" in r.stderr
     assert cfg["check_resolution"] == "full" and "at full resolution" in r.stderr
     assert "inner loss margin-mt (2 targets)" in r.stderr and "δ up to 0.2 (next δ after 3 steps" in r.stderr
     # flags win over the card
     r = run("robustify", photo_dir / "img0.png", "-o", tmp_path / "b", "--model", tiny_model_file, "--card",
             tmp_path / "card.json", "--steps", "4", "--inner-loss", "ce", "--inner-steps", "3", "--max-delta", "1/10",
-            "--give-up", "0", "--json")
+            "--give-up", "0", "--no-least-change", "--check", "strong", "--json")
     cfg = _json(r)["config"]
+    assert not cfg["least_change"] and "check strong at" in r.stderr
     assert (cfg["inner_loss"], cfg["inner_steps"], cfg["max_delta"], cfg["give_up"]) == ("ce", 3, 0.1, 0)
     assert cfg["loop_precision"] == "float32"  # the card's precision was its attackers': --inner-loss ce has none
     # the cap is part of what an output's verdict is for: a rerun with another cap does not take it as robust

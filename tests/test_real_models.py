@@ -151,6 +151,32 @@ def test_least_visible_shrinks_the_change_and_stays_robust(tiny_model, big_photo
     assert int((claimed & a.success).sum()) <= 2  # an independent PGD mostly agrees with the claim
 
 
+def test_least_change_keeps_the_model_input_and_drops_what_the_resize_discards(tiny_model, big_photos):
+    from preempt.core.least_change import LeastChange
+
+    x = big_photos
+    r = tiny_model.pre.resampling(tuple(x.shape[-2:]))
+    lo, hi = (-x).clamp(min=-0.1), (1 - x).clamp(max=0.1)
+    d = torch.minimum(torch.maximum((torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 0.1, lo), hi)
+    out = LeastChange(r, iters=50)(d, lo, hi)
+    assert ((out >= lo - 1e-6) & (out <= hi + 1e-6)).all()              # inside the δ-box and the pixel range
+    assert (r.apply(out) - r.apply(d)).abs().max() < 0.5 / 255          # the model sees (nearly) the same input
+    assert out.norm() < 0.8 * d.norm()                                  # a random change is mostly invisible to it
+    kw = dict(seed=0, work_scale=8)  # a working grid no smaller than the photo: the photo is the variable
+    base = robustify(tiny_model, x, **kw)
+    least = robustify(tiny_model, x, least_change=True, **kw)
+    assert least.config["least_change"] and base.config["resolution"] == "photo"
+    assert (Linf(0.1).distance(least.x, x) <= 0.1 + 1e-5).all() and torch.equal(least.x, (least.x * 255).round() / 255)
+    assert abs(int(least.robust.sum()) - int(base.robust.sum())) <= 1
+    both = least.robust & base.robust
+    l2 = torch.tensor([i.l2 for i in least.images]), torch.tensor([i.l2 for i in base.images])
+    assert (l2[0][both] < l2[1][both]).float().mean() >= 0.8 and l2[0][both].median() < 0.97 * l2[1][both].median()
+    y = torch.tensor([i.label for i in least.images])
+    mi = at_model_input(tiny_model, least.x, Linf(0.1))
+    a = pgd(mi.model, mi.x, y, threat=mi.threat, steps=20, generator=torch.Generator().manual_seed(4))
+    assert int((least.robust & a.success).sum()) <= 1  # an independent PGD agrees with its claims
+
+
 @pytest.mark.parametrize("bad,match", [(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), "floats"),
                                        (torch.full((1, 1, 8, 8), 200.0), "divide by 255"),
                                        (torch.rand(1, 8, 8), "N, C, H, W")])

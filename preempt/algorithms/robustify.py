@@ -15,7 +15,10 @@ Differences from the paper's Algorithm 1, each measured in ``benchmarks/robustif
   ``settle`` > 0 a verified image takes that many more outer steps (to a deeper point) and is
   checked again; the later photo is kept only if it passes too;
 * the outer step size decays (cosine) from ``step_size`` to a tenth of it;
-* the result is judged as saved: the returned pixels are the quantised ones the check ran on.
+* the result is judged as saved: the returned pixels are the quantised ones the check ran on;
+* with ``least_change`` (ℓ∞, a model that resizes the photo) the photo checked and written is the change of
+  least ℓ2 norm with the variable's model input (:mod:`preempt.core.least_change`): what the resize
+  discards is dropped, so the same verdict comes at a higher PSNR.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import torch
 
 from ..attacks import losses
 from ..attacks.projected_gradient import pgd_unrolled
+from ..core.least_change import LeastChange
 from ..core.metrics import change
 from ..core.quantize import quantize, quantize_change
 from ..core.resolution import resampling_for
@@ -37,7 +41,7 @@ from ..models.resample import Resampling
 from ..models.wrapper import Classifier
 from ..verdict import upload
 from ..verdict.check import CHECKS, Check
-from ..vocab import GOALS, INITS, INNER_LOSSES, LOOP_PRECISIONS, OPTIMIZERS, RESOLUTIONS, RETRIES
+from ..vocab import CHECK_PRESETS, GOALS, INITS, INNER_LOSSES, LOOP_PRECISIONS, OPTIMIZERS, RESOLUTIONS, RETRIES
 from .persistent import PersistentAdversaries
 
 if TYPE_CHECKING:
@@ -123,6 +127,8 @@ class RobustifyConfig:
                                # ε-ball (a superset of what a file attacker reaches), full = the file's own pixels;
                                # None: as resolution
     goal: str = "strongest"    # strongest | least-visible: shrink a verified change while it stays robust
+    least_change: bool = False  # ℓ∞, one model that resizes the photo: every photo checked and written is the least-ℓ2
+                                # change with the same model input (preempt.core.least_change): higher PSNR, same verdict
     shrink_steps: int = 4      # bisection steps of least-visible (scale precision 1/2^steps)
     work_scale: int = 3        # model resolution: the change's grid, in multiples of the model input
     survive: str | None = None  # service transforms to stay robust through, e.g. "jpeg:75-95,resize:1080"
@@ -200,17 +206,23 @@ class RobustifyConfig:
 
 
 RECOMMENDABLE = ("inner_loss", "inner_steps", "inner_targets", "inner_eps_scale", "kappa", "max_delta", "check_resolution",
-                 "give_up", "loop_precision")
+                 "give_up", "loop_precision", "least_change")
 CARD_CHECK = {"check_apgd_targets": "apgd_targets", "check_apgd_steps": "apgd_steps"}  # card key -> Check field
 
 
-def recommended(model: Model, check: Check = CHECKS["strong"]) -> dict:
+def recommended(model: Model, check: Check | None = None) -> dict:
     """The robustify settings a model's card recommends (``card["robustify"]``: what was measured to
     work for it, e.g. the persistent multi-target attack for the standard ImageNet models), restricted
-    to :data:`RECOMMENDABLE`, with ``check`` as the card would judge with it (its APGD-T targets and
-    iterations, :data:`CARD_CHECK`, where the check runs APGD).  ``init`` has its own resolution
-    (:func:`resolve_init`)."""
+    to :data:`RECOMMENDABLE`, with ``check`` (None: the card's preset ``check``, else ``strong``) as the
+    card would judge with it (its APGD-T targets and iterations, :data:`CARD_CHECK`, where the check runs
+    APGD).  ``init`` has its own resolution (:func:`resolve_init`)."""
     rec = ((getattr(model, "card", None) or {}).get("robustify") or {})
+    if check is None:
+        preset = rec.get("check", "strong")
+        if preset not in CHECK_PRESETS:
+            raise ValueError(f"{getattr(model, 'name', 'the model')}'s card recommends check {preset!r}: "
+                             f"choose {', '.join(CHECK_PRESETS)}")
+        check = CHECKS[preset]
     over = {f: rec[k] for k, f in CARD_CHECK.items() if k in rec}
     apgd = any(n in ("apgd-ce", "apgd-t") for n in check.stages.split("+"))
     return {**{k: v for k, v in rec.items() if k in RECOMMENDABLE},
@@ -261,8 +273,10 @@ class _Problem:
     (see :mod:`preempt.core.resolution`)."""
 
     def __init__(self, model: Model, x_o: torch.Tensor, cfg: RobustifyConfig, resampling: Resampling | None,
-                 work: Resampling | None = None) -> None:
+                 work: Resampling | None = None, least_change: bool = False) -> None:
         self.x_o, self.r, self.work, self.cfg = x_o, resampling, work, cfg
+        self.least = LeastChange(resampling) if least_change and resampling is not None and work is None \
+            and cfg.norm == "linf" and cfg.quantize else None
         self.dball = cfg.delta_ball()
         eball = cfg.eps_ball()
         self.chains = cfg.chains()
@@ -307,6 +321,10 @@ class _Problem:
         """The full-resolution photo the variable stands for, on the 8-bit grid inside B_δ(x_o)."""
         x_o = self.x_o if len(idx) == len(self.x_o) else self.x_o[idx]  # no copy of a whole batch
         if self.work is None:
+            if self.least is not None:  # the same model input, the least ℓ2 change (least_change)
+                with torch.no_grad():
+                    delta = self.cfg.delta
+                    v = x_o + self.least(v - x_o, (-x_o).clamp(min=-delta), (1 - x_o).clamp(max=delta))
             return quantize(v, x_o, self.dball) if self.cfg.quantize else v.clamp(0, 1)
         u = self.work.lift(v)
         return quantize_change(u, x_o, self.dball) if self.cfg.quantize else u.add_(x_o).clamp_(0, 1)
@@ -568,7 +586,8 @@ class _Joint:
         self.cfg, self.probs, self.ys = cfg, [], []
         for i, m in enumerate(models):
             r, work = _working_grid(m, hw, cfg)
-            self.probs.append(_Problem(m, x_o, cfg, r, work if len(models) == 1 else None))
+            self.probs.append(_Problem(m, x_o, cfg, r, work if len(models) == 1 else None,
+                                       least_change=cfg.least_change and len(models) == 1))
             self.ys.append((m.predict(x_o) if y is None or i > 0 else y).to(x_o.device))
         self.advs = [_adversaries(p, cfg, gen) for p in self.probs]
 

@@ -66,6 +66,9 @@ SettleOpt = Annotated[int, typer.Option(
 LoopPrecisionOpt = Annotated[LoopPrecision | None, typer.Option(
     help="margin-mt: the attackers' passes in bfloat16 where the CPU or GPU runs it natively (else float32); the "
          "check that decides 'robust' always runs in float32. Default: float32, or the model card's.")]
+LeastChangeOpt = Annotated[bool | None, typer.Option(
+    "--least-change/--no-least-change", help="Write the least change (ℓ2) with the same model input: what the "
+    "model's resize discards is dropped, for a higher PSNR and the same verdict (ℓ∞, one model; default: the card's).")]
 InnerLossOpt = Annotated[InnerLoss | None, typer.Option(
     help="The inner attack: ce (the paper's unrolled PGD), ce+dlr-t (every other outer step AutoAttack's targeted DLR "
          "towards the 3 likeliest wrong classes), margin-mt (persistent attackers on the --inner-targets likeliest wrong "
@@ -129,6 +132,7 @@ def robustify_cmd(
     inner_loss: InnerLossOpt = None,
     inner_targets: int | None = typer.Option(None, min=1, help="margin-mt: attackers per photo (default 4, or the card's)."),
     loop_precision: LoopPrecisionOpt = None,
+    least_change: LeastChangeOpt = None,
     max_delta: float | None = budget_option(None, "δ escalation: photos not robust at --delta run again at 2δ, 4δ, … "
                                             "up to this (default: none, or the card's)."),
     give_up: int | None = typer.Option(None, min=0, help="A photo whose inner attack never failed in its first N outer "
@@ -171,10 +175,11 @@ def robustify_cmd(
     clf, others = _models(paths, clf, model, dev, sigma, noise_samples, seed, check_steps)
     cfg = _config(clf, check, dict(inner_steps=inner_steps, inner_loss=inner_loss, inner_targets=inner_targets,
                                    max_delta=max_delta, check_resolution=check_resolution, give_up=give_up,
-                                   loop_precision=loop_precision), init, norm=norm, delta=delta, eps=eps, steps=steps,
+                                   loop_precision=loop_precision, least_change=least_change), init, norm=norm, delta=delta, eps=eps, steps=steps,
                   check_steps=check_steps, settle=settle, retry=retry, seed=seed, goal=goal, resolution=resolution,
                   survive=survive)
-    err_console.print(_header(share, [clf, *others], dev, cfg, check or "strong", check_steps, survive), highlight=False)
+    err_console.print(_header(share, [clf, *others], dev, cfg, cfg.check.name, check_steps, survive), highlight=False,
+                      soft_wrap=True)  # one line, however long: logs are grepped
     done: list = []
     t0, interrupted = time.perf_counter(), False
     try:
@@ -220,7 +225,10 @@ def _config(clf, check: str | None, given: dict, init: str, **kw):
     from ..verdict.check import CHECKS
 
     given = {k: v for k, v in given.items() if v is not None}
-    settings = {**recommended(clf, CHECKS[check or "strong"]), **given}
+    try:
+        settings = {**recommended(clf, CHECKS[check] if check else None), **given}
+    except ValueError as e:
+        fail(str(e), EXIT_USAGE, e)
     settings["check"] = replace(settings["check"], steps=kw.pop("check_steps"))
     if "max_delta" not in given and (settings.get("max_delta") or 0) < kw["delta"]:
         settings.pop("max_delta", None)  # the card's cap is below the --delta asked for: no escalation
@@ -272,6 +280,7 @@ def _header(share, models: list, dev: str, cfg, check: str, check_steps: int, su
             + (f", inner loss {cfg.inner_loss}" if cfg.inner_loss != "ce" else "")
             + (f" ({cfg.inner_targets} targets)" if cfg.inner_loss == "margin-mt" else "")
             + (f" in {cfg.loop_precision}" if cfg.loop_precision != "float32" else "")
+            + (", least change" if cfg.least_change else "")
             + (f", δ up to {format_budget(cfg.max_delta)}" if cfg.max_delta is not None else "")
             + (f" (next δ after {cfg.give_up} steps without a failed attack)" if cfg.give_up and cfg.max_delta is not None else "")
             + (f", give up after {cfg.give_up} steps without a failed attack" if cfg.give_up and cfg.max_delta is None else "")
