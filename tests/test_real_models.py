@@ -175,6 +175,9 @@ def test_least_change_keeps_the_model_input_and_drops_what_the_resize_discards(t
     mi = at_model_input(tiny_model, least.x, Linf(0.1))
     a = pgd(mi.model, mi.x, y, threat=mi.threat, steps=20, generator=torch.Generator().manual_seed(4))
     assert int((least.robust & a.success).sum()) <= 1  # an independent PGD agrees with its claims
+    with pytest.raises(ValueError, match="least_change"):
+        robustify(tiny_model, x, norm="l2", least_change=True)
+    assert not robustify(tiny_model, x[:2], steps=1, least_change=True).config["least_change"]  # a grid: not applied
 
 
 @pytest.mark.parametrize("bad,match", [(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), "floats"),

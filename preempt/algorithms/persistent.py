@@ -51,7 +51,7 @@ class PersistentAdversaries:
         n, k = len(z), self.k
         z = z.detach()
         with torch.no_grad():
-            wrong = model(z).scatter(1, y[:, None], float("-inf"))
+            wrong = model(z).float().scatter(1, y[:, None], float("-inf"))  # float32 ranks, under bf16 autocast too
         k_eff = min(k, wrong.shape[1] - 1)
         targets = wrong.topk(k_eff, dim=1).indices  # (n, k_eff): the classes APGD-T would target first
         flat = (n * k_eff, *z.shape[1:])

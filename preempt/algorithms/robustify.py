@@ -22,6 +22,7 @@ Differences from the paper's Algorithm 1, each measured in ``benchmarks/robustif
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -155,6 +156,8 @@ class RobustifyConfig:
         if self.inner_targets < 1 or self.restart_every < 0 or not math.isfinite(self.kappa) or \
                 not (math.isfinite(self.inner_eps_scale) and self.inner_eps_scale > 0):
             raise ValueError("inner_targets must be >= 1, restart_every >= 0, kappa finite and inner_eps_scale > 0")
+        if self.least_change and self.norm != "linf":
+            raise ValueError("least_change is for ℓ∞ (the δ-box it projects into); use goal='least-visible' for ℓ2")
         if self.loop_precision not in LOOP_PRECISIONS:
             raise ValueError(f"loop_precision {self.loop_precision!r}: choose {' or '.join(LOOP_PRECISIONS)}")
         if self.loop_precision != "float32" and self.inner_loss != "margin-mt":
@@ -448,7 +451,8 @@ def robustify(model: Model | Sequence[Model], x: torch.Tensor, y: torch.Tensor |
         if len(won):
             s, q, p = _shrink(joint, opt.current(won), won, gen, cfg.shrink_steps, book.uploads)
             book.shrunk(won, q, s, p)
-    res = RobustifyResult(book.final, book.images(y, cfg.delta), {**asdict(cfg), "init": init, "resolution": prob.resolution})
+    res = RobustifyResult(book.final, book.images(y, cfg.delta), {**asdict(cfg), "init": init, "resolution": prob.resolution,
+                                                                 "least_change": prob.least is not None})
     if cfg.retry != "none" and prob.resolution == "full":
         _retry(models[0], x_o, y, cfg, res)
     if cfg.max_delta is not None:
@@ -457,16 +461,24 @@ def robustify(model: Model | Sequence[Model], x: torch.Tensor, y: torch.Tensor |
 
 
 def bfloat16_native(device: torch.device) -> bool:
-    """Whether ``device`` runs bfloat16 convolutions natively (CUDA with bf16, or a CPU with AVX-512 BF16 / AMX
-    through oneDNN); elsewhere autocast to bfloat16 would emulate it, slower than float32."""
+    """Whether ``device`` runs bfloat16 matrix maths natively: a CUDA GPU of compute capability 8 or more (Ampere
+    on), or a CPU with AVX-512 BF16 or AMX (read from /proc/cpuinfo's flags, so Linux only).  Elsewhere autocast to
+    bfloat16 would emulate it, slower than float32."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
+    return device.type == "cpu" and bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
 
 
 def loop_autocast(precision: str, device: torch.device) -> torch.autocast:

@@ -54,7 +54,8 @@ ModelsOpt = Annotated[list[str] | None, typer.Option(
 InnerStepsOpt = Annotated[int | None, typer.Option(
     help="Steps of the unrolled inner attack (T; default 10, or what the model card recommends).")]
 CheckOpt = Annotated[CheckPreset | None, typer.Option(
-    help="What decides 'robust' (default strong, with the APGD-T targets the model card recommends): strong = PGD-20 "
+    help="What decides 'robust' (default: the model card's, else strong; with the APGD-T targets the card recommends; "
+         "the ImageNet cards name strong-once with 9 targets): strong = PGD-20 "
          "twice, then APGD-CE and APGD-T from 2 random starts (verify's default suite runs them from one: measured "
          "99.4-99.6% agreement); strong-once = APGD from one start (0.7× the passes, ~1% of its claims fall to verify); "
          "thorough = AutoAttack's 100 APGD iterations and 9 targets (one start; ~3.5× the passes of strong); pgd = one "

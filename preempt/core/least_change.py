@@ -13,8 +13,9 @@ operator's pseudo-inverse is separable).  After ``iters`` rounds the model input
 of an 8-bit level (the rounding to 8 bits that follows moves it as much), and robustify's check then
 judges the photo actually written, as always.
 
-Measured on three dev photos robustified against efficientnet-lite0 (512 px, δ = 4, 8, 16/255): +0.45 to
-+0.7 dB PSNR at the same model input (within 0.33–0.5 levels after rounding), every check still passing.
+Measured on three dev photos robustified against efficientnet-lite0 (512 px, δ = 4, 8, 16/255;
+``benchmarks/least_change.py``): +0.29 to +0.71 dB PSNR at 20 rounds, the model input within 0.33–0.65 8-bit
+levels after rounding, every check still passing.
 
 Example::
 

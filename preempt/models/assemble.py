@@ -73,8 +73,4 @@ def from_card(card: dict[str, Any], state: dict[str, torch.Tensor] | None = None
             net.load_state_dict(state)
         except RuntimeError as e:
             raise ModelError(f"{where}: weights do not fit architecture {arch!r}: {str(e).splitlines()[0]}") from e
-        fold = getattr(net, "fold_batchnorm", None)
-        if callable(fold):  # a pretrained network preempt only runs (EfficientNet-Lite): one op less per convolution
-            net.eval()
-            fold()
     return classifier(net, card, where)
