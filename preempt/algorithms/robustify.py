@@ -301,6 +301,11 @@ class _Problem:
         self.centre = x_o.new_zeros((*x_o.shape[:2], len(uh[0]), len(uw[0])))
         self.ball = self.dball.with_eps(cfg.delta / work.lift_gain(cfg.norm))
 
+    def applied(self) -> dict:
+        """What this problem actually runs, for the result's config: where the loop works, and whether the least
+        change applies (it needs ℓ∞, one model and the photo as the variable)."""
+        return {"resolution": self.resolution, "least_change": self.least is not None}
+
     @property
     def resolution(self) -> str:
         """full: every pass on the photo; model: the lifted change; photo: the photo is the
@@ -451,8 +456,7 @@ def robustify(model: Model | Sequence[Model], x: torch.Tensor, y: torch.Tensor |
         if len(won):
             s, q, p = _shrink(joint, opt.current(won), won, gen, cfg.shrink_steps, book.uploads)
             book.shrunk(won, q, s, p)
-    res = RobustifyResult(book.final, book.images(y, cfg.delta), {**asdict(cfg), "init": init, "resolution": prob.resolution,
-                                                                 "least_change": prob.least is not None})
+    res = RobustifyResult(book.final, book.images(y, cfg.delta), {**asdict(cfg), **prob.applied(), "init": init})
     if cfg.retry != "none" and prob.resolution == "full":
         _retry(models[0], x_o, y, cfg, res)
     if cfg.max_delta is not None:
