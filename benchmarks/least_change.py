@@ -22,6 +22,7 @@ import torch
 from preempt import load_model
 from preempt.algorithms.robustify import recommended
 from preempt.core.least_change import LeastChange
+from preempt.core.quantize import quantize
 from preempt.core.threat import threat_model
 from preempt.pipeline.photos import load_photo
 
@@ -52,13 +53,14 @@ def main() -> None:
         delta = float(d.abs().max())
         r = model.pre.resampling(tuple(x_o.shape[-2:]))
         lo, hi = (-x_o).clamp(min=-delta), (1 - x_o).clamp(max=delta)
+        ball_d = threat_model("linf", delta)
         y = model.predict(x_o)
         row: dict = {"photo": name, "delta_levels": round(delta * 255), "psnr": round(psnr(d), 2)}
         judged = x_r
         for iters in (10, 20, 30, 100):
             t = time.perf_counter()
             least = LeastChange(r, iters=iters)(d, lo, hi)
-            q = torch.minimum(torch.maximum((x_o + least).mul(255).round().div(255), x_o - delta), x_o + delta).clamp(0, 1)
+            q = quantize(x_o + least, x_o, ball_d)  # as robustify writes it
             judged = q if iters == 20 else judged
             row[f"iters_{iters}"] = {"psnr": round(psnr(q - x_o), 2), "seconds": round(time.perf_counter() - t, 2),
                                      "model_input_gap_levels": round(float((r.apply(q) - r.apply(x_r)).abs().max() * 255), 2)}
