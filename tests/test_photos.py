@@ -158,3 +158,36 @@ def test_onnx_without_onnxruntime_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ModelError, match=r"pip install 'preempt\[onnx\]'"):
         OnnxClassifier.from_file(tmp_path / "m.onnx", card={})
+
+
+def _ssim_by_convolution(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> float:
+    """SSIM of two (1, 1, H, W) images written the textbook way (2-D Gaussian convolution), as a reference."""
+    r = torch.arange(window, dtype=torch.float64) - (window - 1) / 2
+    g = torch.exp(-r ** 2 / (2 * sigma ** 2))
+    k = (torch.outer(g, g) / g.sum() ** 2)[None, None]
+    a, b = a.double(), b.double()
+
+    def blur(t):
+        return torch.nn.functional.conv2d(t, k)
+
+    ma, mb = blur(a), blur(b)
+    va, vb, cab = blur(a * a) - ma ** 2, blur(b * b) - mb ** 2, blur(a * b) - ma * mb
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    return float((((2 * ma * mb + c1) * (2 * cab + c2)) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2))).mean())
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 40, 50), (1, 1, 300, 37), (1, 1, 12, 9)])
+def test_ssim_matches_the_textbook_convolution(shape):
+    from preempt.core.metrics import ssim
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(shape, generator=gen)
+    b = (a + 0.1 * torch.randn(shape, generator=gen)).clamp(0, 1)
+    window = min(11, min(shape[-2:]) if min(shape[-2:]) % 2 else min(shape[-2:]) - 1)
+    assert float(ssim(a, b)) == pytest.approx(_ssim_by_convolution(a, b, window), abs=1e-5)
+    assert float(ssim(a, a)) == pytest.approx(1.0, abs=1e-6)
+    skm = pytest.importorskip("skimage.metrics") if shape == (1, 1, 40, 50) else None
+    if skm is not None:  # and scikit-image's own, where it is installed (Wang et al.'s Gaussian variant)
+        ref = skm.structural_similarity(a[0, 0].numpy(), b[0, 0].numpy(), gaussian_weights=True, sigma=1.5,
+                                        use_sample_covariance=False, data_range=1.0)
+        assert float(ssim(a, b)) == pytest.approx(ref, abs=1e-5)

@@ -398,9 +398,24 @@ def robustify(model: Model | Sequence[Model], x: torch.Tensor, y: torch.Tensor |
     if overrides:
         cfg = replace(cfg, **overrides)
     _refuse(models, cfg, x)
-    gen = torch.Generator(device=x.device).manual_seed(cfg.seed)
-    t0 = time.perf_counter()
     x_o = x.detach()
+    res = _run(models, x_o, y, cfg, on_step)
+    y = torch.tensor([r.label for r in res.images], dtype=torch.long, device=x_o.device)  # the first model's
+    if cfg.retry != "none" and res.config["resolution"] == "full":
+        _retry(models[0], x_o, y, cfg, res)
+    if cfg.max_delta is not None:
+        _escalate(models, x_o, y, cfg, res, on_step)
+    moved = change(res.x, x_o)  # once, on the photos kept (a 12 MP SSIM is not free)
+    res.images = [replace(r, linf=float(moved["linf"][i]), l2=float(moved["l2"][i]), psnr=float(moved["psnr"][i]),
+                          ssim=float(moved["ssim"][i])) for i, r in enumerate(res.images)]
+    return res
+
+
+def _run(models: list[Model], x_o: torch.Tensor, y: torch.Tensor | None, cfg: RobustifyConfig,
+         on_step: Callable[[int, int, int], None] | None) -> RobustifyResult:
+    """One robustify run at ``cfg.delta`` (no retry, no escalation; the images' change not measured yet)."""
+    gen = torch.Generator(device=x_o.device).manual_seed(cfg.seed)
+    t0 = time.perf_counter()
     joint = _Joint(models, x_o, y, cfg, gen)
     y = joint.ys[0]
     prob = joint.probs[0]
@@ -456,12 +471,7 @@ def robustify(model: Model | Sequence[Model], x: torch.Tensor, y: torch.Tensor |
         if len(won):
             s, q, p = _shrink(joint, opt.current(won), won, gen, cfg.shrink_steps, book.uploads)
             book.shrunk(won, q, s, p)
-    res = RobustifyResult(book.final, book.images(y, cfg.delta), {**asdict(cfg), **prob.applied(), "init": init})
-    if cfg.retry != "none" and prob.resolution == "full":
-        _retry(models[0], x_o, y, cfg, res)
-    if cfg.max_delta is not None:
-        _escalate(models, x_o, y, cfg, res, on_step)
-    return res
+    return RobustifyResult(book.final, book.images(y, cfg.delta), {**asdict(cfg), **prob.applied(), "init": init})
 
 
 def bfloat16_native(device: torch.device) -> bool:
@@ -541,9 +551,11 @@ def _escalate(models: list[Model], x_o: torch.Tensor, y: torch.Tensor, cfg: Robu
         if not len(left):
             return
         d, stage = min(_next_delta(d, cfg.escalate), cfg.max_delta), stage + 1
-        sub = robustify(models, x_o[left], y[left], on_step=on_step,
-                        config=replace(cfg, delta=d, max_delta=None, seed=cfg.seed + 1000 * stage,
-                                       give_up=cfg.give_up if d < cfg.max_delta - 1e-12 else 0))
+        at = replace(cfg, delta=d, max_delta=None, seed=cfg.seed + 1000 * stage,
+                     give_up=cfg.give_up if d < cfg.max_delta - 1e-12 else 0)
+        sub = _run(models, x_o[left], y[left], at, on_step)
+        if at.retry != "none" and sub.config["resolution"] == "full":
+            _retry(models[0], x_o[left], y[left], at, sub)
         _merge_rerun(res, left, sub)
 
 
@@ -661,7 +673,7 @@ def _retry(model: Model, x_o: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfi
     left = (~res.robust).nonzero().squeeze(1)
     if not len(left):
         return
-    sub = robustify(model, x_o[left], y[left], config=replace(cfg, optimizer="rmsprop", retry="none"))
+    sub = _run([model], x_o[left], y[left], replace(cfg, optimizer="rmsprop", retry="none"), None)
     _merge_rerun(res, left, sub)
 
 
@@ -838,9 +850,10 @@ class _Ledger:
         self.finish(idx)
 
     def images(self, y: torch.Tensor, delta: float) -> list[ImageResult]:
-        moved = change(self.final, self.x_o)
+        """The images' results, their change not measured yet (robustify measures the photos it keeps, once)."""
+        nan = float("nan")
         return [ImageResult(robust=bool(self.robust[i]), label=int(y[i]), loss=float(self.loss[i]),
-                            steps=int(self.steps[i]), passes=int(self.passes[i]), **{k: float(v[i]) for k, v in moved.items()},
+                            steps=int(self.steps[i]), passes=int(self.passes[i]), linf=nan, l2=nan, psnr=nan, ssim=nan,
                             scale=float(self.scale[i]), seconds=float(self.seconds[i]), uploads=self.uploads[i], delta=delta)
                 for i in range(len(self.final))]
 
