@@ -5,7 +5,7 @@
     python benchmarks/real_photos.py --split test --variants "mt:inner_loss=margin-mt" --judge standard,aa
 
 Each variant is ``NAME:key=value;key=value`` (:class:`preempt.RobustifyConfig` fields; ``check=PRESET``
-names a check preset, ``check_FIELD=N`` sets a field of the check, e.g. ``check_apgd_targets=9``).  Every photo is robustified on its own (photos differ in size) with the
+names a check preset, ``check_FIELD=V`` sets a field of the check, e.g. ``check_apgd_targets=9``, ``check_apgd_order=linear``).  Every photo is robustified on its own (photos differ in size) with the
 model's own label on the original, quantised as ``preempt robustify`` writes it, then judged by
 attacks robustify never ran with seeds it never saw:
 
@@ -47,14 +47,16 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     name, _, body = spec.partition(":")
     kw: dict = {}
     types = {f.name: f.type for f in fields(RobustifyConfig)}
-    check_fields = {f"check_{f.name}": f.name for f in fields(Check) if f.type in ("int", "int | None")}
+    check_fields = {f"check_{f.name}": (f.name, str if f.type == "str" else int) for f in fields(Check)
+                    if f.type in ("int", "int | None", "str") and f.name not in ("name", "stages", "help")}
     for item in filter(None, body.split(";")):
         k, _, v = item.partition("=")
         if k == "check":
             kw["check"] = CHECKS[v]
             continue
         if k in check_fields:  # check_apgd_targets=9: a field of the check (the default one unless check= came first)
-            kw["check"] = replace(kw.get("check", RobustifyConfig.check), **{check_fields[k]: int(v)})
+            name, kind = check_fields[k]
+            kw["check"] = replace(kw.get("check", RobustifyConfig.check), **{name: kind(v)})
             continue
         if k not in types:
             raise SystemExit(f"unknown RobustifyConfig field {k!r}")

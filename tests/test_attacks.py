@@ -355,3 +355,46 @@ def test_apgd_t_at_once_stops_a_point_at_its_first_success(tiny_model, tiny_data
     kept = apgd_targeted(tiny_model, x[:1], y[:1], threat=Linf(0.0), steps=20, n_targets=3, at_once=None,
                          generator=torch.Generator().manual_seed(0))
     assert kept.robust.item() and kept.passes == 1 + 3 * 21
+
+
+def test_linear_order_ranks_targets_by_their_exact_margin_on_a_linear_model():
+    """On a linear model the first-order margin over the ℓ∞ ball is exact: (w_y − w_t)·x + b_y − b_t − ε‖w_y − w_t‖₁.
+    linear_order ranks the same targets by it, least first."""
+    from preempt.attacks.auto_pgd import linear_order
+    from preempt.attacks.base import ranked_targets
+
+    gen = torch.Generator().manual_seed(0)
+    w, b = torch.randn(10, 12, generator=gen), torch.randn(10, generator=gen)
+
+    def model(x):
+        return x.flatten(1) @ w.t() + b
+
+    x = torch.rand(4, 1, 3, 4, generator=gen)
+    y = model(x).argmax(1)
+    targets = ranked_targets(model(x), y, 9)
+    got = linear_order(model, x, y, targets, Linf(0.05))
+    for i in range(len(x)):
+        exact = {t: float((w[y[i]] - w[t]) @ x[i].flatten() + b[y[i]] - b[t] - 0.05 * (w[y[i]] - w[t]).abs().sum())
+                 for t in targets[i].tolist()}
+        assert got[i].tolist() == sorted(exact, key=exact.get)
+        assert sorted(got[i].tolist()) == sorted(targets[i].tolist())  # the same targets, reordered
+
+
+def test_apgd_t_in_linear_order_is_as_strong_and_counts_its_ranking_passes(tiny_model, tiny_data):
+    """order="linear" attacks the same targets (only their order changes): it breaks about the same share of
+    points as the reference order, every break is real, and the ranking's passes (one per point and target) are
+    counted; a robust point pays every target in either order."""
+    from preempt.attacks import apgd_targeted
+
+    x, y = tiny_data
+    x, y = x[:100], y[:100]
+    r = {o: apgd_targeted(tiny_model, x, y, threat=Linf(0.1), steps=20, n_targets=3, order=o,
+                          generator=torch.Generator().manual_seed(0)) for o in ("logits", "linear")}
+    robust = {o: v.robust.float().mean().item() for o, v in r.items()}
+    assert 0.3 < robust["logits"] < 0.7 and abs(robust["linear"] - robust["logits"]) <= 0.05, robust
+    assert (tiny_model.predict(r["linear"].x_adv[r["linear"].success]) != y[r["linear"].success]).all()
+    kept = {o: apgd_targeted(tiny_model, x[:1], y[:1], threat=Linf(0.0), steps=20, n_targets=3, order=o,
+                             generator=torch.Generator().manual_seed(0)) for o in ("logits", "linear")}
+    assert kept["logits"].passes == 1 + 3 * 21 and kept["linear"].passes == 1 + 3 * 21 + 3
+    with pytest.raises(ValueError, match="order"):
+        apgd_targeted(tiny_model, x[:1], y[:1], threat=Linf(0.1), order="random")

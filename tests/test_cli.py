@@ -302,7 +302,7 @@ def test_card_recommendations_flags_and_several_models(tmp_path, photo_dir, tiny
     card = json.loads(tiny_model_file.with_suffix(".json").read_text())
     card["robustify"] = {"inner_loss": "margin-mt", "inner_targets": 2, "inner_steps": 2, "max_delta": 0.2, "init": "original",
                          "check_resolution": "full", "give_up": 3, "loop_precision": "bfloat16",
-                         "least_change": True, "check": "strong-once"}
+                         "least_change": True, "check": "strong-once", "check_apgd_order": "linear"}
     (tmp_path / "card.json").write_text(json.dumps(card))
     r = run("robustify", photo_dir / "img0.png", "-o", tmp_path / "a", "--model", tiny_model_file, "--card",
             tmp_path / "card.json", "--steps", "4", "--json")
@@ -311,6 +311,7 @@ def test_card_recommendations_flags_and_several_models(tmp_path, photo_dir, tiny
     assert (cfg["inner_loss"], cfg["inner_targets"], cfg["inner_steps"], cfg["max_delta"]) == ("margin-mt", 2, 2, 0.2)
     assert cfg["give_up"] == 3 and cfg["loop_precision"] == "bfloat16" and "(2 targets) in bfloat16" in r.stderr
     assert cfg["least_change"] and ", least change" in r.stderr and "check strong-once" in r.stderr
+    assert cfg["check"]["apgd_order"] == "linear"  # the card's order of the check's APGD-T targets
     assert cfg["check_resolution"] == "full" and "at full resolution" in r.stderr
     assert "inner loss margin-mt (2 targets)" in r.stderr and "δ up to 0.2 (next δ after 3 steps" in r.stderr
     # flags win over the card

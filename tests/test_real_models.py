@@ -318,3 +318,16 @@ def test_the_default_model_is_imagenet_and_small_grey_images_get_a_note(tmp_path
     assert json.loads(r.stdout)["files"][0]["label_name"] == "espresso"
     r = run("robustify", ROOT / "examples/fashion-mnist/0000_ankle-boot.png", "-o", tmp_path / "p", "--steps", "0")
     assert "small grey image" in r.output and "--model fmnist-linf-preempt-d3" in r.output
+
+
+def test_the_sparse_lift_of_a_large_photo_equals_the_dense_product(monkeypatch):
+    """From SPARSE_LIFT_PIXELS on, lift applies U as sparse matrices: the same values as Uh·e·Uwᵀ (a small
+    threshold here, so that a small photo takes that path)."""
+    from preempt.models import resample
+
+    r = Resampling.of((90, 70), (16, 16), policy="crop", resize_size=18)
+    e = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    dense = r.lift(e)
+    monkeypatch.setattr(resample, "SPARSE_LIFT_PIXELS", 100)
+    sparse = r.lift(e)
+    assert sparse.shape == dense.shape == (2, 3, 90, 70) and torch.allclose(sparse, dense, atol=1e-6)

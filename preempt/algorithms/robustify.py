@@ -210,14 +210,15 @@ class RobustifyConfig:
 
 RECOMMENDABLE = ("inner_loss", "inner_steps", "inner_targets", "inner_eps_scale", "kappa", "max_delta", "check_resolution",
                  "give_up", "loop_precision", "least_change")
-CARD_CHECK = {"check_apgd_targets": "apgd_targets", "check_apgd_steps": "apgd_steps"}  # card key -> Check field
+CARD_CHECK = {"check_apgd_targets": "apgd_targets", "check_apgd_steps": "apgd_steps",
+              "check_apgd_order": "apgd_order"}  # card key -> Check field
 
 
 def recommended(model: Model, check: Check | None = None) -> dict:
     """The robustify settings a model's card recommends (``card["robustify"]``: what was measured to
     work for it, e.g. the persistent multi-target attack for the standard ImageNet models), restricted
     to :data:`RECOMMENDABLE`, with ``check`` (None: the card's preset ``check``, else ``strong``) as the
-    card would judge with it (its APGD-T targets and iterations, :data:`CARD_CHECK`, where the check runs
+    card would judge with it (its APGD-T targets, iterations and order, :data:`CARD_CHECK`, where the check runs
     APGD).  ``init`` has its own resolution (:func:`resolve_init`)."""
     rec = ((getattr(model, "card", None) or {}).get("robustify") or {})
     if check is None:

@@ -90,12 +90,15 @@ class Survivors:
         self.passes[name] = self.passes.get(name, 0) + r.passes
 
     def per_target(self, logits: torch.Tensor, y: torch.Tensor, n_targets: int,
-                   fn: Callable[[torch.Tensor, torch.Tensor], AttackResult], *, at_once: int = 1) -> None:
+                   fn: Callable[[torch.Tensor, torch.Tensor], AttackResult], *, at_once: int = 1,
+                   ranked: torch.Tensor | None = None) -> None:
         """The targeted protocol (APGD-T, FAB-T): ``fn(idx, targets)`` on the survivors, towards their
         k-th highest-ranked class other than the label (by the clean ``logits``), k = 1 … n_targets,
         ``at_once`` targets per call: ``targets`` is (len(idx), g), g ≤ ``at_once``, and ``fn`` returns
-        one result per point (broken when some target broke it; :meth:`AttackResult.collapse`)."""
-        ranked = ranked_targets(logits, y, n_targets)
+        one result per point (broken when some target broke it; :meth:`AttackResult.collapse`).  ``ranked``:
+        the (N, k) targets in the order to attack them, instead of the clean logits' order."""
+        if ranked is None:
+            ranked = ranked_targets(logits, y, n_targets)
 
         def towards(k: int, g: int) -> Callable[[torch.Tensor], AttackResult]:
             return lambda idx: fn(idx, ranked[idx, k:k + g])

