@@ -55,8 +55,8 @@ def parse_variant(spec: str) -> tuple[str, dict]:
             kw["check"] = CHECKS[v]
             continue
         if k in check_fields:  # check_apgd_targets=9: a field of the check (the default one unless check= came first)
-            name, kind = check_fields[k]
-            kw["check"] = replace(kw.get("check", RobustifyConfig.check), **{name: kind(v)})
+            field_, kind = check_fields[k]
+            kw["check"] = replace(kw.get("check", RobustifyConfig.check), **{field_: kind(v)})
             continue
         if k not in types:
             raise SystemExit(f"unknown RobustifyConfig field {k!r}")
