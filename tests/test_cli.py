@@ -312,6 +312,7 @@ def test_card_recommendations_flags_and_several_models(tmp_path, photo_dir, tiny
     assert cfg["give_up"] == 3 and cfg["loop_precision"] == "bfloat16" and "(2 targets) in bfloat16" in r.stderr
     assert cfg["least_change"] and ", least change" in r.stderr and "check strong-once" in r.stderr
     assert cfg["check"]["apgd_order"] == "linear"  # the card's order of the check's APGD-T targets
+    assert "check strong-once (APGD-T targets by first-order margin)" in r.stderr
     assert cfg["check_resolution"] == "full" and "at full resolution" in r.stderr
     assert "inner loss margin-mt (2 targets)" in r.stderr and "δ up to 0.2 (next δ after 3 steps" in r.stderr
     # flags win over the card
@@ -319,7 +320,7 @@ def test_card_recommendations_flags_and_several_models(tmp_path, photo_dir, tiny
             tmp_path / "card.json", "--steps", "4", "--inner-loss", "ce", "--inner-steps", "3", "--max-delta", "1/10",
             "--give-up", "0", "--no-least-change", "--check", "strong", "--json")
     cfg = _json(r)["config"]
-    assert not cfg["least_change"] and "check strong at" in r.stderr
+    assert not cfg["least_change"] and "check strong (APGD-T targets by first-order margin) at" in r.stderr
     assert (cfg["inner_loss"], cfg["inner_steps"], cfg["max_delta"], cfg["give_up"]) == ("ce", 3, 0.1, 0)
     assert cfg["loop_precision"] == "float32"  # the card's precision was its attackers': --inner-loss ce has none
     # the cap is part of what an output's verdict is for: a rerun with another cap does not take it as robust

@@ -266,6 +266,15 @@ def _finish(paths: list[Path], out: Path, models: list, dev: str, cfg, done: lis
     raise typer.Exit(share_exit(code, share))
 
 
+def _apgd_t_note(check) -> str:
+    """What the header says of the check's APGD-T where it differs from the preset's: targets, their order."""
+    n = check.apgd_targets not in (None, 3)
+    if not n and check.apgd_order == "logits":
+        return ""
+    return (f" ({check.apgd_targets} " if n else " (") + "APGD-T targets" + \
+        (" by first-order margin)" if check.apgd_order == "linear" else ")")
+
+
 def _header(share, models: list, dev: str, cfg, check: str, check_steps: int, survive: str | None) -> str:
     """The one line robustify starts with: model, device, budgets, the loop, the check."""
     from ..budget import format_budget
@@ -274,7 +283,7 @@ def _header(share, models: list, dev: str, cfg, check: str, check_steps: int, su
     return ((f"share {share}: " if share else "") + f"model {model_name(models)} on {dev}; {cfg.norm} "
             f"δ={format_budget(cfg.delta)} ε={format_budget(cfg.eps)}; "
             f"≤{cfg.steps} outer × {cfg.inner_steps} inner steps, check {check}" + (f" (PGD-{check_steps})" if check_steps != 20 else "")
-            + (f" ({cfg.check.apgd_targets} APGD-T targets)" if cfg.check.apgd_targets not in (None, 3) else "")
+            + _apgd_t_note(cfg.check)
             + (f" at {cfg.check_at()} resolution" if cfg.check_resolution else "")
             + f", goal {cfg.goal}"
             + (f", settle {cfg.settle}" if cfg.settle else "")
