@@ -26,7 +26,7 @@ import torch
 
 import preempt.algorithms.robustify as R
 from preempt import RobustifyConfig, load_model
-from preempt.algorithms.robustify import _next_delta, recommended
+from preempt.algorithms.robustify import escalation_stages, recommended
 from preempt.pipeline.photos import load_photo, save_image
 
 HERE = Path(__file__).resolve().parent
@@ -68,14 +68,8 @@ class Recorder:
 
 
 def stages(cfg: RobustifyConfig) -> list[RobustifyConfig]:
-    """The configs of robustify's escalation stages (as ``_escalate`` makes them)."""
-    assert cfg.max_delta is not None
-    out, d, stage = [replace(cfg, max_delta=None, give_up=cfg.give_up)], cfg.delta, 0
-    while d < cfg.max_delta - 1e-12:
-        d, stage = min(_next_delta(d, cfg.escalate), cfg.max_delta), stage + 1
-        out.append(replace(cfg, delta=d, max_delta=None, seed=cfg.seed + 1000 * stage,
-                           give_up=cfg.give_up if d < cfg.max_delta - 1e-12 else 0))
-    return out
+    """The configs of robustify's escalation stages: the first at δ, then :func:`escalation_stages`'s."""
+    return [replace(cfg, max_delta=None), *escalation_stages(cfg)]
 
 
 def record(args: argparse.Namespace) -> None:

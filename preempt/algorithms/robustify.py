@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -540,20 +540,26 @@ def _refuse(models: list[Model], cfg: RobustifyConfig, x: torch.Tensor) -> None:
         raise ValueError("optimizer='rmsprop' works at full resolution only")
 
 
+def escalation_stages(cfg: RobustifyConfig) -> Iterator[RobustifyConfig]:
+    """The configs of δ escalation's later stages: 2δ, 4δ, … (``escalate``) up to ``max_delta``, each run from the
+    original with a seed of its own, ``give_up`` in all but the last."""
+    assert cfg.max_delta is not None
+    d, stage = cfg.delta, 0
+    while d < cfg.max_delta - 1e-12:
+        d, stage = min(_next_delta(d, cfg.escalate), cfg.max_delta), stage + 1
+        yield replace(cfg, delta=d, max_delta=None, seed=cfg.seed + 1000 * stage,
+                      give_up=cfg.give_up if d < cfg.max_delta - 1e-12 else 0)
+
+
 def _escalate(models: list[Model], x_o: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfig, res: RobustifyResult,
               on_step: Callable[[int, int, int], None] | None) -> None:
     """δ escalation: images not robust at δ run again from the start at 2δ, then 4δ, … up to
     ``max_delta``, so each photo spends only as much of the budget as it needs (its ``delta`` says
     how much it got; steps, passes and seconds add up over its runs)."""
-    assert cfg.max_delta is not None
-    d, stage = cfg.delta, 0
-    while d < cfg.max_delta - 1e-12:
+    for at in escalation_stages(cfg):
         left = (~res.robust).nonzero().squeeze(1)
         if not len(left):
             return
-        d, stage = min(_next_delta(d, cfg.escalate), cfg.max_delta), stage + 1
-        at = replace(cfg, delta=d, max_delta=None, seed=cfg.seed + 1000 * stage,
-                     give_up=cfg.give_up if d < cfg.max_delta - 1e-12 else 0)
         sub = _run(models, x_o[left], y[left], at, on_step)
         if at.retry != "none" and sub.config["resolution"] == "full":
             _retry(models[0], x_o[left], y[left], at, sub)
