@@ -137,6 +137,24 @@ def test_efficientnet_lite1_and_lite2_load_and_know_the_shipped_photos(variant, 
     assert m.predict(load_photo(ROOT / "examples" / "photos" / "coffee.jpg").tensor()[None]).item() == 967
 
 
+@pytest.mark.parametrize("k,stride", [(3, 1), (3, 2), (5, 1), (5, 2), (1, 1)])
+def test_same_convolution_pads_as_tensorflow_does(k, stride):
+    """SAME padding: output ceil(in / stride); an odd total pad puts the extra row and column at the bottom/right."""
+    from preempt.models.efficientnet import SameConv2d
+
+    torch.manual_seed(0)
+    conv = SameConv2d(4, 6, k, stride=stride, bias=True)
+    for h, w in [(16, 16), (17, 16), (15, 20), (7, 9)]:
+        x = torch.randn(2, 4, h, w)
+        ph = max((-(-h // stride) - 1) * stride + k - h, 0)
+        pw = max((-(-w // stride) - 1) * stride + k - w, 0)
+        ref = torch.nn.functional.conv2d(torch.nn.functional.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2]),
+                                         conv.weight, conv.bias, stride)
+        out = conv(x)
+        assert out.shape[-2:] == (-(-h // stride), -(-w // stride))
+        assert torch.allclose(out, ref, atol=1e-5)
+
+
 def test_efficientnet_batch_norms_fold_into_the_convolutions_without_changing_the_logits(tmp_path):
     from preempt.models.efficientnet import EfficientNetLite
 

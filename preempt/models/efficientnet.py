@@ -35,9 +35,11 @@ class SameConv2d(nn.Conv2d):
         sh, sw = self.stride
         ph = max((-(-ih // sh) - 1) * sh + kh - ih, 0)
         pw = max((-(-iw // sw) - 1) * sw + kw - iw, 0)
-        if ph or pw:
-            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        # the symmetric part of the padding is the convolution's own (no copy of the input); only an odd
+        # remainder (stride 2 on an even input: one row and column at the bottom/right) is padded first
+        if ph % 2 or pw % 2:
+            x = F.pad(x, [0, pw % 2, 0, ph % 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, (ph // 2, pw // 2), self.dilation, self.groups)
 
 
 class MBConv(nn.Module):
