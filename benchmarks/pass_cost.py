@@ -14,9 +14,9 @@ process, side by side; milliseconds per image, and the ratio to batch 1.  Run it
 sharing the cores inflates the milliseconds.  ``--compare`` times the network as loaded (batch norms folded
 into the convolutions, :meth:`EfficientNetLite.fold_batchnorm`, float32) against the same weights unfolded
 (``fold``) or against itself under bfloat16 autocast (``bfloat16``, robustify's ``loop_precision``),
-interleaved repeat by repeat so that both see the same machine.  Two more comparisons (``--bf16``: both under
+interleaved repeat by repeat so that both see the same machine.  Three more comparisons (``--bf16``: both under
 bfloat16 autocast, as robustify's loop runs): ``frozen``, the network's weights with ``requires_grad`` off (as loaded,
-the folded convolutions' weights keep it on; attacks differentiate to the input only), and ``channels-last``, the
+the folded convolutions' weights keep it on; attacks differentiate to the input only); ``channels-last``, the
 network and its input in channels-last memory format; ``padding``, TensorFlow "same" padding as the convolution's own
 symmetric padding plus a one-pixel pad for an odd remainder (as loaded) against a full copy of the input through
 ``F.pad`` before every convolution (how it was done until 2026-12-05).
@@ -78,11 +78,7 @@ def unfolded(name: str):
 
 def pad_all_forward(self, x: torch.Tensor) -> torch.Tensor:
     """SameConv2d.forward as it was: the whole "same" padding by F.pad (a copy of the input), then an unpadded conv."""
-    ih, iw = x.shape[-2:]
-    kh, kw = self.kernel_size
-    sh, sw = self.stride
-    ph = max((-(-ih // sh) - 1) * sh + kh - ih, 0)
-    pw = max((-(-iw // sw) - 1) * sw + kw - iw, 0)
+    ph, pw = self.same_padding(*x.shape[-2:])
     if ph or pw:
         x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
     return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
@@ -108,7 +104,7 @@ def variant(name: str, what: str, a_model):
 
 def compare_rows(name: str, what: str, batches: list[int], repeat: int, bf16_both: bool = False) -> list[dict]:
     """ms per image of the model as loaded (a) and of ``what`` (b: ``fold`` the unfolded weights, ``bfloat16``
-    autocast, ``frozen`` weights, ``channels-last``), interleaved (median of ``repeat`` rounds of one run each);
+    autocast, ``frozen`` weights, ``channels-last``, ``padding`` by F.pad), interleaved (median of ``repeat`` rounds of one run each);
     ``bf16_both``: both sides under bfloat16 autocast."""
     a_model = load_model(name)
     b_model, bf16 = variant(name, what, a_model)

@@ -29,12 +29,13 @@ _BN: dict[str, Any] = dict(eps=1e-3, momentum=0.01)
 class SameConv2d(nn.Conv2d):
     """Conv2d with TensorFlow's ``SAME`` padding (output = ceil(input / stride))."""
 
+    def same_padding(self, ih: int, iw: int) -> tuple[int, int]:
+        """The total padding (rows, columns) that makes the output ceil(input / stride)."""
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        return max((-(-ih // sh) - 1) * sh + kh - ih, 0), max((-(-iw // sw) - 1) * sw + kw - iw, 0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ih, iw = x.shape[-2:]
-        kh, kw = self.kernel_size
-        sh, sw = self.stride
-        ph = max((-(-ih // sh) - 1) * sh + kh - ih, 0)
-        pw = max((-(-iw // sw) - 1) * sw + kw - iw, 0)
+        ph, pw = self.same_padding(*x.shape[-2:])
         # the symmetric part of the padding is the convolution's own (no copy of the input); only an odd
         # remainder (stride 2 on an even input: one row and column at the bottom/right) is padded first
         if ph % 2 or pw % 2:
