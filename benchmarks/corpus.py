@@ -2,6 +2,7 @@
 
     pip install -e ".[photos]"            # foolbox, scikit-image, scikit-learn, matplotlib
     python benchmarks/corpus.py --out corpus/      # writes corpus/dev/*.png and corpus/test/*.png
+                                                   # and the same photos at 256 and 224 px (corpus/test-256/, …)
 
 Every photo comes from an installed package (nothing is downloaded, nothing binary is kept in git):
 
@@ -80,12 +81,33 @@ def build(out: Path) -> list[dict]:
     return sorted(rows, key=lambda r: (r["split"], r["name"]))
 
 
+def small(out: Path, size: int) -> int:
+    """Each photo of ``out``/dev and ``out``/test again at the model's own scale: shorter side ``size`` px
+    (Lanczos), into ``out``/dev-SIZE and ``out``/test-SIZE.  At 256 px EfficientNet-Lite0's resize is the identity,
+    so the file's ε-ball *is* the model-input ball on the centre crop (no averaging downsample shields the photo).
+    Returns the number of photos written."""
+    n = 0
+    for half in ("dev", "test"):
+        dst = out / f"{half}-{size}"
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in sorted((out / half).glob("*.png")):
+            with Image.open(f) as im:
+                w, h = im.size
+                s = size / min(w, h)
+                im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.LANCZOS).save(dst / f.name)
+            n += 1
+    return n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("corpus"), help="folder for dev/ and test/ (default corpus/)")
     ap.add_argument("--record", type=Path, default=RECORD, help="where to write the corpus record (JSON)")
+    ap.add_argument("--sizes", default="256,224", help="also write every photo at these shorter sides (dev-S/, test-S/)")
     args = ap.parse_args()
     rows = build(args.out)
+    for size in [int(v) for v in args.sizes.split(",") if v]:
+        print(f"{small(args.out, size)} photos at {size} px -> {args.out}/{{dev,test}}-{size}/")
     if args.record.exists():
         old = {r["name"]: r["pixels_sha256"] for r in json.loads(args.record.read_text())["photos"]}
         changed = [r["name"] for r in rows if r["name"] in old and old[r["name"]] != r["pixels_sha256"]]

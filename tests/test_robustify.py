@@ -36,7 +36,7 @@ def test_per_image_report_and_early_stop(tiny_model, tiny_data):
     assert len(res.images) == 40
     r = res.images[0]
     assert set(r.to_dict()) == {"robust", "label", "loss", "steps", "passes", "linf", "l2", "psnr", "ssim", "scale", "uploads",
-                               "seconds", "delta"}
+                               "checked", "final", "final_seconds", "seconds", "delta"}
     steps = torch.tensor([i.steps for i in res.images])
     # robust images stop early: fewer outer steps than the maximum, and fewer passes than all 20 steps and the check
     assert steps[res.robust].max() < 20
@@ -67,7 +67,7 @@ def test_paper_configuration_runs_within_budget(tiny_model, tiny_data):
 
     x, _ = tiny_data
     x = _grid(x[:20])
-    cfg = RobustifyConfig.paper(steps=4, inner_steps=3)
+    cfg = RobustifyConfig.paper(steps=4, inner_steps=3, final=None)  # the loop's own budget (no final verdict)
     assert cfg.optimizer == "rmsprop" and cfg.init == "random" and not cfg.early_stop
     res = robustify(tiny_model, x, config=cfg)
     assert (Linf(0.1).distance(res.x, x) <= 0.1 + 1e-6).all()

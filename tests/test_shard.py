@@ -20,6 +20,8 @@ from preempt.pipeline.batching import planned_batches
 from preempt.pipeline.merge import MergeError, merge, shard_doc
 from preempt.pipeline.shard import Shard, batch_seed, from_env, local_device, parse_shard, resolve, take
 
+_TIMED = ("seconds", "final_seconds")  # wall-clock fields: differ between runs
+
 
 def test_parse_and_env():
     assert parse_shard("1/4") == Shard(1, 4) and str(parse_shard(" 0 / 2 ")) == "0/2"
@@ -57,7 +59,7 @@ def _rows(results, root: Path) -> list[dict]:
     out = []
     for r in results:
         d = r.to_dict()
-        d["metrics"] = {k: v for k, v in d.get("metrics", {}).items() if k != "seconds"}
+        d["metrics"] = {k: v for k, v in d.get("metrics", {}).items() if k not in _TIMED}
         if "dst" in d:
             d["dst"] = str(Path(d["dst"]).relative_to(root))
         out.append(d)
@@ -87,7 +89,7 @@ def test_robustify_shares_equal_one_run(mixed_dir, tiny_model, tmp_path):
 
 
 def _untimed(rows: list[dict]) -> list[dict]:
-    return [{**r, "metrics": {k: v for k, v in r.get("metrics", {}).items() if k != "seconds"}} for r in rows]
+    return [{**r, "metrics": {k: v for k, v in r.get("metrics", {}).items() if k not in _TIMED}} for r in rows]
 
 
 def test_verify_shares_equal_one_run(mixed_dir, tiny_model, tmp_path):
@@ -132,7 +134,7 @@ def test_torchrun_two_cpu_processes_merge_to_one_run(mixed_dir, tiny_model_file,
     assert m.returncode == one.returncode, m.stderr
     a, b = json.loads((tmp_path / "one.json").read_text()), json.loads(m.stdout)
     strip = lambda rows, root: [{**r, "dst": Path(r["dst"]).name if "dst" in r else None,
-                                 "metrics": {k: v for k, v in r.get("metrics", {}).items() if k != "seconds"}} for r in rows]
+                                 "metrics": {k: v for k, v in r.get("metrics", {}).items() if k not in _TIMED}} for r in rows]
     assert strip(a["files"], "one") == strip(b["files"], "tr") and a["config"] == b["config"]
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == sorted(p.name for p in (tmp_path / "tr").iterdir())
     for f in (tmp_path / "one").iterdir():

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -43,6 +44,7 @@ from ..models.wrapper import Classifier
 from ..verdict import upload
 from ..verdict.check import CHECKS, Check
 from ..vocab import CHECK_PRESETS, GOALS, INITS, INNER_LOSSES, LOOP_PRECISIONS, OPTIMIZERS, RESOLUTIONS, RETRIES
+from .final import Final, final_verdict
 from .persistent import PersistentAdversaries
 
 if TYPE_CHECKING:
@@ -66,6 +68,9 @@ class ImageResult:
     seconds: float
     delta: float = float("nan")  # the budget this result was made with (δ escalation raises it per image)
     uploads: dict = field(default_factory=dict)  # --survive: per service transform, "ok" or what broke it
+    checked: bool = False  # the loop's own check passed (what robustify claimed before its final verdict)
+    final: str = ""   # the final verdict on a checked photo: "held", or the attack that broke it; "" not judged
+    final_seconds: float = 0.0  # this photo's share of the final verdict's time (counted in seconds too)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,6 +140,8 @@ class RobustifyConfig:
     survive: str | None = None  # service transforms to stay robust through, e.g. "jpeg:75-95,resize:1080"
                                 # (preempt.verdict.upload): expectation over them in the loss, real codec in the check
     seed: int = 0
+    final: Final | None = field(default_factory=Final)  # what decides "robust" after the loop (preempt.algorithms.final);
+                                # None: the loop's check alone (research and the paper's table, never the CLI)
 
     def validate(self) -> None:
         """Refuse settings that would make "robust" meaningless or the loop undefined."""
@@ -147,6 +154,11 @@ class RobustifyConfig:
         if not isinstance(self.check, Check):
             raise ValueError(f"check must be a preempt.verdict.check.Check (e.g. CHECKS['strong']), got {self.check!r}")
         self.check.validate()
+        if self.final is not None:
+            if not isinstance(self.final, Final) or self.final.resolution not in RESOLUTIONS:
+                raise ValueError(f"final must be a preempt.algorithms.final.Final (resolution {', '.join(RESOLUTIONS)}), "
+                                 f"got {self.final!r}")
+            self.final.check.validate()
         if self.settle and not self.early_stop:
             raise ValueError("settle needs early_stop: without checks before the last step nothing settles")
         if self.inner_loss not in INNER_LOSSES:
@@ -194,6 +206,42 @@ class RobustifyConfig:
         base = dict(steps=100, inner_steps=20, optimizer="rmsprop" if kw.get("norm", "linf") == "linf" else "sign",
                     init="random", early_stop=False, check=CHECKS["pgd"])
         return cls(**{**base, **kw})
+
+    @classmethod
+    def for_model(cls, model: Model | Sequence[Model], *, check: str | Check | None = None,
+                  check_steps: int | None = None, **given) -> RobustifyConfig:
+        """The settings robustify runs for ``model`` (the first, for several): the library's defaults, then what
+        its card declares (the threat model's norm, ε and δ; the ``robustify`` recommendations, e.g. the
+        persistent attackers, δ escalation and the 9-target check of the ImageNet cards), then ``given`` (fields of
+        this class; None means not given).  ``check``: a preset name or a :class:`Check` (default: the card's);
+        ``check_steps``: its PGD steps.  Two rules keep the card's advice coherent with what was given: its
+        ``max_delta`` is dropped when below the δ asked for (no escalation), its ``loop_precision`` when the inner
+        loss is not the persistent attackers it was measured for.  ``preempt robustify`` calls exactly this."""
+        from ..models.card import budgets
+
+        first: Model = model[0] if isinstance(model, (list, tuple)) else model  # type: ignore[assignment]
+        given = {k: v for k, v in given.items() if v is not None}
+        unknown = sorted(set(given) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(f"unknown RobustifyConfig field(s): {', '.join(unknown)}")
+        norm, eps, delta = budgets(getattr(first, "card", None), given.pop("norm", None), given.pop("eps", None),
+                                   given.pop("delta", None))
+        if isinstance(check, str) and check not in CHECK_PRESETS:
+            raise ValueError(f"check {check!r}: choose {', '.join(CHECK_PRESETS)}")
+        chk = CHECKS[check] if isinstance(check, str) else check
+        if chk is not None and not isinstance(chk, Check):
+            raise ValueError(f"check must be a preempt.verdict.check.Check (e.g. CHECKS['strong']), got {chk!r}")
+        settings = {**recommended(first, chk), **given}
+        if check_steps is not None:
+            settings["check"] = replace(settings["check"], steps=check_steps)
+        if "max_delta" not in given and (settings.get("max_delta") or 0) < delta:
+            settings.pop("max_delta", None)  # the card's cap is below the δ asked for: no escalation
+        if "loop_precision" not in given and settings.get("inner_loss") != "margin-mt":
+            settings.pop("loop_precision", None)  # the card's precision is its attackers': another inner loss was chosen
+        settings["init"] = resolve_init(settings.get("init", "auto"), first)
+        cfg = cls(**{**settings, "norm": norm, "eps": eps, "delta": delta})
+        cfg.validate()
+        return cfg
 
     def check_at(self) -> str:
         """Where the check attacks a written photo (``check_resolution``, else ``resolution``)."""
@@ -245,7 +293,7 @@ def resolve_init(init: str, model: Model) -> str:
         raise ValueError(f"unknown init {init!r}; choose {', '.join(INITS)}")
     if init != "auto":
         return init
-    card = model.card or {}
+    card = getattr(model, "card", None) or {}
     rec = (card.get("robustify") or {}).get("init", "original")
     return rec if rec in INITS[1:] else "original"
 
@@ -395,17 +443,20 @@ def robustify(model: Model | Sequence[Model], x: torch.Tensor, y: torch.Tensor |
     step (for progress on large photos).
     """
     models: list[Model] = list(model) if isinstance(model, (list, tuple)) else [model]  # type: ignore[list-item]
-    cfg = config or RobustifyConfig()
-    if overrides:
-        cfg = replace(cfg, **overrides)
+    if config is None:  # what preempt robustify runs: the card's settings, then the keywords
+        cfg = RobustifyConfig.for_model(models, **overrides) if models else RobustifyConfig(**overrides)
+    else:
+        cfg = replace(config, **overrides) if overrides else config
     _refuse(models, cfg, x)
     x_o = x.detach()
     res = _run(models, x_o, y, cfg, on_step)
     y = torch.tensor([r.label for r in res.images], dtype=torch.long, device=x_o.device)  # the first model's
+    ys = [y] + [m.predict(x_o).to(x_o.device) for m in models[1:]]  # each model's own label on the original
     if cfg.retry != "none" and res.config["resolution"] == "full":
         _retry(models[0], x_o, y, cfg, res)
+    _final(models, ys, cfg, res)
     if cfg.max_delta is not None:
-        _escalate(models, x_o, y, cfg, res, on_step)
+        _escalate(models, x_o, ys, cfg, res, on_step)
     moved = change(res.x, x_o)  # once, on the photos kept (a 12 MP SSIM is not free)
     res.images = [replace(r, linf=float(moved["linf"][i]), l2=float(moved["l2"][i]), psnr=float(moved["psnr"][i]),
                           ssim=float(moved["ssim"][i])) for i, r in enumerate(res.images)]
@@ -475,10 +526,15 @@ def _run(models: list[Model], x_o: torch.Tensor, y: torch.Tensor | None, cfg: Ro
     return RobustifyResult(book.final, book.images(y, cfg.delta), {**asdict(cfg), **prob.applied(), "init": init})
 
 
+FORCE_FLOAT32 = "PREEMPT_FORCE_FLOAT32"  # set to 1: never bfloat16 (emulates a CPU without it, e.g. for benchmarks)
+
+
 def bfloat16_native(device: torch.device) -> bool:
     """Whether ``device`` runs bfloat16 matrix maths natively: a CUDA GPU of compute capability 8 or more (Ampere
     on), or a CPU with AVX-512 BF16 or AMX (read from /proc/cpuinfo's flags, so Linux only).  Elsewhere autocast to
-    bfloat16 would emulate it, slower than float32."""
+    bfloat16 would emulate it, slower than float32.  ``PREEMPT_FORCE_FLOAT32=1`` in the environment: never."""
+    if os.environ.get(FORCE_FLOAT32, "").strip() not in ("", "0"):
+        return False
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
     return device.type == "cpu" and bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
@@ -494,6 +550,13 @@ def _cpu_flags() -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
+
+
+def precision_used(cfg: RobustifyConfig, device: torch.device | str) -> str:
+    """The precision robustify's attackers actually run in on ``device``: ``bfloat16`` only where it was asked
+    for (``loop_precision``) and is native; the checks and the final verdict always run in float32."""
+    dev = torch.device(device)
+    return "bfloat16" if cfg.loop_precision == "bfloat16" and bfloat16_native(dev) else "float32"
 
 
 def loop_autocast(precision: str, device: torch.device) -> torch.autocast:
@@ -551,19 +614,39 @@ def escalation_stages(cfg: RobustifyConfig) -> Iterator[RobustifyConfig]:
                       give_up=cfg.give_up if d < cfg.max_delta - 1e-12 else 0)
 
 
-def _escalate(models: list[Model], x_o: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfig, res: RobustifyResult,
-              on_step: Callable[[int, int, int], None] | None) -> None:
-    """δ escalation: images not robust at δ run again from the start at 2δ, then 4δ, … up to
-    ``max_delta``, so each photo spends only as much of the budget as it needs (its ``delta`` says
-    how much it got; steps, passes and seconds add up over its runs)."""
+def _escalate(models: list[Model], x_o: torch.Tensor, ys: list[torch.Tensor], cfg: RobustifyConfig,
+              res: RobustifyResult, on_step: Callable[[int, int, int], None] | None) -> None:
+    """δ escalation: images not robust at δ (by the loop's check or the final verdict) run again from the
+    start at 2δ, then 4δ, … up to ``max_delta``, so each photo spends only as much of the budget as it needs
+    (its ``delta`` says how much it got; steps, passes and seconds add up over its runs)."""
     for at in escalation_stages(cfg):
         left = (~res.robust).nonzero().squeeze(1)
         if not len(left):
             return
-        sub = _run(models, x_o[left], y[left], at, on_step)
+        sub = _run(models, x_o[left], ys[0][left], at, on_step)
         if at.retry != "none" and sub.config["resolution"] == "full":
-            _retry(models[0], x_o[left], y[left], at, sub)
+            _retry(models[0], x_o[left], ys[0][left], at, sub)
+        _final(models, [y[left] for y in ys], at, sub)
         _merge_rerun(res, left, sub)
+
+
+def _final(models: list[Model], ys: list[torch.Tensor], cfg: RobustifyConfig, res: RobustifyResult) -> None:
+    """The final verdict (:mod:`preempt.algorithms.final`) on the photos the loop's check passed: a photo it
+    breaks is not robust.  Its passes and seconds count in the photo's."""
+    for i, r in enumerate(res.images):
+        res.images[i] = replace(r, checked=r.robust)
+    claimed = res.robust.nonzero().squeeze(1)
+    if cfg.final is None or not len(claimed):
+        return
+    on = res.robust.to(res.x.device)
+    fv = final_verdict(cfg.final, models, ys, res.x, cfg.eps_ball(), cfg.seed, on=on)
+    total = max(int(fv.passes.sum()), 1)
+    for i in claimed.tolist():
+        r, ok = res.images[i], bool(fv.robust[i])
+        share = fv.seconds * int(fv.passes[i]) / total  # the batch's final verdict, shared by passes
+        res.images[i] = replace(r, robust=ok, final="held" if ok else str(fv.broken_by[i]),
+                                passes=r.passes + int(fv.passes[i]), seconds=r.seconds + share,
+                                final_seconds=r.final_seconds + share)
 
 
 class _BestIterate:
@@ -692,7 +775,7 @@ def _merge_rerun(res: RobustifyResult, left: torch.Tensor, sub: RobustifyResult)
         if b.robust:
             res.x[i] = sub.x[j]
         res.images[i] = replace(b if b.robust else a, steps=a.steps + b.steps, passes=a.passes + b.passes,
-                                seconds=a.seconds + b.seconds)
+                                seconds=a.seconds + b.seconds, final_seconds=a.final_seconds + b.final_seconds)
 
 
 def _outer_loss(prob: _Problem, xr: torch.Tensor, idx: torch.Tensor, y: torch.Tensor, k: int,
@@ -935,10 +1018,15 @@ def _shrink(joint: _Joint, v: torch.Tensor, idx: torch.Tensor, gen: torch.Genera
 
 
 def judge(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfig,
-          generator: torch.Generator | None = None) -> tuple[torch.Tensor, int, list[dict]]:
-    """robustify's check on images as written (e.g. decoded from a JPEG): ``cfg.check`` where verify
-    attacks, then each ``survive`` transform through the real codec.
+          generator: torch.Generator | None = None, seed: int | None = None) -> tuple[torch.Tensor, int, list[dict]]:
+    """robustify's verdict on images as written (e.g. decoded from a JPEG): ``cfg.check`` where verify
+    attacks, then each ``survive`` transform through the real codec, then the final verdict (``cfg.final``,
+    seeded from ``seed``, default ``cfg.seed``) on what passed.
     Returns (robust, passes, per-image upload outcomes)."""
     v = cfg.check.judge(model, x, y, cfg.eps_ball(), generator=generator, resolution=cfg.check_at(), chains=cfg.chains(),
                         correct=torch.ones(len(x), dtype=torch.bool, device=x.device))
-    return v.robust, v.total_passes, v.uploads
+    robust, passes = v.robust, v.total_passes
+    if cfg.final is not None and robust.any():
+        fv = final_verdict(cfg.final, [model], [y], x, cfg.eps_ball(), cfg.seed if seed is None else seed, on=robust)
+        robust, passes = fv.robust, passes + int(fv.passes.sum())
+    return robust, passes, v.uploads

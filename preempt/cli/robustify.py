@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -221,26 +221,13 @@ def _models(paths: list[Path], clf, names: list[str] | None, dev: str, sigma: fl
 
 
 def _config(clf, check: str | None, given: dict, init: str, **kw):
-    """The RobustifyConfig: the strong check, then what the model card recommends, then the flags given."""
-    from ..algorithms.robustify import RobustifyConfig, recommended, resolve_init
-    from ..verdict.check import CHECKS
+    """The RobustifyConfig, resolved by the library (:meth:`RobustifyConfig.for_model`): the card, then the flags."""
+    from ..algorithms.robustify import RobustifyConfig
 
-    given = {k: v for k, v in given.items() if v is not None}
     try:
-        settings = {**recommended(clf, CHECKS[check] if check else None), **given}
+        return RobustifyConfig.for_model(clf, check=check, check_steps=kw.pop("check_steps"), init=init, **given, **kw)
     except ValueError as e:
         fail(str(e), EXIT_USAGE, e)
-    settings["check"] = replace(settings["check"], steps=kw.pop("check_steps"))
-    if "max_delta" not in given and (settings.get("max_delta") or 0) < kw["delta"]:
-        settings.pop("max_delta", None)  # the card's cap is below the --delta asked for: no escalation
-    if "loop_precision" not in given and settings.get("inner_loss") != "margin-mt":
-        settings.pop("loop_precision", None)  # the card's precision is its attackers': --inner-loss chose others
-    try:
-        cfg = RobustifyConfig(init=resolve_init(init, clf), **kw, **settings)
-        cfg.validate()
-    except ValueError as e:
-        fail(str(e), EXIT_USAGE, e)
-    return cfg
 
 
 def _finish(paths: list[Path], out: Path, models: list, dev: str, cfg, done: list, share, json_out: bool,
@@ -277,6 +264,7 @@ def _apgd_t_note(check) -> str:
 
 def _header(share, models: list, dev: str, cfg, check: str, check_steps: int, survive: str | None) -> str:
     """The one line robustify starts with: model, device, budgets, the loop, the check."""
+    from ..algorithms.robustify import precision_used
     from ..budget import format_budget
     from ..pipeline.robustify_job import model_name
 
@@ -289,13 +277,14 @@ def _header(share, models: list, dev: str, cfg, check: str, check_steps: int, su
             + (f", settle {cfg.settle}" if cfg.settle else "")
             + (f", inner loss {cfg.inner_loss}" if cfg.inner_loss != "ce" else "")
             + (f" ({cfg.inner_targets} targets)" if cfg.inner_loss == "margin-mt" else "")
-            + (f" in {cfg.loop_precision}" if cfg.loop_precision != "float32" else "")
+            + (f" in {precision_used(cfg, dev)}" if cfg.inner_loss == "margin-mt" else "")
             + (", least change" if cfg.least_change else "")
             + (f", δ up to {format_budget(cfg.max_delta)}" if cfg.max_delta is not None else "")
             + (f" (next δ after {cfg.give_up} steps without a failed attack)" if cfg.give_up and cfg.max_delta is not None else "")
             + (f", give up after {cfg.give_up} steps without a failed attack" if cfg.give_up and cfg.max_delta is None else "")
             + (f", retry {cfg.retry}" if cfg.retry != "none" else "")
-            + (f"; surviving {survive}" if survive else ""))
+            + (f"; surviving {survive}" if survive else "")
+            + (f"; robust = {cfg.final.describe()}" if cfg.final is not None else "; robust = the check alone"))
 
 
 def _run(paths: list[Path], out: Path, model: Model | Sequence[Model], cfg, done: list, **kw) -> None:

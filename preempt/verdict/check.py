@@ -220,6 +220,8 @@ CHECKS: dict[str, Check] = _named(
     Check("pgd", "ce", "PGD-STEPS (step ε/4, random start), --restarts times", tunable=("steps", "restarts", "step_size")),
     Check("thorough", "ce+apgd-ce+apgd-t", "PGD-20 twice, then APGD-CE and APGD-T on 9 targets at 100 iterations",
           restarts=2, apgd_steps=100, apgd_targets=9),
+    Check("final", "apgd-ce+apgd-t", "APGD-CE, then APGD-T on 9 targets, 100 iterations each (the reference "
+          "AutoAttack's gradient attacks): robustify's final verdict", apgd_steps=100, apgd_targets=9),
     Check("quick", "pgd-20+apgd-ce", "PGD-20, APGD-CE"),
     Check("standard", "apgd-ce+apgd-t+fab-t+square", "APGD-CE, APGD-T, FAB-T, Square (AutoAttack's standard version)"),
     Check("rand", "apgd-ce-eot+apgd-dlr-eot", "APGD-CE and APGD-DLR with EOT over 20 draws (randomized models)"),

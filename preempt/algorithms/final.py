@@ -1,0 +1,87 @@
+"""The final verdict behind every "robust" robustify reports.
+
+robustify's loop stops on its own check (cheap: APGD from one start, 25 iterations); by stopping there
+it *selects* photos on which that check is wrong.  So the claim a user sees is decided afterwards by a
+second, stronger verification that the loop never optimised against:
+
+* at least the strength of the reference AutoAttack's gradient attacks: APGD-CE, then APGD-T on 9
+  targets (AutoAttack's order, by logits), 100 iterations each (``CHECKS["final"]``);
+* in the ball the claim is about: the file's own pixels through the model's preprocessing
+  (``resolution="full"``), not the model-input ball the loop's check uses for large photos;
+* from random starts of its own: its generator is seeded with :func:`final_seed`, never the loop's
+  seed nor a δ stage's.
+
+A photo the final verdict breaks is not robust (with δ escalation it moves on to the next δ).  The
+final verdict judges the photo exactly as written (the 8-bit grid, and a JPEG as decoded).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..core.threat import ThreatModel
+from ..models.protocol import Model
+from ..verdict.check import CHECKS, Check
+
+FINAL_SEED_OFFSET = 1_000_003  # a prime away from the loop's seed and every δ stage's (seed + 1000 k)
+
+
+def final_seed(seed: int) -> int:
+    """The final verdict's seed for a robustify run seeded ``seed`` (never the loop's own)."""
+    return seed + FINAL_SEED_OFFSET
+
+
+@dataclass(frozen=True)
+class Final:
+    """What decides "robust" after the loop: ``check`` (default ``CHECKS["final"]``: APGD-CE + APGD-T on 9
+    targets at 100 iterations) where ``resolution`` says (``full``: the file's own pixels through the model's
+    preprocessing; ``model``: the model input over the image of the ε-ball; ``auto``: as the loop's check)."""
+
+    check: Check = field(default_factory=lambda: CHECKS["final"])
+    resolution: str = "full"
+
+    def describe(self) -> str:
+        """One phrase for the header and reports: the attacks and where they run."""
+        where = {"full": "the file's pixels", "model": "the model input", "auto": "the check's ball"}[self.resolution]
+        return f"final verdict {self.check.name} ({' + '.join(self.check.attacks())}) on {where}"
+
+
+@dataclass
+class FinalVerdict:
+    """The final verdict on a batch: robust (N,) bool, what broke each photo (None: held, or not judged),
+    passes per photo, seconds."""
+
+    robust: torch.Tensor
+    broken_by: list[str | None]
+    passes: torch.Tensor
+    seconds: float
+
+
+def final_verdict(final: Final, models: Sequence[Model], ys: Sequence[torch.Tensor], photos: torch.Tensor,
+                  threat: ThreatModel, seed: int, on: torch.Tensor | None = None) -> FinalVerdict:
+    """``final`` on the photos ``photos`` (as written) that ``on`` marks (default: all), against each model's
+    label ``ys[m]``: robust only where every model's attacks fail (each model attacks what the ones before it
+    left robust).  Runs on a generator of its own, seeded ``final_seed(seed)``."""
+    t0 = time.perf_counter()
+    n = len(photos)
+    robust = torch.zeros(n, dtype=torch.bool, device=photos.device) if on is not None else \
+        torch.ones(n, dtype=torch.bool, device=photos.device)
+    if on is not None:
+        robust[on] = True
+    broken: list[str | None] = [None] * n
+    passes = torch.zeros(n, dtype=torch.long)
+    gen = torch.Generator(device=photos.device).manual_seed(final_seed(seed))
+    for model, y in zip(models, ys):
+        idx = robust.nonzero().squeeze(1)
+        if not len(idx):
+            break
+        v = final.check.judge(model, photos[idx], y[idx], threat, generator=gen, resolution=final.resolution)
+        passes[idx.cpu()] += int(round(v.total_passes / len(idx)))
+        for j, i in enumerate(idx.tolist()):
+            if not bool(v.robust[j]):
+                robust[i] = False
+                broken[i] = v.broken_by[j] or "final"
+    return FinalVerdict(robust, broken, passes, time.perf_counter() - t0)

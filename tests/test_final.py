@@ -1,0 +1,121 @@
+"""robustify's final verdict: no claim without it, its own seed, and one robustify for the library and the CLI."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import preempt
+from preempt import RobustifyConfig, robustify
+from preempt.algorithms import final as final_mod
+from preempt.algorithms.final import FINAL_SEED_OFFSET, Final, final_seed
+from preempt.algorithms.robustify import escalation_stages, precision_used
+from preempt.cli import app
+from preempt.verdict.check import CHECKS
+
+IMAGENET_CARD_ROBUSTIFY = {  # the ImageNet cards' robustify settings (preempt/models/zoo/efficientnet-lite0.json)
+    "inner_loss": "margin-mt", "inner_steps": 2, "inner_targets": 9, "inner_eps_scale": 1.5, "check_apgd_targets": 9,
+    "check_apgd_order": "linear", "max_delta": 0.2, "give_up": 8, "check": "strong-once", "loop_precision": "bfloat16",
+    "least_change": True}
+
+
+def _weak(**kw) -> RobustifyConfig:
+    """A loop whose own check is one PGD step: it passes photos the final verdict breaks."""
+    return RobustifyConfig(delta=0.15, eps=0.15, steps=6, inner_steps=2, min_steps=1, check_every=1,
+                           check=replace(CHECKS["pgd"], steps=1), **kw)
+
+
+def test_no_claim_without_the_final_verdict(tiny_model, tiny_data):
+    x = tiny_data[0][:24]
+    res = robustify(tiny_model, x, config=_weak())
+    claims = [r for r in res.images if r.robust]
+    assert all(r.checked and r.final == "held" for r in claims)
+    assert all(r.final == "" for r in res.images if not r.checked)  # never judged: the loop's check failed
+    demoted = [r for r in res.images if r.checked and not r.robust]
+    assert demoted and all(r.final not in ("", "held") for r in demoted)  # the weak check's claims it broke
+    # the loop alone would have claimed them: the final verdict is what decides
+    alone = robustify(tiny_model, x, config=_weak(final=None))
+    assert int(alone.robust.sum()) == sum(r.checked for r in res.images) > int(res.robust.sum())
+    assert all(r.final == "" for r in alone.images)
+    # what the final verdict says of a claim, an independent run of its attacks says too
+    v = CHECKS["final"].judge(tiny_model, res.x[res.robust], res.robust.new_tensor(
+        [r.label for r in claims], dtype=torch.long), preempt.Linf(0.15), generator=torch.Generator().manual_seed(99))
+    assert claims and v.robust.float().mean() >= 0.75
+
+
+def test_the_final_verdict_has_a_seed_of_its_own(tiny_model, tiny_data, monkeypatch):
+    seeds: list[int] = []
+    real = final_mod.final_verdict
+
+    def spy(final, models, ys, photos, threat, seed, on=None):
+        seeds.append(final_seed(seed))
+        return real(final, models, ys, photos, threat, seed, on=on)
+
+    monkeypatch.setattr("preempt.algorithms.robustify.final_verdict", spy)
+    cfg = _weak(seed=7, max_delta=0.3)
+    robustify(tiny_model, tiny_data[0][:16], config=cfg)
+    loop_seeds = {cfg.seed} | {s.seed for s in escalation_stages(cfg)}
+    assert seeds and not set(seeds) & loop_seeds
+    assert final_seed(7) == 7 + FINAL_SEED_OFFSET
+
+
+def test_final_settings_are_validated(tiny_model, tiny_data):
+    with pytest.raises(ValueError, match="final"):
+        robustify(tiny_model, tiny_data[0][:2], config=RobustifyConfig(final=Final(resolution="nowhere")))
+    with pytest.raises(ValueError):
+        robustify(tiny_model, tiny_data[0][:2], config=RobustifyConfig(final=Final(check=replace(CHECKS["final"],
+                                                                                                 apgd_steps=0))))
+    assert "APGD" in Final().describe().upper() and "file's pixels" in Final().describe()
+
+
+def test_forced_float32_is_what_the_header_says(monkeypatch):
+    cfg = RobustifyConfig(inner_loss="margin-mt", loop_precision="bfloat16")
+    monkeypatch.setenv("PREEMPT_FORCE_FLOAT32", "1")
+    assert precision_used(cfg, "cpu") == "float32"
+    monkeypatch.setenv("PREEMPT_FORCE_FLOAT32", "0")
+    monkeypatch.setattr("preempt.algorithms.robustify._cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    assert precision_used(cfg, "cpu") == "bfloat16"
+    assert precision_used(replace(cfg, loop_precision="float32"), "cpu") == "float32"
+
+
+def test_library_and_cli_write_the_same_pixels_and_verdicts(tmp_path, tiny_data, tiny_model_file):
+    """``preempt.robustify(model, x, eps=…)`` resolves the card like ``preempt robustify`` (the ImageNet cards'
+    settings on a tiny model): the same photo, seed and budget give the same pixels and verdict."""
+    card = json.loads(tiny_model_file.with_suffix(".json").read_text())
+    card["robustify"] = IMAGENET_CARD_ROBUSTIFY
+    card["threat_model"] = {"norm": "linf", "eps": 0.1, "delta": 0.05}
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    x = tiny_data[0][3:4]
+    (tmp_path / "in").mkdir()
+    Image.fromarray((x[0, 0].numpy() * 255).round().astype(np.uint8), "L").save(tmp_path / "in" / "p.png")
+    r = CliRunner().invoke(app, ["robustify", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model",
+                                 str(tiny_model_file), "--card", str(tmp_path / "card.json"), "--eps", "0.15", "--json"])
+    assert r.exit_code in (0, 3), r.output
+    doc = json.loads(r.stdout)
+    cli_file = doc["files"][0]
+    model = preempt.load_model(tiny_model_file, card=tmp_path / "card.json")
+    photo = preempt.load_image(tmp_path / "in" / "p.png")
+    res = robustify(model, photo, eps=0.15)
+    assert res.config["inner_loss"] == "margin-mt" and res.config["max_delta"] == 0.2  # the card, in the library
+    assert json.loads(json.dumps(res.config["final"])) == doc["config"]["final"]
+    written = np.asarray(Image.open(cli_file["dst"]))
+    assert np.array_equal(written, (res.x[0, 0].numpy() * 255).round().astype(np.uint8))
+    im = res.images[0]
+    m = cli_file["metrics"]
+    assert (m["robust"], m["checked"], m["final"], m["delta"], m["passes"]) == (im.robust, im.checked, im.final,
+                                                                                im.delta, im.passes)
+    assert "robust = final verdict final (apgd-ce-100 + apgd-t-100)" in r.stderr
+
+
+def test_for_model_rules(tiny_model):
+    cfg = RobustifyConfig.for_model(tiny_model, eps=0.05)
+    assert cfg.eps == 0.05 and cfg.final == Final()
+    with pytest.raises(TypeError, match="no_such_field"):
+        RobustifyConfig.for_model(tiny_model, no_such_field=1)
+    with pytest.raises(ValueError, match="check"):
+        RobustifyConfig.for_model(tiny_model, check="nonsense")
