@@ -36,6 +36,23 @@ def _margin(model, x) -> float:
     return float(top[0] - top[1])
 
 
+def _setting(kv: str) -> tuple[str, object]:
+    """``FIELD=VALUE`` → (field, value): an int, a budget (``8/255``), true/false, a check preset for ``check``
+    (a name), else the string."""
+    k, v = kv.split("=", 1)
+    if v.lower() in ("true", "false"):
+        return k, v.lower() == "true"
+    for conv in (int, float):
+        try:
+            return k, conv(v)
+        except ValueError:
+            pass
+    if "/" in v and v.replace("/", "").replace(".", "").isdigit():
+        a, b = v.split("/")
+        return k, float(a) / float(b)
+    return k, v
+
+
 def run(args: argparse.Namespace) -> None:
     if args.precision == "float32":
         os.environ["PREEMPT_FORCE_FLOAT32"] = "1"
@@ -55,7 +72,7 @@ def run(args: argparse.Namespace) -> None:
     done = set()
     if args.out.exists():
         done = {(r["folder"], r["photo"], r["precision"], r["variant"]) for r in map(json.loads, args.out.read_text().splitlines())}
-    cfg = RobustifyConfig.for_model(model, eps=eps)
+    cfg = RobustifyConfig.for_model(model, eps=eps, **dict(_setting(kv) for kv in args.set))
     prec = precision_used(cfg, torch.device("cpu"))
     for f in files:
         key = (args.folder.name, f.stem, prec, args.variant)
@@ -72,7 +89,8 @@ def run(args: argparse.Namespace) -> None:
         row = {"folder": args.folder.name, "photo": f.stem, "size": list(x.shape[-2:]), "precision": prec,
                "variant": args.variant, "eps": eps, "label": im.label, "margin": _margin(model, x),
                "checked": im.checked, "final": im.final, "claimed": im.robust, "delta_used": im.delta, "psnr": im.psnr,
-               "ssim": im.ssim, "passes": im.passes, "seconds": secs}
+               "ssim": im.ssim, "passes": im.passes, "seconds": secs, "budget_map": cfg.budget_map,
+               "threads": torch.get_num_threads()}
         if im.robust and args.aa:
             x_w = load_photo(written).tensor()[None]  # the file as written
             t1 = time.perf_counter()
@@ -117,6 +135,8 @@ def main() -> None:
     ap.add_argument("--eps", default="1/255")
     ap.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
     ap.add_argument("--variant", default="final", help="a name for this code's settings in the table")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="a RobustifyConfig field over the card's (budget_map=uniform), as --FIELD would set it")
     ap.add_argument("--aa", action=argparse.BooleanOptionalAction, default=True, help="the reference AutoAttack on claims")
     ap.add_argument("--seed", type=int, default=0, help="the reference AutoAttack's seed")
     ap.add_argument("--save", type=Path, default=Path("runs/final"))

@@ -14,8 +14,10 @@ Retry = Literal["none", "rmsprop"]
 Optimizer = Literal["sign", "rmsprop"]
 Format = Literal["auto", "png", "jpeg"]                # robustify's output format
 CheckPreset = Literal["strong", "strong-once", "thorough", "pgd"]  # robustify --check (preempt.verdict.check.PRESETS)
-SuiteName = Literal["pgd", "strong", "quick", "standard", "rand", "blackbox"]  # verify --suite (preempt.verdict.check.SUITES)
+# verify --suite (preempt.verdict.check.SUITES)
+SuiteName = Literal["pgd", "strong", "final", "quick", "standard", "rand", "blackbox"]
 Schedule = Literal["cosine", "constant", "step"]       # training learning-rate schedule
+BudgetMap = Literal["uniform", "taper", "taper+jnd"]  # robustify's per-pixel share of δ (preempt.core.budget_map)
 LoopPrecision = Literal["float32", "bfloat16"]         # robustify's persistent attackers (checks: always float32)
 
 NORMS: tuple[str, ...] = get_args(Norm)
@@ -29,3 +31,4 @@ FORMATS: tuple[str, ...] = get_args(Format)
 CHECK_PRESETS: tuple[str, ...] = get_args(CheckPreset)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 LOOP_PRECISIONS: tuple[str, ...] = get_args(LoopPrecision)
+BUDGET_MAPS: tuple[str, ...] = get_args(BudgetMap)

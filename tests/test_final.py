@@ -119,3 +119,42 @@ def test_for_model_rules(tiny_model):
         RobustifyConfig.for_model(tiny_model, no_such_field=1)
     with pytest.raises(ValueError, match="check"):
         RobustifyConfig.for_model(tiny_model, check="nonsense")
+
+
+def _cropping(tiny_model):
+    """The tiny network behind a 10 → centre 8 crop (as EfficientNet's 256 → 224)."""
+    from preempt.models.wrapper import Classifier, Preprocessing
+
+    pre = Preprocessing(input_size=(8, 8), channels=1, mean=(0.5,), std=(0.5,), policy="crop", resize_size=10)
+    return Classifier(tiny_model.net, pre, classes=tiny_model.classes).eval()
+
+
+def test_budget_maps(tiny_model, tiny_data):
+    from preempt.core.budget_map import budget_map, footprint, jnd, taper
+
+    model = _cropping(tiny_model)
+    fp = footprint(model, (10, 10))
+    assert fp.sum() == 64 and fp[0, 0, 1:9, 1:9].all() and fp[0, 0, 0].sum() == 0  # the centre crop
+    t = taper(fp, 2)
+    assert t.max() == 1 and t[0, 0, 1, 1] == pytest.approx(1 / 3) and t[0, 0, 2, 2] == pytest.approx(2 / 3)
+    assert taper(torch.ones(1, 1, 6, 6), 3).eq(1).all()  # the photo's own border is no edge
+    flat, busy = torch.full((1, 1, 9, 9), 0.5), torch.rand(1, 1, 9, 9, generator=torch.Generator().manual_seed(0))
+    assert jnd(flat).eq(0.25).all() and jnd(busy).min() > 0.9
+    assert budget_map("uniform", model, flat) is None
+    with pytest.raises(ValueError, match="budget map"):
+        budget_map("nope", model, flat)
+
+
+@pytest.mark.parametrize("kind", ["taper", "taper+jnd"])
+def test_the_change_fades_at_the_crop_edge(tiny_model, tiny_data, kind):
+    """No hard rectangle: nothing changes where the model does not look, and the change fades towards the edge."""
+    from preempt.core.budget_map import budget_map
+
+    model = _cropping(tiny_model)
+    x = torch.nn.functional.pad(tiny_data[0][:8], (1, 1, 1, 1), mode="replicate").mul(255).round().div(255)
+    res = robustify(model, x, config=RobustifyConfig(delta=0.2, eps=0.05, steps=6, budget_map=kind))
+    d = (res.x - x).abs()
+    assert d[..., 0, :].max() == 0 and d[..., :, -1].max() == 0  # outside the crop
+    lim = torch.floor(0.2 * budget_map(kind, model, x) * 255 + 1e-6) / 255
+    assert (d <= lim + 1e-6).all() and d[..., 4:6, 4:6].max() > d[..., 1, 1:9].max()
+    assert res.robust.any()

@@ -34,6 +34,7 @@ import torch
 
 from ..attacks import losses
 from ..attacks.projected_gradient import pgd_unrolled
+from ..core.budget_map import MAPS, budget_map
 from ..core.least_change import LeastChange
 from ..core.metrics import change
 from ..core.quantize import quantize, quantize_change
@@ -140,6 +141,9 @@ class RobustifyConfig:
     survive: str | None = None  # service transforms to stay robust through, e.g. "jpeg:75-95,resize:1080"
                                 # (preempt.verdict.upload): expectation over them in the loss, real codec in the check
     seed: int = 0
+    budget_map: str = "taper"  # per-pixel share of δ where the photo is the variable (ℓ∞; preempt.core.budget_map):
+                               # uniform | taper (fades to 0 at the edge of what the model sees: no crop rectangle)
+                               # | taper+jnd (and less on smooth areas, where the eye sees a change first)
     final: Final | None = field(default_factory=Final)  # what decides "robust" after the loop (preempt.algorithms.final);
                                 # None: the loop's check alone (research and the paper's table, never the CLI)
 
@@ -194,6 +198,8 @@ class RobustifyConfig:
             raise ValueError(f"goal {self.goal!r}: choose {', '.join(GOALS)}")
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; choose {', '.join(INITS)}")
+        if self.budget_map not in MAPS:
+            raise ValueError(f"budget_map {self.budget_map!r}: choose {', '.join(MAPS)}")
         upload.parse(self.survive)  # raises on a spec it cannot read
 
     def chains(self) -> list[upload.Chain]:
@@ -330,6 +336,9 @@ class _Problem:
         self.least = LeastChange(resampling) if least_change and resampling is not None and work is None \
             and cfg.norm == "linf" and cfg.quantize else None
         self.dball = cfg.delta_ball()
+        # per-pixel share of δ (preempt.core.budget_map): the photo is the variable, ℓ∞
+        m = budget_map(cfg.budget_map, model, x_o) if work is None and cfg.norm == "linf" else None
+        self.lim = None if m is None else cfg.delta * m
         eball = cfg.eps_ball()
         self.chains = cfg.chains()
         self.full_model, self.full_eball = model, eball
@@ -370,6 +379,9 @@ class _Problem:
         return self.z_o[idx] + torch.matmul(torch.matmul(self.ah, v), self.aw.t())
 
     def project(self, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        if self.lim is not None:
+            x_o, lim = self.x_o[idx], self.lim[idx]
+            return (x_o + torch.maximum(torch.minimum(v - x_o, lim), -lim)).clamp(0, 1)
         if self.work is None:
             return self.ball.project(v, self.x_o[idx])
         return self.ball.project_delta(v)
@@ -380,11 +392,30 @@ class _Problem:
         if self.work is None:
             if self.least is not None:  # the same model input, the least ℓ2 change (least_change)
                 with torch.no_grad():
-                    delta = self.cfg.delta
-                    v = x_o + self.least(v - x_o, (-x_o).clamp(min=-delta), (1 - x_o).clamp(max=delta))
-            return quantize(v, x_o, self.dball) if self.cfg.quantize else v.clamp(0, 1)
+                    v = x_o + self.least(v - x_o, *self.change_bounds(idx))
+            if not self.cfg.quantize:
+                return v.clamp(0, 1)
+            q = quantize(v, x_o, self.dball)
+            if self.lim is None:
+                return q
+            levels = torch.floor(self.lim[idx] * 255 + 1e-6)  # the map's budget, in whole levels
+            ko = torch.round(x_o * 255)
+            return (ko + torch.maximum(torch.minimum(torch.round(q * 255) - ko, levels), -levels)) / 255
         u = self.work.lift(v)
         return quantize_change(u, x_o, self.dball) if self.cfg.quantize else u.add_(x_o).clamp_(0, 1)
+
+    def change_bounds(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lowest, highest) change of the photos ``idx``: B_δ(0) ∩ [−x_o, 1 − x_o], δ scaled by the budget map."""
+        x_o = self.x_o if len(idx) == len(self.x_o) else self.x_o[idx]
+        if self.lim is None:
+            return (-x_o).clamp(min=-self.cfg.delta), (1 - x_o).clamp(max=self.cfg.delta)
+        lim = self.lim[idx]
+        return torch.maximum(-x_o, -lim), torch.minimum(1 - x_o, lim)
+
+    def box(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lowest, highest) pixel values of every photo: B_δ(x_o) ∩ [0, 1], δ scaled by the budget map."""
+        lim: torch.Tensor | float = self.cfg.delta if self.lim is None else self.lim
+        return (self.x_o - lim).clamp_min(0), (self.x_o + lim).clamp_max(1)
 
     def photo_input(self, photo: torch.Tensor) -> torch.Tensor:
         return photo if self.r is None else self.r.apply(photo)
@@ -845,8 +876,7 @@ class _TanhRMSprop:
 
     def __init__(self, prob: _Problem, cfg: RobustifyConfig, start: torch.Tensor) -> None:
         self.prob, self.cfg = prob, cfg
-        x_o = prob.x_o
-        self.lo, self.hi = (x_o - cfg.delta).clamp_min(0), (x_o + cfg.delta).clamp_max(1)
+        self.lo, self.hi = prob.box()
         self.w = torch.atanh(((start - self.lo) / (self.hi - self.lo).clamp_min(1e-12) - 0.5) * 1.999)
         self.sq = torch.zeros_like(self.w)
         self.x = start

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..algorithms.robustify import RobustifyConfig
 from ..models.protocol import Model
-from ..vocab import CheckPreset, Format, Goal, Init, InnerLoss, LoopPrecision, Norm, Resolution, Retry
+from ..vocab import BudgetMap, CheckPreset, Format, Goal, Init, InnerLoss, LoopPrecision, Norm, Resolution, Retry
 from .common import (
     EXIT_ERROR,
     EXIT_NOT_ROBUST,
@@ -102,6 +102,10 @@ QualityOpt = Annotated[int | None, typer.Option(
 SigmaOpt = Annotated[float | None, typer.Option(
     "--smoothing-sigma", help="Robustify the randomized-smoothing classifier with Gaussian noise σ (loss averaged over "
     "--noise-samples draws).")]
+BudgetMapOpt = Annotated[BudgetMap, typer.Option(
+    help="Where δ may be spent, pixel by pixel (ℓ∞, photos robustified on their own pixels): taper = fading to nothing "
+         "at the edge of what the model sees (no crop rectangle); taper+jnd = also less on smooth areas, where a change "
+         "shows first; uniform = δ everywhere the model looks.")]
 BatchOpt = Annotated[int, typer.Option(
     help="Photos of the same size robustified together (and at most 2 megapixels of photos per batch: seven 512×512 "
          "photos, one 12 MP photo).")]
@@ -145,6 +149,7 @@ def robustify_cmd(
     resolution: WhereOpt = _D.resolution,  # type: ignore[assignment]
     check_resolution: CheckWhereOpt = None,
     survive: SurviveOpt = None,
+    budget_map: BudgetMapOpt = _D.budget_map,  # type: ignore[assignment]
     fmt: FormatOpt = "auto",
     quality: QualityOpt = None,
     overwrite: bool = typer.Option(False, help="Replace existing outputs (default: skip them, so reruns resume)."),
@@ -178,7 +183,7 @@ def robustify_cmd(
                                    max_delta=max_delta, check_resolution=check_resolution, give_up=give_up,
                                    loop_precision=loop_precision, least_change=least_change), init, norm=norm, delta=delta, eps=eps, steps=steps,
                   check_steps=check_steps, settle=settle, retry=retry, seed=seed, goal=goal, resolution=resolution,
-                  survive=survive)
+                  survive=survive, budget_map=budget_map)
     err_console.print(_header(share, [clf, *others], dev, cfg, cfg.check.name, check_steps, survive), highlight=False,
                       soft_wrap=True)  # one line, however long: logs are grepped
     done: list = []
@@ -279,6 +284,7 @@ def _header(share, models: list, dev: str, cfg, check: str, check_steps: int, su
             + (f" ({cfg.inner_targets} targets)" if cfg.inner_loss == "margin-mt" else "")
             + (f" in {precision_used(cfg, dev)}" if cfg.inner_loss == "margin-mt" else "")
             + (", least change" if cfg.least_change else "")
+            + (f", δ map {cfg.budget_map}" if cfg.budget_map != "uniform" else "")
             + (f", δ up to {format_budget(cfg.max_delta)}" if cfg.max_delta is not None else "")
             + (f" (next δ after {cfg.give_up} steps without a failed attack)" if cfg.give_up and cfg.max_delta is not None else "")
             + (f", give up after {cfg.give_up} steps without a failed attack" if cfg.give_up and cfg.max_delta is None else "")

@@ -17,8 +17,9 @@ def summary_table(results, title: str, wall: float | None = None) -> Table:
 
     t = Table(title=title, show_footer=False)
     shrunk = any(r.metrics.get("scale", 1.0) != 1.0 for r in results)
-    for col in ("file", "status", "label", "steps", "passes", "δ", "ℓ∞", "PSNR", "SSIM", *(["kept"] if shrunk else []), "s"):
-        t.add_column(col, justify="left" if col in ("file", "status", "label") else "right",
+    for col in ("file", "status", "label", "final verdict", "steps", "passes", "δ", "ℓ∞", "PSNR", "SSIM",
+                *(["kept"] if shrunk else []), "s"):
+        t.add_column(col, justify="left" if col in ("file", "status", "label", "final verdict") else "right",
                      overflow="fold", min_width={"file": 16, "label": 8}.get(col))
     style = {"robust": "green", "not-robust": "yellow", "over-budget": "bold red", "failed": "red", "skipped": "dim"}
     for r in results:
@@ -27,7 +28,7 @@ def summary_table(results, title: str, wall: float | None = None) -> Table:
         if r.status == "skipped" and r.breaks_claim:
             status = "[yellow]skipped, not known robust[/]"
         t.add_row(escape(Path(r.src).name), status, r.label_name or ("" if r.label is None else str(r.label)),
-                  str(m.get("steps", "")), str(m.get("passes", "")),
+                  _final(m), str(m.get("steps", "")), str(m.get("passes", "")),
                   format_budget(m["delta"]) if isinstance(m.get("delta"), float) and m["delta"] == m["delta"] else "",
                   f"{m['linf']:.3f}" if "linf" in m else "",
                   f"{m['psnr']:.1f}" if "psnr" in m else "", f"{m['ssim']:.3f}" if "ssim" in m else "",
@@ -40,6 +41,15 @@ def summary_table(results, title: str, wall: float | None = None) -> Table:
                  + (f"over budget {c['over-budget']}, " if c["over-budget"] else "") + f"failed {c['failed']}, "
                  f"skipped {c['skipped']}" + (f" ({unknown} not known robust)" if unknown else "") + f"; {total:.1f}s")
     return t
+
+
+def _final(m: dict) -> str:
+    """What the final verdict said of a photo: held, broken by an attack, or not run (the loop's check failed)."""
+    if "final" not in m:
+        return ""
+    if m["final"] == "held":
+        return "held"
+    return f"broken ({escape(m['final'])})" if m["final"] else ("–" if not m.get("checked") else "")
 
 
 def verify_table(results, title: str, with_original: bool) -> Table:

@@ -231,7 +231,7 @@ CHECKS: dict[str, Check] = _named(
 PRESETS = ("strong", "strong-once", "pgd", "thorough")  # robustify --check
 # preempt verify --suite NAME: the check it runs
 SUITES: dict[str, Check] = {"pgd": CHECKS["pgd"], "strong": CHECKS["strong-once"],
-                            **{n: CHECKS[n] for n in ("quick", "standard", "rand", "blackbox")}}
+                            **{n: CHECKS[n] for n in ("final", "quick", "standard", "rand", "blackbox")}}
 
 
 def suite_help() -> str:
