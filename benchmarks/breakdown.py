@@ -27,7 +27,7 @@ import torch
 from real_photos import parse_variant
 
 from preempt import RobustifyConfig, load_model, robustify
-from preempt.algorithms import robustify as rmod
+from preempt.algorithms.robustify import loop as rmod
 from preempt.budget import parse_budget
 from preempt.pipeline.photos import load_photo
 from preempt.verdict import check as cmod

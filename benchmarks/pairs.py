@@ -46,7 +46,7 @@ def main() -> None:
     if not rows:
         raise SystemExit("no robust photos of that variant and folder in the results")
     ims = [row(args.folder / f"{r['photo']}.png", args.saved / f"{r['photo']}.png", args.amplify,
-               f"{r["photo"]}: original | robustified (delta {r["delta_used"] * 255:.0f}/255, PSNR {r['psnr']:.1f} dB, "
+               f"{r['photo']}: original | robustified (delta {r['delta_used'] * 255:.0f}/255, PSNR {r['psnr']:.1f} dB, "
                f"SSIM {r['ssim']:.3f}) | change x{args.amplify:g}") for r in rows]
     w = max(i.width for i in ims)
     out = Image.new("RGB", (w, sum(i.height for i in ims)), "white")

@@ -9,7 +9,7 @@ with a seed of its own, so a stage's trajectory does not depend on how the earli
 stage sooner (fewer steps, fewer checks) can then be replayed exactly from these records (``--replay``), the
 photo moving on to the next stage's recorded run where the rule cuts a stage short.
 
-The records come from wrapping robustify's private ledger (``_Ledger.stepped`` and ``_Ledger.checked``): a
+The records come from wrapping robustify's private ledger (``Ledger.stepped`` and ``Ledger.checked``): a
 benchmark's instrument, not an API.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-import preempt.algorithms.robustify as R
+import preempt.algorithms.robustify.loop as R
 from preempt import RobustifyConfig, load_model
 from preempt.algorithms.robustify import escalation_stages, recommended
 from preempt.pipeline.photos import load_photo, save_image
@@ -38,7 +38,7 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[dict] = []
         self.t0 = time.perf_counter()
-        stepped, checked, outer = R._Ledger.stepped, R._Ledger.checked, R._Joint.outer
+        stepped, checked, outer = R.Ledger.stepped, R.Ledger.checked, R._Joint.outer
         rec = self
 
         def on_outer(joint, leaf, xr, idx, k, gen):
@@ -58,7 +58,7 @@ class Recorder:
                                "t": round(time.perf_counter() - rec.t0, 3)})
             return checked(book, idx, q, ok, passes, det, k, settle, v)
 
-        R._Ledger.stepped, R._Ledger.checked, R._Joint.outer = on_step, on_check, on_outer  # type: ignore[method-assign]
+        R.Ledger.stepped, R.Ledger.checked, R._Joint.outer = on_step, on_check, on_outer  # type: ignore[method-assign]
         self.survived = False
         self.save: Path | None = None
         self.tag = ""
@@ -92,7 +92,7 @@ def record(args: argparse.Namespace) -> None:
         for c in stages(cfg):
             rec.start()
             rec.tag = f"{name}-d{round(c.delta * 255)}"
-            res = R._run([model], x, None, c, None)
+            res = R.run_at_delta([model], x, None, c, None)
             runs.append({"delta": round(c.delta * 255), "robust": bool(res.robust[0]), "steps": res.images[0].steps,
                          "passes": res.images[0].passes, "seconds": round(time.perf_counter() - rec.t0, 2),
                          "events": rec.events})

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 import preempt
 from preempt import RobustifyConfig, robustify
-from preempt.algorithms import final as final_mod
-from preempt.algorithms.final import FINAL_SEED_OFFSET, Final, final_seed
 from preempt.algorithms.robustify import escalation_stages, precision_used
+from preempt.algorithms.robustify import final as final_mod
+from preempt.algorithms.robustify.final import FINAL_SEED_OFFSET, Final, final_seed
 from preempt.cli import app
 from preempt.verdict.check import CHECKS
 
@@ -56,7 +56,7 @@ def test_the_final_verdict_has_a_seed_of_its_own(tiny_model, tiny_data, monkeypa
         seeds.append(final_seed(seed))
         return real(final, models, ys, photos, threat, seed, on=on)
 
-    monkeypatch.setattr("preempt.algorithms.robustify.final_verdict", spy)
+    monkeypatch.setattr("preempt.algorithms.robustify.drivers.final_verdict", spy)
     cfg = _weak(seed=7, max_delta=0.3)
     robustify(tiny_model, tiny_data[0][:16], config=cfg)
     loop_seeds = {cfg.seed} | {s.seed for s in escalation_stages(cfg)}
@@ -78,7 +78,7 @@ def test_forced_float32_is_what_the_header_says(monkeypatch):
     monkeypatch.setenv("PREEMPT_FORCE_FLOAT32", "1")
     assert precision_used(cfg, "cpu") == "float32"
     monkeypatch.setenv("PREEMPT_FORCE_FLOAT32", "0")
-    monkeypatch.setattr("preempt.algorithms.robustify._cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    monkeypatch.setattr("preempt.algorithms.robustify.precision._cpu_flags", lambda: frozenset({"avx512_bf16"}))
     assert precision_used(cfg, "cpu") == "bfloat16"
     assert precision_used(replace(cfg, loop_precision="float32"), "cpu") == "float32"
 

@@ -112,12 +112,12 @@ def test_settle_takes_extra_steps_after_the_first_pass(tiny_model, tiny_data):
 
 
 def test_settle_keeps_the_first_verified_photo_when_the_second_check_fails(tiny_model, tiny_data, monkeypatch):
-    from preempt.algorithms import robustify as module
+    from preempt.algorithms.robustify import loop as module
 
     x, _ = tiny_data
     x = _grid(x[:40])
     first: list[tuple[torch.Tensor, torch.Tensor]] = []
-    check = module._Problem.check
+    check = module.Problem.check
 
     def only_first_passes(self, photo, y, gen, extra_restarts=0):
         ok, p, det = check(self, photo, y, gen, extra_restarts)
@@ -126,7 +126,7 @@ def test_settle_keeps_the_first_verified_photo_when_the_second_check_fails(tiny_
         first.append((photo.clone(), ok.clone()))
         return ok, p, det
 
-    monkeypatch.setattr(module._Problem, "check", only_first_passes)
+    monkeypatch.setattr(module.Problem, "check", only_first_passes)
     for goal in ("strongest", "least-visible"):  # least-visible shrinks from the restored, verified variable
         first.clear()
         res = robustify(tiny_model, x, steps=12, min_steps=2, check_every=1, settle=2, goal=goal)
@@ -140,7 +140,7 @@ def test_settle_keeps_the_first_verified_photo_when_the_second_check_fails(tiny_
 
 
 def test_targeted_inner_loss_alternates_and_defends(tiny_model, tiny_data, monkeypatch):
-    from preempt.algorithms import robustify as module
+    from preempt.algorithms.robustify import loop as module
     from preempt.attacks import apgd_targeted
 
     x, _ = tiny_data
@@ -172,7 +172,7 @@ def test_targeted_inner_loss_alternates_and_defends(tiny_model, tiny_data, monke
 
 
 def test_retry_reruns_only_the_unverified_with_rmsprop(tiny_model, tiny_data, monkeypatch):
-    from preempt.algorithms import robustify as module
+    from preempt.algorithms.robustify import loop as module
 
     x, _ = tiny_data
     x = _grid(x[:60])
@@ -181,13 +181,13 @@ def test_retry_reruns_only_the_unverified_with_rmsprop(tiny_model, tiny_data, mo
     first = robustify(tiny_model, x, **kw)
     assert 0 < int(first.robust.sum()) < len(x)
     optimizers = []
-    rmsprop = module._TanhRMSprop
+    rmsprop = module.TanhRMSprop
 
     def recording(prob, cfg, start):
         optimizers.append(len(start))
         return rmsprop(prob, cfg, start)
 
-    monkeypatch.setattr(module, "_TanhRMSprop", recording)
+    monkeypatch.setattr(module, "TanhRMSprop", recording)
     res = robustify(tiny_model, x, retry="rmsprop", **kw)
     assert optimizers == [int((~first.robust).sum())]  # one second run, on the unverified images only
     won = first.robust
@@ -283,20 +283,20 @@ def test_a_lower_max_delta_is_the_same_run_cut_short(tiny_model, tiny_data):
 
 
 def test_an_unverified_image_is_written_as_its_best_iterate(tiny_model, tiny_data, monkeypatch):
-    from preempt.algorithms import robustify as module
+    from preempt.algorithms.robustify import loop as module
     from preempt.core.quantize import quantize
 
     x, _ = tiny_data
     x = _grid(x[:30])
     offered = []
-    best = module._BestIterate
+    best = module.BestIterate
 
     class Recording(best):
         def offer(self, idx, k, loss):
             offered.append((k, loss.clone(), self.opt.current(idx).clone()))
             super().offer(idx, k, loss)
 
-    monkeypatch.setattr(module, "_BestIterate", Recording)
+    monkeypatch.setattr(module, "BestIterate", Recording)
     res = robustify(tiny_model, x, delta=0.02, eps=0.2, steps=8, early_stop=False)  # ε ≫ δ: nothing verifies
     assert not res.robust.any()
     assert [k for k, *_ in offered] == list(range(1, 9))
@@ -351,7 +351,7 @@ def test_give_up_stops_a_hopeless_stage_early_but_never_the_last(tiny_model, tin
 def test_escalation_steps_on_the_8_bit_grid():
     """escalate: each stage's δ is the last times the factor, in whole 8-bit levels when δ is on that grid (a
     written photo moves in whole levels: 2.83/255 would write as 2/255), at least one level up."""
-    from preempt.algorithms.robustify import _next_delta
+    from preempt.algorithms.robustify.config import _next_delta
 
     def schedule(factor: float) -> list[float]:
         d, out = 2 / 255, [2.0]

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..core.threat import ThreatModel
-from ..models.protocol import Model
-from ..verdict.check import CHECKS, Check
+from ...core.threat import ThreatModel
+from ...models.protocol import Model
+from ...verdict.check import CHECKS, Check
 
 FINAL_SEED_OFFSET = 1_000_003  # a prime away from the loop's seed and every δ stage's (seed + 1000 k)
 
