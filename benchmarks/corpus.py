@@ -99,6 +99,26 @@ def small(out: Path, size: int) -> int:
     return n
 
 
+def scenes(out: Path, size: int = 256, min_side: int = 2 * 256) -> int:
+    """Crops of ``size`` × ``size`` px (a non-overlapping grid) from every photo whose shorter side is at least
+    ``min_side``: scenes at the model's own size whose label the model is often unsure of (a patch of sky, water,
+    texture), into ``out``/dev-scenes and ``out``/test-scenes; a crop keeps its photo's split.  Returns their number."""
+    n = 0
+    for half in ("dev", "test"):
+        dst = out / f"{half}-scenes"
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in sorted((out / half).glob("*.png")):
+            with Image.open(f) as im:
+                w, h = im.size
+                if min(w, h) < min_side:
+                    continue
+                for top in range(0, h - size + 1, size):
+                    for left in range(0, w - size + 1, size):
+                        im.crop((left, top, left + size, top + size)).save(dst / f"{f.stem}-crop{top}x{left}.png")
+                        n += 1
+    return n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("corpus"), help="folder for dev/ and test/ (default corpus/)")
@@ -106,6 +126,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="256,224", help="also write every photo at these shorter sides (dev-S/, test-S/)")
     args = ap.parse_args()
     rows = build(args.out)
+    print(f"{scenes(args.out)} crops of 256 px -> {args.out}/{{dev,test}}-scenes/")
     for size in [int(v) for v in args.sizes.split(",") if v]:
         print(f"{small(args.out, size)} photos at {size} px -> {args.out}/{{dev,test}}-{size}/")
     if args.record.exists():

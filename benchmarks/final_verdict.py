@@ -105,11 +105,18 @@ def run(args: argparse.Namespace) -> None:
               flush=True)
 
 
-def summary(path: Path) -> None:
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
+def summary(paths: list[Path]) -> None:
+    """The table per (variant, folder, precision), then per clean-margin bucket (under 2 logits, or more)."""
+    rows = [json.loads(line) for path in paths for line in path.read_text().splitlines()]
+    _table(rows, lambda r: (r["variant"], r["folder"], r["precision"]))
+    print()
+    _table(rows, lambda r: (r["variant"], r["folder"] + (" margin < 2" if r["margin"] < 2 else " margin ≥ 2"), r["precision"]))
+
+
+def _table(rows: list[dict], key) -> None:
     groups: dict = {}
     for r in rows:
-        groups.setdefault((r["variant"], r["folder"], r["precision"]), []).append(r)
+        groups.setdefault(key(r), []).append(r)
     print("| variant | photos | precision | n | checked | final held | claimed | AA held the claim | robust (δ ≤ 16/255) "
           "| median PSNR (robust) | median passes | median s |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -141,10 +148,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="the reference AutoAttack's seed")
     ap.add_argument("--save", type=Path, default=Path("runs/final"))
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--also", type=Path, action="append", default=[], help="with --summary: more results files")
     ap.add_argument("--summary", action="store_true")
     args = ap.parse_args()
     if args.summary:
-        summary(args.out)
+        summary([args.out, *args.also])
     else:
         run(args)
 
