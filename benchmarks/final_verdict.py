@@ -105,9 +105,52 @@ def run(args: argparse.Namespace) -> None:
               flush=True)
 
 
+def rejudge(args: argparse.Namespace) -> None:
+    """Today's final verdict (``CHECKS["final"]``, seeded as robustify's first stage) on the claims of ``--out`` whose
+    files are in ``--save``, for rows judged by an older final; results go to OUT's ``-rejudged.jsonl`` sibling
+    (``final_now``: held or not, ``final_now_broken_by``)."""
+    import torch
+
+    from preempt import Linf, load_model
+    from preempt.algorithms.robustify import Final, final_verdict
+    from preempt.pipeline.photos import load_photo
+
+    model = load_model(args.model)
+    extra = args.out.with_name(args.out.stem + "-rejudged.jsonl")
+    seen = {tuple(json.loads(line)["key"]) for line in extra.read_text().splitlines()} if extra.exists() else set()
+    for r in map(json.loads, args.out.read_text().splitlines()):
+        key = (r["folder"], r["photo"], r["precision"], r["variant"])
+        f = args.save / f"{r['photo']}.png"
+        if not r["claimed"] or key in seen or r["folder"] != args.folder.name or r["variant"] != args.variant \
+                or not f.exists():
+            continue
+        x = load_photo(f).tensor()[None]
+        t0 = time.perf_counter()
+        fv = final_verdict(Final(), [model], [torch.tensor([r["label"]])], x, Linf(r["eps"]), 0)
+        result = {"final_now": bool(fv.robust[0]), "final_now_broken_by": fv.broken_by[0],
+                  "final_now_passes": int(fv.passes[0]), "final_now_seconds": time.perf_counter() - t0}
+        with extra.open("a") as fh:
+            fh.write(json.dumps({"key": list(key), "result": result, "command": "python " + " ".join(sys.argv)}) + "\n")
+        print(f"{r['photo']:<32} {r['precision']} final now {'held' if result['final_now'] else fv.broken_by[0]} "
+              f"(AA {'held' if r.get('aa') else 'broke'}) {result['final_now_seconds']:.0f}s", flush=True)
+
+
+def _rows(path: Path) -> list[dict]:
+    """The rows of ``path`` with ``-rejudged.jsonl``'s results merged in."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    extra = path.with_name(path.stem + "-rejudged.jsonl")
+    if extra.exists():
+        by = {(r["folder"], r["photo"], r["precision"], r["variant"]): r for r in rows}
+        for line in extra.read_text().splitlines():
+            j = json.loads(line)
+            if tuple(j["key"]) in by:
+                by[tuple(j["key"])].update(j["result"])
+    return rows
+
+
 def summary(paths: list[Path]) -> None:
     """The table per (variant, folder, precision), then per clean-margin bucket (under 2 logits, or more)."""
-    rows = [json.loads(line) for path in paths for line in path.read_text().splitlines()]
+    rows = [r for path in paths for r in _rows(path)]
     _table(rows, lambda r: (r["variant"], r["folder"], r["precision"]))
     print()
     _table(rows, lambda r: (r["variant"], r["folder"] + (" margin < 2" if r["margin"] < 2 else " margin ≥ 2"), r["precision"]))
@@ -117,17 +160,19 @@ def _table(rows: list[dict], key) -> None:
     groups: dict = {}
     for r in rows:
         groups.setdefault(key(r), []).append(r)
-    print("| variant | photos | precision | n | checked | final held | claimed | AA held the claim | robust (δ ≤ 16/255) "
-          "| median PSNR (robust) | median passes | median s |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| variant | photos | precision | n | checked | final held | claimed | AA held the claim | today's final held "
+          "| robust (δ ≤ 16/255) | median PSNR (robust) | median passes | median s |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (var, folder, prec), rs in sorted(groups.items()):
         n = len(rs)
         checked = sum(r["checked"] for r in rs)
         claimed = [r for r in rs if r["claimed"]]
         aa = [r for r in claimed if "aa" in r]
+        now = [r for r in claimed if "final_now" in r]
         held = sum(r["aa"] for r in aa)
         robust_psnr = [r["psnr"] for r in claimed]
         print(f"| {var} | {folder} | {prec} | {n} | {checked} | {len(claimed)}/{checked} | {len(claimed)} | {held}/{len(aa)} | "
+              f"{sum(r['final_now'] for r in now)}/{len(now)} | "
               f"{held if len(aa) == len(claimed) else '?'}/{n} | "
               f"{statistics.median(robust_psnr) if robust_psnr else float('nan'):.1f} | "
               f"{statistics.median(r['passes'] for r in rs):.0f} | {statistics.median(r['seconds'] for r in rs):.0f} |")
@@ -150,9 +195,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--also", type=Path, action="append", default=[], help="with --summary: more results files")
     ap.add_argument("--summary", action="store_true")
+    ap.add_argument("--rejudge", action="store_true", help="today's final verdict on the claims saved in --save")
     args = ap.parse_args()
     if args.summary:
         summary([args.out, *args.also])
+    elif args.rejudge:
+        rejudge(args)
     else:
         run(args)
 

@@ -109,12 +109,13 @@ def test_library_and_cli_write_the_same_pixels_and_verdicts(tmp_path, tiny_data,
     m = cli_file["metrics"]
     assert (m["robust"], m["checked"], m["final"], m["delta"], m["passes"]) == (im.robust, im.checked, im.final,
                                                                                 im.delta, im.passes)
-    assert "robust = final verdict final (apgd-ce-100 + apgd-t-100)" in r.stderr
+    assert "robust = final verdict final (3 × apgd-ce-100 + apgd-t-100) on the file's pixels" in r.stderr
 
 
 def test_for_model_rules(tiny_model):
     cfg = RobustifyConfig.for_model(tiny_model, eps=0.05)
     assert cfg.eps == 0.05 and cfg.final == Final()
+    assert RobustifyConfig.for_model(tiny_model, final=None, max_delta=None).final is None  # None is a value here
     with pytest.raises(TypeError, match="no_such_field"):
         RobustifyConfig.for_model(tiny_model, no_such_field=1)
     with pytest.raises(ValueError, match="check"):

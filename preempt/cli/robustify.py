@@ -230,6 +230,7 @@ def _config(clf, check: str | None, given: dict, init: str, **kw):
     from ..algorithms.robustify import RobustifyConfig
 
     try:
+        given = {k: v for k, v in given.items() if v is not None}  # a flag not given: the card's, else the default
         return RobustifyConfig.for_model(clf, check=check, check_steps=kw.pop("check_steps"), init=init, **given, **kw)
     except ValueError as e:
         fail(str(e), EXIT_USAGE, e)

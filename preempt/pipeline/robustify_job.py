@@ -95,7 +95,8 @@ def _names(src: Path, root: Path, out_dir: Path, dst: Path, fmt: str) -> list[Pa
 def _record(model: Model | Sequence[Model], cfg: RobustifyConfig) -> dict:
     """The settings an output's "robust" is for (written into it, compared on a rerun)."""
     return {"model": model_name(model), "norm": cfg.norm, "delta": cfg.delta, "eps": cfg.eps, "survive": cfg.survive,
-            "max_delta": cfg.max_delta, "check_resolution": cfg.check_at()}
+            "max_delta": cfg.max_delta, "check_resolution": cfg.check_at(),
+            "final": cfg.final.describe() if cfg.final is not None else None}
 
 
 def model_name(model: Model | Sequence[Model]) -> str:
@@ -165,7 +166,7 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model: Mod
     are listed, ``on_step(files, k, steps, verified)`` after each outer step of a batch (for a
     progress bar).  ``shard``: only this share's batches (:mod:`preempt.pipeline.shard`); results are in
     input order."""
-    cfg = config or RobustifyConfig()
+    cfg = config or RobustifyConfig.for_model(model)
     if isinstance(model, (list, tuple)):
         model = model[0] if len(model) == 1 else list(model)
         if isinstance(model, list) and fmt == "jpeg":
@@ -269,9 +270,11 @@ class _Writer:
         y1 = torch.tensor([info.label], device=xs.device)
         gen = torch.Generator(device=self.device).manual_seed(batch_seed(self.cfg.seed + 1, [meta["source"]]))
         # one model: robustify_files refuses --format jpeg with several (the decoded JPEG is judged by one)
-        ok, p, det = judge(_first(self.model), xs[None], y1, self.cfg, generator=gen)
+        final: dict = {}
+        ok, p, det = judge(_first(self.model), xs[None], y1, self.cfg, generator=gen, details=final)
         moved = change(xs[None], x_o[None])
-        metrics = {**metrics, "passes": metrics["passes"] + int(p), "robust_before_encoding": info.robust,
+        metrics = {**metrics, **final, "seconds": metrics["seconds"] + final.get("final_seconds", 0.0),
+                   "passes": metrics["passes"] + int(p), "robust_before_encoding": info.robust,
                    "uploads": det[0], "quality": q_used, **{k: float(v[0]) for k, v in moved.items()},
                    "within_budget": within}
         status: Status = "over-budget" if not within else ("robust" if bool(ok[0]) else "not-robust")

@@ -39,6 +39,9 @@ from . import upload
 
 APGD_STARTS = 2  # the strong check's runs of APGD-CE and APGD-T: one more than verify's default suite
 STRONG_LOSS = "+".join(["ce"] + ["apgd-ce", "apgd-t"] * APGD_STARTS)
+# The final verdict's APGD-CE starts: with one start (the reference AutoAttack's) a claim held by our APGD-CE fell to
+# the reference's (foolbox-imagenet_14_129 at 256 px: 7 of 12 seeds of APGD-CE broke it); stronger than the judge.
+FINAL_CE_STARTS = 3
 CHECK_STAGES = ("ce", "dlr", "apgd-ce", "apgd-t")  # stages whose parameters the check sets (see Check)
 
 
@@ -220,8 +223,9 @@ CHECKS: dict[str, Check] = _named(
     Check("pgd", "ce", "PGD-STEPS (step ε/4, random start), --restarts times", tunable=("steps", "restarts", "step_size")),
     Check("thorough", "ce+apgd-ce+apgd-t", "PGD-20 twice, then APGD-CE and APGD-T on 9 targets at 100 iterations",
           restarts=2, apgd_steps=100, apgd_targets=9),
-    Check("final", "apgd-ce+apgd-t", "APGD-CE, then APGD-T on 9 targets, 100 iterations each (the reference "
-          "AutoAttack's gradient attacks): robustify's final verdict", apgd_steps=100, apgd_targets=9),
+    Check("final", "+".join(["apgd-ce"] * FINAL_CE_STARTS + ["apgd-t"]), f"APGD-CE from {FINAL_CE_STARTS} random starts, "
+          "then APGD-T on 9 targets, 100 iterations each (the reference AutoAttack's gradient attacks, APGD-CE from more "
+          "starts): robustify's final verdict", apgd_steps=100, apgd_targets=9),
     Check("quick", "pgd-20+apgd-ce", "PGD-20, APGD-CE"),
     Check("standard", "apgd-ce+apgd-t+fab-t+square", "APGD-CE, APGD-T, FAB-T, Square (AutoAttack's standard version)"),
     Check("rand", "apgd-ce-eot+apgd-dlr-eot", "APGD-CE and APGD-DLR with EOT over 20 draws (randomized models)"),

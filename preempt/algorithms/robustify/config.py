@@ -157,7 +157,6 @@ class RobustifyConfig:
         from ...models.card import budgets
 
         first: Model = model[0] if isinstance(model, (list, tuple)) else model  # type: ignore[assignment]
-        given = {k: v for k, v in given.items() if v is not None}
         unknown = sorted(set(given) - {f.name for f in fields(cls)})
         if unknown:
             raise TypeError(f"unknown RobustifyConfig field(s): {', '.join(unknown)}")

@@ -143,15 +143,22 @@ def _merge_rerun(res: RobustifyResult, left: torch.Tensor, sub: RobustifyResult)
 
 
 def judge(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfig,
-          generator: torch.Generator | None = None, seed: int | None = None) -> tuple[torch.Tensor, int, list[dict]]:
+          generator: torch.Generator | None = None, seed: int | None = None,
+          details: dict | None = None) -> tuple[torch.Tensor, int, list[dict]]:
     """robustify's verdict on images as written (e.g. decoded from a JPEG): ``cfg.check`` where verify
     attacks, then each ``survive`` transform through the real codec, then the final verdict (``cfg.final``,
     seeded from ``seed``, default ``cfg.seed``) on what passed.
-    Returns (robust, passes, per-image upload outcomes)."""
+    Returns (robust, passes, per-image upload outcomes); ``details``, for one image, gets what an
+    :class:`ImageResult` says of it: ``checked``, ``final`` and ``final_seconds``."""
     v = cfg.check.judge(model, x, y, cfg.eps_ball(), generator=generator, resolution=cfg.check_at(), chains=cfg.chains(),
                         correct=torch.ones(len(x), dtype=torch.bool, device=x.device))
     robust, passes = v.robust, v.total_passes
+    checked = bool(robust[0]) if len(robust) == 1 else None
+    if details is not None and checked is not None:
+        details.update(checked=checked, final="", final_seconds=0.0)
     if cfg.final is not None and robust.any():
         fv = final_verdict(cfg.final, [model], [y], x, cfg.eps_ball(), cfg.seed if seed is None else seed, on=robust)
         robust, passes = fv.robust, passes + int(fv.passes.sum())
+        if details is not None and checked:
+            details.update(final="held" if bool(robust[0]) else str(fv.broken_by[0]), final_seconds=fv.seconds)
     return robust, passes, v.uploads

@@ -124,6 +124,9 @@ class _Joint:
             self.probs.append(Problem(m, x_o, cfg, r, work if len(models) == 1 else None,
                                        least_change=cfg.least_change and len(models) == 1))
             self.ys.append((m.predict(x_o) if y is None or i > 0 else y).to(x_o.device))
+        lims = [p.lim for p in self.probs if p.lim is not None]
+        if len(lims) > 1:  # one variable for every model: δ wherever any of them looks (the largest share)
+            self.probs[0].lim = torch.stack(lims).amax(0)
         self.advs = [_adversaries(p, cfg, gen) for p in self.probs]
 
     def start(self, init: str, gen: torch.Generator) -> torch.Tensor:
