@@ -161,7 +161,7 @@ def _table(rows: list[dict], key) -> None:
     for r in rows:
         groups.setdefault(key(r), []).append(r)
     print("| variant | photos | precision | n | checked | final held | claimed | AA held the claim | today's final held "
-          "| robust (δ ≤ 16/255) | median PSNR (robust) | median passes | median s |")
+          "| robust (δ ≤ 16/255) | median PSNR (claimed) | median passes | median s |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (var, folder, prec), rs in sorted(groups.items()):
         n = len(rs)
