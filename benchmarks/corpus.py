@@ -87,16 +87,22 @@ def small(out: Path, size: int) -> int:
     so the file's ε-ball *is* the model-input ball on the centre crop (no averaging downsample shields the photo).
     Returns the number of photos written."""
     n = 0
+    for f, dst in _halves(out, str(size)):
+        with Image.open(f) as im:
+            w, h = im.size
+            s = size / min(w, h)
+            im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.LANCZOS).save(dst / f.name)
+        n += 1
+    return n
+
+
+def _halves(out: Path, tag: str) -> Iterator[tuple[Path, Path]]:
+    """(photo, folder its variants go to) for every photo of ``out``/dev and ``out``/test: ``out``/dev-TAG, …"""
     for half in ("dev", "test"):
-        dst = out / f"{half}-{size}"
+        dst = out / f"{half}-{tag}"
         dst.mkdir(parents=True, exist_ok=True)
         for f in sorted((out / half).glob("*.png")):
-            with Image.open(f) as im:
-                w, h = im.size
-                s = size / min(w, h)
-                im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.Resampling.LANCZOS).save(dst / f.name)
-            n += 1
-    return n
+            yield f, dst
 
 
 def scenes(out: Path, size: int = 256, min_side: int = 2 * 256) -> int:
@@ -104,18 +110,15 @@ def scenes(out: Path, size: int = 256, min_side: int = 2 * 256) -> int:
     ``min_side``: scenes at the model's own size whose label the model is often unsure of (a patch of sky, water,
     texture), into ``out``/dev-scenes and ``out``/test-scenes; a crop keeps its photo's split.  Returns their number."""
     n = 0
-    for half in ("dev", "test"):
-        dst = out / f"{half}-scenes"
-        dst.mkdir(parents=True, exist_ok=True)
-        for f in sorted((out / half).glob("*.png")):
-            with Image.open(f) as im:
-                w, h = im.size
-                if min(w, h) < min_side:
-                    continue
-                for top in range(0, h - size + 1, size):
-                    for left in range(0, w - size + 1, size):
-                        im.crop((left, top, left + size, top + size)).save(dst / f"{f.stem}-crop{top}x{left}.png")
-                        n += 1
+    for f, dst in _halves(out, "scenes"):
+        with Image.open(f) as im:
+            w, h = im.size
+            if min(w, h) < min_side:
+                continue
+            for top in range(0, h - size + 1, size):
+                for left in range(0, w - size + 1, size):
+                    im.crop((left, top, left + size, top + size)).save(dst / f"{f.stem}-crop{top}x{left}.png")
+                    n += 1
     return n
 
 

@@ -75,10 +75,7 @@ def final_verdict(final: Final, models: Sequence[Model], ys: Sequence[torch.Tens
     left robust).  Runs on a generator of its own, seeded ``final_seed(seed)``."""
     t0 = time.perf_counter()
     n = len(photos)
-    robust = torch.zeros(n, dtype=torch.bool, device=photos.device) if on is not None else \
-        torch.ones(n, dtype=torch.bool, device=photos.device)
-    if on is not None:
-        robust[on] = True
+    robust = on.clone() if on is not None else torch.ones(n, dtype=torch.bool, device=photos.device)
     broken: list[str | None] = [None] * n
     passes = torch.zeros(n, dtype=torch.long)
     gen = torch.Generator(device=photos.device).manual_seed(final_seed(seed))
