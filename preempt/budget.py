@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from .errors import UsageError
+
 
 def parse_budget(text: str | float | int) -> float:
     """``"1/255"`` → 0.00392…, ``"0.1"`` → 0.1; ValueError (one line) for anything else."""
@@ -19,11 +21,11 @@ def parse_budget(text: str | float | int) -> float:
         try:
             value = float(num) / float(den) if sep else float(s)
         except ZeroDivisionError:
-            raise ValueError(f"{s!r}: the denominator is 0") from None
+            raise UsageError(f"{s!r}: the denominator is 0") from None
         except ValueError:
-            raise ValueError(f"{s!r} is not a budget: write a number (0.1) or a fraction (4/255)") from None
+            raise UsageError(f"{s!r} is not a budget: write a number (0.1) or a fraction (4/255)") from None
     if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{text!r}: a budget must be a finite number >= 0")
+        raise UsageError(f"{text!r}: a budget must be a finite number >= 0")
     return value
 
 

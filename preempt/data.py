@@ -17,12 +17,14 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from .errors import PreemptError
+
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                          "Sneaker", "Bag", "Ankle boot"]
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 
 
-class DataError(Exception):
+class DataError(PreemptError):
     pass
 
 

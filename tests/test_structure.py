@@ -247,7 +247,7 @@ def test_the_layout_rules_hold():
 
 
 # Layers, bottom first: a module may import its own package and anything in a lower layer, never above.
-LAYERS = {"models": 0, "data": 0, "budget": 0, "version": 0, "vocab": 0, "core": 1, "attacks": 2, "verdict": 3, "algorithms": 4,
+LAYERS = {"errors": -1, "models": 0, "data": 0, "budget": 0, "version": 0, "vocab": 0, "core": 1, "attacks": 2, "verdict": 3, "algorithms": 4,
           "defenses": 4, "train": 5, "pipeline": 5, "bench": 6, "cli": 7, "": 8, "__main__": 8}
 
 
@@ -375,41 +375,6 @@ def _literal_values(tp) -> list:
             out += _literal_values(t)
     return out
 
-
-def test_robustify_cli_defaults_are_the_configs():
-    """A flag named like a RobustifyConfig field defaults to that field's default (or None: the card decides)."""
-    import inspect
-    from dataclasses import fields
-
-    from preempt import RobustifyConfig
-    from preempt.cli.robustify import robustify_cmd
-
-    cfg = {f.name: f.default for f in fields(RobustifyConfig)}
-    cfg["check_steps"] = RobustifyConfig.check.steps  # --check-steps sets the check's PGD steps
-    shared = []
-    for name, p in inspect.signature(robustify_cmd).parameters.items():
-        default = getattr(p.default, "default", p.default)  # a typer.Option holds its default
-        if name in cfg and default is not None:
-            shared.append(name)
-            assert default == cfg[name], (name, default, cfg[name])
-    assert {"steps", "check_steps", "settle", "retry", "init", "goal", "resolution", "seed"} <= set(shared), shared
-
-
-def test_train_cli_defaults_are_the_configs():
-    import inspect
-    from dataclasses import fields
-
-    from preempt.cli.train import train_cmd
-    from preempt.train import TrainConfig
-
-    cfg = {f.name: f.default for f in fields(TrainConfig)}
-    shared = []
-    for name, p in inspect.signature(train_cmd).parameters.items():
-        default = getattr(p.default, "default", p.default)
-        if name in cfg and default is not None and name != "device":  # the CLI's device is auto, the library's cpu
-            shared.append(name)
-            assert default == cfg[name], (name, default, cfg[name])
-    assert len(shared) >= 20, shared
 
 
 def test_a_check_sets_how_many_apgd_t_targets_run_at_once():

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from ..core.threat import ThreatModel
+from ..errors import UsageError
 from ..models.protocol import Logits
 from . import losses
 from .base import AttackResult, Survivors, ranked_targets
@@ -178,7 +179,7 @@ def apgd_targeted(model: Logits, x: torch.Tensor, y: torch.Tensor, *, threat: Th
     (the reference's) or ``linear`` (:func:`linear_order`, one more pass per target; on the photos
     robustify's check broke with APGD-T, 1.76× fewer passes to the break: benchmarks/results/target-order.md)."""
     if order not in ORDERS:
-        raise ValueError(f"APGD-T order {order!r}: choose {', '.join(ORDERS)}")
+        raise UsageError(f"APGD-T order {order!r}: choose {', '.join(ORDERS)}")
     x = x.detach()
     with torch.no_grad():
         z = model(x)

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ..errors import UsageError
 from ..models.wrapping import Wrapped
 
 Preprocess = Callable[[torch.Tensor], torch.Tensor]
@@ -40,7 +41,7 @@ class _Bpda(torch.autograd.Function):
         with torch.no_grad():
             out = fn(x.detach())
         if out.shape != x.shape and approx is None:
-            raise ValueError(f"BPDA with an identity backward needs g(x) shaped like x: {tuple(out.shape)} vs {tuple(x.shape)}")
+            raise UsageError(f"BPDA with an identity backward needs g(x) shaped like x: {tuple(out.shape)} vs {tuple(x.shape)}")
         return out.detach()
 
     @staticmethod
@@ -66,7 +67,7 @@ class BPDA(Wrapped):
     def __init__(self, model: Any, preprocess: Preprocess, *, approx: Preprocess | None = None, eot: int = 1) -> None:
         super().__init__(model)
         if eot < 1:
-            raise ValueError(f"eot must be >= 1, got {eot}")
+            raise UsageError(f"eot must be >= 1, got {eot}")
         self.preprocess, self.approx, self.eot = preprocess, approx, eot
 
     @property

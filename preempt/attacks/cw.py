@@ -32,6 +32,7 @@ from collections.abc import Callable
 import torch
 
 from ..core.threat import ThreatModel
+from ..errors import UsageError
 from ..models.protocol import Logits
 from .base import AttackResult
 
@@ -53,7 +54,7 @@ def cw_l2(model: Logits, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatMode
     deterministic) and taken for the common attack signature."""
     del generator
     if threat is not None and threat.norm != "linf":
-        raise ValueError(f"cw_l2 confines x′ to an ℓ∞ box only, got {threat}")
+        raise UsageError(f"cw_l2 confines x′ to an ℓ∞ box only, got {threat}")
     x, n = x.detach(), len(x)
     dev = x.device
     lo = (x - threat.eps).clamp(0, 1) if threat is not None else torch.zeros_like(x)

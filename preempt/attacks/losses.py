@@ -6,6 +6,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ..errors import UsageError
+
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -45,4 +47,4 @@ def get(name_or_fn: str | Loss) -> Loss:
     try:
         return LOSSES[name_or_fn]
     except KeyError:
-        raise ValueError(f"unknown loss {name_or_fn!r}; choose from {sorted(LOSSES)}") from None
+        raise UsageError(f"unknown loss {name_or_fn!r}; choose from {sorted(LOSSES)}") from None

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from ..core.threat import ThreatModel
+from ..errors import UsageError
 from ..models.protocol import Logits
 from . import losses
 from .base import AttackResult
@@ -120,7 +121,7 @@ def pgd_unrolled(model: Logits, x: torch.Tensor, y: torch.Tensor, *, threat: Thr
         graph = "diag" if threat.separable and not create_graph else "full"
     if graph == "diag":
         if not threat.separable or create_graph:
-            raise ValueError("graph='diag' is exact only for first-order ℓ∞ PGD")
+            raise UsageError("graph='diag' is exact only for first-order ℓ∞ PGD")
         return _unrolled_linf_diag(model, x, y, threat, steps, alpha, random_start, loss_fn, generator)
     x_t = threat.random_start(x, generator=generator) if random_start and threat.eps > 0 else x
     passes = 0

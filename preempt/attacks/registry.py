@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ..core.threat import ThreatModel
+from ..errors import UsageError
 from ..models.protocol import Model
 from .adaptive_attack import adaptive
 from .auto_pgd import apgd, apgd_targeted
@@ -54,7 +55,7 @@ def register(name: str, fn: Callable[..., AttackResult], *, help: str, gradients
              **defaults: Any) -> Attack:
     """Register ``fn`` under ``name`` with keyword defaults; returns the entry."""
     if name in ATTACKS:
-        raise ValueError(f"attack {name!r} is registered already")
+        raise UsageError(f"attack {name!r} is registered already")
     ATTACKS[name] = Attack(name, fn, help, dict(defaults), gradients)
     return ATTACKS[name]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UsageError
 from ..models.protocol import Model
 from .auto_pgd import apgd
 from .base import AttackResult
@@ -23,6 +24,6 @@ def transfer(model: Model, x: torch.Tensor, y: torch.Tensor, *, threat, surrogat
     elif attack == "apgd-ce":
         r = apgd(surrogate, x, y, threat=threat, generator=generator)
     else:
-        raise ValueError(f"unknown transfer attack {attack!r}")
+        raise UsageError(f"unknown transfer attack {attack!r}")
     fooled = model.predict(r.x_adv) != y
     return AttackResult(r.x_adv, fooled, r.passes + len(x), {"attack": f"transfer-{attack}", "threat": str(threat)})

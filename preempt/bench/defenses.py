@@ -54,6 +54,7 @@ from ..attacks import adaptive, apgd, apgd_targeted, pgd
 from ..attacks.base import Survivors
 from ..attacks.bpda import BPDA
 from ..core.threat import ThreatModel, threat_model
+from ..errors import UsageError
 from ..models import load_model
 from ..models.protocol import Model
 
@@ -100,6 +101,11 @@ class BenchConfig:
     cw_binary_steps: int = 5
     cw_n: int | None = None        # unbounded CW on the first N images only (None: all n)
     norm: str = "linf"             # linf | l2 (the rows of NO_L2 have no ℓ2 meaning)
+
+    @classmethod
+    def for_norm(cls, norm: str, *, eps: float | None = None, **kw: Any) -> BenchConfig:
+        """The settings for ``norm``: ε defaults to the paper's 0.1 for ℓ∞ and 1.5 for ℓ2."""
+        return cls(norm=norm, eps=eps if eps is not None else (1.5 if norm == "l2" else 0.1), **kw)
 
 
 @dataclass
@@ -442,14 +448,14 @@ def run(rows: list[str] | None = None, *, out: str | Path = "defenses", config: 
 
     cfg = config or BenchConfig()
     if cfg.norm not in ("linf", "l2"):
-        raise ValueError(f"norm {cfg.norm!r}: choose linf or l2")
+        raise UsageError(f"norm {cfg.norm!r}: choose linf or l2")
     rows = rows or rows_for(cfg.norm)
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
-        raise ValueError(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
+        raise UsageError(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
     meaningless = [r for r in rows if r not in rows_for(cfg.norm)]
     if meaningless:
-        raise ValueError("; ".join(f"row {r} has no ℓ2 version: {NO_L2[r]}" for r in meaningless))
+        raise UsageError("; ".join(f"row {r} has no ℓ2 version: {NO_L2[r]}" for r in meaningless))
     out = Path(out)
     js = out.with_suffix(".json")
     doc: dict[str, Any] = json.loads(js.read_text()) if js.exists() else {}

@@ -9,7 +9,8 @@ import sys
 
 import typer
 
-from .common import EXIT_ERROR, EXIT_OK, EXIT_USAGE, report_error, state
+from ..errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE
+from .common import mapped, report_error, state
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Preemptive robustification of photos against adversarial man-in-the-middle attacks.")
@@ -39,12 +40,12 @@ from . import train as _train  # noqa: E402
 from . import verify as _verify  # noqa: E402
 from .bench import bench_app  # noqa: E402
 
-app.command("robustify")(_robustify.robustify_cmd)
-app.command("verify")(_verify.verify_cmd)
-app.command("models")(_models.models_cmd)
-app.command("train")(_train.train_cmd)
-app.command("export")(_export.export_cmd)
-app.command("merge")(_merge.merge_cmd)
+app.command("robustify")(mapped(_robustify.robustify_cmd))
+app.command("verify")(mapped(_verify.verify_cmd))
+app.command("models")(mapped(_models.models_cmd))
+app.command("train")(mapped(_train.train_cmd))
+app.command("export")(mapped(_export.export_cmd))
+app.command("merge")(mapped(_merge.merge_cmd))
 app.add_typer(bench_app, name="bench")
 
 

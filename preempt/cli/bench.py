@@ -5,13 +5,15 @@ from pathlib import Path
 
 import typer
 
+from ..errors import PreemptError, UsageError
 from ..vocab import Norm
-from .common import EXIT_USAGE, budget_option, err_console, fail, print_json
+from .common import budget_option, err_console, mapped, print_json
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that ship with preempt (results as Markdown, JSON, PNG).")
 
 
 @bench_app.command("defenses")
+@mapped
 def defenses_cmd(
     n: int = typer.Option(1000, min=1, help="Fashion-MNIST test images (the first N)."),
     norm: Norm = typer.Option("linf", help="linf | l2 (rows with no ℓ2 version are left out and the report says why)."),
@@ -32,29 +34,22 @@ def defenses_cmd(
     stored in PREFIX.json with the same models and settings are kept."""
     import torch
 
-    from ..bench.defenses import NO_L2, ROWS, BenchConfig, Row, run
-    from ..data import DataError
-    from ..models import ModelError
+    from ..bench.defenses import BenchConfig, Row, run
 
     if threads:
         torch.set_num_threads(threads)
     picked = [r.strip() for r in rows.split(",") if r.strip()] if rows else None
-    bad = [r for r in picked or [] if r not in ROWS]
-    if bad:
-        fail(f"--rows: unknown {', '.join(bad)}; choose from {', '.join(ROWS)}", EXIT_USAGE)
-    if norm == "l2" and any(r in NO_L2 for r in picked or []):
-        fail("--rows: " + "; ".join(f"{r} has no ℓ2 version ({NO_L2[r]})" for r in picked or [] if r in NO_L2), EXIT_USAGE)
 
     def show(row: Row) -> None:
         adv = "not evaluated" if row.adaptive is None else f"{100 * row.adaptive:.1f}%"
         err_console.print(f"{row.name}: clean {100 * row.clean:.1f}%  non-adaptive {100 * row.non_adaptive:.1f}%  "
                           f"adaptive {adv}  ({row.seconds:.0f} s)", highlight=False)
 
-    try:
-        doc = run(picked, out=out, config=BenchConfig(n=n, eps=eps if eps is not None else (1.5 if norm == "l2" else 0.1),
-                                                     seed=seed, norm=norm), data=data, force=force, on_row=show)
-    except (DataError, ModelError, OSError, ValueError) as e:
-        fail(str(e), exc=e)
+    try:  # the rows are checked by run(): a UsageError names the bad one
+        doc = run(picked, out=out, config=BenchConfig.for_norm(norm, n=n, eps=eps, seed=seed), data=data, force=force,
+                  on_row=show)
+    except OSError as e:
+        raise PreemptError(f"{out}: {e}") from e
     err_console.print(f"wrote {out.with_suffix('.md')}, {out.with_suffix('.json')}"
                       + (f", {out.with_suffix('.png')}" if out.with_suffix(".png").exists() else ""))
     if json_out:
@@ -62,6 +57,7 @@ def defenses_cmd(
 
 
 @bench_app.command("tradeoff")
+@mapped
 def tradeoff_cmd(
     dims: str = typer.Option("50,100,400,1600", help="Numbers of weak features d, comma-separated (ε = 2η < 1 needs d > 36)."),
     n: int = typer.Option(20_000, min=100, help="Samples per d."),
@@ -82,7 +78,7 @@ def tradeoff_cmd(
         if not ds or min(ds) < 1:
             raise ValueError
     except ValueError:
-        fail(f"--dims {dims}: give whole numbers >= 1 separated by commas", EXIT_USAGE)
+        raise UsageError(f"--dims {dims}: give whole numbers >= 1 separated by commas") from None
     rows = tradeoff(ds, n=n, p=p, seed=seed)
     table = markdown(rows)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """Helpers shared by the commands: consoles, devices, error lines."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -13,9 +14,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ..errors import EXIT_ERROR, EXIT_NOT_ROBUST, EXIT_OK, PreemptError, UsageError
 from ..models.protocol import Model
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_ROBUST = 0, 1, 2, 3
 # outside a terminal (a log file, a pipe) tables are not cut to 80 columns
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 out_console = Console(width=None if sys.stdout.isatty() else 200)
@@ -30,12 +31,20 @@ class _State:
 state = _State()
 
 
-def fail(message: str, code: int = EXIT_ERROR, exc: BaseException | None = None) -> NoReturn:
-    """Print one line (a traceback too with --debug) and exit."""
-    if state.debug and exc is not None:
-        traceback.print_exception(exc, file=sys.stderr)
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+def mapped(command):
+    """The one place an error becomes what a person sees: a :class:`~preempt.errors.PreemptError` (raised by the
+    library or by a command) prints one line, a traceback too with --debug, and exits with its ``exit_code``.
+    Every command is registered through it (``preempt.cli.app``)."""
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except PreemptError as e:
+            if state.debug:
+                traceback.print_exception(e, file=sys.stderr)
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+    return run
 
 
 def report_error(message: str, exc: BaseException | None = None, console: Console | None = None) -> None:
@@ -53,20 +62,17 @@ def pick_device(device: str) -> str:
     if device == "auto":
         return local_device("cuda") if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda: no CUDA device is available", EXIT_USAGE)
+        raise UsageError("--device cuda: no CUDA device is available")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        fail(f"--device {device}: choose auto, cpu or cuda", EXIT_USAGE)
+        raise UsageError(f"--device {device}: choose auto, cpu or cuda")
     return local_device(device)
 
 
-def shard_or_fail(text: str | None):
+def resolve_shard(text: str | None):
     """--shard K/N, else torchrun's RANK/WORLD_SIZE, else None (all the photos)."""
     from ..pipeline.shard import resolve
 
-    try:
-        return resolve(text)
-    except ValueError as e:
-        fail(str(e), EXIT_USAGE, e)
+    return resolve(text)  # a UsageError names the bad --shard
 
 
 EXIT_INTERRUPTED = 130
@@ -99,7 +105,7 @@ def save_json(path: Path | None, doc: dict, shard=None) -> None:
     try:
         write_atomic(target, dumps(doc).encode())
     except PhotoError as e:
-        fail(f"{target}: cannot write the JSON ({e})", EXIT_ERROR, e)
+        raise PreemptError(f"{target}: cannot write the JSON ({e})") from e
     err_console.print(f"JSON written to {target}", highlight=False)
 
 
@@ -164,7 +170,7 @@ class ModelSpec:
             try:
                 return [float(a) for a in v.split(",")]
             except ValueError:
-                fail(f"{opt} {v}: give numbers separated by commas", EXIT_USAGE)
+                raise UsageError(f"{opt} {v}: give numbers separated by commas") from None
 
         size: list[int] | None = None
         if self.input_size is not None:
@@ -174,25 +180,22 @@ class ModelSpec:
                 if len(size) != 2 or min(size) < 1:
                     raise ValueError
             except ValueError:
-                fail(f"--input-size {self.input_size}: give N or HxW, e.g. 224 or 224x224", EXIT_USAGE)
+                raise UsageError(f"--input-size {self.input_size}: give N or HxW, e.g. 224 or 224x224") from None
         return {"input_size": size, "policy": self.policy, "resize_size": self.resize_size,
                 "mean": floats("--mean", self.mean), "std": floats("--std", self.std),
                 "channels": int(self.channels) if self.channels is not None else None}
 
     def load(self, device: str):
-        from ..models import ModelError, load_model
+        from ..models import load_model
 
         if self.weights is not None and self.name is not None and Path(self.name).exists():
-            fail(f"--weights goes with --model torchvision:NAME or a bundled name; {self.name} carries its own weights",
-                 EXIT_USAGE)
-        try:
-            return load_model(self.name, weights=self.weights, card=self.card, preprocessing=self.preprocessing(),
-                              device=device)
-        except ModelError as e:
-            fail(str(e), EXIT_ERROR, e)
+            raise UsageError(f"--weights goes with --model torchvision:NAME or a bundled name; {self.name} carries its "
+                             "own weights")
+        return load_model(self.name, weights=self.weights, card=self.card, preprocessing=self.preprocessing(),
+                          device=device)  # a ModelError names the file and the cause
 
 
-def load_model_or_fail(name: str | None, device: str):
+def load_named(name: str | None, device: str):
     return ModelSpec(name).load(device)
 
 
@@ -224,10 +227,7 @@ def model_and_budgets(model: str | None | ModelSpec, device: str, norm: str | No
     clf = (model if isinstance(model, ModelSpec) else ModelSpec(model)).load(dev)
     from ..models.card import budgets
 
-    try:
-        norm, eps, delta = budgets(clf.card, norm, eps, delta)
-    except ValueError as e:
-        fail(str(e), EXIT_USAGE, e)
+    norm, eps, delta = budgets(clf.card, norm, eps, delta)
     return dev, clf, norm, eps, delta
 
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import typer
 
-from .common import EXIT_USAGE, err_console, fail, load_model_or_fail, print_json
+from ..errors import PreemptError, UsageError
+from .common import err_console, load_named, print_json
 
 
 def export_cmd(
@@ -14,20 +15,19 @@ def export_cmd(
     json_out: bool = typer.Option(False, "--json", help="The card as JSON on stdout."),
 ) -> None:
     """Export a model to ONNX and check that onnxruntime gives the same logits."""
-    from ..models import ModelError
     from ..models.onnx import export_onnx
 
     if onnx.suffix != ".onnx":
-        fail(f"--onnx {onnx}: the file name must end in .onnx", EXIT_USAGE)
-    clf = load_model_or_fail(model, "cpu")
+        raise UsageError(f"--onnx {onnx}: the file name must end in .onnx")
+    clf = load_named(model, "cpu")
     if not clf.differentiable:
-        fail(f"{clf.name} is already an ONNX model", EXIT_USAGE)
+        raise UsageError(f"{clf.name} is already an ONNX model")
     try:
         card = export_onnx(clf, onnx)
-    except (ModelError, OSError) as e:
-        fail(f"{onnx}: {e}", exc=e)
-    except Exception as e:
-        fail(f"{onnx}: export failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", exc=e)
+    except PreemptError as e:
+        raise PreemptError(f"{onnx}: {e}") from e
+    except Exception as e:  # torch.onnx's own errors: name the file and the first line
+        raise PreemptError(f"{onnx}: export failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
     err_console.print(f"wrote {onnx} (max |logit difference| vs torch "
                       f"{card['onnx_check']['max_abs_logit_difference']:.1e} on 16 probes)", highlight=False)
     if json_out:

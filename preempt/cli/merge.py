@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from .common import EXIT_ERROR, EXIT_NOT_ROBUST, EXIT_OK, EXIT_USAGE, err_console, fail, print_json, save_json
+from ..errors import EXIT_ERROR, EXIT_NOT_ROBUST, EXIT_OK, PreemptError
+from .common import err_console, print_json, save_json
 from .tables import summary_table, verify_table
 
 
@@ -16,7 +17,7 @@ def merge_cmd(
 ) -> None:
     """Merge the JSON of a job's shares into the document one run writes (rows in input order; verify's summary
     recomputed). Exit codes as the command merged: 0 all robust, 1 a file failed, 3 a photo not robust."""
-    from ..pipeline.merge import MergeError, kind, merge
+    from ..pipeline.merge import kind, merge
     from ..pipeline.results import FileResult
 
     docs = []
@@ -24,11 +25,8 @@ def merge_cmd(
         try:
             docs.append((str(f), json.loads(f.read_text())))
         except (OSError, ValueError) as e:
-            fail(f"{f}: cannot read it as JSON ({getattr(e, 'strerror', None) or e})", EXIT_ERROR, e)
-    try:
-        doc = merge(docs)
-    except MergeError as e:
-        fail(str(e), EXIT_USAGE, e)
+            raise PreemptError(f"{f}: cannot read it as JSON ({getattr(e, 'strerror', None) or e})") from e
+    doc = merge(docs)  # a MergeError (usage) says which shares do not belong together
     what = kind(doc)
     results = [FileResult.from_dict(r) for r in doc["images" if what == "verify" else "files"]]
     if what == "verify":

@@ -11,13 +11,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..algorithms.robustify import RobustifyConfig
+from ..errors import EXIT_ERROR, EXIT_NOT_ROBUST, EXIT_OK, UsageError
 from ..models.protocol import Model
 from ..vocab import BudgetMap, CheckPreset, Format, Goal, Init, InnerLoss, LoopPrecision, Norm, Resolution, Retry
 from .common import (
-    EXIT_ERROR,
-    EXIT_NOT_ROBUST,
-    EXIT_OK,
-    EXIT_USAGE,
     CardOpt,
     ChannelsOpt,
     InputSizeOpt,
@@ -32,14 +29,13 @@ from .common import (
     budget_option,
     colour_notice,
     err_console,
-    fail,
     interrupted_exit,
-    load_model_or_fail,
+    load_named,
     model_and_budgets,
     print_json,
     report_error,
+    resolve_shard,
     save_json,
-    shard_or_fail,
     share_exit,
     state,
 )
@@ -173,9 +169,9 @@ def robustify_cmd(
 
     try:
         parse(survive)
-    except ValueError as e:
-        fail(f"--survive: {e}", EXIT_USAGE, e)
-    share = shard_or_fail(shard)
+    except UsageError as e:
+        raise UsageError(f"--survive: {e}") from e
+    share = resolve_shard(shard)
     spec = ModelSpec(model[0] if model else None, weights, card, input_size, resize_policy, resize_size, mean, std, channels)
     dev, clf, norm, eps, delta = model_and_budgets(spec, device, norm, eps, delta)
     clf, others = _models(paths, clf, model, dev, sigma, noise_samples, seed, check_steps)
@@ -184,7 +180,7 @@ def robustify_cmd(
                                    loop_precision=loop_precision, least_change=least_change), init, norm=norm, delta=delta, eps=eps, steps=steps,
                   check_steps=check_steps, settle=settle, retry=retry, seed=seed, goal=goal, resolution=resolution,
                   survive=survive, budget_map=budget_map)
-    err_console.print(_header(share, [clf, *others], dev, cfg, cfg.check.name, check_steps, survive), highlight=False,
+    err_console.print(_header(share, [clf, *others], dev, cfg), highlight=False,
                       soft_wrap=True)  # one line, however long: logs are grepped
     done: list = []
     t0, interrupted = time.perf_counter(), False
@@ -202,13 +198,13 @@ def _models(paths: list[Path], clf, names: list[str] | None, dev: str, sigma: fl
     and a check without steps."""
     import torch
 
-    others = [load_model_or_fail(name, dev) for name in (names or [])[1:]]
+    others = [load_named(name, dev) for name in (names or [])[1:]]
     if not clf.differentiable:
-        fail(f"{clf.name}: an ONNX model has no gradients, so it cannot be robustified against; use the torch model it "
-             "was exported from (or its TorchScript/state_dict file) here, and the ONNX file with preempt verify",
-             EXIT_ERROR)
+        raise UsageError(f"{clf.name}: an ONNX model has no gradients, so it cannot be robustified against; use the "
+                         "torch model it was exported from (or its TorchScript/state_dict file) here, and the ONNX "
+                         "file with preempt verify")
     if check_steps < 1:
-        fail("--check-steps must be >= 1: robust means a check found no attack", EXIT_USAGE)
+        raise UsageError("--check-steps must be >= 1: robust means a check found no attack")
     colour_notice(paths, clf, given=bool(names))
     for p in paths:
         if not p.exists():
@@ -217,11 +213,11 @@ def _models(paths: list[Path], clf, names: list[str] | None, dev: str, sigma: fl
         from ..defenses.smoothing import Smoothed
 
         if others:
-            fail("--smoothing-sigma smooths one model; robustify for several models without it", EXIT_USAGE)
+            raise UsageError("--smoothing-sigma smooths one model; robustify for several models without it")
         try:
             clf = Smoothed(clf, sigma, noise_samples, generator=torch.Generator(device=dev).manual_seed(seed))
-        except ValueError as e:
-            fail(f"--smoothing-sigma / --noise-samples: {e}", EXIT_USAGE, e)
+        except UsageError as e:
+            raise UsageError(f"--smoothing-sigma / --noise-samples: {e}") from e
     return clf, others
 
 
@@ -229,11 +225,8 @@ def _config(clf, check: str | None, given: dict, init: str, **kw):
     """The RobustifyConfig, resolved by the library (:meth:`RobustifyConfig.for_model`): the card, then the flags."""
     from ..algorithms.robustify import RobustifyConfig
 
-    try:
-        given = {k: v for k, v in given.items() if v is not None}  # a flag not given: the card's, else the default
-        return RobustifyConfig.for_model(clf, check=check, check_steps=kw.pop("check_steps"), init=init, **given, **kw)
-    except ValueError as e:
-        fail(str(e), EXIT_USAGE, e)
+    given = {k: v for k, v in given.items() if v is not None}  # a flag not given: the card's, else the default
+    return RobustifyConfig.for_model(clf, check=check, check_steps=kw.pop("check_steps"), init=init, **given, **kw)
 
 
 def _finish(paths: list[Path], out: Path, models: list, dev: str, cfg, done: list, share, json_out: bool,
@@ -259,45 +252,17 @@ def _finish(paths: list[Path], out: Path, models: list, dev: str, cfg, done: lis
     raise typer.Exit(share_exit(code, share))
 
 
-def _apgd_t_note(check) -> str:
-    """What the header says of the check's APGD-T where it differs from the preset's: targets, their order."""
-    n = check.apgd_targets not in (None, 3)
-    if not n and check.apgd_order == "logits":
-        return ""
-    return (f" ({check.apgd_targets} " if n else " (") + "APGD-T targets" + \
-        (" by first-order margin)" if check.apgd_order == "linear" else ")")
-
-
-def _header(share, models: list, dev: str, cfg, check: str, check_steps: int, survive: str | None) -> str:
-    """The one line robustify starts with: model, device, budgets, the loop, the check."""
-    from ..algorithms.robustify import precision_used
-    from ..budget import format_budget
+def _header(share, models: list, dev: str, cfg) -> str:
+    """The one line robustify starts with: the share, the models and device, then the config's own description."""
     from ..pipeline.robustify_job import model_name
 
-    return ((f"share {share}: " if share else "") + f"model {model_name(models)} on {dev}; {cfg.norm} "
-            f"δ={format_budget(cfg.delta)} ε={format_budget(cfg.eps)}; "
-            f"≤{cfg.steps} outer × {cfg.inner_steps} inner steps, check {check}" + (f" (PGD-{check_steps})" if check_steps != 20 else "")
-            + _apgd_t_note(cfg.check)
-            + (f" at {cfg.check_at()} resolution" if cfg.check_resolution else "")
-            + f", goal {cfg.goal}"
-            + (f", settle {cfg.settle}" if cfg.settle else "")
-            + (f", inner loss {cfg.inner_loss}" if cfg.inner_loss != "ce" else "")
-            + (f" ({cfg.inner_targets} targets)" if cfg.inner_loss == "margin-mt" else "")
-            + (f" in {precision_used(cfg, dev)}" if cfg.inner_loss == "margin-mt" else "")
-            + (", least change" if cfg.least_change else "")
-            + (f", δ map {cfg.budget_map}" if cfg.budget_map != "uniform" else "")
-            + (f", δ up to {format_budget(cfg.max_delta)}" if cfg.max_delta is not None else "")
-            + (f" (next δ after {cfg.give_up} steps without a failed attack)" if cfg.give_up and cfg.max_delta is not None else "")
-            + (f", give up after {cfg.give_up} steps without a failed attack" if cfg.give_up and cfg.max_delta is None else "")
-            + (f", retry {cfg.retry}" if cfg.retry != "none" else "")
-            + (f"; surviving {survive}" if survive else "")
-            + (f"; robust = {cfg.final.describe()}" if cfg.final is not None else "; robust = the check alone"))
+    return (f"share {share}: " if share else "") + f"model {model_name(models)} on {dev}; " + cfg.describe(dev)
 
 
 def _run(paths: list[Path], out: Path, model: Model | Sequence[Model], cfg, done: list, **kw) -> None:
     """robustify_files under a progress bar that moves within a batch (outer steps); each result is appended to
     ``done`` as it is written, so an interrupted run still knows what it finished."""
-    from ..pipeline import NoImages, robustify_files
+    from ..pipeline import robustify_files
 
     with Progress(TextColumn("[bold]robustify"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
                   TimeElapsedColumn(), console=err_console) as bar:
@@ -317,10 +282,5 @@ def _run(paths: list[Path], out: Path, model: Model | Sequence[Model], cfg, done
             bar.update(task, completed=len(done) + len(files) * min(k, steps) / max(steps, 1),
                        last=f"{what}: step {k}/{steps}, {verified} verified")
 
-        try:
-            robustify_files([p for p in paths if p.exists()], out, model, config=cfg, on_file=on_file,
-                            on_plan=lambda n: bar.update(task, total=n), on_step=on_step, **kw)
-        except NoImages as e:
-            fail(str(e), EXIT_ERROR, e)
-        except ValueError as e:
-            fail(str(e), EXIT_USAGE, e)
+        robustify_files([p for p in paths if p.exists()], out, model, config=cfg, on_file=on_file,
+                        on_plan=lambda n: bar.update(task, total=n), on_step=on_step, **kw)

@@ -11,9 +11,11 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..errors import PreemptError, UsageError
+from ..train.generative import DefenseTrainConfig
 from ..train.loop import TrainConfig
 from ..vocab import Norm, Schedule
-from .common import EXIT_USAGE, budget_option, err_console, fail, pick_device, print_json
+from .common import budget_option, err_console, pick_device, print_json
 
 # options whose help does not fit on one line of the signature
 MethodOpt = Annotated[str, typer.Option("--method", "-m", help="preempt | pgd-at | fast-at | free-at | fgsm | gaussian | "
@@ -34,6 +36,7 @@ PreemptDirOpt = Annotated[str, typer.Option(help="preempt: descent (the paper) o
 
 
 _T = TrainConfig()  # the library's defaults are the CLI's: declared once, in TrainConfig
+_G = DefenseTrainConfig()  # and in DefenseTrainConfig for the defenses' networks
 
 
 def train_cmd(
@@ -50,13 +53,14 @@ def train_cmd(
     preempt_direction: PreemptDirOpt = _T.preempt_direction,
     sigma: float = typer.Option(_T.sigma, help="gaussian: noise σ."),
     replays: int = typer.Option(_T.replays, help="free-at: minibatch replays."),
-    epochs: int = typer.Option(_T.epochs),
+    epochs: int | None = typer.Option(None, min=1, help=f"Default: {_T.epochs} (classifiers), {_G.epochs} (magnet, defense-gan)."),
     batch_size: int = typer.Option(_T.batch_size),
-    lr: float = typer.Option(_T.lr),
+    lr: float | None = typer.Option(None, help=f"Learning rate. Default: {_T.lr} (classifiers), the method's (magnet 1e-3, "
+                                     "defense-gan 2e-4)."),
     schedule: ScheduleOpt = _T.schedule,  # type: ignore[assignment]
     curve_size: CurveOpt = _T.curve_size,
     arch: str = typer.Option(_T.arch),
-    width: int = typer.Option(_T.width),
+    width: int | None = typer.Option(None, help=f"Channels. Default: {_T.width} (classifiers), the method's (magnet 3, defense-gan 256)."),
     early_stop: bool = typer.Option(_T.early_stop, help="Keep the epoch with the best robust validation accuracy."),
     attack_bn: str = typer.Option(_T.attack_bn, help="BatchNorm mode while crafting training attacks: train | eval."),
     image_size: int = typer.Option(_T.image_size, help="ImageFolder: resize images to this."),
@@ -72,12 +76,12 @@ def train_cmd(
     resume: bool = typer.Option(False, help="Continue from run_dir/checkpoint.pt."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     json_out: bool = typer.Option(False, "--json", help="Print the history as JSON on stdout."),
-    classifier: str = typer.Option("fmnist-standard", help="magnet / defense-gan: the bundled classifier defended."),
-    noise: float = typer.Option(0.1, help="magnet: denoising noise σ of the auto-encoder."),
-    fpr: float = typer.Option(0.01, help="magnet: detector false-positive rate on held-out clean images."),
-    temperature: float = typer.Option(10.0, help="magnet: softmax temperature T of the divergence (JSD) detector."),
+    classifier: str = typer.Option(_G.classifier, help="magnet / defense-gan: the bundled classifier defended."),
+    noise: float = typer.Option(_G.noise, help="magnet: denoising noise σ of the auto-encoder."),
+    fpr: float = typer.Option(_G.fpr, help="magnet: detector false-positive rate on held-out clean images."),
+    temperature: float = typer.Option(_G.jsd_temperature, help="magnet: softmax temperature T of the divergence (JSD) detector."),
     recalibrate: RecalibrateOpt = False,
-    z_dim: int = typer.Option(64, help="defense-gan: latent dimension."),
+    z_dim: int = typer.Option(_G.z_dim, help="defense-gan: latent dimension."),
 ) -> None:
     """Train a classifier (preemptively robust, adversarial baselines, or standard)."""
     from ..train import METHODS
@@ -85,7 +89,7 @@ def train_cmd(
 
     o = SimpleNamespace(**locals())
     if method not in METHODS + GENERATIVE:
-        fail(f"--method {method}: choose one of {', '.join(METHODS + GENERATIVE)}", EXIT_USAGE)
+        raise UsageError(f"--method {method}: choose one of {', '.join(METHODS + GENERATIVE)}")
     argv = sys.argv[sys.argv.index("train") + 1:] if "train" in sys.argv else None
     o.command = "preempt train " + " ".join(shlex.quote(a) for a in argv) if argv is not None else None
     if recalibrate:
@@ -97,16 +101,14 @@ def train_cmd(
 
 
 def _recalibrate(o: SimpleNamespace) -> None:
-    from ..data import DataError
-    from ..models import ModelError
     from ..train.generative import recalibrate_magnet
 
     if o.method != "magnet":
-        fail("--recalibrate: only with --method magnet", EXIT_USAGE)
+        raise UsageError("--recalibrate: only with --method magnet")
     try:
         card = recalibrate_magnet(o.out, temperature=o.temperature, fpr=o.fpr, data=o.data, command=o.command)
-    except (DataError, ModelError, ValueError, OSError, KeyError) as e:
-        fail(f"{o.out}: {e}", exc=e)
+    except (PreemptError, OSError, KeyError) as e:
+        raise PreemptError(f"{o.out}: {e}") from e
     det, jsd = card["detector"], card["jsd_detector"]
     err_console.print(f"recalibrated {Path(o.out).with_suffix('.json')}: ℓ1 error > {det['threshold']:.4g}, "
                       f"JSD (T={jsd['temperature']:g}) > {jsd['threshold']:.4g} at {100 * o.fpr:g}% false positives "
@@ -116,15 +118,13 @@ def _recalibrate(o: SimpleNamespace) -> None:
 
 
 def _train_defense(o: SimpleNamespace) -> None:
-    from ..data import DataError
-    from ..models import ModelError
     from ..train.generative import DefenseTrainConfig, train_defense
 
-    gcfg = DefenseTrainConfig(method=o.method, classifier=o.classifier, dataset=o.dataset, data=o.data, epochs=o.epochs,
-                              batch_size=o.batch_size, lr=None if o.lr == 0.05 else o.lr, noise=o.noise, fpr=o.fpr,
-                              jsd_temperature=o.temperature, width=None if o.width == 32 else o.width, z_dim=o.z_dim,
-                              val_size=o.val_size, limit=o.limit, seed=o.seed, threads=o.threads,
-                              device=pick_device(o.device))
+    given = {k: v for k, v in dict(epochs=o.epochs, lr=o.lr, width=o.width).items() if v is not None}
+    gcfg = DefenseTrainConfig(method=o.method, classifier=o.classifier, dataset=o.dataset, data=o.data,
+                              batch_size=o.batch_size, noise=o.noise, fpr=o.fpr, jsd_temperature=o.temperature,
+                              z_dim=o.z_dim, val_size=o.val_size, limit=o.limit, seed=o.seed, threads=o.threads,
+                              device=pick_device(o.device), **given)
 
     def show(rec: dict) -> None:
         if rec.get("end_of_epoch"):
@@ -133,8 +133,8 @@ def _train_defense(o: SimpleNamespace) -> None:
     try:
         card = train_defense(gcfg, out=o.out, run_dir=o.run_dir or Path(str(o.out) + ".run"), resume=o.resume,
                              command=o.command, on_step=show)
-    except (DataError, ModelError, ValueError, OSError) as e:
-        fail(str(e), exc=e)
+    except OSError as e:
+        raise PreemptError(str(e)) from e
     err_console.print(f"wrote {o.out} and {Path(o.out).with_suffix('.json')} ({card['training']['wall_time_s']:.0f}s)")
     if o.json_out:
         print_json(card)
@@ -143,19 +143,14 @@ def _train_defense(o: SimpleNamespace) -> None:
 def _train_classifier(o: SimpleNamespace) -> None:
     from dataclasses import fields
 
-    from ..data import DataError
-    from ..models import ModelError
     from ..train import TrainConfig, train
 
     known = {f.name for f in fields(TrainConfig)} - {"device"}
-    try:
-        cfg = TrainConfig(**{k: v for k, v in vars(o).items() if k in known}, device=pick_device(o.device))
-    except ValueError as e:
-        fail(str(e), EXIT_USAGE, exc=e)
+    cfg = TrainConfig(**{k: v for k, v in vars(o).items() if k in known and v is not None}, device=pick_device(o.device))
     quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 reports
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=err_console, transient=False, disable=quiet) as bar:
-        task = bar.add_task(f"{o.method} epoch 1/{o.epochs}", total=None, info="")
+        task = bar.add_task(f"{o.method} epoch 1/{cfg.epochs}", total=None, info="")
 
         def on_step(rec: dict) -> None:
             if quiet:
@@ -164,14 +159,14 @@ def _train_classifier(o: SimpleNamespace) -> None:
                 vals = "  ".join(f"{k}={v:.3f}" for k, v in rec.items() if k.startswith("val_"))
                 bar.console.print(f"epoch {rec['epoch']}: loss={rec['loss']:.4f}  {vals}  ({rec['seconds']:.0f}s)")
                 return
-            bar.update(task, description=f"{o.method} epoch {rec['epoch']}/{o.epochs}", completed=rec["batch"],
+            bar.update(task, description=f"{o.method} epoch {rec['epoch']}/{cfg.epochs}", completed=rec["batch"],
                        total=rec["batches"], info=f"loss {rec['loss']:.4f}")
 
         try:
             res = train(cfg, run_dir=o.run_dir or Path(str(o.out) + ".run"), out=o.out, resume=o.resume,
                         command=o.command, on_step=on_step)
-        except (DataError, ModelError, ValueError, OSError) as e:
-            fail(str(e), exc=e)
+        except OSError as e:
+            raise PreemptError(str(e)) from e
     if quiet:
         return
     err_console.print(f"wrote {o.out} and {Path(o.out).with_suffix('.json')} ({res.seconds:.0f}s)")

@@ -8,13 +8,10 @@ import typer
 from rich.markup import escape
 
 from ..budget import format_budget
+from ..errors import EXIT_ERROR, EXIT_NOT_ROBUST, EXIT_OK, PreemptError, UsageError
 from ..verdict.check import suite_help
 from ..vocab import Norm, Resolution, SuiteName
 from .common import (
-    EXIT_ERROR,
-    EXIT_NOT_ROBUST,
-    EXIT_OK,
-    EXIT_USAGE,
     CardOpt,
     ChannelsOpt,
     InputSizeOpt,
@@ -29,13 +26,12 @@ from .common import (
     WeightsOpt,
     budget_option,
     err_console,
-    fail,
-    load_model_or_fail,
+    load_named,
     model_and_budgets,
     print_json,
     report_error,
+    resolve_shard,
     save_json,
-    shard_or_fail,
     share_exit,
     state,
 )
@@ -99,7 +95,7 @@ def verify_cmd(
     from ..pipeline.merge import shard_doc
     from ..pipeline.report import summarize
 
-    share = shard_or_fail(shard)
+    share = resolve_shard(shard)
     spec = ModelSpec(model, weights, card, input_size, resize_policy, resize_size, mean, std, channels)
     dev, clf, norm, eps, _ = model_and_budgets(spec, device, norm, eps)
     cfg = _config(clf, dev, suite, surrogate, reencode, resize, norm=norm, eps=eps, steps=steps, restarts=restarts,
@@ -130,22 +126,19 @@ def _config(clf, dev: str, suite: str, surrogate: str | None, reencode: str | No
     from ..pipeline.verify_job import suite_for
     from ..verdict.upload import service_spec
 
-    try:
-        run, note = suite_for(clf, suite)
-    except ValueError as e:
-        fail(str(e), EXIT_USAGE, e)
+    run, note = suite_for(clf, suite)
     if note:
         err_console.print(note, highlight=False)
     if run == "blackbox" and surrogate is None:  # a bundled model of the same kind (grey clothing or ImageNet)
         from ..models import FMNIST_MODEL, IMAGENET_MODEL
 
         surrogate = FMNIST_MODEL if clf.pre.channels == 1 else IMAGENET_MODEL
-    sur = load_model_or_fail(surrogate, dev) if run == "blackbox" else None
+    sur = load_named(surrogate, dev) if run == "blackbox" else None
     cfg = VerifyConfig(suite=run, surrogate=sur, **kw)
     try:
         cfg.uploads = service_spec(reencode, resize)
-    except ValueError as e:
-        fail(f"--reencode/--resize: {e}", EXIT_USAGE, e)
+    except UsageError as e:
+        raise UsageError(f"--reencode/--resize: {e}") from e
     return cfg
 
 
@@ -153,7 +146,7 @@ def _attack_files(paths: list[Path], original: list[Path] | None, clf, cfg, dev:
     """verify_files under a progress bar (on stderr, gone when done)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..pipeline import NoImages, verify_files
+    from ..pipeline import verify_files
 
     with Progress(TextColumn("[bold]verify"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[last]}"),
                   TimeElapsedColumn(), console=err_console, transient=True) as bar:
@@ -166,13 +159,8 @@ def _attack_files(paths: list[Path], original: list[Path] | None, clf, cfg, dev:
         def on_attack(name: str, left: int) -> None:
             bar.update(task, last=f"{name} on {left} still robust…")
 
-        try:
-            return verify_files(paths, clf, originals=original or None, config=cfg, device=dev, shard=share,
-                                on_file=on_file, on_plan=lambda n: bar.update(task, total=n), on_attack=on_attack)
-        except NoImages as e:
-            fail(str(e), EXIT_ERROR, e)
-        except ValueError as e:
-            fail(str(e), EXIT_USAGE, e)
+        return verify_files(paths, clf, originals=original or None, config=cfg, device=dev, shard=share,
+                            on_file=on_file, on_plan=lambda n: bar.update(task, total=n), on_attack=on_attack)
 
 
 def _render(outcome, summary: dict, cfg, clf, share, *, with_orig: bool) -> None:
@@ -208,5 +196,5 @@ def _write_report(report: Path | None, summary: dict, results) -> None:
     try:
         write_html(report, summary, results)
     except (OSError, PhotoError) as e:
-        fail(f"{report}: cannot write the report ({getattr(e, 'strerror', None) or e})", EXIT_ERROR, e)
+        raise PreemptError(f"{report}: cannot write the report ({getattr(e, 'strerror', None) or e})") from e
     err_console.print(f"report written to {report}", highlight=False)

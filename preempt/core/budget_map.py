@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import UsageError
 from ..models.protocol import Model
 from ..vocab import BUDGET_MAPS
 
@@ -68,7 +69,7 @@ def budget_map(kind: str, model: Model, x_o: torch.Tensor, width: int | None = N
     """The map of ``kind`` (:data:`MAPS`) for photos ``x_o`` (N, C, H, W), or None for ``uniform`` (δ
     everywhere).  ``width``: the taper's, default 1/16 of the photo's shorter side."""
     if kind not in MAPS:
-        raise ValueError(f"budget map {kind!r}: choose {', '.join(MAPS)}")
+        raise UsageError(f"budget map {kind!r}: choose {', '.join(MAPS)}")
     if kind == "uniform":
         return None
     hw = (int(x_o.shape[-2]), int(x_o.shape[-1]))

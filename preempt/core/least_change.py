@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UsageError
 from ..models.resample import Resampling
 
 
@@ -34,7 +35,7 @@ class LeastChange:
 
     def __init__(self, r: Resampling, *, iters: int = 20) -> None:
         if iters < 1:
-            raise ValueError(f"iters must be >= 1, got {iters}")
+            raise UsageError(f"iters must be >= 1, got {iters}")
         self.rh, self.rw, self.iters = r.rh, r.rw, iters
         self.ph = torch.linalg.pinv(r.rh.double()).to(r.rh.dtype)  # (H, h)
         self.pw = torch.linalg.pinv(r.rw.double()).to(r.rw.dtype)  # (W, w)

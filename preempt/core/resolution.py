@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ..errors import UsageError
 from ..models.protocol import Model
 from ..models.resample import Resampling
 from ..models.wrapper import Classifier
@@ -40,7 +41,7 @@ def resampling_for(model: Model, hw: tuple[int, int], resolution: str = "auto") 
     resize is averaging (antialiased bilinear) and not the identity; randomized wrappers
     (smoothing adds noise to the photo's own pixels) and ONNX models keep the full path."""
     if resolution not in RESOLUTIONS:
-        raise ValueError(f"resolution {resolution!r}: choose {', '.join(RESOLUTIONS)}")
+        raise UsageError(f"resolution {resolution!r}: choose {', '.join(RESOLUTIONS)}")
     if resolution == "full" or not isinstance(model, Classifier):
         return None
     r = model.pre.resampling(hw, device=model.mean.device)

@@ -27,6 +27,8 @@ from typing import ClassVar
 
 import torch
 
+from ..errors import UsageError
+
 __all__ = ["ThreatModel", "Linf", "L2", "threat_model", "per_sample"]
 
 _TINY = 1e-12
@@ -63,7 +65,7 @@ class ThreatModel:
 
     def __post_init__(self) -> None:
         if not (self.eps >= 0 and math.isfinite(self.eps)):
-            raise ValueError(f"eps must be a finite number >= 0, got {self.eps!r}")
+            raise UsageError(f"eps must be a finite number >= 0, got {self.eps!r}")
 
     # -- to be provided by the concrete balls -------------------------------------------
     def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -222,4 +224,4 @@ def threat_model(norm: str, eps: float) -> ThreatModel:
     try:
         return _NORMS[norm.lower()](float(eps))
     except KeyError:
-        raise ValueError(f"unknown norm {norm!r}; choose one of {sorted(_NORMS)}") from None
+        raise UsageError(f"unknown norm {norm!r}; choose one of {sorted(_NORMS)}") from None

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from ..models.wrapping import Wrapped
 
 
@@ -38,7 +39,7 @@ class DefenseGAN(Wrapped):
                  lr: float = 0.05, seed: int = 0, card: dict[str, Any] | None = None) -> None:
         super().__init__(classifier, card or {"name": "defense-gan"})
         if steps < 0 or restarts < 1:
-            raise ValueError(f"Defense-GAN needs steps >= 0 and restarts >= 1, got {steps}, {restarts}")
+            raise UsageError(f"Defense-GAN needs steps >= 0 and restarts >= 1, got {steps}, {restarts}")
         self.generator = generator.eval()
         for q in self.generator.parameters():
             q.requires_grad_(False)

@@ -44,6 +44,7 @@ from ..attacks.bpda import bpda
 from ..attacks.cw import cw_l2
 from ..attacks.losses import ce
 from ..core.threat import ThreatModel
+from ..errors import UsageError
 from ..models.wrapping import Wrapped
 
 REJECTED = -1
@@ -58,7 +59,7 @@ def reconstruction_error(x: torch.Tensor, rec: torch.Tensor, p: int = 1) -> torc
 def threshold_for_fpr(errors: torch.Tensor, fpr: float) -> float:
     """The smallest threshold that rejects at most a fraction ``fpr`` of ``errors`` (clean images)."""
     if not 0 <= fpr < 1:
-        raise ValueError(f"fpr must be in [0, 1), got {fpr}")
+        raise UsageError(f"fpr must be in [0, 1), got {fpr}")
     e = errors.detach().flatten().sort().values
     k = int(len(e) * (1 - fpr))  # keep the k smallest: reject those above e[k-1]
     return float(e[max(k - 1, 0)]) if len(e) else float("inf")
@@ -92,7 +93,7 @@ class MagNet(Wrapped):
         self.detectors = tuple(detectors) if detectors is not None else calibrated
         bad = [d for d in self.detectors if d not in calibrated]
         if bad or not self.detectors:
-            raise ValueError(f"detectors {list(self.detectors)}: choose one or more of {', '.join(calibrated)}")
+            raise UsageError(f"detectors {list(self.detectors)}: choose one or more of {', '.join(calibrated)}")
 
     def using(self, *detectors: str) -> MagNet:
         """The same networks with only ``detectors`` active."""
@@ -176,7 +177,7 @@ def attack(magnet: MagNet, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatMo
     alpha = threat.eps / 4 if step_size is None else step_size
     x = x.detach()
     if reformer_grad not in ("exact", "bpda"):
-        raise ValueError(f"reformer_grad must be 'exact' or 'bpda', got {reformer_grad!r}")
+        raise UsageError(f"reformer_grad must be 'exact' or 'bpda', got {reformer_grad!r}")
     reform = magnet.reform if reformer_grad == "exact" else bpda(magnet.reform)
     x_adv = threat.random_start(x, generator=generator)
     best, success, passes = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device), 0

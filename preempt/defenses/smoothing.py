@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import UsageError
 from ..models.protocol import Model
 from ..models.wrapping import Wrapped
 
@@ -128,9 +129,9 @@ class Smoothed(Wrapped):
 
     def __init__(self, model: Model, sigma: float, samples: int = 8, generator: torch.Generator | None = None) -> None:
         if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-            raise ValueError(f"smoothing sigma {sigma}: must be a finite number > 0")
+            raise UsageError(f"smoothing sigma {sigma}: must be a finite number > 0")
         if samples < 1:
-            raise ValueError(f"smoothing samples {samples}: must be >= 1")
+            raise UsageError(f"smoothing samples {samples}: must be >= 1")
         super().__init__(model)
         self.sigma, self.samples, self.generator = sigma, samples, generator
 

@@ -6,6 +6,8 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import UsageError
+
 _ARCHS: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -21,7 +23,7 @@ def build(arch: str, **kwargs: Any) -> nn.Module:
     try:
         return _ARCHS[arch](**kwargs)
     except KeyError:
-        raise ValueError(f"unknown architecture {arch!r}; known: {sorted(_ARCHS)}") from None
+        raise UsageError(f"unknown architecture {arch!r}; known: {sorted(_ARCHS)}") from None
 
 
 def names() -> list[str]:

@@ -11,6 +11,8 @@ import math
 from collections.abc import Mapping
 from typing import Any, TypedDict, cast
 
+from ..errors import UsageError
+
 
 class ThreatSpec(TypedDict, total=False):
     norm: str      # linf | l2
@@ -63,10 +65,10 @@ def budgets(card: Card | dict[str, Any] | None, norm: str | None = None, eps: fl
     tm: ThreatSpec = (card or {}).get("threat_model") or {}
     norm = norm or tm.get("norm", "linf")
     if norm not in NORMS:
-        raise ValueError(f"--norm {norm}: choose {' or '.join(NORMS)}")
+        raise UsageError(f"--norm {norm}: choose {' or '.join(NORMS)}")
     delta = delta if delta is not None else tm.get("delta", tm.get("eps", 0.1))
     eps = eps if eps is not None else tm.get("eps", delta)
     for opt, v in (("--delta", delta), ("--eps", eps)):
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise ValueError(f"{opt} {v}: must be a finite number >= 0")
+            raise UsageError(f"{opt} {v}: must be a finite number >= 0")
     return norm, float(eps), float(delta)

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from ..errors import UsageError
+
 # (repeats, kernel, stride, expand ratio, in, out) — EfficientNet-B0's stages, which Lite0 keeps
 _STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
            (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
@@ -73,7 +75,7 @@ class EfficientNetLite(nn.Module):
     def __init__(self, variant: int = 0, num_classes: int = 1000, dropout: float = 0.2) -> None:
         super().__init__()
         if variant not in _REPEATS:
-            raise ValueError(f"EfficientNet-Lite{variant}: preempt knows Lite{', Lite'.join(map(str, _REPEATS))}")
+            raise UsageError(f"EfficientNet-Lite{variant}: preempt knows Lite{', Lite'.join(map(str, _REPEATS))}")
         self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
         self._bn0 = nn.BatchNorm2d(32, **_BN)
         blocks = []

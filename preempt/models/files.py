@@ -13,10 +13,12 @@ from typing import Any
 
 import torch
 
+from ..errors import PreemptError
+
 CARD_SUFFIXES = (".json", ".toml")
 
 
-class ModelError(Exception):
+class ModelError(PreemptError):
     """A model could not be found or loaded; the message names the file and the cause."""
 
 

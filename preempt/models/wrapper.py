@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UsageError
 from .card import Card, as_card
 from .resample import POLICIES, Resampling, crop_box
 
@@ -43,21 +44,21 @@ class Preprocessing:
     def __post_init__(self) -> None:
         size = tuple(int(v) for v in self.input_size)
         if len(size) != 2 or min(size) < 1:
-            raise ValueError(f"input_size must be two positive integers, got {self.input_size!r}")
+            raise UsageError(f"input_size must be two positive integers, got {self.input_size!r}")
         object.__setattr__(self, "input_size", size)
         if self.channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {self.channels!r}")
+            raise UsageError(f"channels must be 1 or 3, got {self.channels!r}")
         if self.policy not in POLICIES:
-            raise ValueError(f"resize policy {self.policy!r}: choose {' or '.join(POLICIES)}")
+            raise UsageError(f"resize policy {self.policy!r}: choose {' or '.join(POLICIES)}")
         if self.resize not in ("bilinear", "bicubic"):
-            raise ValueError(f"resize {self.resize!r}: choose bilinear or bicubic")
+            raise UsageError(f"resize {self.resize!r}: choose bilinear or bicubic")
         for name in ("mean", "std"):
             v = tuple(float(a) for a in getattr(self, name))
             if len(v) not in (1, self.channels) or not all(math.isfinite(a) for a in v):
-                raise ValueError(f"{name} must be 1 or {self.channels} finite numbers, got {list(v)}")
+                raise UsageError(f"{name} must be 1 or {self.channels} finite numbers, got {list(v)}")
             object.__setattr__(self, name, v)
         if any(a <= 0 for a in self.std):
-            raise ValueError(f"std must be > 0, got {list(self.std)}")
+            raise UsageError(f"std must be > 0, got {list(self.std)}")
 
     @classmethod
     def from_card(cls, card: dict[str, Any]) -> Preprocessing:
@@ -65,7 +66,7 @@ class Preprocessing:
         if "scale" in p:  # input = x·scale + offset  ⇔  mean = −offset/scale, std = 1/scale
             scale, offset = float(p.pop("scale")), float(p.pop("offset", 0.0))
             if scale <= 0:
-                raise ValueError(f"scale must be > 0, got {scale}")
+                raise UsageError(f"scale must be > 0, got {scale}")
             p.setdefault("mean", [-offset / scale]), p.setdefault("std", [1 / scale])
         size = p["input_size"]
         return cls(
@@ -171,7 +172,7 @@ class Classifier(nn.Module):
             elif want == 3 and c == 1:
                 x = x.expand(-1, 3, -1, -1)
             else:
-                raise ValueError(f"cannot feed a {c}-channel image to a {want}-channel model")
+                raise UsageError(f"cannot feed a {c}-channel image to a {want}-channel model")
         return (x - self.mean) / self.std
 
     def geometry(self, x: torch.Tensor) -> torch.Tensor:

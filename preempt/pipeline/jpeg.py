@@ -8,6 +8,7 @@ import torch
 
 from ..algorithms.robustify import RobustifyConfig
 from ..core.threat import ThreatModel
+from ..errors import UsageError
 from .photos import Photo, decode, encode, from_tensor
 
 FORMATS = ("auto", "png", "jpeg")
@@ -21,7 +22,7 @@ def file_format(src: Path, fmt: str, cfg: RobustifyConfig) -> str:
     if fmt == "png":
         return "png"
     if fmt != "auto":
-        raise ValueError(f"format {fmt!r}: choose {', '.join(FORMATS)}")
+        raise UsageError(f"format {fmt!r}: choose {', '.join(FORMATS)}")
     robust_for_jpeg = any(c.max_quality is not None for c in cfg.chains())
     return "jpeg" if robust_for_jpeg and Path(src).suffix.lower() in JPEG_SUFFIXES else "png"
 

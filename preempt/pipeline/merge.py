@@ -9,10 +9,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ..errors import UsageError
 from .results import FileResult
 
 
-class MergeError(ValueError):
+class MergeError(UsageError):
     """The documents are not the shares of one job; str() says which and why."""
 
 

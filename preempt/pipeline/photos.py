@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
+from ..errors import PreemptError, UsageError
+
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 HEIF_EXTENSIONS = {".heic", ".heif"}
 try:  # HEIC/HEIF photos (iPhones) when the optional pillow-heif is installed
@@ -35,7 +37,7 @@ META_KEY = "preempt"
 _ORIENTATION = 0x0112
 
 
-class PhotoError(Exception):
+class PhotoError(PreemptError):
     """A photo could not be read or written; str() is one line naming the cause."""
 
 
@@ -244,10 +246,10 @@ def save_image(x: torch.Tensor, path: str | Path, *, quality: int = 95) -> None:
     suffix, JPEG — atomically.  robustify's output is on the 8-bit grid, so a PNG holds it exactly."""
     if x.dim() == 4:
         if len(x) != 1:
-            raise ValueError(f"save_image writes one image; got a batch of {len(x)}")
+            raise UsageError(f"save_image writes one image; got a batch of {len(x)}")
         x = x[0]
     if x.dim() != 3 or x.shape[0] not in (1, 3):
-        raise ValueError(f"save_image needs (C, H, W) with C = 1 or 3, got {tuple(x.shape)}")
+        raise UsageError(f"save_image needs (C, H, W) with C = 1 or 3, got {tuple(x.shape)}")
     px = torch.round(x.detach().clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     fmt = "jpeg" if Path(path).suffix.lower() in (".jpg", ".jpeg") else "png"
     write_atomic(path, encode(Photo(np.ascontiguousarray(px)), fmt, quality=quality))

@@ -4,12 +4,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from ..errors import PreemptError
+
 Status = Literal["robust", "not-robust", "over-budget", "skipped", "failed"]
 STATUSES: tuple[Status, ...] = ("robust", "not-robust", "over-budget", "skipped", "failed")
 NOT_ROBUST: tuple[Status, ...] = ("not-robust", "over-budget")  # written, but the claim does not hold: exit 3
 
 
-class NoImages(Exception):
+class NoImages(PreemptError):
     """The paths given hold no image preempt reads; str() is one line saying why."""
 
 

@@ -16,6 +16,7 @@ import torch
 from ..algorithms.robustify import ImageResult, RobustifyConfig, judge, robustify
 from ..core.metrics import change
 from ..core.threat import ThreatModel
+from ..errors import UsageError
 from ..models.protocol import Model
 from ..version import __version__
 from .batching import batches, planned_batches, probe
@@ -170,7 +171,7 @@ def robustify_files(paths: Iterable[str | Path], out_dir: str | Path, model: Mod
     if isinstance(model, (list, tuple)):
         model = model[0] if len(model) == 1 else list(model)
         if isinstance(model, list) and fmt == "jpeg":
-            raise ValueError("--format jpeg re-judges the decoded JPEG with one model; with several models write PNG")
+            raise UsageError("--format jpeg re-judges the decoded JPEG with one model; with several models write PNG")
     out_dir = Path(out_dir)
     results: list[FileResult] = []
 

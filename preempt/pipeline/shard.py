@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from ..errors import UsageError
+
 T = TypeVar("T")
 
 
@@ -32,7 +34,7 @@ class Shard:
 
     def __post_init__(self) -> None:
         if self.count < 1 or not 0 <= self.index < self.count:
-            raise ValueError(f"share {self.index}/{self.count}: K/N needs N >= 1 and 0 <= K < N")
+            raise UsageError(f"share {self.index}/{self.count}: K/N needs N >= 1 and 0 <= K < N")
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
@@ -52,7 +54,7 @@ def parse_shard(text: str) -> Shard:
     """``"1/4"`` → Shard(1, 4)."""
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if not m:
-        raise ValueError(f"--shard {text!r}: write K/N, e.g. 0/4 (K from 0 to N-1)")
+        raise UsageError(f"--shard {text!r}: write K/N, e.g. 0/4 (K from 0 to N-1)")
     return Shard(int(m.group(1)), int(m.group(2)))
 
 

@@ -16,6 +16,7 @@ import torch
 from ..core.metrics import change
 from ..core.resolution import at_model_input
 from ..core.threat import threat_model
+from ..errors import UsageError
 from ..models.protocol import Model
 from ..verdict import upload
 from ..verdict.check import SUITES, Check, suite_check
@@ -70,7 +71,7 @@ def suite_for(model: Model, suite: str) -> tuple[str, str | None]:
     """The suite to run on ``model``: ``suite`` itself, or ``blackbox`` for a model without
     gradients (ONNX), with a one-line note saying so."""
     if suite not in SUITES:
-        raise ValueError(f"--suite {suite}: choose one of {', '.join(SUITES)}")
+        raise UsageError(f"--suite {suite}: choose one of {', '.join(SUITES)}")
     if not model.differentiable and suite != "blackbox":
         return "blackbox", f"{model.name} has no gradients (ONNX): using --suite blackbox (Square + transfer attacks)"
     return suite, None
@@ -84,7 +85,7 @@ def pair_originals(files: list[Path], originals: list[Path]) -> list[Path]:
         return [by_stem[k] for k in _original_stems(files)]
     if len(originals) == len(files):
         return originals
-    raise ValueError(f"{len(files)} images but {len(originals)} originals, and their names do not pair them; "
+    raise UsageError(f"{len(files)} images but {len(originals)} originals, and their names do not pair them; "
                      "give one original per image, in the same order")
 
 
@@ -122,7 +123,7 @@ def verify_files(paths: Iterable[str | Path], model: Model, *, originals: Iterab
 
     cfg = config or VerifyConfig()
     if not model.differentiable and (cfg.suite != "blackbox" or cfg.adaptive):
-        raise ValueError(f"{model.name} has no gradients (ONNX): use --suite blackbox, without --adaptive")
+        raise UsageError(f"{model.name} has no gradients (ONNX): use --suite blackbox, without --adaptive")
     skipped: list[Path] = []
     files = [p for p, _ in iter_images(paths, skipped=skipped)]
     if not files:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from .. import data as datasets
+from ..errors import UsageError
 from ..models import build, load_model
 from ..models.files import sha256
 
@@ -56,7 +57,7 @@ class DefenseTrainConfig:
 
     def __post_init__(self) -> None:
         if self.method not in GENERATIVE:
-            raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(GENERATIVE)}")
+            raise UsageError(f"unknown method {self.method!r}; choose from {', '.join(GENERATIVE)}")
         if self.lr is None:
             self.lr = 1e-3 if self.method == "magnet" else 2e-4
         if self.width is None:
@@ -206,9 +207,9 @@ def recalibrate_magnet(out: str | Path, *, temperature: float | None = None, fpr
     card_path = out.with_suffix(".json")
     card = json.loads(card_path.read_text())
     if card.get("defense") != "magnet":
-        raise ValueError(f"{card_path}: not a MagNet card")
+        raise UsageError(f"{card_path}: not a MagNet card")
     if card.get("sha256") and sha256(out) != card["sha256"]:
-        raise ValueError(f"{out}: sha256 does not match its card")
+        raise UsageError(f"{out}: sha256 does not match its card")
     from ..models.files import read_state
 
     known = set(DefenseTrainConfig.__dataclass_fields__)

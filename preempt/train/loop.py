@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from .. import data as datasets
 from ..attacks.projected_gradient import pgd
 from ..core.threat import threat_model
+from ..errors import UsageError
 from ..models import Classifier, Preprocessing, build, save_model
 from ..vocab import SCHEDULES
 from .methods import METHODS, batch_loss
@@ -66,16 +67,16 @@ class TrainConfig:
         if self.delta is None:
             self.delta = self.eps
         if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+            raise UsageError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
+            raise UsageError(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
         if (self.labelled is None) != (self.pseudo_labeller is None):
-            raise ValueError("labelled and pseudo_labeller go together: the labelled subset D and the model, "
+            raise UsageError("labelled and pseudo_labeller go together: the labelled subset D and the model, "
                              "trained on D alone, that labels the rest")
         if self.labelled is not None and self.limit is not None:
-            raise ValueError("labelled and limit exclude each other (limit would drop the unlabelled images)")
+            raise UsageError("labelled and limit exclude each other (limit would drop the unlabelled images)")
         if self.labelled is not None and self.labelled < 1:
-            raise ValueError(f"labelled must be at least 1, got {self.labelled}")
+            raise UsageError(f"labelled must be at least 1, got {self.labelled}")
 
 
 
@@ -288,12 +289,12 @@ def pseudo_label(cfg: TrainConfig, xu: torch.Tensor, y_hidden: torch.Tensor,
         want = {"dataset": cfg.dataset, "seed": cfg.seed, "val_size": cfg.val_size, "limit": cfg.labelled}
         bad = {k: (tc.get(k), v) for k, v in want.items() if tc.get(k) != v}
         if bad:
-            raise ValueError(f"pseudo-labeller {cfg.pseudo_labeller}: not trained on this run's labelled subset D ("
+            raise UsageError(f"pseudo-labeller {cfg.pseudo_labeller}: not trained on this run's labelled subset D ("
                              + ", ".join(f"{k} {a!r}, this run {b!r}" for k, (a, b) in bad.items())
                              + f"); train it with --method standard --limit {cfg.labelled} --val-size {cfg.val_size} "
                              f"--seed {cfg.seed}")
     if teacher.classes and list(teacher.classes) != list(classes):
-        raise ValueError(f"pseudo-labeller {cfg.pseudo_labeller}: its classes differ from the dataset's")
+        raise UsageError(f"pseudo-labeller {cfg.pseudo_labeller}: its classes differ from the dataset's")
     with torch.inference_mode():
         yu = teacher.predict(xu, batch_size=1000).to(xu.device)
     info = {"labeller": teacher.name, "labeller_sha256": teacher.card.get("sha256"), "labelled": cfg.labelled,

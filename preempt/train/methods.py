@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..attacks import losses
 from ..attacks.projected_gradient import loss_and_grad, pgd
 from ..core.threat import ThreatModel
+from ..errors import UsageError
 from ..models.protocol import Logits
 
 METHODS = ("standard", "gaussian", "fgsm", "fast-at", "free-at", "pgd-at", "preempt")
@@ -69,4 +70,4 @@ def batch_loss(method: str, model: Logits, x, y, cfg, threat: ThreatModel, delta
     if method == "preempt":
         xr = descend(attack_model, x, y, delta_ball, cfg.delta_steps, ascent=cfg.preempt_direction == "ascent")
         return _ce(model, _pgd_points(attack_model, xr, y, threat, cfg.steps, cfg.step_size, gen), y)
-    raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+    raise UsageError(f"unknown method {method!r}; choose from {METHODS}")

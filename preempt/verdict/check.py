@@ -34,6 +34,7 @@ from ..attacks.registry import ATTACKS, get
 from ..attacks.suite import SuiteResult, run_attacks
 from ..core.resolution import at_model_input
 from ..core.threat import ThreatModel
+from ..errors import UsageError
 from ..models.protocol import Model
 from . import upload
 
@@ -98,13 +99,13 @@ class Check:
     def validate(self) -> None:
         why = check_stages_error("+".join([self.stages, *self.extra]))
         if why:
-            raise ValueError(why)
+            raise UsageError(why)
         optional = (self.apgd_steps, self.apgd_targets, self.apgd_at_once)
         if min(self.steps, self.restarts, *(1 if v is None else v for v in optional)) < 1:
-            raise ValueError("a check's steps, restarts, apgd_steps, apgd_targets and apgd_at_once must be >= 1: "
+            raise UsageError("a check's steps, restarts, apgd_steps, apgd_targets and apgd_at_once must be >= 1: "
                              "without a check nothing is verified")
         if self.apgd_order not in ORDERS:
-            raise ValueError(f"a check's apgd_order {self.apgd_order!r}: choose {', '.join(ORDERS)}")
+            raise UsageError(f"a check's apgd_order {self.apgd_order!r}: choose {', '.join(ORDERS)}")
 
     def stronger(self, extra_restarts: int) -> Check:
         """The same check with ``extra_restarts`` more random starts of each PGD stage."""
@@ -246,7 +247,7 @@ def suite_help() -> str:
 def suite_check(name: str) -> Check:
     """verify's suite ``name`` as its check."""
     if name not in SUITES:
-        raise ValueError(f"unknown suite {name!r}; choose from {', '.join(SUITES)}")
+        raise UsageError(f"unknown suite {name!r}; choose from {', '.join(SUITES)}")
     return SUITES[name]
 
 

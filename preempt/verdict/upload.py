@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..errors import UsageError
 from ..models.protocol import Model
 
 __all__ = ["Op", "Chain", "parse", "WORST", "jpeg_real", "jpeg_approx", "resize_real", "resize_approx",
@@ -159,7 +160,7 @@ def resized_hw(h: int, w: int, long_side: float | None = None, fraction: float |
     elif long_side is not None:
         f = min(1.0, float(long_side) / max(h, w))
     else:
-        raise ValueError("resized_hw needs long_side or fraction")
+        raise UsageError("resized_hw needs long_side or fraction")
     if f >= 1.0:
         return h, w
     return max(1, round(h * f)), max(1, round(w * f))
@@ -318,7 +319,7 @@ def parse(spec: str | None) -> list[Chain]:
             elif re.fullmatch(r"\d+(?:\.\d+)?%?(?:-\d+)?", part) and last_kind and len(item.split("+")) == 1:
                 kind, arg = last_kind, part
             else:
-                raise ValueError(f"{spec!r}: cannot read {part!r}; write e.g. jpeg:85, jpeg:75-95, resize:1080, "
+                raise UsageError(f"{spec!r}: cannot read {part!r}; write e.g. jpeg:85, jpeg:75-95, resize:1080, "
                                  "resize:50%, resize:1080+jpeg:85, or worst")
             ops.append(_parse_op(kind, arg, spec))
             last_kind = kind

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from ...core.budget_map import MAPS
 from ...core.threat import ThreatModel, threat_model
+from ...errors import UsageError
 from ...verdict import upload
 from ...verdict.check import CHECKS, Check
 from ...vocab import CHECK_PRESETS, GOALS, INITS, INNER_LOSSES, LOOP_PRECISIONS, OPTIMIZERS, RESOLUTIONS, RETRIES
@@ -83,54 +84,54 @@ class RobustifyConfig:
         for name in ("delta", "eps"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+                raise UsageError(f"{name} must be a finite number >= 0, got {v!r}")
         if self.steps < 0 or self.inner_steps < 1 or self.check_every < 1 or self.settle < 0 or self.give_up < 0:
-            raise ValueError("steps, settle and give_up must be >= 0, inner_steps and check_every >= 1")
+            raise UsageError("steps, settle and give_up must be >= 0, inner_steps and check_every >= 1")
         if not isinstance(self.check, Check):
-            raise ValueError(f"check must be a preempt.verdict.check.Check (e.g. CHECKS['strong']), got {self.check!r}")
+            raise UsageError(f"check must be a preempt.verdict.check.Check (e.g. CHECKS['strong']), got {self.check!r}")
         self.check.validate()
         if self.final is not None:
             if not isinstance(self.final, Final) or self.final.resolution not in RESOLUTIONS:
-                raise ValueError(f"final must be a preempt.algorithms.robustify.Final (resolution "
+                raise UsageError(f"final must be a preempt.algorithms.robustify.Final (resolution "
                                  f"{', '.join(RESOLUTIONS)}), got {self.final!r}")
             self.final.check.validate()
         if self.settle and not self.early_stop:
-            raise ValueError("settle needs early_stop: without checks before the last step nothing settles")
+            raise UsageError("settle needs early_stop: without checks before the last step nothing settles")
         if self.inner_loss not in INNER_LOSSES:
-            raise ValueError(f"inner_loss {self.inner_loss!r}: choose {', '.join(INNER_LOSSES)}")
+            raise UsageError(f"inner_loss {self.inner_loss!r}: choose {', '.join(INNER_LOSSES)}")
         if self.inner_loss == "margin-mt" and (self.survive or self.optimizer != "sign" or self.create_graph):
-            raise ValueError("inner_loss='margin-mt' works with the sign optimizer, first order, without --survive")
+            raise UsageError("inner_loss='margin-mt' works with the sign optimizer, first order, without --survive")
         if self.inner_targets < 1 or self.restart_every < 0 or not math.isfinite(self.kappa) or \
                 not (math.isfinite(self.inner_eps_scale) and self.inner_eps_scale > 0):
-            raise ValueError("inner_targets must be >= 1, restart_every >= 0, kappa finite and inner_eps_scale > 0")
+            raise UsageError("inner_targets must be >= 1, restart_every >= 0, kappa finite and inner_eps_scale > 0")
         if self.least_change and self.norm != "linf":
-            raise ValueError("least_change is for ℓ∞ (the δ-box it projects into); use goal='least-visible' for ℓ2")
+            raise UsageError("least_change is for ℓ∞ (the δ-box it projects into); use goal='least-visible' for ℓ2")
         if self.loop_precision not in LOOP_PRECISIONS:
-            raise ValueError(f"loop_precision {self.loop_precision!r}: choose {' or '.join(LOOP_PRECISIONS)}")
+            raise UsageError(f"loop_precision {self.loop_precision!r}: choose {' or '.join(LOOP_PRECISIONS)}")
         if self.loop_precision != "float32" and self.inner_loss != "margin-mt":
-            raise ValueError("loop_precision='bfloat16' is for inner_loss='margin-mt' (the persistent attackers)")
+            raise UsageError("loop_precision='bfloat16' is for inner_loss='margin-mt' (the persistent attackers)")
         if not (math.isfinite(self.escalate) and self.escalate > 1):
-            raise ValueError(f"escalate must be a finite number > 1, got {self.escalate!r}")
+            raise UsageError(f"escalate must be a finite number > 1, got {self.escalate!r}")
         if self.max_delta is not None and not (math.isfinite(self.max_delta) and self.max_delta >= self.delta):
-            raise ValueError(f"max_delta must be a finite number >= delta ({self.delta:g}), got {self.max_delta!r}")
+            raise UsageError(f"max_delta must be a finite number >= delta ({self.delta:g}), got {self.max_delta!r}")
         if self.retry not in RETRIES:
-            raise ValueError(f"retry {self.retry!r}: choose {' or '.join(RETRIES)}")
+            raise UsageError(f"retry {self.retry!r}: choose {' or '.join(RETRIES)}")
         if self.retry == "rmsprop" and (self.norm != "linf" or self.optimizer == "rmsprop"):
-            raise ValueError("retry='rmsprop' is for ℓ∞ with the sign optimizer (it retries with the other one)")
+            raise UsageError("retry='rmsprop' is for ℓ∞ with the sign optimizer (it retries with the other one)")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}")
+            raise UsageError(f"unknown optimizer {self.optimizer!r}")
         if self.optimizer == "rmsprop" and self.norm != "linf":
-            raise ValueError("optimizer='rmsprop' (the tanh box reparametrisation) is for ℓ∞ only")
+            raise UsageError("optimizer='rmsprop' (the tanh box reparametrisation) is for ℓ∞ only")
         for name in ("resolution", "check_resolution"):
             v = getattr(self, name)
             if v not in RESOLUTIONS and not (name == "check_resolution" and v is None):
-                raise ValueError(f"{name} {v!r}: choose {', '.join(RESOLUTIONS)}")
+                raise UsageError(f"{name} {v!r}: choose {', '.join(RESOLUTIONS)}")
         if self.goal not in GOALS:
-            raise ValueError(f"goal {self.goal!r}: choose {', '.join(GOALS)}")
+            raise UsageError(f"goal {self.goal!r}: choose {', '.join(GOALS)}")
         if self.init not in INITS:
-            raise ValueError(f"unknown init {self.init!r}; choose {', '.join(INITS)}")
+            raise UsageError(f"unknown init {self.init!r}; choose {', '.join(INITS)}")
         if self.budget_map not in MAPS:
-            raise ValueError(f"budget_map {self.budget_map!r}: choose {', '.join(MAPS)}")
+            raise UsageError(f"budget_map {self.budget_map!r}: choose {', '.join(MAPS)}")
         upload.parse(self.survive)  # raises on a spec it cannot read
 
     def chains(self) -> list[upload.Chain]:
@@ -163,10 +164,10 @@ class RobustifyConfig:
         norm, eps, delta = budgets(getattr(first, "card", None), given.pop("norm", None), given.pop("eps", None),
                                    given.pop("delta", None))
         if isinstance(check, str) and check not in CHECK_PRESETS:
-            raise ValueError(f"check {check!r}: choose {', '.join(CHECK_PRESETS)}")
+            raise UsageError(f"check {check!r}: choose {', '.join(CHECK_PRESETS)}")
         chk = CHECKS[check] if isinstance(check, str) else check
         if chk is not None and not isinstance(chk, Check):
-            raise ValueError(f"check must be a preempt.verdict.check.Check (e.g. CHECKS['strong']), got {chk!r}")
+            raise UsageError(f"check must be a preempt.verdict.check.Check (e.g. CHECKS['strong']), got {chk!r}")
         settings = {**recommended(first, chk), **given}
         if check_steps is not None:
             settings["check"] = replace(settings["check"], steps=check_steps)
@@ -178,6 +179,33 @@ class RobustifyConfig:
         cfg = cls(**{**settings, "norm": norm, "eps": eps, "delta": delta})
         cfg.validate()
         return cfg
+
+    def describe(self, device: str = "cpu") -> str:
+        """One line that says what runs (the header of ``preempt robustify``): the budgets, the loop, its check,
+        the attackers and their precision on ``device``, the δ map and escalation, what decides "robust"."""
+        from ...budget import format_budget as b
+        from .precision import precision_used
+
+        chk, mt, esc = self.check, self.inner_loss == "margin-mt", self.max_delta is not None
+        targets = chk.apgd_targets not in (None, 3)
+        apgd_t = "" if not targets and chk.apgd_order == "logits" else (
+            (f" ({chk.apgd_targets} " if targets else " (") + "APGD-T targets"
+            + (" by first-order margin)" if chk.apgd_order == "linear" else ")"))
+        return (f"{self.norm} δ={b(self.delta)} ε={b(self.eps)}; ≤{self.steps} outer × {self.inner_steps} inner steps, "
+                f"check {chk.name}" + (f" (PGD-{chk.steps})" if chk.steps != 20 else "") + apgd_t
+                + (f" at {self.check_at()} resolution" if self.check_resolution else "")
+                + f", goal {self.goal}"
+                + (f", settle {self.settle}" if self.settle else "")
+                + (f", inner loss {self.inner_loss}" if self.inner_loss != "ce" else "")
+                + (f" ({self.inner_targets} targets) in {precision_used(self, device)}" if mt else "")
+                + (", least change" if self.least_change else "")
+                + (f", δ map {self.budget_map}" if self.budget_map != "uniform" else "")
+                + (f", δ up to {b(self.max_delta)}" if esc else "")  # type: ignore[arg-type]
+                + (f" (next δ after {self.give_up} steps without a failed attack)" if self.give_up and esc else "")
+                + (f", give up after {self.give_up} steps without a failed attack" if self.give_up and not esc else "")
+                + (f", retry {self.retry}" if self.retry != "none" else "")
+                + (f"; surviving {self.survive}" if self.survive else "")
+                + (f"; robust = {self.final.describe()}" if self.final is not None else "; robust = the check alone"))
 
     def check_at(self) -> str:
         """Where the check attacks a written photo (``check_resolution``, else ``resolution``)."""
@@ -208,7 +236,7 @@ def recommended(model: Model, check: Check | None = None) -> dict:
     if check is None:
         preset = rec.get("check", "strong")
         if preset not in CHECK_PRESETS:
-            raise ValueError(f"{getattr(model, 'name', 'the model')}'s card recommends check {preset!r}: "
+            raise UsageError(f"{getattr(model, 'name', 'the model')}'s card recommends check {preset!r}: "
                              f"choose {', '.join(CHECK_PRESETS)}")
         check = CHECKS[preset]
     over = {f: rec[k] for k, f in CARD_CHECK.items() if k in rec}
@@ -226,7 +254,7 @@ def resolve_init(init: str, model: Model) -> str:
     for fmnist-l2-preempt (300 images) 79.0% vs 81.0%, and for the pgd-at model 85.7% vs 86.3% —
     so only the ℓ∞ preempt cards recommend it."""
     if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; choose {', '.join(INITS)}")
+        raise UsageError(f"unknown init {init!r}; choose {', '.join(INITS)}")
     if init != "auto":
         return init
     card = getattr(model, "card", None) or {}

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ...core.metrics import change
+from ...errors import UsageError
 from .config import RobustifyConfig, escalation_stages
 from .final import final_verdict
 from .loop import run_at_delta
@@ -23,13 +24,13 @@ def validate_images(x: torch.Tensor) -> None:
         raise TypeError(f"images must be a torch.Tensor (N, C, H, W), got {type(x).__name__}; "
                         "preempt.load_image(path) gives one")
     if x.dim() != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(f"images must be shaped (N, C, H, W) with C = 1 or 3, got {tuple(x.shape)}")
+        raise UsageError(f"images must be shaped (N, C, H, W) with C = 1 or 3, got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"images must be floats in [0, 1], got {x.dtype} (divide 8-bit pixels by 255)")
     if x.numel():
         lo, hi = float(x.min()), float(x.max())
         if not (0.0 <= lo and hi <= 1.0):
-            raise ValueError(f"pixels must lie in [0, 1], got [{lo:g}, {hi:g}]"
+            raise UsageError(f"pixels must lie in [0, 1], got [{lo:g}, {hi:g}]"
                              + (" (8-bit values? divide by 255)" if hi > 1.0 else ""))
 
 
@@ -70,17 +71,17 @@ def _refuse(models: list[Model], cfg: RobustifyConfig, x: torch.Tensor) -> None:
     gradients, options that need one model, images that are not (N, C, H, W) in [0, 1]."""
     cfg.validate()
     if not models:
-        raise ValueError("robustify needs a model")
+        raise UsageError("robustify needs a model")
     for m in models:
         if not m.differentiable:
-            raise ValueError(f"{m.name} has no gradients (an ONNX model): robustify needs the torch model "
+            raise UsageError(f"{m.name} has no gradients (an ONNX model): robustify needs the torch model "
                              "(a bundled name, torchvision:NAME, a TorchScript or state_dict file); "
                              "ONNX models can only be verified")
     if len(models) > 1 and (cfg.optimizer == "rmsprop" or cfg.retry != "none" or cfg.survive):
-        raise ValueError("several models at once work with the sign optimizer, without --retry and --survive")
+        raise UsageError("several models at once work with the sign optimizer, without --retry and --survive")
     validate_images(x)
     if cfg.resolution == "model" and cfg.optimizer == "rmsprop":
-        raise ValueError("optimizer='rmsprop' works at full resolution only")
+        raise UsageError("optimizer='rmsprop' works at full resolution only")
 
 
 def _escalate(models: list[Model], x_o: torch.Tensor, ys: list[torch.Tensor], cfg: RobustifyConfig,

@@ -10,6 +10,7 @@ import torch
 
 from ...attacks import losses
 from ...attacks.projected_gradient import pgd_unrolled
+from ...errors import UsageError
 from ..persistent import PersistentAdversaries
 from .config import RobustifyConfig, resolve_init
 from .ledger import Ledger
@@ -132,7 +133,7 @@ class _Joint:
     def start(self, init: str, gen: torch.Generator) -> torch.Tensor:
         if init != "descent" or len(self.probs) == 1:
             return self.probs[0].start(init, self.ys[0], gen)
-        raise ValueError("init='descent' is for one model (the start preempt training taught that model)")
+        raise UsageError("init='descent' is for one model (the start preempt training taught that model)")
 
     def outer(self, leaf: torch.Tensor, xr: torch.Tensor, idx: torch.Tensor, k: int,
               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
@@ -187,7 +188,7 @@ def _outer_loss(prob: Problem, xr: torch.Tensor, idx: torch.Tensor, y: torch.Ten
         with torch.no_grad():
             wrong = prob.model(z).scatter(1, y[:, None], float("-inf"))
         if wrong.shape[1] < 4:
-            raise ValueError("inner_loss='ce+dlr-t' needs a model with at least 4 classes (targeted DLR's scale)")
+            raise UsageError("inner_loss='ce+dlr-t' needs a model with at least 4 classes (targeted DLR's scale)")
         target = wrong.argsort(1, descending=True)[:, (k // 2 - 1) % 3]
 
         def attack_loss(logits: torch.Tensor, y_: torch.Tensor) -> torch.Tensor:

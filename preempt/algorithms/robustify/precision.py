@@ -3,17 +3,13 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
-from .config import RobustifyConfig
 
-if TYPE_CHECKING:
-    pass
-
-
-
+class _AsksPrecision(Protocol):
+    loop_precision: str
 
 FORCE_FLOAT32 = "PREEMPT_FORCE_FLOAT32"  # set to 1: never bfloat16 (emulates a CPU without it, e.g. for benchmarks)
 
@@ -41,7 +37,7 @@ def _cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def precision_used(cfg: RobustifyConfig, device: torch.device | str) -> str:
+def precision_used(cfg: _AsksPrecision, device: torch.device | str) -> str:
     """The precision robustify's attackers actually run in on ``device``: ``bfloat16`` only where it was asked
     for (``loop_precision``) and is native; the checks and the final verdict always run in float32."""
     dev = torch.device(device)
