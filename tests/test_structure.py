@@ -247,7 +247,8 @@ def test_the_layout_rules_hold():
 
 
 # Layers, bottom first: a module may import its own package and anything in a lower layer, never above.
-LAYERS = {"errors": -1, "models": 0, "data": 0, "budget": 0, "version": 0, "vocab": 0, "core": 1, "attacks": 2, "verdict": 3, "algorithms": 4,
+LAYERS = {"errors": -1,
+          "models": 0, "data": 0, "budget": 0, "version": 0, "vocab": 0, "core": 1, "attacks": 2, "verdict": 3, "algorithms": 4,
           "defenses": 4, "train": 5, "pipeline": 5, "bench": 6, "cli": 7, "": 8, "__main__": 8}
 
 
