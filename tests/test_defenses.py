@@ -199,7 +199,7 @@ def test_bench_defenses_cli_measures_resumes_and_refuses_unknown_rows(tmp_path):
 
 
 def test_bench_report_says_when_a_row_had_no_adaptive_attack():
-    from preempt.bench.defenses import render
+    from preempt.bench.defenses_report import render
 
     row = {"key": "magnet", "name": "MagNet", "model": "m", "n": 10, "clean": 0.9, "non_adaptive": 0.8,
            "non_adaptive_attack": "PGD-20", "adaptive": None, "adaptive_attack": None, "per_attack": {"clean": 0.9},

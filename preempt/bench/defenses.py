@@ -40,167 +40,42 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..attacks import adaptive, apgd, apgd_targeted, pgd
-from ..attacks.base import Survivors
+from ..attacks import apgd
 from ..attacks.bpda import BPDA
 from ..core.threat import ThreatModel, threat_model
 from ..errors import UsageError
 from ..models import load_model
-from ..models.protocol import Model
-
-ROWS: dict[str, str] = {
-    "standard": "Standard model", "magnet": "MagNet (reconstruction detector)", "magnet-jsd": "MagNet (JSD detector)",
-    "magnet-both": "MagNet (both detectors)", "defense-gan": "Defense-GAN", "pgd-at": "PGD-AT",
-    "fast-at": "Fast-AT", "pgd-at-d": "PGD-AT on 10% labelled", "rst": "PGD-AT, 10% labelled + 90% pseudo-labelled",
-    "smoothing": "Randomized smoothing", "adv-ours": "ADV / Ours", "ours-ours": "Ours / Ours",
-    "rst-ours": "Pseudo-labelled AT / Ours",
-}
-MODELS = {"standard": "fmnist-standard", "pgd-at": "fmnist-linf-pgdat", "fast-at": "fmnist-linf-fastat",
-          "pgd-at-d": "fmnist-linf-pgdat-d6k", "rst": "fmnist-linf-pgdat-rst",
-          "smoothing": "fmnist-gaussian-0.25", "adv-ours": "fmnist-linf-pgdat", "ours-ours": "fmnist-linf-preempt-d3",
-          "rst-ours": "fmnist-linf-pgdat-rst"}
-# ℓ2 (``--norm l2``): the rows with an ℓ2 meaning, with their ℓ2 models; the others say why not
-MODELS_L2 = {"standard": "fmnist-standard", "pgd-at": "fmnist-l2-pgdat", "smoothing": "fmnist-gaussian-0.25",
-             "adv-ours": "fmnist-l2-pgdat", "ours-ours": "fmnist-l2-preempt-d3"}
-NO_L2 = {"fast-at": "Fast-AT is an ℓ∞ method (one FGSM sign step of 1.25ε from a random start); no ℓ2 model is "
-                    "bundled",
-         "pgd-at-d": "its model is trained against ℓ∞ only (no ℓ2 pseudo-label run was made)",
-         "rst": "its model is trained against ℓ∞ only (no ℓ2 pseudo-label run was made)",
-         "rst-ours": "its model is trained against ℓ∞ only (no ℓ2 pseudo-label run was made)"}
-DEFENSES = {"magnet": "fmnist-magnet", "magnet-jsd": "fmnist-magnet", "magnet-both": "fmnist-magnet",
-            "defense-gan": "fmnist-defense-gan"}
-MAGNET_DETECTORS = {"magnet": ("recon",), "magnet-jsd": ("jsd",), "magnet-both": ("recon", "jsd")}
-# a row's code version: a stored row of an older version is measured again
-ROW_VERSION = {"magnet": 2, "magnet-jsd": 2, "magnet-both": 2}
-
-
-@dataclass
-class BenchConfig:
-    n: int = 1000
-    eps: float = 0.1
-    seed: int = 0
-    sigma: float = 0.25            # smoothing noise
-    smooth_n: int = 100            # smoothing: noise draws per prediction (majority vote)
-    certify_n0: int = 100          # smoothing CERTIFY
-    certify_n: int = 500
-    certify_alpha: float = 0.001
-    eot: int = 8                   # smoothing: noise draws per gradient of the adaptive PGD
-    apgd_targets: int = 3
-    batch: int = 250
-    cw_steps: int = 100            # MagNet rows: Adam steps per binary-search step of CW-ℓ2
-    cw_binary_steps: int = 5
-    cw_n: int | None = None        # unbounded CW on the first N images only (None: all n)
-    norm: str = "linf"             # linf | l2 (the rows of NO_L2 have no ℓ2 meaning)
-
-    @classmethod
-    def for_norm(cls, norm: str, *, eps: float | None = None, **kw: Any) -> BenchConfig:
-        """The settings for ``norm``: ε defaults to the paper's 0.1 for ℓ∞ and 1.5 for ℓ2."""
-        return cls(norm=norm, eps=eps if eps is not None else (1.5 if norm == "l2" else 0.1), **kw)
-
-
-@dataclass
-class Row:
-    key: str
-    name: str
-    model: str
-    n: int
-    clean: float
-    non_adaptive: float
-    non_adaptive_attack: str
-    adaptive: float | None
-    adaptive_attack: str | None
-    per_attack: dict[str, float] = field(default_factory=dict)   # accuracy after each attack, in order
-    certified: float | None = None
-    train_s: float | None = None
-    inference_ms: float = 0.0
-    robustify_ms: float | None = None
-    robustify_passes: float | None = None
-    seconds: float = 0.0
-    depends: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _model(key: str, norm: str) -> str:
-    return MODELS_L2[key] if norm == "l2" else MODELS[key]
-
-
-def rows_for(norm: str) -> list[str]:
-    """The rows measured at ``norm``."""
-    return [k for k in ROWS if norm != "l2" or k not in NO_L2]
-
-
-def _chunks(n: int, bs: int):
-    return [slice(i, min(i + bs, n)) for i in range(0, n, bs)]
-
-
-def _timed_predict(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, bs: int) -> tuple[torch.Tensor, float]:
-    predict(x[:2])  # warm-up: the first call of a model pays for allocations and kernel choices
-    t0 = time.perf_counter()
-    out = torch.cat([predict(x[s]) for s in _chunks(len(x), bs)])
-    return out, 1000 * (time.perf_counter() - t0) / max(len(x), 1)
-
-
-def _pgd20(model: Model, x, y, threat, gen, bs):
-    return torch.cat([pgd(model, x[s], y[s], threat=threat, steps=20, generator=gen).x_adv for s in _chunks(len(x), bs)])
-
-
-class _Worst(Survivors):
-    """Worst case per image over a sequence of attacks, each run on the images still robust, with
-    the accuracy after each."""
-
-    def __init__(self, ok: torch.Tensor) -> None:
-        super().__init__(ok)
-        self.after: dict[str, float] = {"clean": self.acc}
-
-    def run(self, name: str, attack: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """``attack(idx) -> still_ok`` (bool per index) on the indices still robust."""
-        self.attack_mask(name, lambda idx: ~attack(idx))
-        self.after[name] = self.acc
-
-    @property
-    def acc(self) -> float:
-        return self.robust.float().mean().item()
-
-
-def _classifier_attacks(w: _Worst, model: Model, x, y, threat, gen, cfg: BenchConfig, *, robustified: bool) -> None:
-    """APGD-CE, APGD-T (and on robustified images preempt's robustification-aware attack)."""
-    def batched(fn):
-        return lambda idx: torch.cat([~fn(x[idx[s]], y[idx[s]]).success for s in _chunks(len(idx), cfg.batch)])
-
-    if robustified:
-        w.run("adaptive (undo + PGD)", batched(lambda a, b: adaptive(model, a, b, threat=threat, generator=gen)))
-    w.run("apgd-ce", batched(lambda a, b: apgd(model, a, b, threat=threat, loss="ce", generator=gen)))
-    w.run(f"apgd-t ({cfg.apgd_targets} targets)", batched(
-        lambda a, b: apgd_targeted(model, a, b, threat=threat, n_targets=cfg.apgd_targets, generator=gen)))
-
-
-def _card_train_s(card: Mapping[str, Any]) -> float | None:
-    """Training wall time of a card, the pseudo-labeller's included (it is part of the method)."""
-    from ..models.registry import bundled
-
-    t = (card.get("training") or {}).get("wall_time_s")
-    if t is None:
-        return None
-    labeller = bundled().get((card.get("pseudo_labels") or {}).get("labeller", ""))
-    extra = (labeller.card.get("training") or {}).get("wall_time_s", 0.0) if labeller else 0.0
-    return float(t) + float(extra)
+from .defenses_base import (
+    DEFENSES,
+    MAGNET_DETECTORS,
+    ROW_VERSION,
+    BenchConfig,
+    Row,
+    Worst,
+    card_train_s,
+    chunks,
+    classifier_attacks,
+    model_for,
+    pgd20,
+    rows_for,
+    timed_predict,
+)
+from .defenses_report import NO_L2, ROWS, ball_name, write
 
 
 def _row_classifier(key: str, x, y, threat: ThreatModel, cfg: BenchConfig, gen) -> Row:
     from ..algorithms.robustify import RobustifyConfig, robustify
 
-    model = load_model(_model(key, cfg.norm))
+    model = load_model(model_for(key, cfg.norm))
     robust = key.endswith("-ours")
     rob_ms = rob_passes = None
     if robust:
@@ -208,31 +83,31 @@ def _row_classifier(key: str, x, y, threat: ThreatModel, cfg: BenchConfig, gen) 
         rcfg = RobustifyConfig(norm=cfg.norm, eps=cfg.eps, delta=cfg.eps, seed=cfg.seed, final=None)
         model.passes = 0
         t0 = time.perf_counter()
-        x = torch.cat([robustify(model, x[s], config=rcfg).x for s in _chunks(len(x), cfg.batch)])
+        x = torch.cat([robustify(model, x[s], config=rcfg).x for s in chunks(len(x), cfg.batch)])
         rob_ms, rob_passes = 1000 * (time.perf_counter() - t0) / len(x), model.passes / len(x)
-    pred, inf_ms = _timed_predict(model.predict, x, cfg.batch)
-    w = _Worst(pred == y)
-    w.run("pgd-20", lambda idx: model.predict(_pgd20(model, x[idx], y[idx], threat, gen, cfg.batch)) == y[idx])
+    pred, inf_ms = timed_predict(model.predict, x, cfg.batch)
+    w = Worst(pred == y)
+    w.run("pgd-20", lambda idx: model.predict(pgd20(model, x[idx], y[idx], threat, gen, cfg.batch)) == y[idx])
     non_adaptive = w.acc
-    _classifier_attacks(w, model, x, y, threat, gen, cfg, robustified=robust)
+    classifier_attacks(w, model, x, y, threat, gen, cfg, robustified=robust)
     names = ["PGD-20"] + (["robustification-aware (undo + PGD)"] if robust else []) + ["APGD-CE", f"APGD-T ({cfg.apgd_targets})"]
     return Row(key, ROWS[key], model.name, len(x), w.after["clean"], non_adaptive, "PGD-20 (white-box: no defense to adapt to)"
                if not robust else "PGD-20 on the robustified images", w.acc, " + ".join(names), w.after,
-               train_s=_card_train_s(model.card), inference_ms=inf_ms, robustify_ms=rob_ms, robustify_passes=rob_passes,
+               train_s=card_train_s(model.card), inference_ms=inf_ms, robustify_ms=rob_ms, robustify_passes=rob_passes,
                depends={"model": model.card.get("sha256")})
 
 
 def _in_front(defense, x, y, threat: ThreatModel, cfg: BenchConfig, gen,
-              defended: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[_Worst, float, float]:
+              defended: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[Worst, float, float]:
     """What both preprocessing defenses share: clean accuracy (timed), then the non-adaptive attack
     (PGD-20 on the undefended classifier, judged by ``defended(x_adv, y)``); returns the running
     worst case, the inference ms per image and the training seconds (defense + classifier)."""
     clf = defense.classifier
-    pred, inf_ms = _timed_predict(defense.predict, x, cfg.batch)
-    w = _Worst(pred == y)
+    pred, inf_ms = timed_predict(defense.predict, x, cfg.batch)
+    w = Worst(pred == y)
     w.run("pgd-20 on the classifier (non-adaptive)",
-          lambda idx: defended(_pgd20(clf, x[idx], y[idx], threat, gen, cfg.batch), y[idx]))
-    train_s = sum(v for v in (_card_train_s(defense.card), _card_train_s(clf.card)) if v is not None)
+          lambda idx: defended(pgd20(clf, x[idx], y[idx], threat, gen, cfg.batch), y[idx]))
+    train_s = sum(v for v in (card_train_s(defense.card), card_train_s(clf.card)) if v is not None)
     return w, inf_ms, train_s
 
 
@@ -259,20 +134,20 @@ def _row_magnet(key: str, x, y, threat: ThreatModel, cfg: BenchConfig, gen) -> R
     for label, kw in variants:
         def adaptive_attack(idx: torch.Tensor, kw: dict[str, Any] = kw) -> torch.Tensor:
             return torch.cat([defended(magnet_attack(mg, x[idx[s]], y[idx[s]], threat=threat, generator=gen, **kw).x_adv,
-                                       y[idx[s]]) for s in _chunks(len(idx), cfg.batch)])
+                                       y[idx[s]]) for s in chunks(len(idx), cfg.batch)])
 
         w.run(label, adaptive_attack)
     cw_kw: dict[str, Any] = {"steps": cfg.cw_steps, "binary_steps": cfg.cw_binary_steps}
     if cfg.norm == "linf":
         w.run(f"cw-l2 inside the l-inf ball + detector hinge ({cfg.cw_binary_steps}x{cfg.cw_steps} steps)",
               lambda idx: torch.cat([defended(magnet_cw(mg, x[idx[s]], y[idx[s]], threat=threat, **cw_kw).x_adv,
-                                              y[idx[s]]) for s in _chunks(len(idx), 2 * cfg.batch)]))
+                                              y[idx[s]]) for s in chunks(len(idx), 2 * cfg.batch)]))
     else:  # ℓ2: the unbounded CW's point counts where it lies inside the ε-ball
         def cw_within(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             xa = magnet_cw(mg, a, b, **cw_kw).x_adv
             return defended(xa, b) | ((xa - a).flatten(1).norm(dim=1) > cfg.eps + 1e-6)
         w.run(f"cw-l2 + detector hinge, within l2 eps ({cfg.cw_binary_steps}x{cfg.cw_steps} steps)",
-              lambda idx: torch.cat([cw_within(x[idx[s]], y[idx[s]]) for s in _chunks(len(idx), 2 * cfg.batch)]))
+              lambda idx: torch.cat([cw_within(x[idx[s]], y[idx[s]]) for s in chunks(len(idx), 2 * cfg.batch)]))
     extra = _magnet_distortion(mg, x[:cfg.cw_n], y[:cfg.cw_n], threat, cfg, gen, defended, cw_kw)
     tau = mg.thresholds()
     fpr = mg.detect(x).float().mean().item()
@@ -307,7 +182,7 @@ def _magnet_distortion(mg, x, y, threat: ThreatModel, cfg: BenchConfig, gen, def
             "pgd-50": lambda a, b: magnet_attack(mg, a, b, threat=threat, penalty=10.0, generator=gen)}
     for name, fn in runs.items():
         t0 = time.perf_counter()
-        xa = torch.cat([fn(x[s], y[s]).x_adv for s in _chunks(len(x), 2 * cfg.batch)])
+        xa = torch.cat([fn(x[s], y[s]).x_adv for s in chunks(len(x), 2 * cfg.batch)])
         broken = ok & ~defended(xa, y)  # re-judged by MagNet's own prediction, not the attack's flag
         d = (xa - x).flatten(1)
         l2, linf = d.norm(dim=1), d.abs().amax(1)
@@ -329,7 +204,7 @@ def _distortion_note(extra: dict[str, Any], cfg: BenchConfig) -> str:
     return (f"on the first {extra['n']} images ({extra['clean_ok']} accepted and correct): unbounded CW-ℓ2 "
             f"({cfg.cw_binary_steps} binary-search steps × {cfg.cw_steps} Adam steps) breaks "
             f"{100 * cw['success']:.1f}% at median ℓ2 {med(cw['median_l2'])} (ℓ∞ {med(cw['median_linf'])}); "
-            f"detector-aware PGD-50 at {_ball(str(threat_model(cfg.norm, cfg.eps)))} breaks {100 * pg['success']:.1f}% "
+            f"detector-aware PGD-50 at {ball_name(str(threat_model(cfg.norm, cfg.eps)))} breaks {100 * pg['success']:.1f}% "
             "at median ℓ2 "
             f"{med(pg['median_l2'])}; accuracy left at ℓ2 1.5: CW {100 * cw['acc_l2']['1.5']:.1f}%, PGD-50 "
             f"{100 * pg['acc_l2']['1.5']:.1f}%")
@@ -345,13 +220,13 @@ def _row_defense_gan(x, y, threat: ThreatModel, cfg: BenchConfig, gen) -> Row:
     non_adaptive = w.acc
     attacked = BPDA(clf, lambda v: dg.project(v)[0])
     w.run("bpda pgd-20 (identity projection backward)",
-          lambda idx: dg.predict(_pgd20(attacked, x[idx], y[idx], threat, gen, cfg.batch)) == y[idx])
+          lambda idx: dg.predict(pgd20(attacked, x[idx], y[idx], threat, gen, cfg.batch)) == y[idx])
     lin = dg.linearized()
     w.run("bpda pgd-20 (linearized projection backward)",
-          lambda idx: dg.predict(_pgd20(lin, x[idx], y[idx], threat, gen, cfg.batch)) == y[idx])
+          lambda idx: dg.predict(pgd20(lin, x[idx], y[idx], threat, gen, cfg.batch)) == y[idx])
     w.run("bpda apgd-dlr-50 (linearized projection backward)", lambda idx: dg.predict(torch.cat([
         apgd(lin, x[idx[s]], y[idx[s]], threat=threat, steps=50, loss="dlr", generator=gen).x_adv
-        for s in _chunks(len(idx), cfg.batch)])) == y[idx])
+        for s in chunks(len(idx), cfg.batch)])) == y[idx])
     return Row("defense-gan", ROWS["defense-gan"], dg.name, len(x), w.after["clean"], non_adaptive,
                "PGD-20 on the undefended classifier, then Defense-GAN", w.acc,
                "BPDA PGD-20 (projection forward, identity backward), then BPDA PGD-20 and APGD-DLR-50 with the "
@@ -367,7 +242,7 @@ def _row_defense_gan(x, y, threat: ThreatModel, cfg: BenchConfig, gen) -> Row:
 def _row_smoothing(x, y, threat: ThreatModel, cfg: BenchConfig, gen) -> Row:
     from ..defenses.smoothing import Smoothed, certify
 
-    base = load_model(_model("smoothing", cfg.norm))
+    base = load_model(model_for("smoothing", cfg.norm))
     ngen = torch.Generator().manual_seed(cfg.seed + 7)
 
     def vote(xb):  # majority vote of smooth_n noisy predictions
@@ -378,14 +253,14 @@ def _row_smoothing(x, y, threat: ThreatModel, cfg: BenchConfig, gen) -> Row:
                 counts[torch.arange(len(xb)), p] += 1
         return counts.argmax(1)
 
-    pred, inf_ms = _timed_predict(vote, x, cfg.batch)
-    w = _Worst(pred == y)
+    pred, inf_ms = timed_predict(vote, x, cfg.batch)
+    w = Worst(pred == y)
     w.run("pgd-20 on the base classifier (non-adaptive)",
-          lambda idx: vote(_pgd20(base, x[idx], y[idx], threat, gen, cfg.batch)) == y[idx])
+          lambda idx: vote(pgd20(base, x[idx], y[idx], threat, gen, cfg.batch)) == y[idx])
     non_adaptive = w.acc
     smoothed = Smoothed(base, cfg.sigma, samples=cfg.eot, generator=ngen)
     w.run(f"pgd-20 on the smoothed classifier (EOT {cfg.eot})",
-          lambda idx: vote(_pgd20(smoothed, x[idx], y[idx], threat, gen, cfg.batch)) == y[idx])
+          lambda idx: vote(pgd20(smoothed, x[idx], y[idx], threat, gen, cfg.batch)) == y[idx])
     radii = []
     for i in range(len(x)):
         c = certify(base, x[i], sigma=cfg.sigma, n0=cfg.certify_n0, n=cfg.certify_n, alpha=cfg.certify_alpha,
@@ -399,7 +274,7 @@ def _row_smoothing(x, y, threat: ThreatModel, cfg: BenchConfig, gen) -> Row:
     return Row("smoothing", ROWS["smoothing"], f"{base.name} σ={cfg.sigma:g}", len(x), w.after["clean"], non_adaptive,
                "PGD-20 on the base classifier, then the smoothed prediction", w.acc,
                f"PGD-20 on the smoothed classifier (expected softmax over {cfg.eot} draws)", w.after,
-               certified=(r >= need).float().mean().item(), train_s=_card_train_s(base.card), inference_ms=inf_ms,
+               certified=(r >= need).float().mean().item(), train_s=card_train_s(base.card), inference_ms=inf_ms,
                depends={"model": base.card.get("sha256"), "sigma": cfg.sigma},
                notes=[f"prediction: majority vote of {cfg.smooth_n} noisy copies; CERTIFY (Cohen et al.) with n0 = "
                       f"{cfg.certify_n0}, n = {cfg.certify_n}, α = {cfg.certify_alpha:g}: "
@@ -435,7 +310,7 @@ def _depends(key: str, norm: str = "linf") -> dict[str, Any]:
         if key in MAGNET_DETECTORS and d:
             out["detectors"] = {k: (d.card.get(k) or {}).get("threshold") for k in ("detector", "jsd_detector")}
         return out
-    m = bundled().get(_model(key, norm))
+    m = bundled().get(model_for(key, norm))
     return {"model": m.card.get("sha256") if m else None, **version}
 
 
@@ -477,162 +352,10 @@ def run(rows: list[str] | None = None, *, out: str | Path = "defenses", config: 
         row = _RUNNERS[key](x, y, threat, cfg, gen)
         row.seconds = time.perf_counter() - t0
         doc["rows"][key] = asdict(row)
-        _write(doc, out)
+        write(doc, out)
         if on_row:
             on_row(row)
-    _write(doc, out)
+    write(doc, out)
     return doc
 
 
-def _write(doc: dict[str, Any], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for suffix, text in ((".json", json.dumps(doc, indent=2) + "\n"), (".md", render(doc))):
-        tmp = out.with_suffix(suffix + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out.with_suffix(suffix))
-    plot(doc, out.with_suffix(".png"))
-
-
-def _pct(v: float | None) -> str:
-    return "–" if v is None else f"{100 * v:.1f}"
-
-
-def _cost(v: float | None, unit: str = "ms") -> str:
-    if v is None:
-        return "–"
-    if unit == "s":
-        return f"{v / 60:.0f} min" if v >= 600 else f"{v:.0f} s"
-    return f"{v:.1f} ms" if v < 100 else f"{v:.0f} ms"
-
-
-def render(doc: dict[str, Any]) -> str:
-    cfg = doc["config"]
-    norm = "ℓ2" if cfg.get("norm") == "l2" else "ℓ∞"
-    md = ["# Defenses side by side on Fashion-MNIST" + (" (ℓ2)" if norm == "ℓ2" else ""), "",
-          f"`preempt bench defenses{' --norm l2' if norm == 'ℓ2' else ''}` — the first {cfg['n']} test images, true "
-          f"labels, {norm} ε = {cfg['eps']:g}, seed "
-          f"{cfg['seed']}, {doc.get('machine', '')}. Accuracy in %. *Non-adaptive*: the attack the defense's paper "
-          "reports (PGD-20 crafted without knowing the defense). *Adaptive*: the worst case per image over every "
-          "attack of the row, the non-adaptive one included. Costs: training wall time (the defense's networks and "
-          "its classifier), inference and robustification per image, measured in this run on this machine.", "",
-          "| Defense | Model | Clean | Non-adaptive | Adaptive | Certified | Training | Inference / img | "
-          "Robustify / img |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    rows = doc["rows"]
-    for key in ROWS:
-        if key not in rows:
-            continue
-        r = rows[key]
-        rob = "–" if r["robustify_ms"] is None else f"{_cost(r['robustify_ms'])} ({r['robustify_passes']:.0f} passes)"
-        md.append(f"| {r['name']} | `{r['model']}` | {_pct(r['clean'])} | {_pct(r['non_adaptive'])} | "
-                  f"{_pct(r['adaptive']) if r['adaptive'] is not None else 'not evaluated'} | {_pct(r['certified'])} | "
-                  f"{_cost(r['train_s'], 's')} | {_cost(r['inference_ms'])} | {rob} |")
-    if norm == "ℓ2":
-        md += ["", "Rows without an ℓ2 version: " + "; ".join(f"**{ROWS[k]}** — {why}" for k, why in NO_L2.items()) + "."]
-    md += _render_distortion(rows)
-    md += ["", "## What each row ran", ""]
-    for key in ROWS:
-        if key not in rows:
-            continue
-        r = rows[key]
-        after = ", ".join(f"{k} {_pct(v)}" for k, v in r["per_attack"].items())
-        line = f"- **{r['name']}**: non-adaptive = {r['non_adaptive_attack']}; "
-        line += (f"adaptive = {r['adaptive_attack']}." if r["adaptive"] is not None
-                 else "**evaluated only with a non-adaptive attack**.")
-        md.append(line + f" Accuracy after each attack: {after}. ({r['seconds']:.0f} s)")
-        md += [f"  - {n}" for n in r.get("notes", [])]
-    md.append("")
-    return "\n".join(md) + "\n"
-
-
-def _ball(threat: str) -> str:
-    """``linf(eps=0.1)`` → ``ℓ∞ ε = 0.1`` (a threat model as stored in the JSON, for the table)."""
-    import re
-
-    m = re.fullmatch(r"(linf|l2)\(eps=([0-9.e-]+)\)", threat)
-    return f"{'ℓ∞' if m.group(1) == 'linf' else 'ℓ2'} ε = {float(m.group(2)):g}" if m else threat
-
-
-def _render_distortion(rows: dict[str, Any]) -> list[str]:
-    """MagNet rows: the unbounded CW-ℓ2 attack beside the detector-aware PGD-50."""
-    have = [k for k in ROWS if k in rows and rows[k].get("extra", {}).get("cw-l2")]
-    if not have:
-        return []
-    ex0 = rows[have[0]]["extra"]
-    linf_r, l2_r = list(ex0["cw-l2"]["acc_linf"]), list(ex0["cw-l2"]["acc_l2"])
-    md = ["", "## MagNet under the Carlini–Wagner attack", "",
-          f"On the first {ex0['n']} images, of those MagNet accepts and classifies correctly: the share each attack "
-          "breaks (misclassified and accepted by the detectors, judged by MagNet's own prediction), the median "
-          f"distortion of its successes, and the accuracy left (of all {ex0['n']}) at ℓ∞ and ℓ2 radii: the points "
-          "each attack found, counted where they lie within the radius. CW-ℓ2 is unbounded (it minimises the ℓ2 "
-          "distortion); PGD-50 is bounded by the table's ε.", "",
-          "| Row | Attack | Broken | Median ℓ2 | Median ℓ∞ | " + " | ".join(f"Acc. ℓ∞ {r}" for r in linf_r) + " | "
-          + " | ".join(f"Acc. ℓ2 {r}" for r in l2_r) + " | Seconds |",
-          "|---|---|" + "---:|" * (3 + len(linf_r) + len(l2_r) + 1)]
-    for k in have:
-        pgd_label = f"PGD-50 + detector penalty ({_ball(rows[k]['extra'].get('pgd_threat', 'ε-ball'))})"
-        for name, label in (("cw-l2", "CW-ℓ2 (unbounded)"), ("pgd-50", pgd_label)):
-            a = rows[k]["extra"][name]
-            med = ["–" if a[m] is None else f"{a[m]:.2f}" for m in ("median_l2", "median_linf")]
-            md.append(f"| {rows[k]['name']} | {label} | {_pct(a['success'])} | {med[0]} | {med[1]} | "
-                      + " | ".join(_pct(a["acc_linf"][r]) for r in linf_r) + " | "
-                      + " | ".join(_pct(a["acc_l2"][r]) for r in l2_r) + f" | {a['seconds']:.0f} |")
-    return md
-
-
-def plot(doc: dict[str, Any], path: Path) -> bool:
-    """Clean, non-adaptive and adaptive accuracy against the per-image cost at use (inference +
-    robustification) and against the training cost, one panel each."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.lines import Line2D
-        from matplotlib.ticker import FuncFormatter, NullFormatter
-    except ImportError:
-        return False
-    rows = [r for k, r in doc["rows"].items() if k in ROWS]
-    if not rows:
-        return False
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5), dpi=110, sharey=True)
-    costs = {"at use: inference + robustification per image (ms)":
-             lambda r: r["inference_ms"] + (r["robustify_ms"] or 0.0),
-             "training: the defense's networks and its classifier (min)":
-             lambda r: max((r["train_s"] or 0.0) / 60, 0.1)}
-    for ax, (label, cost_of) in zip(axes, costs.items()):
-        label_y: list[tuple[float, float]] = []  # (cost, y) of the labels placed so far
-        for r in sorted(rows, key=lambda r: (r["adaptive"] if r["adaptive"] is not None else r["non_adaptive"])):
-            cost = cost_of(r)
-            adv = r["adaptive"] if r["adaptive"] is not None else r["non_adaptive"]
-            ax.plot([cost, cost], [100 * adv, 100 * r["clean"]], color="0.8", zorder=1)
-            ax.scatter([cost], [100 * r["clean"]], marker="o", color="tab:blue", zorder=2)
-            ax.scatter([cost], [100 * r["non_adaptive"]], marker="^", color="tab:orange", zorder=2)
-            ax.scatter([cost], [100 * adv], marker="x", color="tab:red", zorder=3)
-            # labels of rows with close costs are pushed up until they are 6 points apart
-            y = 100 * adv
-            for c, ly in sorted(label_y, key=lambda t: t[1]):
-                if 0.5 < cost / c < 2 and abs(y - ly) < 6:
-                    y = ly + 6
-            label_y.append((cost, y))
-            ax.annotate(r["name"], (cost, 100 * adv), xytext=(cost * 1.25, y - 1.5), fontsize=8,
-                        arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5})
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel(f"cost {label}, log scale")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("accuracy (%)")
-    axes[0].set_ylim(-5, 100)
-    axes[0].legend(handles=[Line2D([], [], marker="o", ls="", color="tab:blue", label="clean"),
-                            Line2D([], [], marker="^", ls="", color="tab:orange", label="non-adaptive attack"),
-                            Line2D([], [], marker="x", ls="", color="tab:red", label="adaptive attack")],
-                   loc="lower right", fontsize=8)
-    norm = "ℓ2" if doc["config"].get("norm") == "l2" else "ℓ∞"
-    fig.suptitle(f"Fashion-MNIST, {norm} ε = {doc['config']['eps']:g}, {doc['config']['n']} test images "
-                 "(labels at the adaptive-attack point)")
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return True

@@ -12,8 +12,8 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..errors import PreemptError, UsageError
+from ..train.config import TrainConfig
 from ..train.generative import DefenseTrainConfig
-from ..train.loop import TrainConfig
 from ..vocab import Norm, Schedule
 from .common import budget_option, err_console, pick_device, print_json
 

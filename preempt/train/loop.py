@@ -14,71 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from .. import data as datasets
-from ..attacks.projected_gradient import pgd
 from ..core.threat import threat_model
 from ..errors import UsageError
 from ..models import Classifier, Preprocessing, build, save_model
-from ..vocab import SCHEDULES
-from .methods import METHODS, batch_loss
-
-
-@dataclass
-class TrainConfig:
-    method: str = "standard"
-    dataset: str = "fashion-mnist"
-    data: str | None = None
-    arch: str = "cnn"
-    width: int = 32
-    norm: str = "linf"
-    eps: float = 0.1
-    delta: float | None = None   # robustification budget δ (preempt); None: equal to ε
-    steps: int = 10              # attack steps while training (pgd-at, preempt)
-    step_size: float | None = None
-    delta_steps: int = 2         # preempt: signed descent steps that find x̂_r
-    preempt_direction: str = "descent"
-    sigma: float = 0.25          # gaussian
-    fgsm_alpha: float = 0.5      # fgsm
-    replays: int = 4             # free-at
-    epochs: int = 5
-    batch_size: int = 128
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"     # cosine | constant | step (×0.1 at 50% and 75% of the epochs: Rice et al. 2020)
-    val_size: int = 2000
-    val_attack_steps: int = 10
-    val_attack_size: int = 500
-    early_stop: bool = False     # keep the epoch with the best robust validation accuracy
-    curve_size: int = 0          # > 0: also log clean and PGD accuracy on the first N training and N test images
-                                 # every epoch (the learning curves of robust overfitting)
-    attack_bn: str = "train"     # BatchNorm mode while crafting training attacks: train | eval
-    image_size: int = 32         # ImageFolder: images are resized to this
-    channels: int = 3            # ImageFolder: 1 (grey) or 3
-    limit: int | None = None     # use only the first N training images (tests, quick runs)
-    labelled: int | None = None  # keep the labels of only the first N training images (D); the rest (D̃) get
-                                 # ``pseudo_labeller``'s predictions instead (Carmon et al. 2019, Uesato et al. 2019)
-    unlabelled: int | None = None  # with ``labelled``: use at most M images of D̃ (None: all of them)
-    pseudo_labeller: str | None = None  # a model name or weights file trained on D alone
-    seed: int = 0
-    threads: int | None = None
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        if self.delta is None:
-            self.delta = self.eps
-        if self.method not in METHODS:
-            raise UsageError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
-        if self.schedule not in SCHEDULES:
-            raise UsageError(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
-        if (self.labelled is None) != (self.pseudo_labeller is None):
-            raise UsageError("labelled and pseudo_labeller go together: the labelled subset D and the model, "
-                             "trained on D alone, that labels the rest")
-        if self.labelled is not None and self.limit is not None:
-            raise UsageError("labelled and limit exclude each other (limit would drop the unlabelled images)")
-        if self.labelled is not None and self.labelled < 1:
-            raise UsageError(f"labelled must be at least 1, got {self.labelled}")
-
-
+from .config import TrainConfig, dataset_kw
+from .methods import batch_loss
+from .metrics import accuracy, curve_test_split, curves, robust_accuracy, test_metrics
 
 
 @dataclass
@@ -99,21 +40,6 @@ def _lr(cfg: TrainConfig, it: int, total: int) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * it / max(total, 1)))
 
 
-@torch.no_grad()
-def accuracy(model: torch.nn.Module, x, y, bs: int = 1000) -> float:
-    model.eval()
-    return sum((model(x[i:i + bs]).argmax(1) == y[i:i + bs]).sum().item() for i in range(0, len(x), bs)) / max(len(x), 1)
-
-
-def robust_accuracy(model: torch.nn.Module, x, y, threat, steps: int, bs: int = 500, seed: int = 0) -> float:
-    model.eval()
-    gen = torch.Generator(device=x.device).manual_seed(seed)
-    ok: float = 0
-    for i in range(0, len(x), bs):
-        ok += pgd(model, x[i:i + bs], y[i:i + bs], threat=threat, steps=steps, generator=gen).robust.sum().item()
-    return ok / max(len(x), 1)
-
-
 def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Path | None = None,
           resume: bool = False, command: str | None = None,
           on_step: Callable[[dict], None] | None = None,
@@ -126,7 +52,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Pat
     torch.manual_seed(cfg.seed)
     dist = _Dist.setup(cfg.device)
     dev = torch.device(cfg.device if dist.world == 1 or cfg.device == "cpu" else f"cuda:{dist.local_rank}")
-    x, y, classes = tensors if tensors is not None else datasets.load(cfg.dataset, "train", cfg.data, **_kw(cfg))
+    x, y, classes = tensors if tensors is not None else datasets.load(cfg.dataset, "train", cfg.data, **dataset_kw(cfg))
     xv, yv, xt, yt, pseudo = _splits(cfg, x, y, classes, dev)
     c, h = x.shape[1], x.shape[2]
     net = build(cfg.arch, in_channels=c, num_classes=len(classes), width=cfg.width, input_size=h)
@@ -143,7 +69,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Pat
     run = Path(run_dir) if run_dir and dist.rank == 0 else None
     start_epoch, best, best_state, elapsed, history = _resume(run, resume, model, opt, gen, dev)
     start_epoch = dist.sync_start(model, opt, start_epoch)
-    curve_test = _curve_test_split(cfg, dev) if cfg.curve_size and tensors is None and dist.rank == 0 else None
+    curve_test = curve_test_split(cfg, dev) if cfg.curve_size and tensors is None and dist.rank == 0 else None
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         order = torch.randperm(len(xt), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).to(dev)
@@ -158,7 +84,7 @@ def train(cfg: TrainConfig, *, run_dir: str | Path | None = None, out: str | Pat
         elapsed += time.perf_counter() - t0
         rec = {"epoch": epoch + 1, "loss": tot_loss / max(seen, 1), "val_clean": clean,
                f"val_pgd{cfg.val_attack_steps}": rob, "lr": opt.param_groups[0]["lr"], "seconds": elapsed,
-               **_curves(model, cfg, threat, (xt, yt), curve_test)}
+               **curves(model, cfg, threat, (xt, yt), curve_test)}
         history.append(rec)
         score = rob if cfg.early_stop else epoch
         if score >= best:
@@ -303,10 +229,6 @@ def pseudo_label(cfg: TrainConfig, xu: torch.Tensor, y_hidden: torch.Tensor,
     return xu, yu.clone(), info
 
 
-def _kw(cfg: TrainConfig) -> dict:
-    return {"size": cfg.image_size, "channels": cfg.channels} if cfg.dataset == "folder" else {}
-
-
 class _Dist:
     """torchrun's environment: rank, world size; gloo on CPU, nccl on GPU."""
 
@@ -350,43 +272,6 @@ class _Dist:
             import torch.distributed as td
 
             td.barrier()
-
-
-def _curve_test_split(cfg: TrainConfig, dev) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The first ``curve_size`` test images, for the per-epoch learning curves (None: no test split)."""
-    try:
-        x, y, _ = datasets.load(cfg.dataset, "test", cfg.data, **_kw(cfg))
-    except datasets.DataError:
-        return None
-    return x[:cfg.curve_size].to(dev), y[:cfg.curve_size].to(dev)
-
-
-def _curves(model: torch.nn.Module, cfg: TrainConfig, threat, train: tuple[torch.Tensor, torch.Tensor],
-            test: tuple[torch.Tensor, torch.Tensor] | None) -> dict:
-    """``curve_size``: clean and PGD-``val_attack_steps`` accuracy on the first N training images (those trained
-    on) and the first N test images, after this epoch; the attack is seeded alike every epoch."""
-    if not cfg.curve_size:
-        return {}
-    out = {}
-    for name, split in (("train", train), ("test", test)):
-        if split is None:
-            continue
-        xs, ys = split[0][:cfg.curve_size], split[1][:cfg.curve_size]
-        out[f"{name}_clean"] = accuracy(model, xs, ys)
-        out[f"{name}_pgd{cfg.val_attack_steps}"] = robust_accuracy(model, xs, ys, threat, cfg.val_attack_steps)
-    return out
-
-
-def test_metrics(model: Classifier, cfg: TrainConfig, threat, n_attack: int = 1000) -> dict:
-    """Clean accuracy on the whole test split, PGD-20 (step ε/4, random start) on its first n_attack."""
-    try:
-        x, y, _ = datasets.load(cfg.dataset, "test", cfg.data, **_kw(cfg))
-    except datasets.DataError:
-        return {}
-    dev = next(model.parameters()).device
-    x, y = x.to(dev), y.to(dev)
-    return {"clean": accuracy(model, x, y), "pgd20": robust_accuracy(model, x[:n_attack], y[:n_attack], threat, 20),
-            "n_clean": len(x), "n_attack": min(n_attack, len(x)), "attack": f"PGD-20 {threat} step eps/4 random start"}
 
 
 def _free_at_batch(model: torch.nn.Module, opt, x, y, threat, cfg):
