@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import torch
+from harness import reference_autoattack  # the one reference-AutoAttack wrapper (run from benchmarks/)
 
 from preempt import load_model
 from preempt.budget import parse_budget
@@ -26,7 +27,6 @@ def main() -> None:
     ap.add_argument("--model", default="efficientnet-lite0")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    from pyautoattack import AutoAttack
 
     model = load_model(args.model)
     eps = parse_budget(args.eps)
@@ -36,11 +36,8 @@ def main() -> None:
             y = model.predict(x)
         for attack in ("apgd-ce", "apgd-t", "fab-t", "square"):
             t0 = time.perf_counter()
-            aa = AutoAttack(model, attacks=[attack], version="custom", eps=eps, norm="Linf", seed=args.seed, device="cpu")
-            x_adv = aa.run_standard_evaluation(x, y, batch_size=1)
-            x_adv = x_adv[0] if isinstance(x_adv, tuple) else x_adv
-            with torch.inference_mode():
-                broken = bool(model.predict(x_adv).item() != y.item())
+            robust, _ = reference_autoattack(model, x, y, eps, seed=args.seed, attacks=(attack,))
+            broken = not bool(robust.item())
             print(f"{f.name} {attack:<8} {'broken' if broken else 'held'} {time.perf_counter() - t0:.0f}s", flush=True)
 
 

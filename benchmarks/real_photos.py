@@ -92,17 +92,13 @@ def judge_standard(model, x, y, eps, seed, resolution: str = "auto") -> tuple[bo
 
 
 def judge_aa(model, x, y, eps, seed) -> tuple[bool, str | None]:
-    from pyautoattack import AutoAttack
+    """The reference AutoAttack (harness.reference_autoattack) on one photo: (held, None) or (False, what broke it)."""
+    from harness import reference_autoattack
 
     if model.predict(x).item() != y.item():
         return False, "clean"
-
-    aa = AutoAttack(model, eps=eps, norm="Linf", version="standard", seed=seed, device="cpu")
-    x_adv = aa.run_standard_evaluation(x, y, batch_size=1)
-    if isinstance(x_adv, tuple):
-        x_adv = x_adv[0]
-    assert float((x_adv - x).abs().max()) <= eps + 1e-5
-    ok = bool(model.predict(x_adv).item() == y.item())
+    robust, _ = reference_autoattack(model, x, y, eps, seed=seed)
+    ok = bool(robust.item())
     return ok, None if ok else "aa"
 
 

@@ -57,13 +57,10 @@ def autoattack_accuracy(model, x, y, threat, seed=0) -> float | None:
     """The reference AutoAttack (pyautoattack, standard version) run independently on ``x``."""
     if len(x) == 0:
         return None
-    from pyautoattack import AutoAttack
-    aa = AutoAttack(model, eps=threat.eps, norm="Linf" if threat.norm == "linf" else "L2", version="standard",
-                    seed=seed, device=str(x.device))
-    x_adv = aa.run_standard_evaluation(x, y, batch_size=500)
-    x_adv = x_adv[0] if isinstance(x_adv, tuple) else x_adv
-    with torch.inference_mode():
-        return (model(x_adv).argmax(1) == y).float().mean().item()
+    from harness import reference_autoattack
+
+    robust, _ = reference_autoattack(model, x, y, threat.eps, norm=threat.norm, seed=seed, batch_size=500)
+    return robust.float().mean().item()
 
 
 def judged(model, xr, y, threat, aa_n: int) -> dict:

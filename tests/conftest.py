@@ -77,3 +77,21 @@ def save_photos(d, x: torch.Tensor, n: int, *, sizes: list[tuple[int, int]], rgb
 def photo_dir(tmp_path, tiny_data):
     """Six test photos of the tiny data, at odd sizes and in several modes."""
     return save_photos(tmp_path / "photos", tiny_data[0], 6, sizes=[(13, 9)], rgb=lambda i: i % 3 == 1, name="img{i}.png")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", default=False,
+                     help="also run the slow tests (tests/test_identical.py: minutes, bit-for-bit against a golden file)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: minutes long; run with --slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -1,8 +1,13 @@
 """Same pixels, passes and verdicts before and after a refactor (the bit-for-bit check).
 
-    python benchmarks/identical.py --save /tmp/before.pt      # on the old code
-    python benchmarks/identical.py --compare /tmp/before.pt   # on the new code: exit 1 on any difference
-    python benchmarks/identical.py --photo corpus/test/skimage-chelsea.png --save /tmp/photo-before.pt  # (and --compare)
+    python tests/identical.py --save /tmp/before.pt      # on the old code (PYTHONPATH=old checkout)
+    python tests/identical.py --compare /tmp/before.pt   # on the new code: exit 1 on any difference
+    python tests/identical.py --photo corpus/test/skimage-chelsea.png --save /tmp/photo-before.pt  # (and --compare)
+    python tests/identical.py --digest tests/golden/identical.json   # the digests tests/test_identical.py compares
+
+``tests/test_identical.py`` (a slow test: ``pytest --slow``) runs :func:`run` and compares its digests with the
+committed ones, on the CPU class, torch version and thread count they were recorded with (elsewhere float
+rounding may legitimately differ, so it skips and says why).
 
 Runs, on 40 Fashion-MNIST test images against the ℓ∞ and ℓ2 ADV models: robustify under each check
 preset (the default strong check on all 40, the others on 10), ``judge`` (robustify's check on
@@ -122,14 +127,51 @@ def same(a, b, key: str = "") -> list[str]:
     return [] if a == b else [f"{key}: {a!r} != {b!r}"]
 
 
+def digests(out: dict) -> dict:
+    """Each result as something JSON keeps exactly: a tensor as its shape and the sha256 of its bytes, the rest as
+    its repr (wall times dropped)."""
+    import hashlib
+
+    def one(v):
+        if isinstance(v, torch.Tensor):
+            t = v.detach().cpu().contiguous()
+            return f"tensor{tuple(t.shape)} {t.dtype} sha256:{hashlib.sha256(t.numpy().tobytes()).hexdigest()[:16]}"
+        if isinstance(v, dict):
+            return {str(k): one(w) for k, w in v.items() if k != "seconds"}
+        if isinstance(v, (list, tuple)):
+            return [one(w) for w in v]
+        return repr(v)
+    return {k: one(v) for k, v in out.items()}
+
+
+def environment() -> dict:
+    """What bit-identical results depend on beyond the code: the CPU's vector extensions, torch, threads."""
+    flags: set[str] = set()
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+        flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
+    except OSError:
+        pass
+    return {"cpu": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}), "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     g = ap.add_mutually_exclusive_group(required=True)
     g.add_argument("--save", type=Path)
     g.add_argument("--compare", type=Path)
+    g.add_argument("--digest", type=Path, help="write the digests and the environment as JSON (the slow test's golden)")
     ap.add_argument("--photo", type=Path, default=None, help="instead: one real photo against efficientnet-lite0")
     args = ap.parse_args()
     out = run_photo(args.photo) if args.photo else run()
+    if args.digest:
+        import json
+
+        args.digest.parent.mkdir(parents=True, exist_ok=True)
+        args.digest.write_text(json.dumps({"environment": environment(), "results": digests(out)}, indent=1) + "\n")
+        print(f"{len(out)} digests written to {args.digest}")
+        return
     if args.save:
         torch.save(out, args.save)
         print(f"{len(out)} results saved to {args.save}")
