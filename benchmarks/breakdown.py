@@ -100,7 +100,7 @@ def main() -> None:
             m = Meter()
             t0 = time.perf_counter()
             with m.installed():
-                res = robustify(model, x, y, config=RobustifyConfig(norm="linf", eps=eps, delta=delta, **kw))
+                res = robustify(model, x, y, config=RobustifyConfig.of(norm="linf", eps=eps, delta=delta, **kw))
             total = time.perf_counter() - t0
             im = res.images[0]
             failed = [c for c in m.checks if not c["robust"]]

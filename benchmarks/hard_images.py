@@ -39,7 +39,7 @@ def hard_set(m, norm: str, n: int, eps: float) -> dict:
     x, y = x[1000:1000 + n], y[1000:1000 + n]
     correct = m.predict(x) == y
     t = time.perf_counter()
-    claim = torch.cat([robustify(m, x[i:i + 250], config=RobustifyConfig(norm=norm, eps=eps, delta=eps, seed=0,
+    claim = torch.cat([robustify(m, x[i:i + 250], config=RobustifyConfig.of(norm=norm, eps=eps, delta=eps, seed=0,
                                                                           **OPTIONS[norm])).robust
                        for i in range(0, n, 250)])
     hard = ((correct & ~claim).nonzero().squeeze(1) + 1000).tolist()
@@ -64,7 +64,7 @@ def main() -> None:
         kw = {**OPTIONS[norm], **variant(v)}
         m.passes = 0
         t = time.perf_counter()
-        r = robustify(m, x, y, config=RobustifyConfig(norm=norm, eps=eps, delta=eps, **kw))
+        r = robustify(m, x, y, config=RobustifyConfig.of(norm=norm, eps=eps, delta=eps, **kw))
         dt, passes = time.perf_counter() - t, m.passes / len(hard)
         i = r.robust.nonzero().squeeze(1)
         kept = run_suite(m, r.x[i], y[i], threat=threat_model(norm, eps), suite="standard",

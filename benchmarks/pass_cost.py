@@ -6,6 +6,7 @@
     python benchmarks/pass_cost.py --compare frozen --bf16         # weights requires_grad or not → pass-cost-frozen.{json,md}
     python benchmarks/pass_cost.py --compare channels-last --bf16  # NCHW or channels-last → pass-cost-channels-last.{json,md}
     python benchmarks/pass_cost.py --compare padding --bf16        # "same" padding by the conv or by F.pad → pass-cost-padding.{json,md}
+    PREEMPT_FORCE_FLOAT32=1 python benchmarks/pass_cost.py --compare compile   # eager or torch.compile (inductor) → pass-cost-compile.{json,md}
 
 A pass is one forward and one backward to the input (what every attack step costs) of
 ``efficientnet-lite0`` at its 224×224 input, in the model wrapper (preprocessing included), batch
@@ -97,6 +98,8 @@ def variant(name: str, what: str, a_model):
         for m in b_model.modules():
             if isinstance(m, SameConv2d):
                 m.forward = types.MethodType(pad_all_forward, m)
+    elif what == "compile":  # inductor, one graph per batch size (compiled in each size's warm-up, not timed)
+        b_model.net = torch.compile(b_model.net, dynamic=False)
     else:  # channels-last
         b_model.net.to(memory_format=torch.channels_last)
     return b_model, False
@@ -134,7 +137,7 @@ def main() -> None:
     ap.add_argument("--batches", default="1,2,4,9,18,32")
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--compare", choices=("fold", "bfloat16", "frozen", "channels-last", "padding"),
+    ap.add_argument("--compare", choices=("fold", "bfloat16", "frozen", "channels-last", "padding", "compile"),
                     help="the model as loaded against unfolded batch norms, bfloat16 autocast, frozen weights, "
                     "channels-last or padding by F.pad, side by side")
     ap.add_argument("--bf16", action="store_true", help="with --compare frozen, channels-last or padding: both under bfloat16")
@@ -169,7 +172,8 @@ TITLES = {"fold": ("batch norms folded into the convolutions (as loaded), or not
           "bfloat16": ("float32 (as loaded, folded), or under bfloat16 autocast", "bfloat16", "bfloat16 is faster by"),
           "frozen": ("weights as loaded, or with requires_grad off", "frozen", "frozen is faster by"),
           "channels-last": ("NCHW (as loaded), or channels-last memory format", "channels-last", "channels-last is faster by"),
-          "padding": ('"same" padding by the convolution (as loaded), or by F.pad', "F.pad", "as loaded is faster by")}
+          "padding": ('"same" padding by the convolution (as loaded), or by F.pad', "F.pad", "as loaded is faster by"),
+          "compile": ("eager (as loaded), or torch.compile (inductor)", "compiled", "compiled is faster by")}
 
 
 def compare_main(args: argparse.Namespace) -> None:

@@ -155,7 +155,7 @@ def run(args: argparse.Namespace) -> None:
                 y = model.predict(x)
             t0 = time.perf_counter()
             res = robustify(models if len(models) > 1 else model, x, y,
-                            config=RobustifyConfig(norm="linf", eps=eps, delta=delta, **kw))
+                            config=RobustifyConfig.of(norm="linf", eps=eps, delta=delta, **kw))
             if args.save:
                 args.save.mkdir(parents=True, exist_ok=True)
                 save_image(res.x[0], args.save / f"{name}-{f.stem}.png")

@@ -157,7 +157,7 @@ def robustified(model, x, norm: str, eps: float, seed: int, check: str, bs: int 
     from safetensors.torch import load_file, save_file
 
     options = {k: v for k, v in options.items() if v is not None}
-    cfg = RobustifyConfig(norm=norm, eps=eps, delta=eps, seed=seed, check=CHECKS[check], **options)
+    cfg = RobustifyConfig.of(norm=norm, eps=eps, delta=eps, seed=seed, check=CHECKS[check], **options)
     outs, seconds, passes = [], 0.0, 0
     for i in range(0, len(x), bs):
         ck = work / f"xr-{i}.safetensors" if work else None

@@ -104,7 +104,7 @@ def photo_run(model_name: str | None, size: tuple[int, int], steps: int) -> dict
     x = torch.from_numpy(__import__("numpy").asarray(im).copy()).permute(2, 0, 1).float().div(255)[None]
     model = load_model(model_name)
     tm = model.card.get("threat_model", {"norm": "linf", "eps": 0.1, "delta": 0.1})
-    cfg = RobustifyConfig(norm=tm["norm"], eps=tm["eps"], delta=tm["delta"], steps=steps, check=CHECKS["pgd"])
+    cfg = RobustifyConfig.of(norm=tm["norm"], eps=tm["eps"], delta=tm["delta"], steps=steps, check=CHECKS["pgd"])
     rss0 = peak_rss_mb()
     model.passes = 0
     t0 = time.perf_counter()
@@ -153,7 +153,7 @@ def main() -> None:
         res["before"] = judged(model, x, y, threat, a.aa_n)
         print("before: standard suite {standard_acc_after:.2%}, AutoAttack {autoattack_acc_after:.2%} "
               "on {autoattack_n}".format(**res["before"]), flush=True)
-    cfgs = {"ours": RobustifyConfig(norm=tm["norm"], eps=tm["eps"], delta=tm["delta"], **ours_check),
+    cfgs = {"ours": RobustifyConfig.of(norm=tm["norm"], eps=tm["eps"], delta=tm["delta"], **ours_check),
             "paper": RobustifyConfig.paper(norm=tm["norm"], eps=tm["eps"], delta=tm["delta"])}
     for name in a.methods.split(","):
         r = run_method(model, x, y, cfgs[name], a.batch)

@@ -39,7 +39,7 @@ for v in variants:
     m.passes = 0
     t = time.perf_counter()
     # the committed lines used the strong check of the time (APGD from one start)
-    r = robustify(m, x, config=RobustifyConfig(norm=norm, eps=eps, delta=eps, seed=0, **{"check": CHECKS["strong-once"], **kw}))
+    r = robustify(m, x, config=RobustifyConfig.of(norm=norm, eps=eps, delta=eps, seed=0, **{"check": CHECKS["strong-once"], **kw}))
     p = m.passes / n
     dt = time.perf_counter() - t
     claim = r.robust & correct

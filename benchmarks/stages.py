@@ -74,7 +74,7 @@ def stages(cfg: RobustifyConfig) -> list[RobustifyConfig]:
 
 def record(args: argparse.Namespace) -> None:
     model = load_model(args.model)
-    cfg = RobustifyConfig(**recommended(model), eps=1 / 255, delta=2 / 255)
+    cfg = RobustifyConfig.of(**recommended(model), eps=1 / 255, delta=2 / 255)
     if args.apgd_order:
         cfg = replace(cfg, check=replace(cfg.check, apgd_order=args.apgd_order))
     rec = Recorder()

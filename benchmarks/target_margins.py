@@ -46,7 +46,7 @@ def main() -> None:
         x = load_photo(args.corpus / "dev" / f"{name}.png").tensor()[None]
         y = m.predict(x)
         t = time.perf_counter()
-        r = robustify(m, x, y, config=RobustifyConfig(norm="linf", eps=eps, delta=delta, **kw))
+        r = robustify(m, x, y, config=RobustifyConfig.of(norm="linf", eps=eps, delta=delta, **kw))
         dt = time.perf_counter() - t
         mi = at_model_input(m, r.x, Linf(eps))
         with torch.no_grad():

@@ -60,7 +60,7 @@ def main() -> None:
         render(args.out)
         return
     model = load_model(args.model)
-    cfg = RobustifyConfig(**recommended(model), eps=1 / 255)
+    cfg = RobustifyConfig.of(**recommended(model), eps=1 / 255)
     check = cfg.check
     steps, n_targets = check.apgd_steps or 100, check.apgd_targets or 9
     rows = []

@@ -102,7 +102,8 @@ def run_photo(path: Path) -> dict:
     rec.pop("max_delta", None)
     if "check" not in rec:  # before the Check: the card's check_* keys came back as fields
         rec = {**_check_kw("strong"), **rec}
-    cfg = RobustifyConfig(eps=1 / 255, delta=8 / 255, steps=6, min_steps=2, check_every=2, seed=2, **rec)
+    make = getattr(RobustifyConfig, "of", RobustifyConfig)  # flat settings (before the typed parts: the fields)
+    cfg = make(eps=1 / 255, delta=8 / 255, steps=6, min_steps=2, check_every=2, seed=2, **rec)
     r = robustify(model, x, y, config=cfg)
     out = {"photo/x": r.x, "photo/meta": [(i.robust, i.passes, i.steps) for i in r.images]}
     with tempfile.TemporaryDirectory() as d:

@@ -8,6 +8,7 @@ import inspect
 import pytest
 
 from preempt.algorithms.robustify import RobustifyConfig
+from preempt.algorithms.robustify.parts import Persistent
 from preempt.cli import robustify as robustify_cli
 from preempt.cli import train as train_cli
 from preempt.cli import verify as verify_cli
@@ -36,7 +37,10 @@ def _library_defaults(*sources) -> dict:
     """Field or keyword -> default, the first source that declares it winning (a config first, then functions)."""
     out: dict = {}
     for src in sources:
-        if dataclasses.is_dataclass(src):
+        if isinstance(src, dict):
+            for name, v in src.items():
+                out.setdefault(name, v)
+        elif dataclasses.is_dataclass(src):
             for f in dataclasses.fields(src):
                 if f.default is not dataclasses.MISSING:
                     out.setdefault(f.name, f.default)
@@ -50,7 +54,8 @@ def _library_defaults(*sources) -> dict:
 
 
 @pytest.mark.parametrize("command, sources", [
-    (robustify_cli.robustify_cmd, (RobustifyConfig, robustify_files, Smoothed.__init__)),
+    (robustify_cli.robustify_cmd, (RobustifyConfig().flat(), RobustifyConfig(inner=Persistent()).flat(), robustify_files,
+                                   Smoothed.__init__)),
     (verify_cli.verify_cmd, (VerifyConfig, verify_files)),
     (train_cli.train_cmd, (TrainConfig, DefenseTrainConfig)),
 ], ids=["robustify", "verify", "train"])

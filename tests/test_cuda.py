@@ -43,7 +43,7 @@ def on_gpu(tiny_model, tiny_data):
 @needs_cuda
 def test_robustify_on_cuda_stays_on_cuda_and_agrees_with_cpu(on_gpu, tiny_model, tiny_data):
     model, x, y = on_gpu
-    cfg = RobustifyConfig(norm="linf", eps=0.05, delta=0.1, steps=10)
+    cfg = RobustifyConfig.of(norm="linf", eps=0.05, delta=0.1, steps=10)
     r = robustify(model, x, y, config=cfg)
     assert r.x.device.type == "cuda"
     assert float((r.x - x).abs().max()) <= 0.1 + 1e-6
@@ -61,10 +61,10 @@ def test_robustify_on_cuda_stays_on_cuda_and_agrees_with_cpu(on_gpu, tiny_model,
 @needs_cuda
 def test_margin_mt_and_survive_on_cuda(on_gpu):
     model, x, y = on_gpu
-    for cfg in (RobustifyConfig(norm="linf", eps=0.05, delta=0.1, steps=4, inner_loss="margin-mt", inner_targets=2),
-                RobustifyConfig(norm="linf", eps=0.05, delta=0.1, steps=4, inner_loss="margin-mt", inner_targets=2,
+    for cfg in (RobustifyConfig.of(norm="linf", eps=0.05, delta=0.1, steps=4, inner_loss="margin-mt", inner_targets=2),
+                RobustifyConfig.of(norm="linf", eps=0.05, delta=0.1, steps=4, inner_loss="margin-mt", inner_targets=2,
                                 loop_precision="bfloat16"),
-                RobustifyConfig(norm="linf", eps=0.05, delta=0.1, steps=4, survive="jpeg:80-90")):
+                RobustifyConfig.of(norm="linf", eps=0.05, delta=0.1, steps=4, survive="jpeg:80-90")):
         r = robustify(model, x[:4], y[:4], config=cfg)  # a CUDA generator draws the upload chains (was a crash)
         assert r.x.device.type == "cuda" and len(r.images) == 4
 

@@ -26,7 +26,7 @@ IMAGENET_CARD_ROBUSTIFY = {  # the ImageNet cards' robustify settings (preempt/m
 
 def _weak(**kw) -> RobustifyConfig:
     """A loop whose own check is one PGD step: it passes photos the final verdict breaks."""
-    return RobustifyConfig(delta=0.15, eps=0.15, steps=6, inner_steps=2, min_steps=1, check_every=1,
+    return RobustifyConfig.of(delta=0.15, eps=0.15, steps=6, inner_steps=2, min_steps=1, check_every=1,
                            check=replace(CHECKS["pgd"], steps=1), **kw)
 
 
@@ -66,21 +66,21 @@ def test_the_final_verdict_has_a_seed_of_its_own(tiny_model, tiny_data, monkeypa
 
 def test_final_settings_are_validated(tiny_model, tiny_data):
     with pytest.raises(ValueError, match="final"):
-        robustify(tiny_model, tiny_data[0][:2], config=RobustifyConfig(final=Final(resolution="nowhere")))
+        robustify(tiny_model, tiny_data[0][:2], config=RobustifyConfig.of(final=Final(resolution="nowhere")))
     with pytest.raises(ValueError):
-        robustify(tiny_model, tiny_data[0][:2], config=RobustifyConfig(final=Final(check=replace(CHECKS["final"],
+        robustify(tiny_model, tiny_data[0][:2], config=RobustifyConfig.of(final=Final(check=replace(CHECKS["final"],
                                                                                                  apgd_steps=0))))
     assert "APGD" in Final().describe().upper() and "file's pixels" in Final().describe()
 
 
 def test_forced_float32_is_what_the_header_says(monkeypatch):
-    cfg = RobustifyConfig(inner_loss="margin-mt", loop_precision="bfloat16")
+    cfg = RobustifyConfig.of(inner_loss="margin-mt", loop_precision="bfloat16")
     monkeypatch.setenv("PREEMPT_FORCE_FLOAT32", "1")
     assert precision_used(cfg, "cpu") == "float32"
     monkeypatch.setenv("PREEMPT_FORCE_FLOAT32", "0")
     monkeypatch.setattr("preempt.algorithms.robustify.precision._cpu_flags", lambda: frozenset({"avx512_bf16"}))
     assert precision_used(cfg, "cpu") == "bfloat16"
-    assert precision_used(replace(cfg, loop_precision="float32"), "cpu") == "float32"
+    assert precision_used(cfg.replaced(loop_precision="float32"), "cpu") == "float32"
 
 
 def test_library_and_cli_write_the_same_pixels_and_verdicts(tmp_path, tiny_data, tiny_model_file):
@@ -153,7 +153,7 @@ def test_the_change_fades_at_the_crop_edge(tiny_model, tiny_data, kind):
 
     model = _cropping(tiny_model)
     x = torch.nn.functional.pad(tiny_data[0][:8], (1, 1, 1, 1), mode="replicate").mul(255).round().div(255)
-    res = robustify(model, x, config=RobustifyConfig(delta=0.2, eps=0.05, steps=6, budget_map=kind))
+    res = robustify(model, x, config=RobustifyConfig.of(delta=0.2, eps=0.05, steps=6, budget_map=kind))
     d = (res.x - x).abs()
     assert d[..., 0, :].max() == 0 and d[..., :, -1].max() == 0  # outside the crop
     lim = torch.floor(0.2 * budget_map(kind, model, x) * 255 + 1e-6) / 255

@@ -67,7 +67,7 @@ def _rows(results, root: Path) -> list[dict]:
 
 
 def test_robustify_shares_equal_one_run(mixed_dir, tiny_model, tmp_path):
-    cfg = RobustifyConfig(norm="linf", delta=0.1, eps=0.05, steps=4, inner_steps=2)
+    cfg = RobustifyConfig.of(norm="linf", delta=0.1, eps=0.05, steps=4, inner_steps=2)
     one = robustify_files([mixed_dir], tmp_path / "one", tiny_model, config=cfg, batch_size=2)
     assert len({tuple(b) for b in planned_batches(sorted(mixed_dir.iterdir()), 2)}) >= 5
     shares = [robustify_files([mixed_dir], tmp_path / "sh", tiny_model, config=cfg, batch_size=2, shard=Shard(k, 2))

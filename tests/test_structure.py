@@ -359,7 +359,7 @@ def test_vocabularies_are_declared_once_and_match_what_uses_them():
     for field, bad in (("resolution", "half"), ("goal", "prettiest"), ("init", "zeros"), ("inner_loss", "mse"),
                        ("retry", "adam"), ("optimizer", "adam")):
         with pytest.raises(ValueError):
-            RobustifyConfig(**{field: bad}).validate()
+            RobustifyConfig.of(**{field: bad}).validate()
     with pytest.raises(ValueError):
         TrainConfig(schedule="linear")
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -240,7 +239,7 @@ def _finish(paths: list[Path], out: Path, models: list, dev: str, cfg, done: lis
     missing = sum(not p.exists() for p in paths)
     title = (f"interrupted: {len(results)} finished, " if interrupted else "") + f"robustified into {out}/"
     err_console.print(summary_table(results, title=title, wall=wall))
-    doc = shard_doc({"model": model_name(models), "device": dev, "config": asdict(cfg), "out": str(out),
+    doc = shard_doc({"model": model_name(models), "device": dev, "config": cfg.record(), "out": str(out),
                      "files": [r.to_dict() for r in results], **({"interrupted": True} if interrupted else {})}, share, results)
     if json_out:
         print_json(doc)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import TYPE_CHECKING
 
 from ...core.budget_map import MAPS
@@ -11,8 +11,9 @@ from ...core.threat import ThreatModel, threat_model
 from ...errors import UsageError
 from ...verdict import upload
 from ...verdict.check import CHECKS, Check
-from ...vocab import CHECK_PRESETS, GOALS, INITS, INNER_LOSSES, LOOP_PRECISIONS, OPTIMIZERS, RESOLUTIONS, RETRIES
+from ...vocab import CHECK_PRESETS, GOALS, INITS, RESOLUTIONS, RETRIES
 from .final import Final
+from .parts import FLAT, INNER_FLAT, OUTER_FLAT, Inner, Outer, Persistent, Sign, TanhBox, Unrolled, inner_of, outer_of
 
 if TYPE_CHECKING:
     from ...models.protocol import Model
@@ -26,25 +27,15 @@ class RobustifyConfig:
     delta: float = 0.1
     eps: float = 0.1
     steps: int = 30            # outer steps at most
-    inner_steps: int = 10      # T, the unrolled attack's steps
-    step_size: float | None = None     # outer; default δ/4 (ℓ∞) or δ/4 (ℓ2, normalised)
-    inner_step_size: float | None = None  # default ε/4
+    inner: Inner = Unrolled()  # the inner attack (parts.py): Unrolled (the paper's T-step PGD, ce | ce+dlr-t) or
+                               # Persistent (margin-mt: persistent targeted attackers, for standard classifiers)
+    outer: Outer = Sign()      # the outer optimiser: Sign (steepest descent, cosine steps) or TanhBox (ℓ∞)
     check_every: int = 5
     check: Check = CHECKS["strong"]  # the verdict behind "robust" (preempt.verdict.check): 2 × PGD-20, APGD-CE + APGD-T twice
     min_steps: int = 5         # outer steps before the first check
     settle: int = 0            # outer steps more after an image is first verified, then checked again: the later
                                # photo is kept if it passes too (a deeper point than the first one to pass); at most
                                # until the last step; needs early_stop
-    inner_loss: str = "ce"     # ce | ce+dlr-t: even outer steps attack with targeted DLR (AutoAttack's APGD-T
-                               # loss), the target cycling through the 3 most likely wrong classes (≥ 4 classes)
-                               # | margin-mt: persistent targeted attackers on the inner_targets most likely wrong
-                               # classes, softplus(margin + kappa) summed (preempt.algorithms.persistent)
-    inner_targets: int = 4     # margin-mt: attackers per image (one per runner-up class)
-    kappa: float = 4.0         # margin-mt: the logit margin below which an attacker still counts
-    restart_every: int = 8     # margin-mt: every so many outer steps one attacker restarts at random
-    inner_eps_scale: float = 1.0  # margin-mt: the attackers' ball is this many times ε (a safety margin; the check keeps ε)
-    loop_precision: str = "float32"  # margin-mt: bfloat16 runs the attackers' passes under autocast where the device
-                                     # has native bfloat16 (else float32); checks and the written photo stay float32
     max_delta: float | None = None  # δ escalation: images not robust at δ run again at 2δ, 4δ, … up to this
     escalate: float = 2.0      # δ escalation: each stage's δ is the last one times this (on the 8-bit grid when δ is on it)
     give_up: int = 0           # > 0: an image whose inner attack never failed in its first give_up outer steps stops
@@ -53,10 +44,6 @@ class RobustifyConfig:
     retry: str = "none"        # none | rmsprop: images the loop could not verify run once more, from the start,
                                # with the tanh-box RMSprop (ℓ∞; photos the loop ran at full resolution)
     quantize: bool = True
-    create_graph: bool = False  # second-order unrolling (ℓ2 only)
-    optimizer: str = "sign"    # sign: steepest descent in the norm, cosine-decayed steps;
-                               # rmsprop: the reference code's tanh box reparametrisation + RMSprop (ℓ∞)
-    lr: float = 0.1            # rmsprop learning rate (the reference code's)
     init: str = "auto"         # original | random (a random point of the δ-ball, as the reference code)
                                # | descent: one signed step down the clean loss (the x̂_r of preempt training)
                                # | auto: what the model card recommends, else original
@@ -85,8 +72,8 @@ class RobustifyConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise UsageError(f"{name} must be a finite number >= 0, got {v!r}")
-        if self.steps < 0 or self.inner_steps < 1 or self.check_every < 1 or self.settle < 0 or self.give_up < 0:
-            raise UsageError("steps, settle and give_up must be >= 0, inner_steps and check_every >= 1")
+        if self.steps < 0 or self.check_every < 1 or self.settle < 0 or self.give_up < 0:
+            raise UsageError("steps, settle and give_up must be >= 0, check_every >= 1")
         if not isinstance(self.check, Check):
             raise UsageError(f"check must be a preempt.verdict.check.Check (e.g. CHECKS['strong']), got {self.check!r}")
         self.check.validate()
@@ -97,30 +84,27 @@ class RobustifyConfig:
             self.final.check.validate()
         if self.settle and not self.early_stop:
             raise UsageError("settle needs early_stop: without checks before the last step nothing settles")
-        if self.inner_loss not in INNER_LOSSES:
-            raise UsageError(f"inner_loss {self.inner_loss!r}: choose {', '.join(INNER_LOSSES)}")
-        if self.inner_loss == "margin-mt" and (self.survive or self.optimizer != "sign" or self.create_graph):
-            raise UsageError("inner_loss='margin-mt' works with the sign optimizer, first order, without --survive")
-        if self.inner_targets < 1 or self.restart_every < 0 or not math.isfinite(self.kappa) or \
-                not (math.isfinite(self.inner_eps_scale) and self.inner_eps_scale > 0):
-            raise UsageError("inner_targets must be >= 1, restart_every >= 0, kappa finite and inner_eps_scale > 0")
+        if not isinstance(self.inner, (Unrolled, Persistent)) or not isinstance(self.outer, (Sign, TanhBox)):
+            raise UsageError(f"inner must be an Unrolled or Persistent, outer a Sign or TanhBox "
+                             f"(preempt.algorithms.robustify.parts), got {self.inner!r} and {self.outer!r}")
+        self.inner.validate()
+        self.outer.validate()
+        # the rules no type expresses: they join two parts, or a part and the threat model
+        if isinstance(self.inner, Persistent) and (self.survive or isinstance(self.outer, TanhBox)):
+            raise UsageError("inner_loss='margin-mt' works with the sign optimizer, without --survive")
+        if isinstance(self.inner, Unrolled) and self.inner.create_graph and self.norm != "l2":
+            raise UsageError("create_graph (second-order unrolling) is for ℓ2: the ℓ∞ sign step has no second order")
         if self.least_change and self.norm != "linf":
             raise UsageError("least_change is for ℓ∞ (the δ-box it projects into); use goal='least-visible' for ℓ2")
-        if self.loop_precision not in LOOP_PRECISIONS:
-            raise UsageError(f"loop_precision {self.loop_precision!r}: choose {' or '.join(LOOP_PRECISIONS)}")
-        if self.loop_precision != "float32" and self.inner_loss != "margin-mt":
-            raise UsageError("loop_precision='bfloat16' is for inner_loss='margin-mt' (the persistent attackers)")
         if not (math.isfinite(self.escalate) and self.escalate > 1):
             raise UsageError(f"escalate must be a finite number > 1, got {self.escalate!r}")
         if self.max_delta is not None and not (math.isfinite(self.max_delta) and self.max_delta >= self.delta):
             raise UsageError(f"max_delta must be a finite number >= delta ({self.delta:g}), got {self.max_delta!r}")
         if self.retry not in RETRIES:
             raise UsageError(f"retry {self.retry!r}: choose {' or '.join(RETRIES)}")
-        if self.retry == "rmsprop" and (self.norm != "linf" or self.optimizer == "rmsprop"):
+        if self.retry == "rmsprop" and (self.norm != "linf" or isinstance(self.outer, TanhBox)):
             raise UsageError("retry='rmsprop' is for ℓ∞ with the sign optimizer (it retries with the other one)")
-        if self.optimizer not in OPTIMIZERS:
-            raise UsageError(f"unknown optimizer {self.optimizer!r}")
-        if self.optimizer == "rmsprop" and self.norm != "linf":
+        if isinstance(self.outer, TanhBox) and self.norm != "linf":
             raise UsageError("optimizer='rmsprop' (the tanh box reparametrisation) is for ℓ∞ only")
         for name in ("resolution", "check_resolution"):
             v = getattr(self, name)
@@ -137,13 +121,71 @@ class RobustifyConfig:
     def chains(self) -> list[upload.Chain]:
         return upload.parse(self.survive)
 
+    @property
+    def inner_loss(self) -> str:
+        """The inner attack's name: ce, ce+dlr-t or margin-mt."""
+        return self.inner.name
+
+    @property
+    def optimizer(self) -> str:
+        """The outer optimiser's name: sign or rmsprop."""
+        return self.outer.name
+
+    @property
+    def loop_precision(self) -> str:
+        """The precision the persistent attackers ask for (float32 for the unrolled attack)."""
+        return self.inner.precision if isinstance(self.inner, Persistent) else "float32"
+
+    def flat(self) -> dict:
+        """The settings as flat names (the inverse of :meth:`of`): the fields, with the parts spelled out."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("inner", "outer")}
+        out["inner_loss"], out["optimizer"] = self.inner_loss, self.optimizer
+        for k, (kinds, attr) in FLAT.items():
+            for part in (self.inner, self.outer):
+                if type(part) in kinds:
+                    out[k] = getattr(part, attr)
+        return out
+
+    def record(self) -> dict:
+        """:meth:`flat` as plain data (the check and the final verdict as dicts): what a result and the JSON keep."""
+        out = {k: asdict(v) if is_dataclass(v) and not isinstance(v, type) else v for k, v in self.flat().items()}
+        return {**out, "loop_precision": self.loop_precision}
+
+    def replaced(self, **flat) -> RobustifyConfig:
+        """This config with flat settings changed (``kappa=8``, ``inner_loss='ce'``, ``delta=4/255``); a part whose
+        variant changes starts from that variant's defaults."""
+        now = self.flat()
+        if "inner_loss" in flat and flat["inner_loss"] != now["inner_loss"]:
+            now = {k: v for k, v in now.items() if k not in INNER_FLAT or k == "inner_steps"}
+        if "optimizer" in flat and flat["optimizer"] != now["optimizer"]:
+            now = {k: v for k, v in now.items() if k not in OUTER_FLAT}
+        return type(self).of(**{**now, **flat})
+
+    @classmethod
+    def of(cls, **flat) -> RobustifyConfig:
+        """A config from flat settings, as the CLI, the cards and ``preempt.robustify(model, x, **kw)`` name them:
+        the fields of this class, plus ``inner_loss`` and the inner attack's settings (``inner_steps``,
+        ``inner_targets``, ``kappa``, …, :data:`parts.FLAT`) and ``optimizer`` with ``step_size`` or ``lr``.  A
+        setting the chosen variant does not have is refused (``kappa`` with ``inner_loss='ce'``)."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(flat) - names - set(INNER_FLAT) - set(OUTER_FLAT))
+        if unknown:
+            raise TypeError(f"unknown RobustifyConfig setting(s): {', '.join(unknown)}")
+        inner = {k: flat.pop(k) for k in INNER_FLAT if k in flat and k not in OUTER_FLAT}
+        outer = {k: flat.pop(k) for k in OUTER_FLAT if k in flat}
+        if inner:
+            flat["inner"] = inner_of(**inner)
+        if outer:
+            flat["outer"] = outer_of(**outer)
+        return cls(**flat)
+
     @classmethod
     def paper(cls, **kw) -> RobustifyConfig:
         """The published algorithm: 100 outer steps, PGD-20 inside, RMSprop on a tanh-reparametrised
         ℓ∞ box from a random start, judged once at the end (2,100 passes per image)."""
         base = dict(steps=100, inner_steps=20, optimizer="rmsprop" if kw.get("norm", "linf") == "linf" else "sign",
                     init="random", early_stop=False, check=CHECKS["pgd"])
-        return cls(**{**base, **kw})
+        return cls.of(**{**base, **kw})
 
     @classmethod
     def for_model(cls, model: Model | Sequence[Model], *, check: str | Check | None = None,
@@ -158,9 +200,9 @@ class RobustifyConfig:
         from ...models.card import budgets
 
         first: Model = model[0] if isinstance(model, (list, tuple)) else model  # type: ignore[assignment]
-        unknown = sorted(set(given) - {f.name for f in fields(cls)})
+        unknown = sorted(set(given) - {f.name for f in fields(cls)} - set(INNER_FLAT) - set(OUTER_FLAT))
         if unknown:
-            raise TypeError(f"unknown RobustifyConfig field(s): {', '.join(unknown)}")
+            raise TypeError(f"unknown RobustifyConfig setting(s): {', '.join(unknown)}")
         norm, eps, delta = budgets(getattr(first, "card", None), given.pop("norm", None), given.pop("eps", None),
                                    given.pop("delta", None))
         if isinstance(check, str) and check not in CHECK_PRESETS:
@@ -173,10 +215,12 @@ class RobustifyConfig:
             settings["check"] = replace(settings["check"], steps=check_steps)
         if "max_delta" not in given and (settings.get("max_delta") or 0) < delta:
             settings.pop("max_delta", None)  # the card's cap is below the δ asked for: no escalation
-        if "loop_precision" not in given and settings.get("inner_loss") != "margin-mt":
-            settings.pop("loop_precision", None)  # the card's precision is its attackers': another inner loss was chosen
+        if settings.get("inner_loss") != "margin-mt":  # the card's attackers' settings: another inner loss was chosen
+            for k in set(settings) - set(given):
+                if k in FLAT and Persistent in FLAT[k][0] and Unrolled not in FLAT[k][0]:
+                    settings.pop(k)
         settings["init"] = resolve_init(settings.get("init", "auto"), first)
-        cfg = cls(**{**settings, "norm": norm, "eps": eps, "delta": delta})
+        cfg = cls.of(**{**settings, "norm": norm, "eps": eps, "delta": delta})
         cfg.validate()
         return cfg
 
@@ -186,18 +230,19 @@ class RobustifyConfig:
         from ...budget import format_budget as b
         from .precision import precision_used
 
-        chk, mt, esc = self.check, self.inner_loss == "margin-mt", self.max_delta is not None
+        chk, esc = self.check, self.max_delta is not None
         targets = chk.apgd_targets not in (None, 3)
         apgd_t = "" if not targets and chk.apgd_order == "logits" else (
             (f" ({chk.apgd_targets} " if targets else " (") + "APGD-T targets"
             + (" by first-order margin)" if chk.apgd_order == "linear" else ")"))
-        return (f"{self.norm} δ={b(self.delta)} ε={b(self.eps)}; ≤{self.steps} outer × {self.inner_steps} inner steps, "
+        return (f"{self.norm} δ={b(self.delta)} ε={b(self.eps)}; ≤{self.steps} outer × {self.inner.steps} inner steps, "
                 f"check {chk.name}" + (f" (PGD-{chk.steps})" if chk.steps != 20 else "") + apgd_t
                 + (f" at {self.check_at()} resolution" if self.check_resolution else "")
                 + f", goal {self.goal}"
                 + (f", settle {self.settle}" if self.settle else "")
                 + (f", inner loss {self.inner_loss}" if self.inner_loss != "ce" else "")
-                + (f" ({self.inner_targets} targets) in {precision_used(self, device)}" if mt else "")
+                + (f" ({self.inner.targets} targets) in {precision_used(self, device)}"
+                   if isinstance(self.inner, Persistent) else "")
                 + (", least change" if self.least_change else "")
                 + (f", δ map {self.budget_map}" if self.budget_map != "uniform" else "")
                 + (f", δ up to {b(self.max_delta)}" if esc else "")  # type: ignore[arg-type]

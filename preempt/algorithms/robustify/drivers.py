@@ -12,6 +12,7 @@ from ...errors import UsageError
 from .config import RobustifyConfig, escalation_stages
 from .final import final_verdict
 from .loop import run_at_delta
+from .parts import TanhBox
 from .results import RobustifyResult
 
 if TYPE_CHECKING:
@@ -47,9 +48,9 @@ def robustify(model: Model | Sequence[Model], x: torch.Tensor, y: torch.Tensor |
     """
     models: list[Model] = list(model) if isinstance(model, (list, tuple)) else [model]  # type: ignore[list-item]
     if config is None:  # what preempt robustify runs: the card's settings, then the keywords
-        cfg = RobustifyConfig.for_model(models, **overrides) if models else RobustifyConfig(**overrides)
+        cfg = RobustifyConfig.for_model(models, **overrides) if models else RobustifyConfig.of(**overrides)
     else:
-        cfg = replace(config, **overrides) if overrides else config
+        cfg = config.replaced(**overrides) if overrides else config
     _refuse(models, cfg, x)
     x_o = x.detach()
     res = run_at_delta(models, x_o, y, cfg, on_step)
@@ -128,7 +129,7 @@ def _retry(model: Model, x_o: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfi
     left = (~res.robust).nonzero().squeeze(1)
     if not len(left):
         return
-    sub = run_at_delta([model], x_o[left], y[left], replace(cfg, optimizer="rmsprop", retry="none"), None)
+    sub = run_at_delta([model], x_o[left], y[left], replace(cfg, outer=TanhBox(), retry="none"), None)
     _merge_rerun(res, left, sub)
 
 

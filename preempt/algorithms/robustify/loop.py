@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import torch
@@ -15,6 +14,7 @@ from ..persistent import PersistentAdversaries
 from .config import RobustifyConfig, resolve_init
 from .ledger import Ledger
 from .optim import BestIterate, Optimizer, SignDescent, TanhRMSprop
+from .parts import Persistent, TanhBox, Unrolled
 from .precision import loop_autocast
 from .results import RobustifyResult
 from .space import Problem, working_grid
@@ -32,7 +32,7 @@ def run_at_delta(models: list[Model], x_o: torch.Tensor, y: torch.Tensor | None,
     y = joint.ys[0]
     prob = joint.probs[0]
     init = resolve_init(cfg.init, models[0])
-    opt: Optimizer = (TanhRMSprop if cfg.optimizer == "rmsprop" else SignDescent)(prob, cfg, joint.start(init, gen))
+    opt: Optimizer = (TanhRMSprop if isinstance(cfg.outer, TanhBox) else SignDescent)(prob, cfg, joint.start(init, gen))
     book = Ledger(x_o, first_passes=len(models) if init == "descent" else 0, t0=t0)
 
     def run_check(idx: torch.Tensor, k: int = 0) -> None:
@@ -83,7 +83,7 @@ def run_at_delta(models: list[Model], x_o: torch.Tensor, y: torch.Tensor | None,
         if len(won):
             s, q, p = _shrink(joint, opt.current(won), won, gen, cfg.shrink_steps, book.uploads)
             book.shrunk(won, q, s, p)
-    return RobustifyResult(book.final, book.images(y, cfg.delta), {**asdict(cfg), **prob.applied(), "init": init})
+    return RobustifyResult(book.final, book.images(y, cfg.delta), {**cfg.record(), **prob.applied(), "init": init})
 
 
 def _give_up(book: Ledger, prob: Problem, best: BestIterate, idx: torch.Tensor,
@@ -99,14 +99,15 @@ def _give_up(book: Ledger, prob: Problem, best: BestIterate, idx: torch.Tensor,
 
 def _adversaries(prob: Problem, cfg: RobustifyConfig, gen: torch.Generator) -> PersistentAdversaries | None:
     """The persistent attackers of ``inner_loss='margin-mt'``, in the space the inner attack works in."""
-    if cfg.inner_loss != "margin-mt":
+    a = cfg.inner
+    if not isinstance(a, Persistent):
         return None
     all_ = torch.arange(len(prob.centre), device=prob.centre.device)
     with torch.no_grad():
         z = prob.inputs(prob.centre[:1] if prob.work is not None else prob.x_o[:1], all_[:1])
-    ball = prob.eball.with_eps(prob.eball.eps * cfg.inner_eps_scale)
-    return PersistentAdversaries(len(prob.centre), tuple(z.shape[1:]), ball, targets=cfg.inner_targets,
-                                 kappa=cfg.kappa, step_size=cfg.inner_step_size, restart_every=cfg.restart_every,
+    ball = prob.eball.with_eps(prob.eball.eps * a.eps_scale)
+    return PersistentAdversaries(len(prob.centre), tuple(z.shape[1:]), ball, targets=a.targets,
+                                 kappa=a.kappa, step_size=a.step_size, restart_every=a.restart_every,
                                  generator=gen, device=z.device, dtype=z.dtype)
 
 
@@ -150,7 +151,7 @@ class _Joint:
             else:
                 z = prob.inputs(xr, idx)
                 with loop_autocast(self.cfg.loop_precision, z.device):
-                    value, gz, worst, p = adv.loss_and_grad(prob.model, z, y[idx], idx, k, self.cfg.inner_steps)
+                    value, gz, worst, p = adv.loss_and_grad(prob.model, z, y[idx], idx, k, self.cfg.inner.steps)
                 (g,) = torch.autograd.grad(z, leaf, grad_outputs=gz, retain_graph=len(self.probs) > 1)
                 survived = worst < 0
             g_sum = g if g_sum is None else g_sum + g
@@ -180,10 +181,11 @@ def _outer_loss(prob: Problem, xr: torch.Tensor, idx: torch.Tensor, y: torch.Ten
     """The outer objective at ``xr`` (differentiable): CE of the unrolled inner attack's point,
     plus, with ``survive``, the expectation over the service transforms.  Returns ((total, CE),
     whether the inner attack failed per image, passes per image)."""
-    c = prob.cfg
+    c = prob.cfg.inner
+    assert isinstance(c, Unrolled)
     z = prob.inputs(xr, idx)
     attack_loss: str | losses.Loss = "ce"
-    targeted = c.inner_loss == "ce+dlr-t" and k % 2 == 0
+    targeted = c.loss == "ce+dlr-t" and k % 2 == 0
     if targeted:  # even steps: targeted DLR at the k/2-th most likely wrong class
         with torch.no_grad():
             wrong = prob.model(z).scatter(1, y[:, None], float("-inf"))
@@ -193,8 +195,8 @@ def _outer_loss(prob: Problem, xr: torch.Tensor, idx: torch.Tensor, y: torch.Ten
 
         def attack_loss(logits: torch.Tensor, y_: torch.Tensor) -> torch.Tensor:
             return losses.dlr_targeted(logits, y_, target)
-    x_a, p = pgd_unrolled(prob.model, z, y, threat=prob.eball, steps=c.inner_steps, loss=attack_loss,
-                          step_size=c.inner_step_size, create_graph=c.create_graph, generator=gen)
+    x_a, p = pgd_unrolled(prob.model, z, y, threat=prob.eball, steps=c.steps, loss=attack_loss,
+                          step_size=c.step_size, create_graph=c.create_graph, generator=gen)
     p += len(xr) if targeted else 0  # the pass that picked the targets
     logits = prob.model(x_a)
     loss = losses.ce(logits, y)

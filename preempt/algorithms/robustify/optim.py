@@ -56,7 +56,8 @@ class SignDescent:
 
     def __init__(self, prob: Problem, cfg: RobustifyConfig, start: torch.Tensor) -> None:
         self.prob, self.cfg, self.x = prob, cfg, start
-        self.alpha0 = cfg.step_size if cfg.step_size is not None else prob.ball.eps / 4
+        step = getattr(cfg.outer, "step_size", None)
+        self.alpha0 = step if step is not None else prob.ball.eps / 4
 
     def current(self, idx: torch.Tensor) -> torch.Tensor:
         return self.x[idx]
@@ -100,5 +101,5 @@ class TanhRMSprop:
 
     def update(self, idx, leaf, xr, g, k) -> None:
         self.sq[idx] = 0.99 * self.sq[idx] + 0.01 * g * g
-        self.w[idx] = leaf.detach() - self.cfg.lr * g / (self.sq[idx].sqrt() + 1e-8)
+        self.w[idx] = leaf.detach() - getattr(self.cfg.outer, "lr", 0.1) * g / (self.sq[idx].sqrt() + 1e-8)
         self.x[idx] = self._box(self.w[idx], idx)

@@ -9,7 +9,8 @@ import torch
 
 
 class _AsksPrecision(Protocol):
-    loop_precision: str
+    @property
+    def loop_precision(self) -> str: ...
 
 FORCE_FLOAT32 = "PREEMPT_FORCE_FLOAT32"  # set to 1: never bfloat16 (emulates a CPU without it, e.g. for benchmarks)
 

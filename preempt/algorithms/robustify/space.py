@@ -16,6 +16,7 @@ from ...models.resample import Resampling
 from ...models.wrapper import Classifier
 from ...verdict import upload
 from .config import RobustifyConfig
+from .parts import Unrolled
 
 if TYPE_CHECKING:
     from ...models.protocol import Model
@@ -147,7 +148,8 @@ class Problem:
         ``survive`` (its ranges sampled), applied after the attack on odd steps (the attacker
         perturbs the upload) and before it on even steps (the attacker perturbs what the service
         made of it).  Real codec forward, differentiable approximation backward."""
-        c = self.cfg
+        c = self.cfg.inner  # survive is refused with the persistent attackers (RobustifyConfig.validate)
+        assert isinstance(c, Unrolled)
         pick = int(torch.randint(len(self.chains), (1,), generator=gen, device=gen.device).item())  # on gen's device
         xh, xw = xr.shape[-2:]
         chain = self.chains[pick].sample(gen).for_size((int(xh), int(xw)))
@@ -155,11 +157,11 @@ class Problem:
             return xr.new_zeros(len(xr)), 0
         if k % 2:
             through = upload.Through(self.full_model, chain)
-            x_a, p = pgd_unrolled(through, xr, y, threat=self.full_eball, steps=c.inner_steps,
-                                  step_size=c.inner_step_size, create_graph=c.create_graph, generator=gen)
+            x_a, p = pgd_unrolled(through, xr, y, threat=self.full_eball, steps=c.steps,
+                                  step_size=c.step_size, create_graph=c.create_graph, generator=gen)
             return losses.ce(through(x_a), y), p + len(xr)
-        x_a, p = pgd_unrolled(self.full_model, chain.bpda(xr), y, threat=self.full_eball, steps=c.inner_steps,
-                              step_size=c.inner_step_size, create_graph=c.create_graph, generator=gen)
+        x_a, p = pgd_unrolled(self.full_model, chain.bpda(xr), y, threat=self.full_eball, steps=c.steps,
+                              step_size=c.step_size, create_graph=c.create_graph, generator=gen)
         return losses.ce(self.full_model(x_a), y), p + len(xr)
 
 
@@ -172,7 +174,7 @@ def working_grid(model: Model, hw: tuple[int, int], cfg: RobustifyConfig) -> tup
     60 upscaled test images, robust after the check: 44 at 1×, 57 at 2×, 59 at 3×, 60 at full
     resolution).  When that grid would not be smaller than the photo, the photo itself is the
     variable (it costs little) and only the attacks run at the model input."""
-    if cfg.optimizer == "rmsprop" or cfg.survive:
+    if cfg.optimizer == "rmsprop" or cfg.survive:  # (the tanh box works on the photo's own pixels)
         return None, None  # the service's codec works on the photo's own pixels
     r = resampling_for(model, hw, cfg.resolution)
     if r is None:

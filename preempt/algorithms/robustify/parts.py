@@ -1,0 +1,147 @@
+"""robustify's typed parts: the inner attack and the outer optimiser, each one of a few frozen variants.
+
+A setting lives in the one variant it means something for, so a combination that cannot run cannot be built:
+cross-entropy's unrolled PGD has no attackers to count, the persistent attackers have no second-order unrolling,
+the tanh box has a learning rate and no step size.  :data:`FLAT` maps the flat names the CLI and the card use
+(``inner_loss``, ``kappa``, ``optimizer``, …) onto them (``RobustifyConfig.of``)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ...errors import UsageError
+from ...vocab import LOOP_PRECISIONS
+
+
+def _positive_steps(steps: int, step_size: float | None, what: str) -> None:
+    if not (isinstance(steps, int) and steps >= 1):
+        raise UsageError(f"{what}: steps must be a whole number >= 1, got {steps!r}")
+    if step_size is not None and not (math.isfinite(step_size) and step_size > 0):
+        raise UsageError(f"{what}: step_size must be a finite number > 0, got {step_size!r}")
+
+
+@dataclass(frozen=True)
+class Unrolled:
+    """The paper's inner attack (Moon, Lee & Song 2022): T steps of PGD kept in the graph, so the outer gradient
+    flows through the attack.  ``loss`` ``ce``: cross-entropy; ``ce+dlr-t``: even outer steps attack with
+    AutoAttack's targeted DLR towards the 3 likeliest wrong classes in turn (needs ≥ 4 classes).
+    ``create_graph``: second-order unrolling (ℓ2 only).  ``step_size`` None: ε/4."""
+
+    loss: str = "ce"
+    steps: int = 10
+    step_size: float | None = None
+    create_graph: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.loss
+
+    def validate(self) -> None:
+        if self.loss not in ("ce", "ce+dlr-t"):
+            raise UsageError(f"the unrolled inner attack's loss is ce or ce+dlr-t, got {self.loss!r}")
+        _positive_steps(self.steps, self.step_size, "the unrolled inner attack")
+
+
+@dataclass(frozen=True)
+class Persistent:
+    """``margin-mt``: one persistent targeted attacker per likeliest wrong class (``targets`` of them, in a ball
+    ``eps_scale`` × ε), each taking ``steps`` steps per outer step on softplus(margin + ``kappa``); every
+    ``restart_every`` outer steps one restarts at random (:mod:`preempt.algorithms.persistent`).  ``precision``
+    bfloat16 runs their passes under autocast where the device has native bfloat16 (else float32); checks and the
+    written photo stay float32."""
+
+    targets: int = 4
+    kappa: float = 4.0
+    restart_every: int = 8
+    eps_scale: float = 1.0
+    precision: str = "float32"
+    steps: int = 10
+    step_size: float | None = None
+
+    name = "margin-mt"
+
+    def validate(self) -> None:
+        _positive_steps(self.steps, self.step_size, "the persistent attackers")
+        if not (isinstance(self.targets, int) and self.targets >= 1) or self.restart_every < 0 \
+                or not math.isfinite(self.kappa) or not (math.isfinite(self.eps_scale) and self.eps_scale > 0):
+            raise UsageError("inner_targets must be >= 1, restart_every >= 0, kappa finite and inner_eps_scale > 0")
+        if self.precision not in LOOP_PRECISIONS:
+            raise UsageError(f"loop_precision {self.precision!r}: choose {' or '.join(LOOP_PRECISIONS)}")
+
+
+@dataclass(frozen=True)
+class Sign:
+    """Steepest descent in the norm (the sign of the gradient for ℓ∞), cosine-decayed steps from ``step_size``
+    (None: δ/4)."""
+
+    step_size: float | None = None
+
+    name = "sign"
+
+    def validate(self) -> None:
+        if self.step_size is not None and not (math.isfinite(self.step_size) and self.step_size > 0):
+            raise UsageError(f"step_size must be a finite number > 0, got {self.step_size!r}")
+
+
+@dataclass(frozen=True)
+class TanhBox:
+    """The reference code's optimiser (ℓ∞ only): x_r = lo + (tanh(w) + 1)/2 · (hi − lo) over the box
+    B_δ(x_o) ∩ [0, 1], RMSprop on w with learning rate ``lr``."""
+
+    lr: float = 0.1
+
+    name = "rmsprop"
+
+    def validate(self) -> None:
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UsageError(f"lr must be a finite number > 0, got {self.lr!r}")
+
+
+Inner = Unrolled | Persistent
+Outer = Sign | TanhBox
+
+# flat name (the CLI's, the card's, RobustifyConfig.of's) -> (the variants that have it, their field)
+FLAT: dict[str, tuple[tuple[type, ...], str]] = {
+    "inner_steps": ((Unrolled, Persistent), "steps"),
+    "inner_step_size": ((Unrolled, Persistent), "step_size"),
+    "create_graph": ((Unrolled,), "create_graph"),
+    "inner_targets": ((Persistent,), "targets"),
+    "kappa": ((Persistent,), "kappa"),
+    "restart_every": ((Persistent,), "restart_every"),
+    "inner_eps_scale": ((Persistent,), "eps_scale"),
+    "loop_precision": ((Persistent,), "precision"),
+    "step_size": ((Sign,), "step_size"),
+    "lr": ((TanhBox,), "lr"),
+}
+INNER_FLAT = ("inner_loss",) + tuple(k for k, (kinds, _) in FLAT.items() if kinds[0] in (Unrolled, Persistent))
+OUTER_FLAT = ("optimizer", "step_size", "lr")
+
+
+def inner_of(inner_loss: str = "ce", **given) -> Inner:
+    """The inner attack that ``inner_loss`` (ce | ce+dlr-t | margin-mt) names, with the flat settings ``given``;
+    a setting that variant does not have is refused, naming the variant that has it."""
+    kind: type = Persistent if inner_loss == "margin-mt" else Unrolled
+    kw = {}
+    for k, v in given.items():
+        kinds, attr = FLAT[k]
+        if kind not in kinds:
+            raise UsageError(f"{k} is a setting of inner_loss={'margin-mt' if Persistent in kinds else 'ce'}, "
+                             f"not of inner_loss={inner_loss!r}")
+        kw[attr] = v
+    part = Persistent(**kw) if kind is Persistent else Unrolled(loss=inner_loss, **kw)
+    part.validate()
+    return part
+
+
+def outer_of(optimizer: str = "sign", **given) -> Outer:
+    """The outer optimiser ``optimizer`` (sign | rmsprop) names, with ``step_size`` (sign) or ``lr`` (rmsprop)."""
+    if optimizer not in ("sign", "rmsprop"):
+        raise UsageError(f"unknown optimizer {optimizer!r}: choose sign or rmsprop")
+    kind: type = TanhBox if optimizer == "rmsprop" else Sign
+    for k in given:
+        if kind not in FLAT[k][0]:
+            raise UsageError(f"{k} is a setting of optimizer={'rmsprop' if k == 'lr' else 'sign'}, "
+                             f"not of optimizer={optimizer!r}")
+    part = kind(**{FLAT[k][1]: v for k, v in given.items()})
+    part.validate()
+    return part
