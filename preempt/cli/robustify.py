@@ -51,14 +51,12 @@ InnerStepsOpt = Annotated[int | None, typer.Option(
 CheckOpt = Annotated[CheckPreset | None, typer.Option(
     help="What decides 'robust' (default: the model card's, else strong; with the APGD-T targets the card recommends; "
          "the ImageNet cards name strong-once with 9 targets): strong = PGD-20 "
-         "twice, then APGD-CE and APGD-T from 2 random starts (verify's default suite runs them from one: measured "
-         "99.4-99.6% agreement); strong-once = APGD from one start (0.7× the passes, ~1% of its claims fall to verify); "
-         "thorough = AutoAttack's 100 APGD iterations and 9 targets (one start; ~3.5× the passes of strong); pgd = one "
-         "PGD-20 (~3% of its claims fall to another PGD-20).")]
+         "twice, then APGD-CE and APGD-T from 2 random starts; strong-once = APGD from one start; thorough = "
+         "AutoAttack's 100 APGD iterations and 9 targets; pgd = one PGD-20. It steers the loop; the final verdict "
+         "decides 'robust' (docs/cli.md).")]
 SettleOpt = Annotated[int, typer.Option(
     min=0, help="Outer steps more after a photo first passes its check, then checked again (kept only if it passes "
-    "too): a deeper point for more passes. --settle 30 runs every step of the default --steps 30 (measured in "
-    "results/reproduce.md).")]
+    "too): a deeper point for more passes. --settle 30 runs every step of the default --steps 30.")]
 LoopPrecisionOpt = Annotated[LoopPrecision | None, typer.Option(
     help="margin-mt: the attackers' passes in bfloat16 where the CPU or GPU runs it natively (else float32); the "
          "check that decides 'robust' always runs in float32. Default: float32, or the model card's.")]
@@ -71,7 +69,7 @@ InnerLossOpt = Annotated[InnerLoss | None, typer.Option(
          "classes, for standard classifiers). Default: ce, or the model card's.")]
 RetryOpt = Annotated[Retry, typer.Option(
     help="rmsprop: photos the loop could not verify run once more with the reference code's tanh-box RMSprop (ℓ∞; "
-         "photos robustified at full resolution; measured in results/reproduce.md).")]
+         "photos robustified at full resolution).")]
 InitOpt = Annotated[Init, typer.Option(
     help="Start: auto (what the model card recommends, else original), original, descent or random.")]
 GoalOpt = Annotated[Goal, typer.Option(
@@ -80,11 +78,9 @@ WhereOpt = Annotated[Resolution, typer.Option(
     help="Where robustify works: auto/model = at the model's input resolution, lifted to the photo (fast for large "
          "photos); full = every pass on every pixel (the reference path).")]
 CheckWhereOpt = Annotated[Resolution | None, typer.Option(
-    help="Where the check that decides 'robust' attacks: full = the file's own pixels (what an attacker who edits the "
-         "file reaches; what preempt verify attacks by default); model = the model input over the image of the ε-ball "
-         "(a larger, stricter ball); auto = model for photos the model resizes. Default: --resolution's, or the card's. "
-         "Measured: with the default check, file-pixel claims held for 11 of 18 real photos, model-input claims for all "
-         "those the reference AutoAttack judged (benchmarks/results/real-photos.md).")]
+    help="Where the loop's check attacks: full = the file's own pixels (what an attacker who edits the file reaches; "
+         "what preempt verify and the final verdict attack); model = the model input over the image of the ε-ball "
+         "(a larger, stricter ball); auto = model for photos the model resizes. Default: --resolution's, or the card's.")]
 SurviveOpt = Annotated[str | None, typer.Option(
     help="Stay robust through what a service does to uploads, e.g. 'jpeg:75-95,resize:1080,2048' or 'worst' "
          "(expectation over these in the loss; the check runs them through the real codec). Works on the photo's own "
