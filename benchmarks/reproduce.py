@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from preempt import RobustifyConfig, load_model, robustify, threat_model
-from preempt.algorithms.robustify import INNER_LOSSES, RETRIES
+from preempt.vocab import INNER_LOSSES, RETRIES
 from preempt.attacks import pgd
 from preempt.data import fashion_mnist
 from preempt.verdict import run_suite

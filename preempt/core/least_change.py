@@ -14,7 +14,7 @@ of an 8-bit level (the rounding to 8 bits that follows moves it as much), and ro
 judges the photo actually written, as always.
 
 Measured on three dev photos robustified against efficientnet-lite0 (512 px, δ = 4, 8, 16/255;
-``benchmarks/least_change.py``): +0.29 to +0.71 dB PSNR at 20 rounds, the model input within 0.33–0.65 8-bit
+``benchmarks/archive/least_change.py``): +0.29 to +0.71 dB PSNR at 20 rounds, the model input within 0.33–0.65 8-bit
 levels after rounding, every check still passing.
 
 Example::

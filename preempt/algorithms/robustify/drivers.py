@@ -125,7 +125,7 @@ def _retry(model: Model, x_o: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfi
     photo it verifies replaces the first one (each image's steps, passes and seconds are those of
     both runs).  Measured on the 19 of 1,000 test images (1000-1999) that the sign loop left unverified
     against fmnist-linf-pgdat: RMSprop verified 5-8, of which AA left 4-5 robust (three settings); rerunning
-    the sign loop (another seed, more steps) left 1-2 (benchmarks/hard_images.py, results/hard-images.jsonl)."""
+    the sign loop (another seed, more steps) left 1-2 (benchmarks/archive/hard_images.py, results/hard-images.jsonl)."""
     left = (~res.robust).nonzero().squeeze(1)
     if not len(left):
         return

@@ -4,7 +4,7 @@ from its training log, with the early-stopping point marked.
     preempt train --method pgd-at --norm linf --eps 0.1 --steps 7 --step-size 0.03 --limit 2000 --val-size 1000 \\
         --epochs 60 --schedule step --lr 0.05 --early-stop --curve-size 500 --threads 1 --seed 0 \\
         -o /tmp/ov/pgdat-2k.safetensors --run-dir /tmp/ov/pgdat-2k
-    python benchmarks/overfitting.py /tmp/ov/pgdat-2k/log.jsonl --out benchmarks/results/overfitting/pgdat-2k
+    python benchmarks/archive/overfitting.py /tmp/ov/pgdat-2k/log.jsonl --out benchmarks/results/overfitting/pgdat-2k
 
 Writes OUT.png (robust and clean error per epoch on the training images, the held-out validation images and the
 test images) and OUT.md (the table and what it shows); copies the log to OUT.jsonl.

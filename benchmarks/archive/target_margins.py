@@ -1,6 +1,6 @@
 """Which attacker breaks a robustified photo: the dev-half diagnostic behind the ImageNet cards' settings.
 
-    python benchmarks/target_margins.py foolbox-imagenet_00_243,foolbox-imagenet_04_949 \
+    python benchmarks/archive/target_margins.py foolbox-imagenet_00_243,foolbox-imagenet_04_949 \
         "inner_loss=margin-mt;inner_steps=2;inner_targets=9;inner_eps_scale=1.5;steps=30;early_stop=false" --delta 8/255
 
 Robustifies each named photo of ``corpus/dev`` (``benchmarks/corpus.py``) with the variant (fields of
@@ -26,7 +26,7 @@ from preempt.budget import parse_budget
 from preempt.core.resolution import at_model_input
 from preempt.pipeline.photos import load_photo
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # archived: its sibling modules are in benchmarks/
 from real_photos import parse_variant
 
 

@@ -1,6 +1,6 @@
 """The paper's table's AA column on more images: 800 of the 1,000, without the ones used to choose options.
 
-    python benchmarks/aa_more.py --norms linf      # and --norms l2, in a second process (one thread each)
+    python benchmarks/archive/aa_more.py --norms linf      # and --norms l2, in a second process (one thread each)
 
 results/reproduce.md runs AA (the standard suite) on test images 0–499.  The ADV / Ours options were chosen on
 images 500–699 (benchmarks/robustify_options.py), so those are left out here; this script adds images 700–999 and
@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # archived: its sibling modules are in benchmarks/
 from reproduce import ROOT, ROWS, _aa_chunked, _pct, checks_text, parser, work_dir  # (run from benchmarks/)
 from safetensors.torch import load_file
 
@@ -90,7 +92,7 @@ def main() -> None:
         doc["tables"][norm] = res
         doc.update(machine=f"{platform.machine()}, {a.threads} thread(s), torch {torch.__version__}",
                    images="Fashion-MNIST test 0-499 and 700-999 (500-699 chose the ADV / Ours options)")
-        doc.setdefault("commands", {})[norm] = "python benchmarks/aa_more.py " + " ".join(sys.argv[1:])
+        doc.setdefault("commands", {})[norm] = "python benchmarks/archive/aa_more.py " + " ".join(sys.argv[1:])
         out.write_text(json.dumps(doc, indent=2) + "\n")
         out.with_suffix(".md").write_text(render(doc))
     print(render(doc))
@@ -98,7 +100,7 @@ def main() -> None:
 
 def render(doc: dict) -> str:
     md = ["# The paper's table: AA on more images", "",
-          f"`benchmarks/aa_more.py` — {doc['images']}; {doc['machine']}. The standard suite on the images each row "
+          f"`benchmarks/archive/aa_more.py` — {doc['images']}; {doc['machine']}. The standard suite on the images each row "
           "of results/reproduce.md attacked; *Clean (AA)* is clean accuracy on the same 800, the base of the goals.", ""]
     for norm, t in doc["tables"].items():
         k = next(iter(t["rows"].values()))["aa_n"]

@@ -1,6 +1,6 @@
 """Where robustify's passes go, stage by stage of its δ escalation: every outer step and every check, per photo.
 
-    python benchmarks/stages.py --split dev            # → benchmarks/results/stages-dev.jsonl
+    python benchmarks/archive/stages.py --split dev            # → benchmarks/results/stages-dev.jsonl
 
 Each photo is run as robustify's escalation runs it (δ = 2, 4, 8, 16/255 with the card's settings, each stage
 from the original with its own seed), except that a stage that verifies the photo does not end the run: the

@@ -1,7 +1,7 @@
 """Choosing the bundled architecture by measurement: width against accuracy and time, and the
 BatchNorm mode (train or eval) while crafting training attacks.
 
-    python benchmarks/architecture.py            # fast-at ℓ∞ ε=0.1, 2 epochs on 20,000 images each
+    python benchmarks/archive/architecture.py            # fast-at ℓ∞ ε=0.1, 2 epochs on 20,000 images each
 
 For each candidate it trains with the same recipe and prints seconds per epoch (per 10,000
 images), clean and PGD-10 validation accuracy, and parameter count.  Output committed in

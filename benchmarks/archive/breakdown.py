@@ -1,7 +1,7 @@
 """Where robustify's time goes on a real photo: the outer loop against the checks, and which attack ends a check.
 
     python benchmarks/corpus.py --out corpus/                 # the photos
-    python benchmarks/breakdown.py --split dev --photos 4     # → benchmarks/results/breakdown.{json,md}
+    python benchmarks/archive/breakdown.py --split dev --photos 4     # → benchmarks/results/breakdown.{json,md}
 
 Each photo is robustified with the ImageNet card's defaults (persistent attackers on 9 targets,
 δ from 2/255 escalating to 16/255, the strong check with APGD-T on 9 targets) at ε = 1/255 against
@@ -24,6 +24,8 @@ from pathlib import Path
 from unittest.mock import patch
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # archived: its sibling modules are in benchmarks/
 from real_photos import parse_variant
 
 from preempt import RobustifyConfig, load_model, robustify

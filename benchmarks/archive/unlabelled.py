@@ -10,8 +10,8 @@ Fashion-MNIST test images for
 all three with the same settings (ℓ∞ ε = 0.1, PGD-5 step 0.03, 6 epochs, early stopping on 2,000
 held-out images; commands in weights/TRAIN.sh and each card).
 
-    python benchmarks/unlabelled.py                       # 1,000 test images, about 10 min on 1 core
-    python benchmarks/unlabelled.py --extra /tmp/rst/d6k-30ep.safetensors   # more rows, same images
+    python benchmarks/archive/unlabelled.py                       # 1,000 test images, about 10 min on 1 core
+    python benchmarks/archive/unlabelled.py --extra /tmp/rst/d6k-30ep.safetensors   # more rows, same images
 
 Writes benchmarks/results/unlabelled.{json,md}.  The AutoAttack column is PyPI ``pyautoattack``,
 ``version="standard"`` (APGD-CE, APGD-T, FAB-T, Square), run on the model wrapper in [0, 1] pixels.
@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # archived: its sibling modules are in benchmarks/
 from harness import reference_autoattack  # the one reference-AutoAttack wrapper (run from benchmarks/)
 
 from preempt import load_model, threat_model
@@ -129,7 +131,7 @@ def main() -> None:
         sys.exit("pyautoattack is not installed: pip install -e '.[crosscheck]'")
     x, y = fashion_mnist("test")
     x, y = x[:a.n], y[:a.n]
-    doc = {"n": a.n, "eps": a.eps, "seed": a.seed, "command": "python benchmarks/unlabelled.py " + " ".join(sys.argv[1:]),
+    doc = {"n": a.n, "eps": a.eps, "seed": a.seed, "command": "python benchmarks/archive/unlabelled.py " + " ".join(sys.argv[1:]),
            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}", "rows": []}
     for name in list(MODELS) + a.extra:
         row = measure(name, x, y, a.eps, a.seed)

@@ -1,6 +1,6 @@
 """Robustify variants on the images robustify could not verify ("hard" images), which the paper's table never uses.
 
-    python benchmarks/hard_images.py linf 1000 "base,seed=1,steps=100,optimizer=rmsprop,optimizer=rmsprop;seed=1"
+    python benchmarks/archive/hard_images.py linf 1000 "base,seed=1,steps=100,optimizer=rmsprop,optimizer=rmsprop;seed=1"
 
 Fashion-MNIST test images 1000 .. 1000+n (results/reproduce.md uses the first 1,000 only) are robustified against
 the ADV (pgd-at) model of the norm, δ = ε, with the table's ADV / Ours options (ℓ∞: settle 30; ℓ2: settle 30,
@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # archived: its sibling modules are in benchmarks/
 from reproduce import ROOT, SETTINGS, variant  # (run from benchmarks/, like reproduce.py)
 
 from preempt import RobustifyConfig, load_model, robustify, threat_model
@@ -74,7 +76,7 @@ def main() -> None:
                 "verified_by_the_table_options": doc["verified_and_correct"], "hard": len(hard), "variant": v,
                 "verified": len(i), "aa_robust": aa,
                 "aa_robust_images": [hard[j] for j in i[kept].tolist()], "passes_per_image": round(passes), "seconds": round(dt),
-                "command": "python benchmarks/hard_images.py " + " ".join(sys.argv[1:])}
+                "command": "python benchmarks/archive/hard_images.py " + " ".join(sys.argv[1:])}
         print(json.dumps(line), flush=True)
         with out.open("a") as f:
             f.write(json.dumps(line) + "\n")

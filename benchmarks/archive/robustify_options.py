@@ -1,7 +1,7 @@
 """Robustify options side by side on images the paper's table does not use for AA.
 
-    python benchmarks/robustify_options.py linf 200 "base,settle=5,early_stop=0"
-    python benchmarks/robustify_options.py l2 200 "base,settle=30,settle=30;inner_loss=ce+dlr-t"
+    python benchmarks/archive/robustify_options.py linf 200 "base,settle=5,early_stop=0"
+    python benchmarks/archive/robustify_options.py l2 200 "base,settle=30,settle=30;inner_loss=ce+dlr-t"
 
 Fashion-MNIST test images 500 .. 500+n (results/reproduce.md runs AA on the first 500 only), robustified
 against the ADV (pgd-at) model of the norm with δ = ε and each variant's RobustifyConfig fields
@@ -14,8 +14,11 @@ $THREADS (default 2).  Prints one line per variant.
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # archived: its sibling modules are in benchmarks/
 from reproduce import SETTINGS, variant  # (run as a script from benchmarks/, like reproduce.py)
 
 from preempt import RobustifyConfig, load_model, robustify, threat_model

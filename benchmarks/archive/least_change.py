@@ -1,6 +1,6 @@
 """What ``least_change`` buys on robustified photos: PSNR at the same model input, and the check's verdict.
 
-    python benchmarks/least_change.py --dir runs/rp/dev --variant fold-g8-bf16 \
+    python benchmarks/archive/least_change.py --dir runs/rp/dev --variant fold-g8-bf16 \
         --photos foolbox-imagenet_04_949,foolbox-imagenet_00_243,skimage-rocket   # → results/least-change.json
 
 For each photo robustified by ``benchmarks/real_photos.py --save DIR`` (written as ``VARIANT-PHOTO.png``, next to

@@ -1,7 +1,7 @@
 """What a failed check costs, and whether APGD-T's target order could make it cheaper.
 
     python benchmarks/stages.py --split dev --names A,B --wins 1 --save-checks runs/checks --out runs/stages-checks.jsonl
-    python benchmarks/target_order.py runs/checks            # → benchmarks/results/target-order.{json,md}
+    python benchmarks/archive/target_order.py runs/checks            # → benchmarks/results/target-order.{json,md}
 
 robustify's check (the card's: PGD-20 twice, APGD-CE, then APGD-T on 9 targets, 25 iterations each) stops at the
 first attack that breaks a photo, so a photo broken by APGD-T's k-th target has paid for k − 1 whole targeted runs
