@@ -9,9 +9,9 @@ images robustified against itself.  Columns: clean accuracy, PGD-20 accuracy (tr
 ensemble (`--suite standard`: APGD-CE, APGD-T, FAB-T, Square) on the first ``--aa-n`` of the
 images (all of them by default; AA costs about 2 s per robust image on one 2-core CPU).
 
-Every row is stored in results/reproduce.json with its model's sha256, the images, the command
+Every row is stored in benchmarks/results/reproduce.json with its model's sha256, the images, the command
 and its time; ``--rows``/``--norms`` recompute only some rows and keep the others (a row is
-kept only while its model file and settings are unchanged), then results/reproduce.md is
+kept only while its model file and settings are unchanged), then benchmarks/results/reproduce.md is
 rebuilt from all of them.
 
 Long runs survive interruption: inside a row, the robustified images and every chunk of
@@ -33,11 +33,11 @@ from pathlib import Path
 import torch
 
 from preempt import RobustifyConfig, load_model, robustify, threat_model
-from preempt.vocab import INNER_LOSSES, RETRIES
 from preempt.attacks import pgd
 from preempt.data import fashion_mnist
 from preempt.verdict import run_suite
 from preempt.verdict.check import CHECKS
+from preempt.vocab import INNER_LOSSES, RETRIES
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {"linf": {"eps": 0.1, "adv": "fmnist-linf-pgdat", "ours": "fmnist-linf-preempt-d3"},
@@ -289,7 +289,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--rows", default=",".join(ROWS), help="rows to recompute: " + ", ".join(ROWS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument("--out", default=str(ROOT / "results" / "reproduce"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "reproduce"))
     ap.add_argument("--ours-l2", default=SETTINGS["l2"]["ours"], help="the ℓ2 preempt model (Ours) to use")
     ap.add_argument("--check", default="strong", choices=sorted(CHECKS), help="robustify's check (default: strong)")
     ap.add_argument("--aa-chunk", type=int, default=50, help="AA images per checkpoint")
@@ -325,7 +325,7 @@ def main() -> None:
     command = " ".join(["python", str(script_name), *sys.argv[1:]])  # as run from the repository's root
     for norm in a.norms.split(","):
         if not a.rows:
-            break  # --rows "": rebuild results/reproduce.md from the stored rows
+            break  # --rows "": rebuild benchmarks/results/reproduce.md from the stored rows
         s = SETTINGS[norm]
         threat = threat_model(norm, s["eps"])
         adv, ours = load_model(s["adv"]), load_model(s["ours"])

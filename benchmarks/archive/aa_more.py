@@ -2,7 +2,7 @@
 
     python benchmarks/archive/aa_more.py --norms linf      # and --norms l2, in a second process (one thread each)
 
-results/reproduce.md runs AA (the standard suite) on test images 0–499.  The ADV / Ours options were chosen on
+benchmarks/results/reproduce.md runs AA (the standard suite) on test images 0–499.  The ADV / Ours options were chosen on
 images 500–699 (benchmarks/robustify_options.py), so those are left out here; this script adds images 700–999 and
 judges the table's goals on the 800 images 0–499 and 700–999.  That set was fixed before its new chunks ran, after
 the first 500 had left the ℓ2 gap goal one image short; both results are reported.
@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    table = json.loads((ROOT / "results" / "reproduce.json").read_text())
+    table = json.loads((ROOT / "benchmarks" / "results" / "reproduce.json").read_text())
     x_all, y_all = fashion_mnist("test")
     n = table["n"]
     x_all, y_all = x_all[:n], y_all[:n]
@@ -101,7 +101,7 @@ def main() -> None:
 def render(doc: dict) -> str:
     md = ["# The paper's table: AA on more images", "",
           f"`benchmarks/archive/aa_more.py` — {doc['images']}; {doc['machine']}. The standard suite on the images each row "
-          "of results/reproduce.md attacked; *Clean (AA)* is clean accuracy on the same 800, the base of the goals.", ""]
+          "of benchmarks/results/reproduce.md attacked; *Clean (AA)* is clean accuracy on the same 800, the base of the goals.", ""]
     for norm, t in doc["tables"].items():
         k = next(iter(t["rows"].values()))["aa_n"]
         md += [f"## {'ℓ∞' if norm == 'linf' else 'ℓ2'}, ε = δ = {t['eps']:g}", "",

@@ -2,7 +2,7 @@
 
     python benchmarks/archive/hard_images.py linf 1000 "base,seed=1,steps=100,optimizer=rmsprop,optimizer=rmsprop;seed=1"
 
-Fashion-MNIST test images 1000 .. 1000+n (results/reproduce.md uses the first 1,000 only) are robustified against
+Fashion-MNIST test images 1000 .. 1000+n (benchmarks/results/reproduce.md uses the first 1,000 only) are robustified against
 the ADV (pgd-at) model of the norm, δ = ε, with the table's ADV / Ours options (ℓ∞: settle 30; ℓ2: settle 30,
 inner loss ce+dlr-t).  The images it classifies correctly but could not verify are the hard set (cached in
 runs/hard-<norm>-<n>.json).  Each variant (RobustifyConfig fields ``key=value;key=value`` over those options;

@@ -3,7 +3,7 @@
     python benchmarks/archive/robustify_options.py linf 200 "base,settle=5,early_stop=0"
     python benchmarks/archive/robustify_options.py l2 200 "base,settle=30,settle=30;inner_loss=ce+dlr-t"
 
-Fashion-MNIST test images 500 .. 500+n (results/reproduce.md runs AA on the first 500 only), robustified
+Fashion-MNIST test images 500 .. 500+n (benchmarks/results/reproduce.md runs AA on the first 500 only), robustified
 against the ADV (pgd-at) model of the norm with δ = ε and each variant's RobustifyConfig fields
 (``key=value;key=value``; ``base`` = the defaults).  Then the standard suite (APGD-CE, APGD-T, FAB-T,
 Square, seed 7) attacks the images robustify claimed robust that the model classifies correctly; the

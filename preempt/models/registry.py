@@ -38,7 +38,7 @@ from .wrapper import Classifier
 # kind of model a service runs, not by a 28×28 clothing classifier.  Its weights are a dependency of the
 # plain install (19 MB).  The Fashion-MNIST models are one flag away (--model fmnist-linf-preempt-d3):
 # FMNIST_MODEL is the ℓ∞ preemptively trained one, as the paper (and issue 3) would have it: in
-# results/reproduce.md (1,000 test images) robustified images on it are more accurate than on the pgd-at
+# benchmarks/results/reproduce.md (1,000 test images) robustified images on it are more accurate than on the pgd-at
 # model, clean 89.6% vs 86.4% and PGD-20 86.6% vs 85.7%.
 IMAGENET_MODEL = "efficientnet-lite0"
 FMNIST_MODEL = "fmnist-linf-preempt-d3"
