@@ -15,7 +15,8 @@ from preempt.pipeline.photos import load_photo, read_meta
 from preempt.verdict.upload import (
     WORST,
     Chain,
-    Op,
+    Jpeg,
+    Resize,
     Through,
     attack_uploads,
     concrete,
@@ -88,12 +89,12 @@ def test_spec_syntax():
     names = [str(c) for c in concrete(parse("jpeg:75-95,resize:1080"), (600, 800))]
     assert names == ["jpeg:75", "jpeg:85", "jpeg:95"]
     assert str(concrete(parse("resize:1080+jpeg:85"), (3000, 4000))[0]) == "resize:1080+jpeg:85"
-    assert resize_real(torch.zeros(1, 3, 30, 40), Op("resize", 20, 20)._hw(torch.zeros(1, 3, 30, 40))).shape[-2:] == (15, 20)
+    assert resize_real(torch.zeros(1, 3, 30, 40), Resize(long_side=20).hw(30, 40)).shape[-2:] == (15, 20)
 
 
 def test_through_sees_what_the_service_makes(tiny_model, tiny_data):
     x = tiny_data[0][:8]
-    chain = Chain((Op("jpeg", 60, 60),))
+    chain = Chain((Jpeg(60, 60),))
     t = Through(tiny_model, chain)
     assert torch.equal(t.predict(x), tiny_model.predict(jpeg_real(x, 60)))
 

@@ -41,57 +41,76 @@ from ..core.codecs import jpeg_approx, jpeg_bytes, jpeg_real, quant_table, resiz
 from ..errors import UsageError
 from ..models.protocol import Model
 
-__all__ = ["Op", "Chain", "parse", "WORST", "jpeg_real", "jpeg_approx", "jpeg_bytes", "quant_table", "resize_real",
-           "resize_approx", "resized_hw", "Through", "attack_uploads"]  # the codecs re-exported from preempt.core.codecs
+__all__ = ["Op", "Jpeg", "Resize", "Chain", "parse", "WORST", "jpeg_real", "jpeg_approx", "jpeg_bytes", "quant_table",
+           "resize_real", "resize_approx", "resized_hw", "Through", "attack_uploads"]  # codecs: from preempt.core.codecs
 
 WORST = "jpeg:95,jpeg:85,jpeg:75,jpeg:60,resize:2048+jpeg:85,resize:1080+jpeg:85,jpeg:90+jpeg:75"
 
 
 @dataclass(frozen=True)
-class Op:
-    """One service operation: ``jpeg`` (quality ``lo``..``hi``) or ``resize`` (long side ``lo`` px,
-    or the fraction ``lo`` of the size when ``percent``)."""
+class Jpeg:
+    """Re-encoding as JPEG (Pillow's libjpeg, 4:2:0 chroma) at a quality between ``lo`` and ``hi`` (1–100): robustify
+    samples the range, a verification tests its ends and middle."""
 
-    kind: str
-    lo: float
-    hi: float
-    percent: bool = False
+    lo: int
+    hi: int
 
     def __str__(self) -> str:
-        if self.kind == "jpeg":
-            return f"jpeg:{self.lo:g}" if self.lo == self.hi else f"jpeg:{self.lo:g}-{self.hi:g}"
-        return f"resize:{self.lo * 100:g}%" if self.percent else f"resize:{self.lo:g}"
+        return f"jpeg:{self.lo}" if self.lo == self.hi else f"jpeg:{self.lo}-{self.hi}"
 
-    def concrete(self) -> list[Op]:
-        """Fixed settings that stand for this op in a verification: a quality range's ends and middle."""
-        if self.lo == self.hi:
-            return [self]
-        mid = float(round((self.lo + self.hi) / 2))
-        return [Op(self.kind, v, v, self.percent) for v in sorted({self.lo, mid, self.hi})]
+    def concrete(self) -> list[Jpeg]:
+        """Fixed qualities that stand for this range in a verification: its ends and middle."""
+        return [self] if self.lo == self.hi else [Jpeg(q, q) for q in sorted({self.lo, round((self.lo + self.hi) / 2), self.hi})]
 
-    def sample(self, gen: torch.Generator | None = None) -> Op:
+    def sample(self, gen: torch.Generator | None = None) -> Jpeg:
         if self.lo == self.hi:
             return self
-        v = float(torch.randint(int(self.lo), int(self.hi) + 1, (1,), generator=gen,
-                                device=gen.device if gen is not None else None).item())
-        return Op(self.kind, v, v, self.percent)
-
-    def _hw(self, x: torch.Tensor) -> tuple[int, int]:
-        h, w = x.shape[-2:]
-        return resized_hw(h, w, fraction=self.lo) if self.percent else resized_hw(h, w, long_side=self.lo)
+        q = int(torch.randint(self.lo, self.hi + 1, (1,), generator=gen, device=gen.device if gen is not None else None).item())
+        return Jpeg(q, q)
 
     def real(self, x: torch.Tensor) -> torch.Tensor:
-        return jpeg_real(x, int(self.lo)) if self.kind == "jpeg" else resize_real(x, self._hw(x))
+        return jpeg_real(x, self.lo)
 
     def approx(self, x: torch.Tensor) -> torch.Tensor:
-        return jpeg_approx(x, int(self.lo)) if self.kind == "jpeg" else resize_approx(x, self._hw(x))
+        return jpeg_approx(x, self.lo)
 
     def changes(self, hw: tuple[int, int]) -> bool:
-        """False where the op leaves a photo of this size as it is (a resize that would not shrink it)."""
-        if self.kind == "jpeg":
-            return True
-        h, w = hw
-        return (resized_hw(h, w, fraction=self.lo) if self.percent else resized_hw(h, w, long_side=self.lo)) != (h, w)
+        return True
+
+
+@dataclass(frozen=True)
+class Resize:
+    """A service's downsize (Pillow's antialiased BICUBIC): the long side to at most ``long_side`` px, or the size times
+    ``fraction``; never an enlargement."""
+
+    long_side: float | None = None
+    fraction: float | None = None
+
+    def __str__(self) -> str:
+        return f"resize:{self.fraction * 100:g}%" if self.fraction is not None else f"resize:{self.long_side:g}"
+
+    def concrete(self) -> list[Resize]:
+        return [self]
+
+    def sample(self, gen: torch.Generator | None = None) -> Resize:
+        return self
+
+    def hw(self, h: int, w: int) -> tuple[int, int]:
+        """The size a photo of (h, w) is resized to."""
+        return resized_hw(h, w, long_side=self.long_side, fraction=self.fraction)
+
+    def real(self, x: torch.Tensor) -> torch.Tensor:
+        return resize_real(x, self.hw(*x.shape[-2:]))
+
+    def approx(self, x: torch.Tensor) -> torch.Tensor:
+        return resize_approx(x, self.hw(*x.shape[-2:]))
+
+    def changes(self, hw: tuple[int, int]) -> bool:
+        """False where the resize leaves a photo of this size as it is (it would not shrink it)."""
+        return self.hw(*hw) != tuple(hw)
+
+
+Op = Jpeg | Resize  # one service operation
 
 
 @dataclass(frozen=True)
@@ -137,8 +156,8 @@ class Chain:
 
     @property
     def max_quality(self) -> float | None:
-        qs = [op.hi for op in self.ops if op.kind == "jpeg"]
-        return max(qs) if qs else None
+        qs = [op.hi for op in self.ops if isinstance(op, Jpeg)]
+        return float(max(qs)) if qs else None
 
 
 _OP = re.compile(r"^(jpeg|jpg|resize):(.+)$")
@@ -154,7 +173,7 @@ def _parse_op(kind: str, arg: str, spec: str) -> Op:
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         if not (1 <= lo <= hi <= 100):
             raise bad
-        return Op("jpeg", float(lo), float(hi))
+        return Jpeg(lo, hi)
     m = re.fullmatch(r"(\d+(?:\.\d+)?)(%?)", arg)
     if not m:
         raise bad
@@ -162,10 +181,10 @@ def _parse_op(kind: str, arg: str, spec: str) -> Op:
     if m.group(2):
         if not 0 < v <= 100:
             raise bad
-        return Op("resize", v / 100, v / 100, percent=True)
+        return Resize(fraction=v / 100)
     if v < 8:
         raise bad
-    return Op("resize", v, v)
+    return Resize(long_side=v)
 
 
 def parse(spec: str | None) -> list[Chain]:
