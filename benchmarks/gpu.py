@@ -75,8 +75,8 @@ def workload(name: str, dev: torch.device, x: torch.Tensor, model_name: str, eps
     from preempt.verdict import run_suite
 
     model = load_model(model_name, device=dev)
-    cfg = RobustifyConfig(eps=eps, delta=delta, init=resolve_init("auto", model),
-                          **recommended(model))
+    cfg = RobustifyConfig.of(eps=eps, delta=delta, init=resolve_init("auto", model),
+                             **recommended(model))
     x = x.to(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)

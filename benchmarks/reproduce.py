@@ -178,7 +178,7 @@ def robustified(model, x, norm: str, eps: float, seed: int, check: str, bs: int 
             save_file({"x": xr.contiguous(), "seconds": torch.tensor(dt), "passes": torch.tensor(model.passes)}, str(tmp))
             tmp.replace(ck)
     return torch.cat(outs), {"seconds": seconds, "passes_per_image": passes / len(x), "check": check, "steps": cfg.steps,
-                             "settle": cfg.settle, "inner_loss": cfg.inner_loss, "retry": cfg.retry}
+                             "settle": cfg.early_stop.settle if cfg.early_stop else 0, "inner_loss": cfg.inner_loss, "retry": cfg.retry}
 
 
 def _pct(v) -> str:

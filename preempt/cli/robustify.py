@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..algorithms.robustify import RobustifyConfig
+from ..algorithms.robustify.parts import EarlyStop
 from ..errors import EXIT_ERROR, EXIT_NOT_ROBUST, EXIT_OK, UsageError
 from ..models.protocol import Model
 from ..vocab import BudgetMap, CheckPreset, Format, Goal, Init, InnerLoss, LoopPrecision, Norm, Resolution, Retry
@@ -124,7 +125,7 @@ def robustify_cmd(
     inner_steps: InnerStepsOpt = None,
     check_steps: int = typer.Option(_D.check.steps, help="Steps of the PGD check that decides 'robust'."),
     check: CheckOpt = None,
-    settle: SettleOpt = _D.settle,
+    settle: SettleOpt = (_D.early_stop or EarlyStop()).settle,
     inner_loss: InnerLossOpt = None,
     inner_targets: int | None = typer.Option(None, min=1, help="margin-mt: attackers per photo (default 4, or the card's)."),
     loop_precision: LoopPrecisionOpt = None,

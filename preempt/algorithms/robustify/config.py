@@ -13,7 +13,22 @@ from ...verdict import upload
 from ...verdict.check import CHECKS, Check
 from ...vocab import CHECK_PRESETS, GOALS, INITS, RESOLUTIONS, RETRIES
 from .final import Final
-from .parts import FLAT, INNER_FLAT, OUTER_FLAT, Inner, Outer, Persistent, Sign, TanhBox, Unrolled, inner_of, outer_of
+from .parts import (
+    FLAT,
+    INNER_FLAT,
+    OUTER_FLAT,
+    STOP_FLAT,
+    EarlyStop,
+    Inner,
+    Outer,
+    Persistent,
+    Sign,
+    TanhBox,
+    Unrolled,
+    early_stop_of,
+    inner_of,
+    outer_of,
+)
 
 if TYPE_CHECKING:
     from ...models.protocol import Model
@@ -30,12 +45,7 @@ class RobustifyConfig:
     inner: Inner = Unrolled()  # the inner attack (parts.py): Unrolled (the paper's T-step PGD, ce | ce+dlr-t) or
                                # Persistent (margin-mt: persistent targeted attackers, for standard classifiers)
     outer: Outer = Sign()      # the outer optimiser: Sign (steepest descent, cosine steps) or TanhBox (ℓ∞)
-    check_every: int = 5
     check: Check = CHECKS["strong"]  # the verdict behind "robust" (preempt.verdict.check): 2 × PGD-20, APGD-CE + APGD-T twice
-    min_steps: int = 5         # outer steps before the first check
-    settle: int = 0            # outer steps more after an image is first verified, then checked again: the later
-                               # photo is kept if it passes too (a deeper point than the first one to pass); at most
-                               # until the last step; needs early_stop
     max_delta: float | None = None  # δ escalation: images not robust at δ run again at 2δ, 4δ, … up to this
     escalate: float = 2.0      # δ escalation: each stage's δ is the last one times this (on the 8-bit grid when δ is on it)
     give_up: int = 0           # > 0: an image whose inner attack never failed in its first give_up outer steps stops
@@ -47,7 +57,8 @@ class RobustifyConfig:
     init: str = "auto"         # original | random (a random point of the δ-ball, as the reference code)
                                # | descent: one signed step down the clean loss (the x̂_r of preempt training)
                                # | auto: what the model card recommends, else original
-    early_stop: bool = True    # False: no checks before the last step (the paper's algorithm)
+    early_stop: EarlyStop | None = EarlyStop()  # checks during the loop (min_steps, check_every, settle); None: one
+                               # check at the last step (the paper's algorithm)
     resolution: str = "auto"   # auto | model | full: where the loop works (see preempt.core.resolution)
     check_resolution: str | None = None  # where the check attacks: model = the model input over the image of the
                                # ε-ball (a superset of what a file attacker reaches), full = the file's own pixels;
@@ -72,8 +83,12 @@ class RobustifyConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise UsageError(f"{name} must be a finite number >= 0, got {v!r}")
-        if self.steps < 0 or self.check_every < 1 or self.settle < 0 or self.give_up < 0:
-            raise UsageError("steps, settle and give_up must be >= 0, check_every >= 1")
+        if self.steps < 0 or self.give_up < 0:
+            raise UsageError("steps and give_up must be >= 0")
+        if self.early_stop is not None:
+            if not isinstance(self.early_stop, EarlyStop):
+                raise UsageError(f"early_stop must be an EarlyStop or None, got {self.early_stop!r}")
+            self.early_stop.validate()
         if not isinstance(self.check, Check):
             raise UsageError(f"check must be a preempt.verdict.check.Check (e.g. CHECKS['strong']), got {self.check!r}")
         self.check.validate()
@@ -82,8 +97,6 @@ class RobustifyConfig:
                 raise UsageError(f"final must be a preempt.algorithms.robustify.Final (resolution "
                                  f"{', '.join(RESOLUTIONS)}), got {self.final!r}")
             self.final.check.validate()
-        if self.settle and not self.early_stop:
-            raise UsageError("settle needs early_stop: without checks before the last step nothing settles")
         if not isinstance(self.inner, (Unrolled, Persistent)) or not isinstance(self.outer, (Sign, TanhBox)):
             raise UsageError(f"inner must be an Unrolled or Persistent, outer a Sign or TanhBox "
                              f"(preempt.algorithms.robustify.parts), got {self.inner!r} and {self.outer!r}")
@@ -138,10 +151,10 @@ class RobustifyConfig:
 
     def flat(self) -> dict:
         """The settings as flat names (the inverse of :meth:`of`): the fields, with the parts spelled out."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("inner", "outer")}
-        out["inner_loss"], out["optimizer"] = self.inner_loss, self.optimizer
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("inner", "outer", "early_stop")}
+        out["inner_loss"], out["optimizer"], out["early_stop"] = self.inner_loss, self.optimizer, self.early_stop is not None
         for k, (kinds, attr) in FLAT.items():
-            for part in (self.inner, self.outer):
+            for part in (self.inner, self.outer, self.early_stop):
                 if type(part) in kinds:
                     out[k] = getattr(part, attr)
         return out
@@ -159,6 +172,8 @@ class RobustifyConfig:
             now = {k: v for k, v in now.items() if k not in INNER_FLAT or k == "inner_steps"}
         if "optimizer" in flat and flat["optimizer"] != now["optimizer"]:
             now = {k: v for k, v in now.items() if k not in OUTER_FLAT}
+        if "early_stop" in flat and bool(flat["early_stop"]) != now["early_stop"]:
+            now = {k: v for k, v in now.items() if k not in STOP_FLAT}
         return type(self).of(**{**now, **flat})
 
     @classmethod
@@ -168,11 +183,14 @@ class RobustifyConfig:
         ``inner_targets``, ``kappa``, …, :data:`parts.FLAT`) and ``optimizer`` with ``step_size`` or ``lr``.  A
         setting the chosen variant does not have is refused (``kappa`` with ``inner_loss='ce'``)."""
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(flat) - names - set(INNER_FLAT) - set(OUTER_FLAT))
+        unknown = sorted(set(flat) - names - set(INNER_FLAT) - set(OUTER_FLAT) - set(STOP_FLAT))
         if unknown:
             raise TypeError(f"unknown RobustifyConfig setting(s): {', '.join(unknown)}")
         inner = {k: flat.pop(k) for k in INNER_FLAT if k in flat and k not in OUTER_FLAT}
         outer = {k: flat.pop(k) for k in OUTER_FLAT if k in flat}
+        stop = {k: flat.pop(k) for k in STOP_FLAT if k in flat and not isinstance(flat[k], (EarlyStop, type(None)))}
+        if stop:
+            flat["early_stop"] = early_stop_of(**stop)
         if inner:
             flat["inner"] = inner_of(**inner)
         if outer:
@@ -200,7 +218,7 @@ class RobustifyConfig:
         from ...models.card import budgets
 
         first: Model = model[0] if isinstance(model, (list, tuple)) else model  # type: ignore[assignment]
-        unknown = sorted(set(given) - {f.name for f in fields(cls)} - set(INNER_FLAT) - set(OUTER_FLAT))
+        unknown = sorted(set(given) - {f.name for f in fields(cls)} - set(INNER_FLAT) - set(OUTER_FLAT) - set(STOP_FLAT))
         if unknown:
             raise TypeError(f"unknown RobustifyConfig setting(s): {', '.join(unknown)}")
         norm, eps, delta = budgets(getattr(first, "card", None), given.pop("norm", None), given.pop("eps", None),
@@ -239,7 +257,7 @@ class RobustifyConfig:
                 f"check {chk.name}" + (f" (PGD-{chk.steps})" if chk.steps != 20 else "") + apgd_t
                 + (f" at {self.check_at()} resolution" if self.check_resolution else "")
                 + f", goal {self.goal}"
-                + (f", settle {self.settle}" if self.settle else "")
+                + (f", settle {self.early_stop.settle}" if self.early_stop and self.early_stop.settle else "")
                 + (f", inner loss {self.inner_loss}" if self.inner_loss != "ce" else "")
                 + (f" ({self.inner.targets} targets) in {precision_used(self, device)}"
                    if isinstance(self.inner, Persistent) else "")

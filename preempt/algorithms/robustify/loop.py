@@ -14,7 +14,7 @@ from ..persistent import PersistentAdversaries
 from .config import RobustifyConfig, resolve_init
 from .ledger import Ledger
 from .optim import BestIterate, Optimizer, SignDescent, TanhRMSprop
-from .parts import Persistent, TanhBox, Unrolled
+from .parts import EarlyStop, Persistent, TanhBox, Unrolled
 from .precision import loop_autocast
 from .results import RobustifyResult
 from .space import Problem, working_grid
@@ -39,11 +39,12 @@ def run_at_delta(models: list[Model], x_o: torch.Tensor, y: torch.Tensor | None,
         v = opt.current(idx)
         q = prob.photo(v, idx)
         ok, p, det = joint.check(q, idx, gen)
-        back = book.checked(idx, q, ok, p, det, k, settle=cfg.settle if k < cfg.steps else 0, v=v)
+        back = book.checked(idx, q, ok, p, det, k, settle=stop.settle if k < cfg.steps else 0, v=v)
         if len(back):  # the extra steps lost the pass: back to the first verified variable (least-visible shrinks it)
             opt.restore(back, book.anchor[back])
 
-    best = BestIterate(opt, len(x_o), cfg.min_steps)
+    stop = cfg.early_stop or EarlyStop(settle=0)  # without early stopping: the one check at the last step
+    best = BestIterate(opt, len(x_o), stop.min_steps)
     give_up = cfg.give_up if cfg.max_delta is None or cfg.max_delta > cfg.delta + 1e-12 else 0
     for k in range(1, cfg.steps + 1):
         idx = book.pending()
@@ -61,10 +62,10 @@ def run_at_delta(models: list[Model], x_o: torch.Tensor, y: torch.Tensor | None,
         last = k == cfg.steps
         settling = book.verified_at[idx] >= 0
         if settling.any():  # verified images whose extra steps are done (or ran out) get their second check
-            due = idx[settling & ((k - book.verified_at[idx] >= cfg.settle) | last)]
+            due = idx[settling & ((k - book.verified_at[idx] >= stop.settle) | last)]
             if len(due):
                 run_check(due, k)
-        if last or (cfg.early_stop and k >= cfg.min_steps and (k - cfg.min_steps) % cfg.check_every == 0):
+        if last or (cfg.early_stop and k >= stop.min_steps and (k - stop.min_steps) % stop.check_every == 0):
             fresh = idx[~settling]
             cand = fresh if last else fresh[survived[~settling]]  # a check only where the inner attack itself failed
             if len(cand):

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 from ...errors import UsageError
-from ...vocab import LOOP_PRECISIONS
+from ...vocab import INNER_LOSSES, LOOP_PRECISIONS, OPTIMIZERS
 
 
 def _positive_steps(steps: int, step_size: float | None, what: str) -> None:
@@ -97,6 +97,22 @@ class TanhBox:
             raise UsageError(f"lr must be a finite number > 0, got {self.lr!r}")
 
 
+@dataclass(frozen=True)
+class EarlyStop:
+    """Checks during the loop: the first after ``min_steps`` outer steps, then every ``check_every`` (only on photos
+    whose inner attack itself failed); a photo that passes stops there.  ``settle`` > 0: it takes that many outer
+    steps more (a deeper point) and is checked again, the later photo kept if it passes too.  Without it
+    (``early_stop=None``) the loop runs every step and checks once at the end (the paper's algorithm)."""
+
+    min_steps: int = 5
+    check_every: int = 5
+    settle: int = 0
+
+    def validate(self) -> None:
+        if self.min_steps < 0 or self.check_every < 1 or self.settle < 0:
+            raise UsageError("min_steps and settle must be >= 0, check_every >= 1")
+
+
 Inner = Unrolled | Persistent
 Outer = Sign | TanhBox
 
@@ -112,14 +128,20 @@ FLAT: dict[str, tuple[tuple[type, ...], str]] = {
     "loop_precision": ((Persistent,), "precision"),
     "step_size": ((Sign,), "step_size"),
     "lr": ((TanhBox,), "lr"),
+    "min_steps": ((EarlyStop,), "min_steps"),
+    "check_every": ((EarlyStop,), "check_every"),
+    "settle": ((EarlyStop,), "settle"),
 }
 INNER_FLAT = ("inner_loss",) + tuple(k for k, (kinds, _) in FLAT.items() if kinds[0] in (Unrolled, Persistent))
 OUTER_FLAT = ("optimizer", "step_size", "lr")
+STOP_FLAT = ("early_stop", "min_steps", "check_every", "settle")
 
 
 def inner_of(inner_loss: str = "ce", **given) -> Inner:
     """The inner attack that ``inner_loss`` (ce | ce+dlr-t | margin-mt) names, with the flat settings ``given``;
     a setting that variant does not have is refused, naming the variant that has it."""
+    if inner_loss not in INNER_LOSSES:
+        raise UsageError(f"inner_loss {inner_loss!r}: choose {', '.join(INNER_LOSSES)}")
     kind: type = Persistent if inner_loss == "margin-mt" else Unrolled
     kw = {}
     for k, v in given.items():
@@ -135,13 +157,26 @@ def inner_of(inner_loss: str = "ce", **given) -> Inner:
 
 def outer_of(optimizer: str = "sign", **given) -> Outer:
     """The outer optimiser ``optimizer`` (sign | rmsprop) names, with ``step_size`` (sign) or ``lr`` (rmsprop)."""
-    if optimizer not in ("sign", "rmsprop"):
-        raise UsageError(f"unknown optimizer {optimizer!r}: choose sign or rmsprop")
+    if optimizer not in OPTIMIZERS:
+        raise UsageError(f"unknown optimizer {optimizer!r}: choose {' or '.join(OPTIMIZERS)}")
     kind: type = TanhBox if optimizer == "rmsprop" else Sign
     for k in given:
         if kind not in FLAT[k][0]:
             raise UsageError(f"{k} is a setting of optimizer={'rmsprop' if k == 'lr' else 'sign'}, "
                              f"not of optimizer={optimizer!r}")
     part = kind(**{FLAT[k][1]: v for k, v in given.items()})
+    part.validate()
+    return part
+
+
+def early_stop_of(early_stop: bool = True, **given) -> EarlyStop | None:
+    """Early stopping (``early_stop`` True) with ``min_steps``, ``check_every`` and ``settle``, or none (False: the
+    loop checks once, at its last step; then those settings are refused)."""
+    if not early_stop:
+        if given:
+            raise UsageError(f"{', '.join(sorted(given))}: settings of early stopping, and early_stop is off "
+                             "(the loop checks once, at its last step)")
+        return None
+    part = EarlyStop(**given)
     part.validate()
     return part
