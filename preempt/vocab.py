@@ -15,7 +15,7 @@ Optimizer = Literal["sign", "rmsprop"]
 Format = Literal["auto", "png", "jpeg"]                # robustify's output format
 CheckPreset = Literal["strong", "strong-once", "thorough", "pgd"]  # robustify --check (preempt.verdict.check.PRESETS)
 # verify --suite (preempt.verdict.check.SUITES)
-SuiteName = Literal["pgd", "strong", "final", "quick", "standard", "rand", "blackbox"]
+SuiteName = Literal["pgd", "strong-once", "strong", "final", "quick", "standard", "rand", "blackbox"]
 Schedule = Literal["cosine", "constant", "step"]       # training learning-rate schedule
 BudgetMap = Literal["uniform", "taper", "taper+jnd"]  # robustify's per-pixel share of δ (preempt.core.budget_map)
 LoopPrecision = Literal["float32", "bfloat16"]         # robustify's persistent attackers (checks: always float32)

@@ -95,7 +95,7 @@ def _untimed(rows: list[dict]) -> list[dict]:
 def test_verify_shares_equal_one_run(mixed_dir, tiny_model, tmp_path):
     from preempt.pipeline.report import summarize
 
-    cfg = VerifyConfig(norm="linf", eps=0.08, suite="strong", steps=5, checks=False)
+    cfg = VerifyConfig(norm="linf", eps=0.08, suite="strong-once", steps=5, checks=False)
     one = verify_files([mixed_dir], tiny_model, config=cfg, batch_size=2)
     docs = []
     for k in range(3):

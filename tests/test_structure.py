@@ -90,9 +90,10 @@ def test_verify_by_default_runs_the_attacks_of_robustify_default_check(tiny_mode
     from preempt.verdict.check import APGD_STARTS
 
     cfg = RobustifyConfig()
-    assert VerifyConfig().suite == "strong" and APGD_STARTS == 2
+    assert VerifyConfig().suite == "strong-once" and APGD_STARTS == 2
     assert cfg.check is CHECKS["strong"] and cfg.check.stages == "ce+apgd-ce+apgd-t+apgd-ce+apgd-t"
-    once = SUITES["strong"]
+    once = SUITES["strong-once"]
+    assert SUITES["strong"] is CHECKS["strong"]  # one name, one thing, in verify and in robustify
     assert once is CHECKS["strong-once"] and once.stages == "ce+apgd-ce+apgd-t"
     assert (once.restarts, once.apgd_steps, once.apgd_targets) == (cfg.check.restarts, cfg.check.apgd_steps,
                                                                     cfg.check.apgd_targets) == (2, 25, 3)
@@ -103,12 +104,12 @@ def test_verify_by_default_runs_the_attacks_of_robustify_default_check(tiny_mode
     t = Linf(0.1)
     ok = once.judge(tiny_model, x, y, t, correct=torch.ones(len(x), dtype=torch.bool),
                     generator=torch.Generator().manual_seed(5)).robust
-    r = run_suite(tiny_model, x, y, threat=t, suite="strong", workers=1, generator=torch.Generator().manual_seed(5))
+    r = run_suite(tiny_model, x, y, threat=t, suite="strong-once", workers=1, generator=torch.Generator().manual_seed(5))
     assert 0 < int(ok.sum()) < len(x) and r.robust.tolist() == ok.tolist()  # the same attacks, the same draws
     # robustify's claims hold under verify's default from other random starts
     res = robustify(tiny_model, x, y, config=cfg)
     claimed = res.robust
-    v = run_suite(tiny_model, res.x, y, threat=t, suite="strong", generator=torch.Generator().manual_seed(1))
+    v = run_suite(tiny_model, res.x, y, threat=t, suite="strong-once", generator=torch.Generator().manual_seed(1))
     assert claimed.sum() >= 12 and bool((v.robust | ~claimed).all())
 
 

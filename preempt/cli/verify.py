@@ -9,6 +9,7 @@ from rich.markup import escape
 
 from ..budget import format_budget
 from ..errors import EXIT_ERROR, EXIT_NOT_ROBUST, EXIT_OK, PreemptError, UsageError
+from ..pipeline.verify_job import VerifyConfig
 from ..verdict.check import suite_help
 from ..vocab import Norm, Resolution, SuiteName
 from .common import (
@@ -36,6 +37,8 @@ from .common import (
     state,
 )
 from .tables import attack_table, verify_table
+
+_V = VerifyConfig()  # the library's defaults are the CLI's: declared once, in VerifyConfig
 
 OriginalOpt = Annotated[list[Path] | None, typer.Option(
     "--original", help="The originals, one per photo in the same order (files or folders); attacked too, for before vs after.")]
@@ -72,7 +75,7 @@ def verify_cmd(
     resize: ResizeOpt = None,
     norm: Norm | None = typer.Option(None, help="linf | l2 (default: the model's)."),
     eps: float | None = budget_option(None, "Attack budget ε (default: the model's)."),
-    suite: SuiteName = typer.Option("strong", help=suite_help() + "."),
+    suite: SuiteName = typer.Option(_V.suite, help=suite_help() + "."),
     steps: int = typer.Option(20, help="PGD steps (suites pgd and strong)."),
     restarts: int = typer.Option(1, help="PGD random restarts."),
     adaptive: AdaptiveOpt = False,

@@ -30,8 +30,9 @@ from .shard import Shard, batch_seed, take
 class VerifyConfig:
     norm: str = "linf"
     eps: float = 0.1
-    suite: str = "strong"           # a name in preempt.verdict.check.SUITES (strong: the attacks of robustify's default check)
-    steps: int = 20                 # PGD steps (suites "pgd" and "strong")
+    suite: str = "strong-once"      # a name in preempt.verdict.check.SUITES, the same name as robustify's --check where both
+                                    # have it (strong-once: the attacks of robustify's default check, APGD from one start)
+    steps: int = 20                 # PGD steps (suites "pgd", "strong-once" and "strong")
     step_size: float | None = None  # PGD step, default ε/4
     restarts: int = 1               # PGD restarts
     seed: int = 0

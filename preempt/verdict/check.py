@@ -235,7 +235,7 @@ CHECKS: dict[str, Check] = _named(
 )
 PRESETS = ("strong", "strong-once", "pgd", "thorough")  # robustify --check
 # preempt verify --suite NAME: the check it runs
-SUITES: dict[str, Check] = {"pgd": CHECKS["pgd"], "strong": CHECKS["strong-once"],
+SUITES: dict[str, Check] = {"pgd": CHECKS["pgd"], "strong-once": CHECKS["strong-once"], "strong": CHECKS["strong"],
                             **{n: CHECKS[n] for n in ("final", "quick", "standard", "rand", "blackbox")}}
 
 
