@@ -171,6 +171,8 @@ def robustify_cmd(
     spec = ModelSpec(model[0] if model else None, weights, card, input_size, resize_policy, resize_size, mean, std, channels)
     dev, clf, norm, eps, delta = model_and_budgets(spec, device, norm, eps, delta)
     clf, others = _models(paths, clf, model, dev, sigma, noise_samples, seed, check_steps)
+    if not any(p.exists() for p in paths):  # each was reported as missing: nothing to do
+        raise typer.Exit(EXIT_ERROR)
     cfg = _config(clf, check, dict(inner_steps=inner_steps, inner_loss=inner_loss, inner_targets=inner_targets,
                                    max_delta=max_delta, check_resolution=check_resolution, give_up=give_up,
                                    loop_precision=loop_precision, least_change=least_change), init, norm=norm, delta=delta, eps=eps, steps=steps,
