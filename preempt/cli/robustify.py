@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..algorithms.robustify import RobustifyConfig
 from ..algorithms.robustify.parts import EarlyStop
-from ..errors import EXIT_ERROR, EXIT_NOT_ROBUST, EXIT_OK, UsageError
+from ..errors import EXIT_ERROR, EXIT_NOT_ROBUST, EXIT_OK, PreemptError, UsageError
 from ..models.protocol import Model
 from ..vocab import BudgetMap, CheckPreset, Format, Goal, Init, InnerLoss, LoopPrecision, Norm, Resolution, Retry
 from .common import (
@@ -171,8 +171,6 @@ def robustify_cmd(
     spec = ModelSpec(model[0] if model else None, weights, card, input_size, resize_policy, resize_size, mean, std, channels)
     dev, clf, norm, eps, delta = model_and_budgets(spec, device, norm, eps, delta)
     clf, others = _models(paths, clf, model, dev, sigma, noise_samples, seed, check_steps)
-    if not any(p.exists() for p in paths):  # each was reported as missing: nothing to do
-        raise typer.Exit(EXIT_ERROR)
     cfg = _config(clf, check, dict(inner_steps=inner_steps, inner_loss=inner_loss, inner_targets=inner_targets,
                                    max_delta=max_delta, check_resolution=check_resolution, give_up=give_up,
                                    loop_precision=loop_precision, least_change=least_change), init, norm=norm, delta=delta, eps=eps, steps=steps,
@@ -198,7 +196,7 @@ def _models(paths: list[Path], clf, names: list[str] | None, dev: str, sigma: fl
 
     others = [load_named(name, dev) for name in (names or [])[1:]]
     if not clf.differentiable:
-        raise UsageError(f"{clf.name}: an ONNX model has no gradients, so it cannot be robustified against; use the "
+        raise PreemptError(f"{clf.name}: an ONNX model has no gradients, so it cannot be robustified against; use the "
                          "torch model it was exported from (or its TorchScript/state_dict file) here, and the ONNX "
                          "file with preempt verify")
     if check_steps < 1:
@@ -207,6 +205,8 @@ def _models(paths: list[Path], clf, names: list[str] | None, dev: str, sigma: fl
     for p in paths:
         if not p.exists():
             report_error(f"{p}: no such file or folder")
+    if not any(p.exists() for p in paths):  # each was reported as missing: nothing to do
+        raise typer.Exit(EXIT_ERROR)
     if sigma is not None:
         from ..defenses.smoothing import Smoothed
 
