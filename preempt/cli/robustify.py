@@ -10,7 +10,6 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..algorithms.robustify import RobustifyConfig
-from ..algorithms.robustify.parts import EarlyStop
 from ..errors import EXIT_ERROR, EXIT_NOT_ROBUST, EXIT_OK, PreemptError, UsageError
 from ..models.protocol import Model
 from ..vocab import BudgetMap, CheckPreset, Format, Goal, Init, InnerLoss, LoopPrecision, Norm, Resolution, Retry
@@ -55,9 +54,9 @@ CheckOpt = Annotated[CheckPreset | None, typer.Option(
          "twice, then APGD-CE and APGD-T from 2 random starts; strong-once = APGD from one start; thorough = "
          "AutoAttack's 100 APGD iterations and 9 targets; pgd = one PGD-20. It steers the loop; the final verdict "
          "decides 'robust' (docs/cli.md).")]
-SettleOpt = Annotated[int, typer.Option(
+SettleOpt = Annotated[int | None, typer.Option(
     min=0, help="Outer steps more after a photo first passes its check, then checked again (kept only if it passes "
-    "too): a deeper point for more passes. --settle 30 runs every step of the default --steps 30.")]
+    "too): a deeper point for more passes (default: 0, or the card's). --settle 30 runs every step of --steps 30.")]
 LoopPrecisionOpt = Annotated[LoopPrecision | None, typer.Option(
     help="margin-mt: the attackers' passes in bfloat16 where the CPU or GPU runs it natively (else float32); the "
          "check that decides 'robust' always runs in float32. Default: float32, or the model card's.")]
@@ -125,7 +124,7 @@ def robustify_cmd(
     inner_steps: InnerStepsOpt = None,
     check_steps: int = typer.Option(_D.check.steps, help="Steps of the PGD check that decides 'robust'."),
     check: CheckOpt = None,
-    settle: SettleOpt = (_D.early_stop or EarlyStop()).settle,
+    settle: SettleOpt = None,
     inner_loss: InnerLossOpt = None,
     inner_targets: int | None = typer.Option(None, min=1, help="margin-mt: attackers per photo (default 4, or the card's)."),
     loop_precision: LoopPrecisionOpt = None,
@@ -173,8 +172,8 @@ def robustify_cmd(
     clf, others = _models(paths, clf, model, dev, sigma, noise_samples, seed, check_steps)
     cfg = _config(clf, check, dict(inner_steps=inner_steps, inner_loss=inner_loss, inner_targets=inner_targets,
                                    max_delta=max_delta, check_resolution=check_resolution, give_up=give_up,
-                                   loop_precision=loop_precision, least_change=least_change), init, norm=norm, delta=delta, eps=eps, steps=steps,
-                  check_steps=check_steps, settle=settle, retry=retry, seed=seed, goal=goal, resolution=resolution,
+                                   loop_precision=loop_precision, least_change=least_change, settle=settle), init, norm=norm, delta=delta, eps=eps, steps=steps,
+                  check_steps=check_steps, retry=retry, seed=seed, goal=goal, resolution=resolution,
                   survive=survive, budget_map=budget_map)
     err_console.print(_header(share, [clf, *others], dev, cfg), highlight=False,
                       soft_wrap=True)  # one line, however long: logs are grepped

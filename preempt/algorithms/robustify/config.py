@@ -282,7 +282,7 @@ class RobustifyConfig:
 
 
 RECOMMENDABLE = ("inner_loss", "inner_steps", "inner_targets", "inner_eps_scale", "kappa", "max_delta", "check_resolution",
-                 "give_up", "loop_precision", "least_change")
+                 "give_up", "loop_precision", "least_change", "settle")
 
 
 CARD_CHECK = {"check_apgd_targets": "apgd_targets", "check_apgd_steps": "apgd_steps",
