@@ -186,7 +186,7 @@ class RobustifyConfig:
         unknown = sorted(set(flat) - names - set(INNER_FLAT) - set(OUTER_FLAT) - set(STOP_FLAT))
         if unknown:
             raise TypeError(f"unknown RobustifyConfig setting(s): {', '.join(unknown)}")
-        inner = {k: flat.pop(k) for k in INNER_FLAT if k in flat and k not in OUTER_FLAT}
+        inner = {k: flat.pop(k) for k in INNER_FLAT if k in flat}
         outer = {k: flat.pop(k) for k in OUTER_FLAT if k in flat}
         stop = {k: flat.pop(k) for k in STOP_FLAT if k in flat and not isinstance(flat[k], (EarlyStop, type(None)))}
         if stop:
@@ -218,9 +218,6 @@ class RobustifyConfig:
         from ...models.card import budgets
 
         first: Model = model[0] if isinstance(model, (list, tuple)) else model  # type: ignore[assignment]
-        unknown = sorted(set(given) - {f.name for f in fields(cls)} - set(INNER_FLAT) - set(OUTER_FLAT) - set(STOP_FLAT))
-        if unknown:
-            raise TypeError(f"unknown RobustifyConfig setting(s): {', '.join(unknown)}")
         norm, eps, delta = budgets(getattr(first, "card", None), given.pop("norm", None), given.pop("eps", None),
                                    given.pop("delta", None))
         if isinstance(check, str) and check not in CHECK_PRESETS:

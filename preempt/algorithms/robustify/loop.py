@@ -43,7 +43,7 @@ def run_at_delta(models: list[Model], x_o: torch.Tensor, y: torch.Tensor | None,
         if len(back):  # the extra steps lost the pass: back to the first verified variable (least-visible shrinks it)
             opt.restore(back, book.anchor[back])
 
-    stop = cfg.early_stop or EarlyStop(settle=0)  # without early stopping: the one check at the last step
+    stop = cfg.early_stop or EarlyStop()  # without early stopping: its defaults for min_steps, one check at the end
     best = BestIterate(opt, len(x_o), stop.min_steps)
     give_up = cfg.give_up if cfg.max_delta is None or cfg.max_delta > cfg.delta + 1e-12 else 0
     for k in range(1, cfg.steps + 1):

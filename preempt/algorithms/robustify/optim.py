@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from .config import RobustifyConfig
+from .parts import TanhBox
 from .space import Problem
 
 if TYPE_CHECKING:
@@ -80,7 +81,8 @@ class TanhRMSprop:
     B_δ(x_o) ∩ [0, 1], RMSprop on w."""
 
     def __init__(self, prob: Problem, cfg: RobustifyConfig, start: torch.Tensor) -> None:
-        self.prob, self.cfg = prob, cfg
+        assert isinstance(cfg.outer, TanhBox), cfg.outer  # the loop picks this optimiser for that part only
+        self.prob, self.cfg, self.lr = prob, cfg, cfg.outer.lr
         self.lo, self.hi = prob.box()
         self.w = torch.atanh(((start - self.lo) / (self.hi - self.lo).clamp_min(1e-12) - 0.5) * 1.999)
         self.sq = torch.zeros_like(self.w)
@@ -101,5 +103,5 @@ class TanhRMSprop:
 
     def update(self, idx, leaf, xr, g, k) -> None:
         self.sq[idx] = 0.99 * self.sq[idx] + 0.01 * g * g
-        self.w[idx] = leaf.detach() - getattr(self.cfg.outer, "lr", 0.1) * g / (self.sq[idx].sqrt() + 1e-8)
+        self.w[idx] = leaf.detach() - self.lr * g / (self.sq[idx].sqrt() + 1e-8)
         self.x[idx] = self._box(self.w[idx], idx)
