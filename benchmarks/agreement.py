@@ -26,8 +26,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from harness import robustify_batched
 
-from preempt import load_model, robustify, threat_model
+from preempt import load_model, threat_model
 from preempt.attacks import pgd
 from preempt.verdict import run_suite
 from preempt.verdict.check import CHECKS, Check
@@ -95,16 +96,9 @@ def main() -> None:
                                                              for k in part["variants"][name]["verified"])):
             print(f"{name}: done before, skipped", flush=True)
             continue
-        t0 = time.perf_counter()
-        claims, passes, xs = [], [], []
-        for i in range(0, len(x), 250):
-            r = robustify(model, x[i:i + 250], y[i:i + 250], norm=tm["norm"], delta=tm["delta"], eps=tm["eps"], check=VARIANTS[name])
-            xs.append(r.x)
-            claims += [im.robust for im in r.images]
-            passes += [im.passes for im in r.images]
-        sec = time.perf_counter() - t0
-        x_r = torch.cat(xs)
-        claim = torch.tensor(claims)
+        run = robustify_batched(model, x, y, batch=250, norm=tm["norm"], delta=tm["delta"], eps=tm["eps"],
+                                check=VARIANTS[name])
+        sec, x_r, claim, passes = run.seconds, run.x, torch.tensor(run.claims), [im.passes for im in run.images]
         v = verdicts(model, x_r, y, threat, 0 if a.no_standard else (a.standard_n or len(x)))
         pixels = hashlib.sha256(torch.round(x_r * 255).to(torch.uint8).numpy().tobytes()).hexdigest()
         row = {"check": asdict(VARIANTS[name]), "claimed": float(claim.float().mean()),

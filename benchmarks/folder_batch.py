@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
-from harness import RESULTS, stamp, write
+from harness import RESULTS, robustify_batched, stamp, write
 
-from preempt import load_model, robustify
+from preempt import load_model
 from preempt.algorithms.robustify import RobustifyConfig, precision_used
 from preempt.pipeline.photos import load_photo
 
@@ -51,13 +50,9 @@ def main() -> None:
     passes: dict[int, int] = {}
     for r in range(args.rounds):
         for b in batches:
-            t0 = time.perf_counter()
-            n_pass = 0
-            for i in range(0, len(x), b):
-                res = robustify(model, x[i:i + b], y[i:i + b], config=cfg)
-                n_pass += sum(im.passes for im in res.images)
-            times[b].append(time.perf_counter() - t0)
-            passes[b] = n_pass
+            run = robustify_batched(model, x, y, batch=b, config=cfg)
+            times[b].append(run.seconds)
+            passes[b] = n_pass = run.passes
             print(f"round {r + 1} batch {b}: {len(x) / times[b][-1]:.3f} photos/s ({n_pass} passes)", flush=True)
     rows = []
     for b in batches:

@@ -69,7 +69,9 @@ def _sync(dev: torch.device) -> None:
 
 def workload(name: str, dev: torch.device, x: torch.Tensor, model_name: str, eps: float, delta: float,
              batch: int) -> dict:
-    from preempt import RobustifyConfig, load_model, robustify, threat_model
+    from harness import robustify_batched
+
+    from preempt import RobustifyConfig, load_model, threat_model
     from preempt.algorithms.robustify import recommended, resolve_init
     from preempt.core.resolution import at_model_input
     from preempt.verdict import run_suite
@@ -82,15 +84,11 @@ def workload(name: str, dev: torch.device, x: torch.Tensor, model_name: str, eps
         torch.cuda.reset_peak_memory_stats(dev)
     _sync(dev)
     t0 = time.perf_counter()
-    outs, claims, passes = [], [], 0
-    for i in range(0, len(x), batch):
-        r = robustify(model, x[i:i + batch], config=cfg)
-        outs.append(r.x)
-        claims += [im.robust for im in r.images]
-        passes += sum(im.passes for im in r.images)  # robustify's own count (the model-input copy's passes too)
+    run = robustify_batched(model, x, batch=batch, config=cfg)
+    claims, passes = run.claims, run.passes  # robustify's own count (the model-input copy's passes too)
     _sync(dev)
     t_rob = time.perf_counter() - t0
-    xr = torch.cat(outs)
+    xr = run.x
     y = model.predict(x)  # robust against the model's own label on the original
     threat = threat_model(cfg.norm, cfg.eps)
     t0 = time.perf_counter()

@@ -5,7 +5,9 @@
 * :func:`reference_autoattack`: the reference AutoAttack (PyPI ``pyautoattack``, Croce & Hein 2020) on a batch,
   through any preempt model wrapper (its preprocessing included, so it attacks the photo's own pixels), with the
   attacks of its ``standard`` version or any subset of them (``attacks=("apgd-t",)``).  Every benchmark that
-  judges with the reference calls this, so they all judge alike.
+  judges with the reference calls this, so they all judge alike;
+* :func:`robustify_batched`: ``preempt.robustify`` over a tensor of photos in batches, the outputs joined, timed
+  and counted (the one chunked loop the scripts share).
 
 Scripts import it as ``from harness import …`` (they run from ``benchmarks/``, or with it on ``sys.path``).
 """
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +112,39 @@ def reference_autoattack(model, x, y, eps: float, *, norm: str = "linf", seed: i
     with torch.inference_mode():
         robust = model.predict(x_adv) == y
     return robust, x_adv
+
+
+@dataclass
+class Batched:
+    """What :func:`robustify_batched` returns: the photos written (joined), each photo's result, the wall-clock
+    seconds of all the calls, and the passes robustify counted (its own count, the model-input copy's included)."""
+
+    x: Any
+    images: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passes(self) -> int:
+        return sum(im.passes for im in self.images)
+
+    @property
+    def claims(self) -> list[bool]:
+        return [im.robust for im in self.images]
+
+
+def robustify_batched(model, x, y=None, *, batch: int, **settings) -> Batched:
+    """``preempt.robustify(model, x[i:i+batch], y[i:i+batch], **settings)`` over ``x``, batch by batch, the outputs
+    joined in order.  A photo's result depends on its batch (random starts are drawn for the batch at once), so
+    the batch size is one of a result's settings: record it."""
+    import time
+
+    import torch
+
+    from preempt import robustify
+
+    outs, images, t0 = [], [], time.perf_counter()
+    for i in range(0, len(x), batch):
+        r = robustify(model, x[i:i + batch], None if y is None else y[i:i + batch], **settings)
+        outs.append(r.x)
+        images += r.images
+    return Batched(torch.cat(outs), images, time.perf_counter() - t0)

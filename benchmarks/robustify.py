@@ -25,6 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from harness import robustify_batched
 
 from preempt import RobustifyConfig, load_model, robustify, threat_model
 from preempt.attacks import pgd
@@ -76,14 +77,8 @@ def run_method(model, x, y, cfg: RobustifyConfig, bs: int) -> dict:
     threat = threat_model(cfg.norm, cfg.eps)
     model.passes = 0
     t0 = time.perf_counter()
-    outs, reported = [], []
-    for i in range(0, len(x), bs):
-        r = robustify(model, x[i:i + bs], config=cfg)
-        outs.append(r.x)
-        reported += [im.robust for im in r.images]
-    secs = time.perf_counter() - t0
-    passes = model.passes
-    xr = torch.cat(outs)
+    run = robustify_batched(model, x, batch=bs, config=cfg)
+    secs, passes, xr, reported = time.perf_counter() - t0, model.passes, run.x, run.claims
     with torch.inference_mode():
         clean = (model(xr).argmax(1) == y).float().mean().item()
     return {

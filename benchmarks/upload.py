@@ -23,8 +23,9 @@ import time
 from pathlib import Path
 
 import torch
+from harness import robustify_batched
 
-from preempt import load_model, robustify, threat_model
+from preempt import load_model, threat_model
 from preempt.attacks import pgd
 from preempt.core.quantize import to_uint8
 from preempt.pipeline.jpeg import encode_jpeg_within
@@ -73,15 +74,8 @@ def run(name, model, x, y, eps, delta, settings, chains_spec, out, bs):
     rows.append({"setting": "original (not robustified)", **before})
     print(name, rows[-1], flush=True)
     for label, survive in settings:
-        t0 = time.perf_counter()
-        xs, infos = [], []
-        for i in range(0, len(x), bs):
-            r = robustify(model, x[i:i + bs], y[i:i + bs], delta=delta, eps=eps, survive=survive,
-                           check=CHECKS["pgd"])
-            xs.append(r.x)
-            infos += r.images
-        sec = (time.perf_counter() - t0) / len(x)
-        x_r = torch.cat(xs)
+        run = robustify_batched(model, x, y, batch=bs, delta=delta, eps=eps, survive=survive, check=CHECKS["pgd"])
+        sec, x_r, infos = run.seconds / len(x), run.x, run.images
         acc = evaluate(model, x_r, y, x, eps, chains_spec)
         q = max([c.max_quality for c in parse(survive or "") if c.max_quality] or [95])
         row = {"setting": label, "survive": survive, **acc,

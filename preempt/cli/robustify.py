@@ -136,7 +136,7 @@ def robustify_cmd(
                                        "the last δ runs in full (0: never; default: the card's)."),
     retry: RetryOpt = _D.retry,  # type: ignore[assignment]
     init: InitOpt = _D.init,  # type: ignore[assignment]
-    goal: GoalOpt = _D.goal,  # type: ignore[assignment]
+    goal: GoalOpt = _D.goal.name,  # type: ignore[assignment]
     resolution: WhereOpt = _D.resolution,  # type: ignore[assignment]
     check_resolution: CheckWhereOpt = None,
     survive: SurviveOpt = None,

@@ -96,7 +96,7 @@ def _names(src: Path, root: Path, out_dir: Path, dst: Path, fmt: str) -> list[Pa
 def _record(model: Model | Sequence[Model], cfg: RobustifyConfig) -> dict:
     """The settings an output's "robust" is for (written into it, compared on a rerun)."""
     return {"model": model_name(model), "norm": cfg.norm, "delta": cfg.delta, "eps": cfg.eps, "survive": cfg.survive,
-            "max_delta": cfg.max_delta, "check_resolution": cfg.check_at(),
+            "max_delta": cfg.flat()["max_delta"], "check_resolution": cfg.check_at(),
             "final": cfg.final.describe() if cfg.final is not None else None}
 
 

@@ -14,18 +14,26 @@ from ...verdict.check import CHECKS, Check
 from ...vocab import CHECK_PRESETS, GOALS, INITS, RESOLUTIONS, RETRIES
 from .final import Final
 from .parts import (
+    ESCALATION_FLAT,
     FLAT,
+    GOAL_FLAT,
     INNER_FLAT,
     OUTER_FLAT,
     STOP_FLAT,
     EarlyStop,
+    Escalation,
+    Goal,
     Inner,
+    LeastVisible,
     Outer,
     Persistent,
     Sign,
+    Strongest,
     TanhBox,
     Unrolled,
     early_stop_of,
+    escalation_of,
+    goal_of,
     inner_of,
     outer_of,
 )
@@ -46,8 +54,8 @@ class RobustifyConfig:
                                # Persistent (margin-mt: persistent targeted attackers, for standard classifiers)
     outer: Outer = Sign()      # the outer optimiser: Sign (steepest descent, cosine steps) or TanhBox (ℓ∞)
     check: Check = CHECKS["strong"]  # the verdict behind "robust" (preempt.verdict.check): 2 × PGD-20, APGD-CE + APGD-T twice
-    max_delta: float | None = None  # δ escalation: images not robust at δ run again at 2δ, 4δ, … up to this
-    escalate: float = 2.0      # δ escalation: each stage's δ is the last one times this (on the 8-bit grid when δ is on it)
+    escalation: Escalation | None = None  # δ escalation (parts.py): images not robust at δ run again at 2δ, 4δ, …
+                               # up to its max_delta (flat names: max_delta, escalate); None: one δ
     give_up: int = 0           # > 0: an image whose inner attack never failed in its first give_up outer steps stops
                                # there, not robust (with max_delta: it moves on to the next δ sooner; never at the
                                # last δ)
@@ -63,10 +71,9 @@ class RobustifyConfig:
     check_resolution: str | None = None  # where the check attacks: model = the model input over the image of the
                                # ε-ball (a superset of what a file attacker reaches), full = the file's own pixels;
                                # None: as resolution
-    goal: str = "strongest"    # strongest | least-visible: shrink a verified change while it stays robust
+    goal: Goal = Strongest()   # Strongest | LeastVisible (parts.py): shrink a verified change while it stays robust
     least_change: bool = False  # ℓ∞, one model that resizes the photo: every photo checked and written is the least-ℓ2
                                 # change with the same model input (preempt.core.least_change): higher PSNR, same verdict
-    shrink_steps: int = 4      # bisection steps of least-visible (scale precision 1/2^steps)
     work_scale: int = 3        # model resolution: the change's grid, in multiples of the model input
     survive: str | None = None  # service transforms to stay robust through, e.g. "jpeg:75-95,resize:1080"
                                 # (preempt.verdict.upload): expectation over them in the loss, real codec in the check
@@ -109,10 +116,12 @@ class RobustifyConfig:
             raise UsageError("create_graph (second-order unrolling) is for ℓ2: the ℓ∞ sign step has no second order")
         if self.least_change and self.norm != "linf":
             raise UsageError("least_change is for ℓ∞ (the δ-box it projects into); use goal='least-visible' for ℓ2")
-        if not (math.isfinite(self.escalate) and self.escalate > 1):
-            raise UsageError(f"escalate must be a finite number > 1, got {self.escalate!r}")
-        if self.max_delta is not None and not (math.isfinite(self.max_delta) and self.max_delta >= self.delta):
-            raise UsageError(f"max_delta must be a finite number >= delta ({self.delta:g}), got {self.max_delta!r}")
+        if self.escalation is not None:
+            if not isinstance(self.escalation, Escalation):
+                raise UsageError(f"escalation must be an Escalation or None, got {self.escalation!r}")
+            self.escalation.validate()
+            if self.escalation.max_delta < self.delta:
+                raise UsageError(f"max_delta must be >= delta ({self.delta:g}), got {self.escalation.max_delta!r}")
         if self.retry not in RETRIES:
             raise UsageError(f"retry {self.retry!r}: choose {' or '.join(RETRIES)}")
         if self.retry == "rmsprop" and (self.norm != "linf" or isinstance(self.outer, TanhBox)):
@@ -123,8 +132,10 @@ class RobustifyConfig:
             v = getattr(self, name)
             if v not in RESOLUTIONS and not (name == "check_resolution" and v is None):
                 raise UsageError(f"{name} {v!r}: choose {', '.join(RESOLUTIONS)}")
-        if self.goal not in GOALS:
-            raise UsageError(f"goal {self.goal!r}: choose {', '.join(GOALS)}")
+        if not isinstance(self.goal, (Strongest, LeastVisible)):
+            raise UsageError(f"goal must be a Strongest or LeastVisible (preempt.algorithms.robustify.parts) "
+                             f"(as a flat name: {' or '.join(GOALS)}), got {self.goal!r}")
+        self.goal.validate()
         if self.init not in INITS:
             raise UsageError(f"unknown init {self.init!r}; choose {', '.join(INITS)}")
         if self.budget_map not in MAPS:
@@ -151,10 +162,13 @@ class RobustifyConfig:
 
     def flat(self) -> dict:
         """The settings as flat names (the inverse of :meth:`of`): the fields, with the parts spelled out."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("inner", "outer", "early_stop")}
+        parts = ("inner", "outer", "early_stop", "escalation", "goal")
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in parts}
         out["inner_loss"], out["optimizer"], out["early_stop"] = self.inner_loss, self.optimizer, self.early_stop is not None
+        out["max_delta"] = self.escalation.max_delta if self.escalation is not None else None
+        out["goal"] = self.goal.name
         for k, (kinds, attr) in FLAT.items():
-            for part in (self.inner, self.outer, self.early_stop):
+            for part in (self.inner, self.outer, self.early_stop, self.escalation, self.goal):
                 if type(part) in kinds:
                     out[k] = getattr(part, attr)
         return out
@@ -174,6 +188,10 @@ class RobustifyConfig:
             now = {k: v for k, v in now.items() if k not in OUTER_FLAT}
         if "early_stop" in flat and bool(flat["early_stop"]) != now["early_stop"]:
             now = {k: v for k, v in now.items() if k not in STOP_FLAT}
+        if "max_delta" in flat and (flat["max_delta"] is None) != (now["max_delta"] is None):
+            now = {k: v for k, v in now.items() if k not in ESCALATION_FLAT}
+        if "goal" in flat and flat["goal"] != now["goal"]:
+            now = {k: v for k, v in now.items() if k not in GOAL_FLAT}
         return type(self).of(**{**now, **flat})
 
     @classmethod
@@ -183,7 +201,8 @@ class RobustifyConfig:
         ``inner_targets``, ``kappa``, …, :data:`parts.FLAT`) and ``optimizer`` with ``step_size`` or ``lr``.  A
         setting the chosen variant does not have is refused (``kappa`` with ``inner_loss='ce'``)."""
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(flat) - names - set(INNER_FLAT) - set(OUTER_FLAT) - set(STOP_FLAT))
+        unknown = sorted(set(flat) - names - set(INNER_FLAT) - set(OUTER_FLAT) - set(STOP_FLAT) - set(ESCALATION_FLAT)
+                         - set(GOAL_FLAT))
         if unknown:
             raise TypeError(f"unknown RobustifyConfig setting(s): {', '.join(unknown)}")
         inner = {k: flat.pop(k) for k in INNER_FLAT if k in flat}
@@ -191,6 +210,12 @@ class RobustifyConfig:
         stop = {k: flat.pop(k) for k in STOP_FLAT if k in flat and not isinstance(flat[k], (EarlyStop, type(None)))}
         if stop:
             flat["early_stop"] = early_stop_of(**stop)
+        esc = {k: flat.pop(k) for k in ESCALATION_FLAT if k in flat}
+        if esc:
+            flat["escalation"] = escalation_of(**esc)
+        goal = {k: flat.pop(k) for k in GOAL_FLAT if k in flat and not isinstance(flat[k], (Strongest, LeastVisible))}
+        if goal:
+            flat["goal"] = goal_of(**goal)
         if inner:
             flat["inner"] = inner_of(**inner)
         if outer:
@@ -213,8 +238,9 @@ class RobustifyConfig:
         persistent attackers, δ escalation and the 9-target check of the ImageNet cards), then ``given`` (fields of
         this class; None means not given).  ``check``: a preset name or a :class:`Check` (default: the card's);
         ``check_steps``: its PGD steps.  Two rules keep the card's advice coherent with what was given: its
-        ``max_delta`` is dropped when below the δ asked for (no escalation), its ``loop_precision`` when the inner
-        loss is not the persistent attackers it was measured for.  ``preempt robustify`` calls exactly this."""
+        ``max_delta`` is dropped when below the δ asked for (no escalation), and a setting of a variant not chosen
+        (the attackers' ``loop_precision`` with another inner loss, ``settle`` with early stopping off).
+        ``preempt robustify`` calls exactly this."""
         from ...models.card import budgets
 
         first: Model = model[0] if isinstance(model, (list, tuple)) else model  # type: ignore[assignment]
@@ -230,10 +256,10 @@ class RobustifyConfig:
             settings["check"] = replace(settings["check"], steps=check_steps)
         if "max_delta" not in given and (settings.get("max_delta") or 0) < delta:
             settings.pop("max_delta", None)  # the card's cap is below the δ asked for: no escalation
-        if settings.get("inner_loss") != "margin-mt":  # the card's attackers' settings: another inner loss was chosen
-            for k in set(settings) - set(given):
-                if k in FLAT and Persistent in FLAT[k][0] and Unrolled not in FLAT[k][0]:
-                    settings.pop(k)
+        chosen = _variants(settings)  # the card's settings of a variant not chosen (its attackers' with another
+        for k in set(settings) - set(given):  # inner loss, its settle with early stopping off) are dropped
+            if k in FLAT and not set(FLAT[k][0]) & chosen:
+                settings.pop(k)
         settings["init"] = resolve_init(settings.get("init", "auto"), first)
         cfg = cls.of(**{**settings, "norm": norm, "eps": eps, "delta": delta})
         cfg.validate()
@@ -245,7 +271,7 @@ class RobustifyConfig:
         from ...budget import format_budget as b
         from .precision import precision_used
 
-        chk, esc = self.check, self.max_delta is not None
+        chk, esc = self.check, self.escalation
         targets = chk.apgd_targets not in (None, 3)
         apgd_t = "" if not targets and chk.apgd_order == "logits" else (
             (f" ({chk.apgd_targets} " if targets else " (") + "APGD-T targets"
@@ -253,14 +279,14 @@ class RobustifyConfig:
         return (f"{self.norm} δ={b(self.delta)} ε={b(self.eps)}; ≤{self.steps} outer × {self.inner.steps} inner steps, "
                 f"check {chk.name}" + (f" (PGD-{chk.steps})" if chk.steps != 20 else "") + apgd_t
                 + (f" at {self.check_at()} resolution" if self.check_resolution else "")
-                + f", goal {self.goal}"
+                + f", goal {self.goal.name}"
                 + (f", settle {self.early_stop.settle}" if self.early_stop and self.early_stop.settle else "")
                 + (f", inner loss {self.inner_loss}" if self.inner_loss != "ce" else "")
                 + (f" ({self.inner.targets} targets) in {precision_used(self, device)}"
                    if isinstance(self.inner, Persistent) else "")
                 + (", least change" if self.least_change else "")
                 + (f", δ map {self.budget_map}" if self.budget_map != "uniform" else "")
-                + (f", δ up to {b(self.max_delta)}" if esc else "")  # type: ignore[arg-type]
+                + (f", δ up to {b(esc.max_delta)}" if esc else "")
                 + (f" (next δ after {self.give_up} steps without a failed attack)" if self.give_up and esc else "")
                 + (f", give up after {self.give_up} steps without a failed attack" if self.give_up and not esc else "")
                 + (f", retry {self.retry}" if self.retry != "none" else "")
@@ -276,6 +302,15 @@ class RobustifyConfig:
 
     def eps_ball(self) -> ThreatModel:
         return threat_model(self.norm, self.eps)
+
+
+def _variants(flat: dict) -> set[type]:
+    """The part variants that flat settings choose (each selector's default where not given)."""
+    return {Persistent if flat.get("inner_loss") == "margin-mt" else Unrolled,
+            TanhBox if flat.get("optimizer") == "rmsprop" else Sign,
+            EarlyStop if flat.get("early_stop", True) not in (False, None) else type(None),
+            Escalation if flat.get("max_delta") is not None else type(None),
+            LeastVisible if flat.get("goal") == "least-visible" else Strongest}
 
 
 RECOMMENDABLE = ("inner_loss", "inner_steps", "inner_targets", "inner_eps_scale", "kappa", "max_delta", "check_resolution",
@@ -334,9 +369,10 @@ def _next_delta(d: float, factor: float) -> float:
 def escalation_stages(cfg: RobustifyConfig) -> Iterator[RobustifyConfig]:
     """The configs of δ escalation's later stages: 2δ, 4δ, … (``escalate``) up to ``max_delta``, each run from the
     original with a seed of its own, ``give_up`` in all but the last."""
-    assert cfg.max_delta is not None
+    esc = cfg.escalation
+    assert esc is not None
     d, stage = cfg.delta, 0
-    while d < cfg.max_delta - 1e-12:
-        d, stage = min(_next_delta(d, cfg.escalate), cfg.max_delta), stage + 1
-        yield replace(cfg, delta=d, max_delta=None, seed=cfg.seed + 1000 * stage,
-                      give_up=cfg.give_up if d < cfg.max_delta - 1e-12 else 0)
+    while d < esc.max_delta - 1e-12:
+        d, stage = min(_next_delta(d, esc.factor), esc.max_delta), stage + 1
+        yield replace(cfg, delta=d, escalation=None, seed=cfg.seed + 1000 * stage,
+                      give_up=cfg.give_up if d < esc.max_delta - 1e-12 else 0)

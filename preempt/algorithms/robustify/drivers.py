@@ -59,7 +59,7 @@ def robustify(model: Model | Sequence[Model], x: torch.Tensor, y: torch.Tensor |
     if cfg.retry != "none" and res.config["resolution"] == "full":
         _retry(models[0], x_o, y, cfg, res)
     _final(models, ys, cfg, res)
-    if cfg.max_delta is not None:
+    if cfg.escalation is not None:
         _escalate(models, x_o, ys, cfg, res, on_step)
     moved = change(res.x, x_o)  # once, on the photos kept (a 12 MP SSIM is not free)
     res.images = [replace(r, linf=float(moved["linf"][i]), l2=float(moved["l2"][i]), psnr=float(moved["psnr"][i]),

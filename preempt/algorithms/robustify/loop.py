@@ -14,7 +14,7 @@ from ..persistent import PersistentAdversaries
 from .config import RobustifyConfig, resolve_init
 from .ledger import Ledger
 from .optim import BestIterate, Optimizer, SignDescent, TanhRMSprop
-from .parts import EarlyStop, Persistent, TanhBox, Unrolled
+from .parts import EarlyStop, LeastVisible, Persistent, TanhBox, Unrolled
 from .precision import loop_autocast
 from .results import RobustifyResult
 from .space import Problem, working_grid
@@ -45,7 +45,8 @@ def run_at_delta(models: list[Model], x_o: torch.Tensor, y: torch.Tensor | None,
 
     stop = cfg.early_stop or EarlyStop()  # without early stopping: its defaults for min_steps, one check at the end
     best = BestIterate(opt, len(x_o), stop.min_steps)
-    give_up = cfg.give_up if cfg.max_delta is None or cfg.max_delta > cfg.delta + 1e-12 else 0
+    esc = cfg.escalation
+    give_up = cfg.give_up if esc is None or esc.max_delta > cfg.delta + 1e-12 else 0
     for k in range(1, cfg.steps + 1):
         idx = book.pending()
         if len(idx) == 0:
@@ -79,10 +80,10 @@ def run_at_delta(models: list[Model], x_o: torch.Tensor, y: torch.Tensor | None,
             book.finish(left)
         else:  # not verified: the iterate whose outer loss was lowest, not merely the last one
             book.unverified(left, prob.photo(best.current(left), left))
-    if cfg.goal == "least-visible":
+    if isinstance(cfg.goal, LeastVisible):
         won = book.robust.nonzero().squeeze(1)
         if len(won):
-            s, q, p = _shrink(joint, opt.current(won), won, gen, cfg.shrink_steps, book.uploads)
+            s, q, p = _shrink(joint, opt.current(won), won, gen, cfg.goal.shrink_steps, book.uploads)
             book.shrunk(won, q, s, p)
     return RobustifyResult(book.final, book.images(y, cfg.delta), {**cfg.record(), **prob.applied(), "init": init})
 

@@ -1,4 +1,5 @@
-"""robustify's typed parts: the inner attack and the outer optimiser, each one of a few frozen variants.
+"""robustify's typed parts: the inner attack, the outer optimiser, early stopping, δ escalation and the goal, each
+one of a few frozen variants (or None where the part is optional).
 
 A setting lives in the one variant it means something for, so a combination that cannot run cannot be built:
 cross-entropy's unrolled PGD has no attackers to count, the persistent attackers have no second-order unrolling,
@@ -10,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from ...errors import UsageError
-from ...vocab import INNER_LOSSES, LOOP_PRECISIONS, OPTIMIZERS
+from ...vocab import GOALS, INNER_LOSSES, LOOP_PRECISIONS, OPTIMIZERS
 
 
 def _positive_steps(steps: int, step_size: float | None, what: str) -> None:
@@ -113,8 +114,48 @@ class EarlyStop:
             raise UsageError("min_steps and settle must be >= 0, check_every >= 1")
 
 
+@dataclass(frozen=True)
+class Escalation:
+    """δ escalation: a photo not robust at δ runs again, from the original, at ``factor`` × δ (on the 8-bit grid
+    when δ lies on it), and so on up to ``max_delta``.  Without it (``escalation=None``) robustify runs one δ."""
+
+    max_delta: float
+    factor: float = 2.0
+
+    def validate(self) -> None:
+        if not (isinstance(self.max_delta, (int, float)) and math.isfinite(self.max_delta) and self.max_delta >= 0):
+            raise UsageError(f"max_delta must be a finite number >= 0, got {self.max_delta!r}")
+        if not (math.isfinite(self.factor) and self.factor > 1):
+            raise UsageError(f"escalate must be a finite number > 1, got {self.factor!r}")
+
+
+@dataclass(frozen=True)
+class Strongest:
+    """Write the verified photo as the loop found it (the most robust point it reached)."""
+
+    name = "strongest"
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class LeastVisible:
+    """Shrink a verified change towards the original while it stays robust: a bisection of ``shrink_steps`` steps
+    on its scale (precision 1/2^steps)."""
+
+    shrink_steps: int = 4
+
+    name = "least-visible"
+
+    def validate(self) -> None:
+        if not (isinstance(self.shrink_steps, int) and self.shrink_steps >= 1):
+            raise UsageError(f"shrink_steps must be a whole number >= 1, got {self.shrink_steps!r}")
+
+
 Inner = Unrolled | Persistent
 Outer = Sign | TanhBox
+Goal = Strongest | LeastVisible
 
 # flat name (the CLI's, the card's, RobustifyConfig.of's) -> (the variants that have it, their field)
 FLAT: dict[str, tuple[tuple[type, ...], str]] = {
@@ -131,10 +172,14 @@ FLAT: dict[str, tuple[tuple[type, ...], str]] = {
     "min_steps": ((EarlyStop,), "min_steps"),
     "check_every": ((EarlyStop,), "check_every"),
     "settle": ((EarlyStop,), "settle"),
+    "escalate": ((Escalation,), "factor"),
+    "shrink_steps": ((LeastVisible,), "shrink_steps"),
 }
 INNER_FLAT = ("inner_loss",) + tuple(k for k, (kinds, _) in FLAT.items() if kinds[0] in (Unrolled, Persistent))
 OUTER_FLAT = ("optimizer", "step_size", "lr")
 STOP_FLAT = ("early_stop", "min_steps", "check_every", "settle")
+ESCALATION_FLAT = ("max_delta", "escalate")
+GOAL_FLAT = ("goal", "shrink_steps")
 
 
 def inner_of(inner_loss: str = "ce", **given) -> Inner:
@@ -178,5 +223,30 @@ def early_stop_of(early_stop: bool = True, **given) -> EarlyStop | None:
                              "(the loop checks once, at its last step)")
         return None
     part = EarlyStop(**given)
+    part.validate()
+    return part
+
+
+def escalation_of(max_delta: float | None = None, **given) -> Escalation | None:
+    """δ escalation up to ``max_delta`` with ``escalate`` (the factor), or none (``max_delta`` None; then
+    ``escalate`` is refused)."""
+    if max_delta is None:
+        if given:
+            raise UsageError("escalate is a setting of δ escalation, and max_delta is not set (one δ, no escalation)")
+        return None
+    part = Escalation(max_delta, **{FLAT[k][1]: v for k, v in given.items()})
+    part.validate()
+    return part
+
+
+def goal_of(goal: str = "strongest", **given) -> Goal:
+    """The goal ``goal`` (strongest | least-visible) names; ``shrink_steps`` is least-visible's."""
+    if goal not in GOALS:
+        raise UsageError(f"goal {goal!r}: choose {', '.join(GOALS)}")
+    if goal == "strongest":
+        if given:
+            raise UsageError("shrink_steps is a setting of goal='least-visible', not of goal='strongest'")
+        return Strongest()
+    part = LeastVisible(**{FLAT[k][1]: v for k, v in given.items()})
     part.validate()
     return part
