@@ -85,7 +85,7 @@ def append(path: str | Path, row: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as fh:
-        fh.write(json.dumps({**row, **stamp()}) + "\n")
+        fh.write(json.dumps({**stamp(), **row}) + "\n")  # the row's own keys win (its precision, say)
 
 
 def reference_autoattack(model, x, y, eps: float, *, norm: str = "linf", seed: int = 0,
