@@ -13,13 +13,12 @@ prints the agreement and the seconds per robust photo.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from harness import RESULTS, append, reference_autoattack
+from harness import RESULTS, append, read_rows, reference_autoattack, saved_file_args, saved_files
 
 from preempt import Linf, load_model
 from preempt.pipeline.photos import load_photo
@@ -34,15 +33,9 @@ def _suite(model, x, y, eps: float, seed: int) -> tuple[bool, float, int]:
 
 def run(args: argparse.Namespace) -> None:
     model = load_model(args.model)
-    done = set()
-    if args.out.exists():
-        done = {(r["rows"], r["photo"]) for r in map(json.loads, args.out.read_text().splitlines())}
-    for r in map(json.loads, args.rows.read_text().splitlines()):
-        f = args.save / f"{r['photo']}.png"
-        if (args.rows.name, r["photo"]) in done or not f.exists() or r["folder"] != args.folder.name:
-            continue
+    for r, f, original in saved_files(args):
         y = torch.tensor([r["label"]])
-        x_w, x_o = load_photo(f).tensor()[None], load_photo(args.folder / f"{r['photo']}.png").tensor()[None]
+        x_w, x_o = load_photo(f).tensor()[None], load_photo(original).tensor()[None]
         ok_w, s_w, p_w = _suite(model, x_w, y, r["eps"], args.seed)
         ok_o, s_o, p_o = _suite(model, x_o, y, r["eps"], args.seed)
         row = {"rows": args.rows.name, "photo": r["photo"], "claimed": r["claimed"], "aa_written": r.get("aa"),
@@ -58,7 +51,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def summary(path: Path) -> None:
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows = read_rows(path)
     judged = [r for r in rows if r["aa_written"] is not None]
     agree = sum(r["final_suite_written"] == r["aa_written"] for r in judged)
     orig = [r for r in rows if "aa_original" in r]
@@ -73,14 +66,9 @@ def summary(path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rows", type=Path, default=RESULTS / "final-verdict-settle10.jsonl")
-    ap.add_argument("--save", type=Path, default=Path("runs/fv/test-256-settle10-fp32"))
-    ap.add_argument("--folder", type=Path, default=Path("corpus/test-256"))
-    ap.add_argument("--model", default="efficientnet-lite0")
+    saved_file_args(ap, RESULTS / "final-suite.jsonl")
     ap.add_argument("--seed", type=int, default=7, help="verify's seed (not the final verdict's)")
     ap.add_argument("--aa-originals", action=argparse.BooleanOptionalAction, default=True)
-    ap.add_argument("--out", type=Path, default=RESULTS / "final-suite.jsonl")
-    ap.add_argument("--summary", action="store_true")
     args = ap.parse_args()
     summary(args.out) if args.summary else run(args)
 

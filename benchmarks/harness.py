@@ -6,6 +6,8 @@
   through any preempt model wrapper (its preprocessing included, so it attacks the photo's own pixels), with the
   attacks of its ``standard`` version or any subset of them (``attacks=("apgd-t",)``).  Every benchmark that
   judges with the reference calls this, so they all judge alike;
+* :func:`read_rows`, :func:`saved_file_args` and :func:`saved_files`: the rows of a final-verdict run and, for
+  scripts that judge its written files again, the files in ``--save`` with their originals in ``--folder``;
 * :func:`robustify_batched`: ``preempt.robustify`` over a tensor of photos in batches, the outputs joined, timed
   and counted (the one chunked loop the scripts share).
 
@@ -19,7 +21,7 @@ import platform
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,3 +150,30 @@ def robustify_batched(model, x, y=None, *, batch: int, **settings) -> Batched:
         outs.append(r.x)
         images += r.images
     return Batched(torch.cat(outs), images, time.perf_counter() - t0)
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a JSONL results file ([] when there is none yet)."""
+    path = Path(path)
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def saved_file_args(ap, out: Path) -> None:
+    """The options of a script that judges a final-verdict run's written files again: ``--rows`` (that run's
+    JSONL), ``--save`` (its written files), ``--folder`` (the originals), ``--model``, ``--out``, ``--summary``."""
+    ap.add_argument("--rows", type=Path, default=RESULTS / "final-verdict-settle10.jsonl")
+    ap.add_argument("--save", type=Path, default=Path("runs/fv/test-256-settle10-fp32"))
+    ap.add_argument("--folder", type=Path, default=Path("corpus/test-256"))
+    ap.add_argument("--model", default="efficientnet-lite0")
+    ap.add_argument("--out", type=Path, default=out)
+    ap.add_argument("--summary", action="store_true")
+
+
+def saved_files(args) -> Iterator[tuple[dict[str, Any], Path, Path]]:
+    """(row, written file, original) for each row of ``args.rows`` from ``args.folder`` whose written file is in
+    ``args.save`` and that ``args.out`` does not hold yet (a rerun resumes)."""
+    done = {(r["rows"], r["photo"]) for r in read_rows(args.out)}
+    for r in read_rows(args.rows):
+        f = args.save / f"{r['photo']}.png"
+        if r["folder"] == args.folder.name and (args.rows.name, r["photo"]) not in done and f.exists():
+            yield r, f, args.folder / f"{r['photo']}.png"

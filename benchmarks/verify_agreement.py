@@ -13,11 +13,10 @@ per-photo table and the agreement.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-from harness import RESULTS, append
+from harness import RESULTS, append, read_rows, saved_file_args, saved_files
 
 from preempt import load_model
 from preempt.pipeline import VerifyConfig, verify_files
@@ -25,16 +24,11 @@ from preempt.pipeline import VerifyConfig, verify_files
 
 def run(args: argparse.Namespace) -> None:
     model = load_model(args.model)
-    done = set()
-    if args.out.exists():
-        done = {(r["rows"], r["photo"]) for r in map(json.loads, args.out.read_text().splitlines())}
-    rows = [r for r in map(json.loads, args.rows.read_text().splitlines()) if r["folder"] == args.folder.name]
-    for r in rows:
-        f = args.save / f"{r['photo']}.png"
-        if (args.rows.name, r["photo"]) in done or not f.exists() or (args.claims_only and not r["claimed"]):
+    for r, f, original in saved_files(args):
+        if args.claims_only and not r["claimed"]:
             continue
         t0 = time.perf_counter()
-        rep = verify_files([f], model, originals=[args.folder / f"{r['photo']}.png"],
+        rep = verify_files([f], model, originals=[original],
                            config=VerifyConfig(suite="standard", eps=r["eps"], checks=False))
         res = rep.files[0]
         row = {"rows": args.rows.name, "photo": r["photo"], "folder": r["folder"], "precision": r["precision"],
@@ -49,7 +43,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def summary(path: Path) -> None:
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows = read_rows(path)
     print("| photo | folder | precision | margin | δ | robustify claims | verify --suite standard | reference AutoAttack "
           "| verify s |\n|---|---|---|---:|---:|---|---|---|---:|")
     for r in rows:
@@ -65,13 +59,8 @@ def summary(path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rows", type=Path, default=RESULTS / "final-verdict-settle10.jsonl")
-    ap.add_argument("--save", type=Path, default=Path("runs/fv/test-256-settle10-fp32"))
-    ap.add_argument("--folder", type=Path, default=Path("corpus/test-256"))
-    ap.add_argument("--model", default="efficientnet-lite0")
+    saved_file_args(ap, RESULTS / "verify-agreement.jsonl")
     ap.add_argument("--claims-only", action="store_true", help="only the files robustify claimed robust")
-    ap.add_argument("--out", type=Path, default=RESULTS / "verify-agreement.jsonl")
-    ap.add_argument("--summary", action="store_true")
     args = ap.parse_args()
     summary(args.out) if args.summary else run(args)
 
