@@ -201,25 +201,15 @@ class RobustifyConfig:
         ``inner_targets``, ``kappa``, …, :data:`parts.FLAT`) and ``optimizer`` with ``step_size`` or ``lr``.  A
         setting the chosen variant does not have is refused (``kappa`` with ``inner_loss='ce'``)."""
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(flat) - names - set(INNER_FLAT) - set(OUTER_FLAT) - set(STOP_FLAT) - set(ESCALATION_FLAT)
-                         - set(GOAL_FLAT))
+        unknown = sorted(set(flat) - names - {k for _, keys, _ in _PARTS for k in keys})
         if unknown:
             raise TypeError(f"unknown RobustifyConfig setting(s): {', '.join(unknown)}")
-        inner = {k: flat.pop(k) for k in INNER_FLAT if k in flat}
-        outer = {k: flat.pop(k) for k in OUTER_FLAT if k in flat}
-        stop = {k: flat.pop(k) for k in STOP_FLAT if k in flat and not isinstance(flat[k], (EarlyStop, type(None)))}
-        if stop:
-            flat["early_stop"] = early_stop_of(**stop)
-        esc = {k: flat.pop(k) for k in ESCALATION_FLAT if k in flat}
-        if esc:
-            flat["escalation"] = escalation_of(**esc)
-        goal = {k: flat.pop(k) for k in GOAL_FLAT if k in flat and not isinstance(flat[k], (Strongest, LeastVisible))}
-        if goal:
-            flat["goal"] = goal_of(**goal)
-        if inner:
-            flat["inner"] = inner_of(**inner)
-        if outer:
-            flat["outer"] = outer_of(**outer)
+        for field_name, keys, build in _PARTS:
+            # a flat selector (early_stop=True, goal='least-visible') is built; the typed part itself passes as given
+            given = {k: flat.pop(k) for k in keys if k in flat
+                     and not (k == field_name and not isinstance(flat[k], (bool, str)))}
+            if given:
+                flat[field_name] = build(**given)
         return cls(**flat)
 
     @classmethod
@@ -302,6 +292,11 @@ class RobustifyConfig:
 
     def eps_ball(self) -> ThreatModel:
         return threat_model(self.norm, self.eps)
+
+
+# field -> its flat names -> what builds the part from them (RobustifyConfig.of), in the order they are built
+_PARTS = (("early_stop", STOP_FLAT, early_stop_of), ("escalation", ESCALATION_FLAT, escalation_of),
+          ("goal", GOAL_FLAT, goal_of), ("inner", INNER_FLAT, inner_of), ("outer", OUTER_FLAT, outer_of))
 
 
 def _variants(flat: dict) -> set[type]:
