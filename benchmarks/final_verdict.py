@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> None:
         save_image(res.x[0], written)
         row = {"folder": args.folder.name, "photo": f.stem, "size": list(x.shape[-2:]), "precision": prec,
                "variant": args.variant, "eps": eps, "label": im.label, "margin": _margin(model, x),
-               "checked": im.checked, "final": im.final, "claimed": im.robust, "delta_used": im.delta, "psnr": im.psnr,
+               "checked": im.checked, "final": im.final, "final_margin": im.final_margin, "claimed": im.robust,
+               "delta_used": im.delta, "psnr": im.psnr,
                "ssim": im.ssim, "passes": im.passes, "seconds": secs, "budget_map": cfg.budget_map,
                "threads": torch.get_num_threads()}
         if im.robust and args.aa:

@@ -159,3 +159,62 @@ def test_the_change_fades_at_the_crop_edge(tiny_model, tiny_data, kind):
     lim = torch.floor(0.2 * budget_map(kind, model, x) * 255 + 1e-6) / 255
     assert (d <= lim + 1e-6).all() and d[..., 4:6, 4:6].max() > d[..., 1, 1:9].max()
     assert res.robust.any()
+
+
+def test_apgd_reports_the_closest_margin_it_reached(tiny_model, tiny_data):
+    from preempt.attacks.auto_pgd import apgd, apgd_targeted
+    from preempt.attacks.base import margin
+
+    x, y = tiny_data[0][:12], tiny_data[1][:12]
+    with torch.no_grad():
+        clean = margin(tiny_model(x), y)
+    for attack in (lambda t: apgd(tiny_model, x, y, threat=t, steps=10, generator=torch.Generator().manual_seed(0)),
+                   lambda t: apgd_targeted(tiny_model, x, y, threat=t, steps=10, n_targets=3,
+                                           generator=torch.Generator().manual_seed(0))):
+        still = attack(preempt.Linf(0.0))  # no room to move: the closest margin is the clean one
+        assert torch.allclose(still.closest, clean, atol=1e-5)
+        r = attack(preempt.Linf(0.1))
+        assert r.closest is not None and bool((r.closest <= clean + 1e-5).all())
+        assert bool((r.closest[r.success] < 0).all()) and bool((r.closest[~r.success] >= 0).all())
+
+
+def test_slack_turns_a_near_miss_into_not_robust(tiny_model, tiny_data):
+    x, y = tiny_data[0][:16], tiny_data[1][:16]
+    with torch.no_grad():
+        ok = tiny_model(x).argmax(1) == y
+    x, y = x[ok], y[ok]
+    threat = preempt.Linf(0.01)
+    plain = final_mod.final_verdict(Final(), [tiny_model], [y], x, threat, seed=0)
+    held = plain.robust.nonzero().squeeze(1)
+    assert len(held) and plain.closest is not None and bool((plain.closest[held] > 0).all())
+    cut = float(plain.closest[held].median())  # half the held photos came nearer than this
+    strict = final_mod.final_verdict(Final(slack=cut), [tiny_model], [y], x, threat, seed=0)
+    near = held[plain.closest[held] < cut]
+    assert len(near) and not strict.robust[near].any() and all(strict.broken_by[i] == "slack" for i in near.tolist())
+    far = held[plain.closest[held] >= cut]
+    assert strict.robust[far].all()  # the same attacks (same seed): the rest hold as before
+    assert "slack 0.5 logits" in Final(slack=0.5).describe()
+
+
+def test_final_slack_is_a_flat_setting_a_card_may_recommend(tiny_model):
+    cfg = RobustifyConfig.of(final_slack=0.5)
+    assert cfg.final == Final(slack=0.5) and cfg.flat()["final_slack"] == 0.5
+    assert RobustifyConfig.of(**cfg.flat()) == cfg  # the flat names round-trip
+    assert cfg.replaced(final=Final()).final.slack == 0.0  # a Final given whole brings its own slack
+    assert cfg.replaced(settle=3).final.slack == 0.5
+    with pytest.raises(ValueError, match="final_slack"):
+        RobustifyConfig.of(final=None, final_slack=0.5)
+    with pytest.raises(ValueError, match="final_slack"):
+        RobustifyConfig.of(final_slack=-1.0).validate()
+    model = replace_card(tiny_model, {"robustify": {"final_slack": 0.5}})
+    assert RobustifyConfig.for_model(model).final.slack == 0.5
+    assert RobustifyConfig.for_model(model, final_slack=0.0).final.slack == 0.0
+
+
+def replace_card(model, card: dict):
+    """``model`` with its card's entries replaced by ``card``'s (a shallow copy of the wrapper)."""
+    import copy
+
+    m = copy.copy(model)
+    m.card = {**(getattr(model, "card", None) or {}), **card}
+    return m

@@ -26,7 +26,7 @@ from ..core.threat import ThreatModel
 from ..errors import UsageError
 from ..models.protocol import Logits
 from . import losses
-from .base import AttackResult, Survivors, ranked_targets
+from .base import AttackResult, Survivors, margin, ranked_targets
 
 
 def checkpoints(n_iter: int) -> list[int]:
@@ -73,9 +73,9 @@ def apgd(model: Logits, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel
         nonlocal tgt, history
         if target is not None:
             tgt = target[idx]
-        xa, ok, p, history = _run(model, x[idx], y[idx], threat, steps, loss_fn, rho, eot, generator,
-                                  group if len(idx) == len(x) else 1)
-        return AttackResult(xa, ok, p)
+        xa, ok, p, history, closest = _run(model, x[idx], y[idx], threat, steps, loss_fn, rho, eot, generator,
+                                           group if len(idx) == len(x) else 1)
+        return AttackResult(xa, ok, p, closest=closest)
 
     for _ in range(restarts):
         if s.attack("restart", restart) is None:
@@ -83,7 +83,7 @@ def apgd(model: Logits, x: torch.Tensor, y: torch.Tensor, *, threat: ThreatModel
     assert s.x_adv is not None
     return AttackResult(s.x_adv, ~s.robust, sum(s.passes.values()), {"attack": "apgd", "steps": steps, "loss": "dlr-targeted"
                                                     if target is not None else str(loss), "threat": str(threat),
-                                                    "step_history": history})
+                                                    "step_history": history}, s.closest)
 
 
 def _run(model: Logits, x, y, threat, n_iter, loss_fn, rho, eot, generator, group: int = 1):
@@ -93,6 +93,7 @@ def _run(model: Logits, x, y, threat, n_iter, loss_fn, rho, eot, generator, grou
     logits, loss, grad = _loss_and_grad(model, x_adv, y, loss_fn, eot)
     passes = n * eot
     fooled = logits.argmax(1) != y
+    closest = margin(logits, y)  # the lowest margin reached, per row (AttackResult.closest)
     adv = x_adv.clone()
     x_best, loss_best, grad_best = x_adv.clone(), loss.clone(), grad.clone()
     step = torch.full((n,), 2.0 * threat.eps, device=x.device, dtype=x.dtype)
@@ -113,6 +114,7 @@ def _run(model: Logits, x, y, threat, n_iter, loss_fn, rho, eot, generator, grou
         logits, loss, grad = _loss_and_grad(model, x_adv, y, loss_fn, eot)
         passes += n * eot
         hit = logits.argmax(1) != y
+        closest = torch.minimum(closest, margin(logits, y))
         adv[hit & ~fooled] = x_adv[hit & ~fooled]
         fooled |= hit
         if fooled.view(-1, group).any(1).all():
@@ -134,7 +136,7 @@ def _run(model: Logits, x, y, threat, n_iter, loss_fn, rho, eot, generator, grou
                 grad[halve] = grad_best[halve]
             increases.zero_()
             last_check = i + 1
-    return adv, fooled, passes, torch.stack(history) if history else None
+    return adv, fooled, passes, torch.stack(history) if history else None, closest
 
 
 # at_once=None: several targets at once while the batch stays within this many rows.  On 2 CPU cores one
@@ -200,4 +202,4 @@ def apgd_targeted(model: Logits, x: torch.Tensor, y: torch.Tensor, *, threat: Th
     assert s.x_adv is not None
     passes = len(x) + sum(s.passes.values()) + (ranked.numel() if ranked is not None else 0)
     return AttackResult(s.x_adv, ~s.robust, passes, {"attack": "apgd-t", "steps": steps, "n_targets": n_targets,
-                                                     "order": order, "threat": str(threat)})
+                                                     "order": order, "threat": str(threat)}, s.closest)

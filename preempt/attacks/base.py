@@ -12,12 +12,15 @@ import torch
 class AttackResult:
     """``x_adv``: one adversarial candidate per input (the first misclassified iterate where the
     attack succeeded, else its last iterate); ``success``: True where some iterate changed the
-    label; ``passes``: classifier forward(+backward) passes spent, summed over the batch."""
+    label; ``passes``: classifier forward(+backward) passes spent, summed over the batch; ``closest``: per input,
+    the lowest margin z_y − max_{j≠y} z_j any iterate reached (:func:`margin`; negative where it succeeded), or
+    None where the attack does not report it (only APGD does)."""
 
     x_adv: torch.Tensor
     success: torch.Tensor
     passes: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    closest: torch.Tensor | None = None
 
     @property
     def robust(self) -> torch.Tensor:
@@ -30,7 +33,15 @@ class AttackResult:
         ok = self.success.view(-1, group)
         first = ok.float().argmax(1)  # the first successful row, 0 where none
         x = self.x_adv.view(len(ok), group, *self.x_adv.shape[1:])[torch.arange(len(ok), device=ok.device), first]
-        return AttackResult(x, ok.any(1), self.passes, self.info)
+        closest = None if self.closest is None else self.closest.view(-1, group).amin(1)
+        return AttackResult(x, ok.any(1), self.passes, self.info, closest)
+
+
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """z_y − max_{j≠y} z_j per row (float32): how far a point is from a wrong label, in logits; < 0 misclassified."""
+    z = logits.detach().float()
+    other = z.scatter(1, y[:, None], float("-inf")).amax(1)
+    return z.gather(1, y[:, None]).squeeze(1) - other
 
 
 def ranked_targets(logits: torch.Tensor, y: torch.Tensor, n_targets: int) -> torch.Tensor:
@@ -60,6 +71,8 @@ class Survivors:
                                             else [None if r else initially for r in self.robust.tolist()])
         self.x_adv = x.detach().clone() if x is not None else None
         self.passes: dict[str, int] = {}
+        # the lowest margin any reporting attack reached per point (AttackResult.closest); +inf: none reported
+        self.closest = torch.full((len(self.robust),), float("inf"), device=self.robust.device)
 
     @property
     def index(self) -> torch.Tensor:
@@ -88,6 +101,8 @@ class Survivors:
         """Write back the result ``r`` of attack ``name`` run on the points ``idx``."""
         self.hit(name, idx[r.success], r.x_adv[r.success] if self.x_adv is not None else None)
         self.passes[name] = self.passes.get(name, 0) + r.passes
+        if r.closest is not None:
+            self.closest[idx] = torch.minimum(self.closest[idx], r.closest.to(self.closest.device))
 
     def per_target(self, logits: torch.Tensor, y: torch.Tensor, n_targets: int,
                    fn: Callable[[torch.Tensor, torch.Tensor], AttackResult], *, at_once: int = 1,

@@ -57,6 +57,12 @@ CheckOpt = Annotated[CheckPreset | None, typer.Option(
 SettleOpt = Annotated[int | None, typer.Option(
     min=0, help="Outer steps more after a photo first passes its check, then checked again (kept only if it passes "
     "too): a deeper point for more passes (default: 0, or the card's). --settle 30 runs every step of --steps 30.")]
+GiveUpOpt = Annotated[int | None, typer.Option(
+    min=0, help="A photo whose inner attack never failed in its first N outer steps stops there, not robust; with "
+    "--max-delta it moves on to the next δ, and the last δ runs in full (0: never; default: the card's).")]
+FinalSlackOpt = Annotated[float | None, typer.Option(
+    min=0, help="Logits the final verdict's attacks must leave between a photo and a wrong label for 'robust' (a "
+    "photo they bring nearer is not robust: another start would likely cross). Default: 0, or the card's (0.5).")]
 LoopPrecisionOpt = Annotated[LoopPrecision | None, typer.Option(
     help="margin-mt: the attackers' passes in bfloat16 where the CPU or GPU runs it natively (else float32); the "
          "check that decides 'robust' always runs in float32. Default: float32, or the model card's.")]
@@ -125,15 +131,14 @@ def robustify_cmd(
     check_steps: int = typer.Option(_D.check.steps, help="Steps of the PGD check that decides 'robust'."),
     check: CheckOpt = None,
     settle: SettleOpt = None,
+    final_slack: FinalSlackOpt = None,
     inner_loss: InnerLossOpt = None,
     inner_targets: int | None = typer.Option(None, min=1, help="margin-mt: attackers per photo (default 4, or the card's)."),
     loop_precision: LoopPrecisionOpt = None,
     least_change: LeastChangeOpt = None,
     max_delta: float | None = budget_option(None, "δ escalation: photos not robust at --delta run again at 2δ, 4δ, … "
                                             "up to this (default: none, or the card's)."),
-    give_up: int | None = typer.Option(None, min=0, help="A photo whose inner attack never failed in its first N outer "
-                                       "steps stops there, not robust; with --max-delta it moves on to the next δ, and "
-                                       "the last δ runs in full (0: never; default: the card's)."),
+    give_up: GiveUpOpt = None,
     retry: RetryOpt = _D.retry,  # type: ignore[assignment]
     init: InitOpt = _D.init,  # type: ignore[assignment]
     goal: GoalOpt = _D.goal.name,  # type: ignore[assignment]
@@ -172,7 +177,8 @@ def robustify_cmd(
     clf, others = _models(paths, clf, model, dev, sigma, noise_samples, seed, check_steps)
     cfg = _config(clf, check, dict(inner_steps=inner_steps, inner_loss=inner_loss, inner_targets=inner_targets,
                                    max_delta=max_delta, check_resolution=check_resolution, give_up=give_up,
-                                   loop_precision=loop_precision, least_change=least_change, settle=settle), init, norm=norm, delta=delta, eps=eps, steps=steps,
+                                   loop_precision=loop_precision, least_change=least_change, settle=settle,
+                                   final_slack=final_slack), init, norm=norm, delta=delta, eps=eps, steps=steps,
                   check_steps=check_steps, retry=retry, seed=seed, goal=goal, resolution=resolution,
                   survive=survive, budget_map=budget_map)
     err_console.print(_header(share, [clf, *others], dev, cfg), highlight=False,

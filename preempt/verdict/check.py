@@ -61,9 +61,11 @@ class Verdict(SuiteResult):
     """What a check found: ``robust`` (N,) bool, the worst point per image (``x_adv``, at the input the
     attacks ran on), the attack that broke each (``broken_by``: "clean", an attack, a transform, or None),
     robust accuracy after each attack, seconds and passes per attack, and per image
-    {transform: "ok" | "no attack" | "after" | "before"} (``uploads``)."""
+    {transform: "ok" | "no attack" | "after" | "before"} (``uploads``), and the lowest margin z_y − max_{j≠y} z_j
+    the APGD stages reached per image (``closest``; +inf where no stage reports it)."""
 
     uploads: list[dict] = field(default_factory=list)
+    closest: torch.Tensor | None = None
 
     @property
     def total_passes(self) -> int:
@@ -178,6 +180,7 @@ class Check:
                 return a(mi.model, mi.x[idx], y[idx], mi.threat, generator=generator)
 
             s.attack(name, run)
+        v.closest = s.closest
         if chains:
             self._uploads(model, x, y, threat, list(chains), v, s, generator=generator, resolution=resolution,
                           restarts=self.restarts if upload_restarts is None else upload_restarts,

@@ -104,6 +104,9 @@ class RobustifyConfig:
                 raise UsageError(f"final must be a preempt.algorithms.robustify.Final (resolution "
                                  f"{', '.join(RESOLUTIONS)}), got {self.final!r}")
             self.final.check.validate()
+            if not (isinstance(self.final.slack, (int, float)) and math.isfinite(self.final.slack)
+                    and self.final.slack >= 0):
+                raise UsageError(f"final_slack must be a finite number of logits >= 0, got {self.final.slack!r}")
         if not isinstance(self.inner, (Unrolled, Persistent)) or not isinstance(self.outer, (Sign, TanhBox)):
             raise UsageError(f"inner must be an Unrolled or Persistent, outer a Sign or TanhBox "
                              f"(preempt.algorithms.robustify.parts), got {self.inner!r} and {self.outer!r}")
@@ -167,6 +170,7 @@ class RobustifyConfig:
         out["inner_loss"], out["optimizer"], out["early_stop"] = self.inner_loss, self.optimizer, self.early_stop is not None
         out["max_delta"] = self.escalation.max_delta if self.escalation is not None else None
         out["goal"] = self.goal.name
+        out["final_slack"] = self.final.slack if self.final is not None else None
         for k, (kinds, attr) in FLAT.items():
             for part in (self.inner, self.outer, self.early_stop, self.escalation, self.goal):
                 if type(part) in kinds:
@@ -192,6 +196,8 @@ class RobustifyConfig:
             now = {k: v for k, v in now.items() if k not in ESCALATION_FLAT}
         if "goal" in flat and flat["goal"] != now["goal"]:
             now = {k: v for k, v in now.items() if k not in GOAL_FLAT}
+        if "final" in flat:
+            now.pop("final_slack")  # a Final given whole brings its own slack
         return type(self).of(**{**now, **flat})
 
     @classmethod
@@ -201,9 +207,14 @@ class RobustifyConfig:
         ``inner_targets``, ``kappa``, …, :data:`parts.FLAT`) and ``optimizer`` with ``step_size`` or ``lr``.  A
         setting the chosen variant does not have is refused (``kappa`` with ``inner_loss='ce'``)."""
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(flat) - names - {k for _, keys, _ in _PARTS for k in keys})
+        unknown = sorted(set(flat) - names - {k for _, keys, _ in _PARTS for k in keys} - {"final_slack"})
         if unknown:
             raise TypeError(f"unknown RobustifyConfig setting(s): {', '.join(unknown)}")
+        if flat.get("final_slack") is not None:  # the final verdict's slack (Final.slack); None: the Final's own
+            if flat.get("final", Final()) is None:
+                raise UsageError("final_slack is a setting of the final verdict, and final is None (the check alone)")
+            flat["final"] = replace(flat.get("final") or Final(), slack=flat["final_slack"])
+        flat.pop("final_slack", None)
         for field_name, keys, build in _PARTS:
             # a flat selector (early_stop=True, goal='least-visible') is built; the typed part itself passes as given
             given = {k: flat.pop(k) for k in keys if k in flat
@@ -309,7 +320,7 @@ def _variants(flat: dict) -> set[type]:
 
 
 RECOMMENDABLE = ("inner_loss", "inner_steps", "inner_targets", "inner_eps_scale", "kappa", "max_delta", "check_resolution",
-                 "give_up", "loop_precision", "least_change", "settle")
+                 "give_up", "loop_precision", "least_change", "settle", "final_slack")
 
 
 CARD_CHECK = {"check_apgd_targets": "apgd_targets", "check_apgd_steps": "apgd_steps",

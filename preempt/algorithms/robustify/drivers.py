@@ -1,6 +1,7 @@
 """robustify itself: one run of the loop, then retry, the final verdict and δ escalation around it."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -117,7 +118,13 @@ def _final(models: list[Model], ys: list[torch.Tensor], cfg: RobustifyConfig, re
         share = fv.seconds * int(fv.passes[i]) / total  # the batch's final verdict, shared by passes
         res.images[i] = replace(r, robust=ok, final="held" if ok else str(fv.broken_by[i]),
                                 passes=r.passes + int(fv.passes[i]), seconds=r.seconds + share,
-                                final_seconds=r.final_seconds + share)
+                                final_seconds=r.final_seconds + share, final_margin=_finite(fv, i))
+
+
+def _finite(fv, i: int) -> float | None:
+    """Photo ``i``'s closest margin under the final verdict, None where no attack reported one."""
+    m = float(fv.closest[i]) if fv.closest is not None else float("inf")
+    return m if math.isfinite(m) else None
 
 
 def _retry(model: Model, x_o: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfig, res: RobustifyResult) -> None:
@@ -162,5 +169,6 @@ def judge(model: Model, x: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfig,
         fv = final_verdict(cfg.final, [model], [y], x, cfg.eps_ball(), cfg.seed if seed is None else seed, on=robust)
         robust, passes = fv.robust, passes + int(fv.passes.sum())
         if details is not None and checked:
-            details.update(final="held" if bool(robust[0]) else str(fv.broken_by[0]), final_seconds=fv.seconds)
+            details.update(final="held" if bool(robust[0]) else str(fv.broken_by[0]), final_seconds=fv.seconds,
+                           final_margin=_finite(fv, 0))
     return robust, passes, v.uploads

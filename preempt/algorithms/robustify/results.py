@@ -32,6 +32,8 @@ class ImageResult:
     checked: bool = False  # the loop's own check passed (what robustify claimed before its final verdict)
     final: str = ""   # the final verdict on a checked photo: "held", or the attack that broke it; "" not judged
     final_seconds: float = 0.0  # this photo's share of the final verdict's time (counted in seconds too)
+    final_margin: float | None = None  # the lowest margin z_y − max_{j≠y} z_j (logits) the final verdict's attacks
+                                       # reached on this photo (Final.slack asks at least that much); None: not judged
 
     def to_dict(self) -> dict:
         return asdict(self)
