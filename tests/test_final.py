@@ -21,7 +21,7 @@ from preempt.verdict.check import CHECKS
 IMAGENET_CARD_ROBUSTIFY = {  # the ImageNet cards' robustify settings (preempt/models/zoo/efficientnet-lite0.json)
     "inner_loss": "margin-mt", "inner_steps": 2, "inner_targets": 9, "inner_eps_scale": 1.5, "check_apgd_targets": 9,
     "check_apgd_order": "linear", "max_delta": 0.2, "give_up": 8, "check": "strong-once", "loop_precision": "bfloat16",
-    "least_change": True}
+    "least_change": True, "final_slack": 0.5}
 
 
 def _weak(**kw) -> RobustifyConfig:
@@ -109,7 +109,9 @@ def test_library_and_cli_write_the_same_pixels_and_verdicts(tmp_path, tiny_data,
     m = cli_file["metrics"]
     assert (m["robust"], m["checked"], m["final"], m["delta"], m["passes"]) == (im.robust, im.checked, im.final,
                                                                                 im.delta, im.passes)
-    assert "robust = final verdict final (3 × apgd-ce-100 + apgd-t-100) on the file's pixels" in r.stderr
+    assert m["final_margin"] == im.final_margin  # the slack's measure, the same in both
+    assert ("robust = final verdict final (3 × apgd-ce-100 + apgd-t-100, slack 0.5 logits) on the file's pixels"
+            in r.stderr)
 
 
 def test_for_model_rules(tiny_model):
@@ -206,6 +208,9 @@ def test_final_slack_is_a_flat_setting_a_card_may_recommend(tiny_model):
         RobustifyConfig.of(final=None, final_slack=0.5)
     with pytest.raises(ValueError, match="final_slack"):
         RobustifyConfig.of(final_slack=-1.0).validate()
+    zoo = __import__("pathlib").Path(preempt.__file__).parent / "models" / "zoo"
+    for name in ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"):  # the ImageNet cards recommend it
+        assert json.loads((zoo / f"{name}.json").read_text())["robustify"]["final_slack"] == 0.5
     model = replace_card(tiny_model, {"robustify": {"final_slack": 0.5}})
     assert RobustifyConfig.for_model(model).final.slack == 0.5
     assert RobustifyConfig.for_model(model, final_slack=0.0).final.slack == 0.0
