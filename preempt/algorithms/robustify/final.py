@@ -13,9 +13,9 @@ second, stronger verification that the loop never optimised against:
   seed nor a δ stage's;
 * with ``slack``: a photo the attacks left correctly classified but brought within ``slack`` logits of a wrong
   label (the lowest margin z_y − max_{j≠y} z_j any APGD iterate reached, :attr:`Verdict.closest`) is not robust
-  either — another random start would likely cross (measured: the one test claim the reference AutoAttack broke
-  came within 0.07 logits under our attacks and was broken by 10 of 14 seeds of the reference APGD-T; every claim
-  it held came no nearer than 0.59: docs/benchmarks.md, "Slack").
+  either: another random start may cross (measured: the test claim the reference AutoAttack broke last came within
+  0.07 logits under our attacks, and the reference APGD-T broke it from 10 of 16 seeds; two claims its seed 0 held
+  that came within 0.17 and 0.45 fell to 1 of 8 of its seeds each: docs/benchmarks.md, "Near misses").
 
 A photo the final verdict breaks is not robust (with δ escalation it moves on to the next δ).  The
 final verdict judges the photo exactly as written (the 8-bit grid, and a JPEG as decoded).
