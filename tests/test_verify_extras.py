@@ -118,6 +118,10 @@ def test_verify_json_matches_the_documented_schema(tmp_path, photo_dir, tiny_mod
     jsonschema.validate(doc, schema)
     assert {f["name"] for f in doc["flags"]} >= {"randomized", "softmax", "zero_gradients", "eps_sweep"}
     assert doc["summary"]["per_attack"].keys() == {"clean", "pgd-20", "apgd-ce", "adaptive"}
+    for f in doc["images"]:  # a robust photo says how near a wrong label APGD-CE came; a broken one does not
+        m = f.get("metrics") or {}
+        assert ("closest_margin" in m) == bool(m.get("robust")) and m.get("closest_margin", 0) >= 0
+    assert any("closest_margin" in (f.get("metrics") or {}) for f in doc["images"])
     assert doc["summary"]["certified"]["abstain"] >= 0
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"nope")

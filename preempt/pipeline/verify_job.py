@@ -5,6 +5,7 @@ photo that cannot be read fails alone and the rest go on.
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -168,6 +169,8 @@ def verify_files(paths: Iterable[str | Path], model: Model, *, originals: Iterab
         for j, (f, _p, o) in enumerate(batch):
             m: dict[str, Any] = {"clean_correct": bool(pred[j] == y[j]), "robust": bool(robust[j]), "broken_by": broken[j],
                  "label_source": source[j], "seconds": round(dt, 4)}
+            if robust[j] and out.closest[j] is not None:
+                m["closest_margin"] = out.closest[j]  # how near a wrong label the attacks came
             after = out.label_after[j]
             if after is not None:
                 m["label_after_attack"] = after
@@ -225,6 +228,7 @@ class _Outcome:
     uploads: list[dict]              # per image, each service transform's outcome
     label_after: list[int | None]    # the label of the adversarial point that broke it (None: unbroken, or broken
                                      # through a service transform)
+    closest: list[float | None]      # the lowest margin the APGD attacks reached (logits; None: none reported)
 
 
 def _load(mine: list[int], files: list[Path], origs: list[Path] | None,
@@ -273,7 +277,9 @@ class _Attacker:
             idx = hit.nonzero().squeeze(1).to(x.device)
             for i, lab in zip(idx.tolist(), mi.model.predict(v.x_adv[idx]).tolist()):
                 after[i] = int(lab)
-        return _Outcome(v.robust, v.broken_by, v.uploads, after)
+        near = v.closest.tolist() if v.closest is not None else [float("inf")] * len(x)
+        return _Outcome(v.robust, v.broken_by, v.uploads, after,
+                        [round(m, 4) if math.isfinite(m) else None for m in near])
 
     def certificate(self, x: torch.Tensor, label: int) -> dict:
         from ..defenses.smoothing import certify
