@@ -36,7 +36,7 @@ def test_per_image_report_and_early_stop(tiny_model, tiny_data):
     assert len(res.images) == 40
     r = res.images[0]
     assert set(r.to_dict()) == {"robust", "label", "loss", "steps", "passes", "linf", "l2", "psnr", "ssim", "scale", "uploads",
-                               "checked", "final", "final_seconds", "seconds", "delta"}
+                               "checked", "final", "final_seconds", "final_margin", "seconds", "delta"}
     steps = torch.tensor([i.steps for i in res.images])
     # robust images stop early: fewer outer steps than the maximum, and fewer passes than all 20 steps and the check
     assert steps[res.robust].max() < 20

@@ -168,9 +168,7 @@ def verify_files(paths: Iterable[str | Path], model: Model, *, originals: Iterab
             first = False
         for j, (f, _p, o) in enumerate(batch):
             m: dict[str, Any] = {"clean_correct": bool(pred[j] == y[j]), "robust": bool(robust[j]), "broken_by": broken[j],
-                 "label_source": source[j], "seconds": round(dt, 4)}
-            if robust[j] and out.closest[j] is not None:
-                m["closest_margin"] = out.closest[j]  # how near a wrong label the attacks came
+                 "label_source": source[j], "seconds": round(dt, 4), **_closest(out, j)}
             after = out.label_after[j]
             if after is not None:
                 m["label_after_attack"] = after
@@ -229,6 +227,12 @@ class _Outcome:
     label_after: list[int | None]    # the label of the adversarial point that broke it (None: unbroken, or broken
                                      # through a service transform)
     closest: list[float | None]      # the lowest margin the APGD attacks reached (logits; None: none reported)
+
+
+def _closest(out: _Outcome, j: int) -> dict[str, float]:
+    """A robust photo's ``closest_margin``: how near a wrong label the APGD attacks came (none where none ran)."""
+    m = out.closest[j]
+    return {"closest_margin": m} if bool(out.robust[j]) and m is not None else {}
 
 
 def _load(mine: list[int], files: list[Path], origs: list[Path] | None,
