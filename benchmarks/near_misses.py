@@ -38,6 +38,7 @@ def closest(args: argparse.Namespace) -> None:
 
     from preempt import Linf
     from preempt.algorithms.robustify.final import final_seed
+    from preempt.attacks.base import margin
     from preempt.pipeline.photos import load_photo
     from preempt.verdict.check import CHECKS
 
@@ -47,10 +48,7 @@ def closest(args: argparse.Namespace) -> None:
     state: dict = {}
 
     def hook(_mod, _inp, z):
-        z = z.detach().float()
-        other = z.clone()
-        other[:, state["y"]] = -float("inf")
-        state["min"] = min(state["min"], (z[:, state["y"]] - other.amax(1)).min().item())
+        state["min"] = min(state["min"], margin(z, torch.full((len(z),), state["y"])).min().item())
 
     model.net.register_forward_hook(hook)
     for r in read_rows(args.rows):
@@ -112,6 +110,7 @@ def trajectory(args: argparse.Namespace) -> None:
 
     from preempt import Linf
     from preempt.attacks.auto_pgd import apgd
+    from preempt.attacks.base import margin
     from preempt.pipeline.photos import load_photo
 
     model = _model()
@@ -125,10 +124,7 @@ def trajectory(args: argparse.Namespace) -> None:
 
         def forward(self, v):
             z = self.m(v)
-            zz = z.detach().float()
-            other = zz.clone()
-            other[:, args.label] = -float("inf")
-            log.append(float(zz[0, args.label] - other.max()))
+            log.append(float(margin(z, y)[0]))
             return z
 
     w = Logged()
