@@ -97,9 +97,10 @@ def final_verdict(final: Final, models: Sequence[Model], ys: Sequence[torch.Tens
             break
         v = final.check.judge(model, photos[idx], y[idx], threat, generator=gen, resolution=final.resolution)
         passes[idx.cpu()] += int(round(v.total_passes / len(idx)))
-        near = v.closest.cpu() if v.closest is not None else torch.full((len(idx),), float("inf"))
+        assert v.closest is not None  # Check.judge always reports it (+inf where no APGD stage ran)
+        near = v.closest.cpu()
+        closest[idx.cpu()] = torch.minimum(closest[idx.cpu()], near)
         for j, i in enumerate(idx.tolist()):
-            closest[i] = min(float(closest[i]), float(near[j]))
             if not bool(v.robust[j]):
                 robust[i] = False
                 broken[i] = v.broken_by[j] or "final"
