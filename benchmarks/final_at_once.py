@@ -6,8 +6,8 @@ side in one process, on the written files of a final-verdict run (issue 42: same
     python benchmarks/final_at_once.py --summary --out benchmarks/results/final-at-once.jsonl
 
 For each written file robustify claimed: :func:`preempt.algorithms.robustify.final.final_verdict` with
-``CHECKS["final"]`` as it was (targets in turn, ``apgd_at_once=None``) and as it is (``"auto"``: the 9 targets of
-one photo in one batch of 9 rows), the order alternating photo by photo so that neither always runs first; the same
+``CHECKS["final"]`` as shipped (targets in turn, the reference's batch shape) and with ``apgd_at_once=9`` (the 9
+targets of one photo in one batch of 9 rows), the order alternating photo by photo so that neither always runs first; the same
 seed (robustify's final seed for seed 0).  Each target keeps its own random start and 100 iterations either way, so
 the two are the same attacks; only the random draws differ (a batch draws its starts together).
 """
@@ -27,7 +27,7 @@ from preempt.core.threat import Linf
 from preempt.pipeline.photos import load_photo
 from preempt.verdict.check import CHECKS
 
-SHAPES = {"in turn": None, "at once": "auto"}
+SHAPES = {"in turn": None, "at once": 9}
 
 
 def summary(out: Path) -> None:

@@ -7,8 +7,14 @@ loop's checks (passed, failed), and the final verdict (issue 42: what there is t
 
 One photo at a time (so every pass is that photo's), ``preempt.robustify(model, x)`` with the card of
 ``--model`` (what ``preempt robustify`` runs) at ε = 1/255; ``_Joint.outer``, ``_Joint.check`` and the final
-verdict are timed and counted from outside.  One JSONL row per photo (stamped by the harness); ``--summary``
-prints the table of a results file.
+verdict are timed and counted from outside.  ``--variant NAME:KEY=VALUE,…`` (repeatable): each photo runs each
+variant in turn, in one process, the order alternating photo by photo (a change's ratio side by side), e.g.
+
+    PREEMPT_FORCE_FLOAT32=1 python benchmarks/where_passes.py --folder corpus/dev-256 --photos 5 \
+        --variant before:recheck=check --variant after:recheck=final --out benchmarks/results/recheck.jsonl
+
+One JSONL row per photo and variant (stamped by the harness); ``--summary`` prints the table of a results file and,
+with two variants or more, each one's ratio of seconds and passes against the first.
 """
 from __future__ import annotations
 
@@ -87,9 +93,9 @@ def precision_used(config: dict, device: torch.device) -> str:
 
 def summary(path: Path) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    print("| photo | precision | robust | δ | passes | s | outer passes (share) | check passes: passed / failed | "
+    print("| photo | variant | precision | robust | δ | passes | s | outer passes (share) | check passes: passed / failed | "
           "final passes (share) | final s |")
-    print("|---|---|---|---:|---:|---:|---:|---|---:|---:|")
+    print("|---|---|---|---|---:|---:|---:|---:|---|---:|---:|")
     for r in rows:
         p = defaultdict(int)
         s = defaultdict(float)
@@ -97,12 +103,22 @@ def summary(path: Path) -> None:
             p[c["part"]] += c["passes"]
             s[c["part"]] += c["seconds"]
         tot = max(sum(p.values()), 1)
-        print(f"| {r['photo']} | {r['precision']} | {'yes' if r['robust'] else 'no'} | {r['delta'] * 255:.0f}/255 | "
+        print(f"| {r['photo']} | {r.get('variant', '')} | {r['precision']} | {'yes' if r['robust'] else 'no'} | {r['delta'] * 255:.0f}/255 | "
               f"{r['passes']} | {r['seconds']:.0f} | {p['outer']} ({p['outer'] / tot:.0%}) | "
               f"{p['check-passed']} / {p['check-failed']} | {p['final']} ({p['final'] / tot:.0%}) | {s['final']:.0f} |")
-    if rows:
-        print(f"\nmedian s per photo {statistics.median(r['seconds'] for r in rows):.0f}, median passes "
-              f"{statistics.median(r['passes'] for r in rows):.0f}")
+    variants = list(dict.fromkeys(r.get("variant", "") for r in rows))
+    for v in variants:
+        rs = [r for r in rows if r.get("variant", "") == v]
+        print(f"\n{v or 'all'}: {len(rs)} photos, robust {sum(r['robust'] for r in rs)}, median s per photo "
+              f"{statistics.median(r['seconds'] for r in rs):.0f}, median passes {statistics.median(r['passes'] for r in rs):.0f}"
+              f", seconds in all {sum(r['seconds'] for r in rs):.0f}")
+    base = {r["photo"]: r for r in rows if r.get("variant", "") == variants[0]} if variants else {}
+    for v in variants[1:]:
+        pairs = [(base[r["photo"]], r) for r in rows if r.get("variant", "") == v and r["photo"] in base]
+        if pairs:
+            print(f"{v} against {variants[0]}: seconds {sum(a['seconds'] for a, _ in pairs) / sum(b['seconds'] for _, b in pairs):.2f}× "
+                  f"fewer in all (per photo " + ", ".join(f"{a['seconds'] / b['seconds']:.2f}×" for a, b in pairs)
+                  + f"), passes {sum(a['passes'] for a, _ in pairs) / sum(b['passes'] for _, b in pairs):.2f}× fewer")
 
 
 def main() -> None:
@@ -113,6 +129,8 @@ def main() -> None:
     ap.add_argument("--model", default="efficientnet-lite0")
     ap.add_argument("--eps", default="1/255")
     ap.add_argument("--set", action="append", default=[], help="NAME=VALUE: a robustify keyword over the card")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="NAME:KEY=VALUE,...: robustify keywords of one variant over --set (repeatable; default: one)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/where-passes.jsonl"))
     ap.add_argument("--summary", action="store_true")
     args = ap.parse_args()
@@ -123,26 +141,40 @@ def main() -> None:
     if args.names:
         files = [f for f in files if f.stem in args.names.split(",")]
     files = files[: args.photos or None]
-    extra = {}
-    for kv in args.set:
+    extra = keywords(args.set)
+    variants = [(v.split(":", 1)[0], keywords(v.split(":", 1)[1].split(",") if ":" in v else []))
+                for v in args.variant] or [("", {})]
+    for n, f in enumerate(files):
+        for name, kw in (variants if n % 2 == 0 else variants[::-1]):
+            run_one(model, f, args, name, {**extra, **kw})
+
+
+def keywords(pairs: list[str]) -> dict:
+    """NAME=VALUE pairs as robustify keywords (a budget like 4/255 as a number, whole numbers as int)."""
+    out: dict = {}
+    for kv in pairs:
         k, v = kv.split("=", 1)
-        extra[k] = parse_budget(v) if "/" in v else (int(v) if v.isdigit() else v)
-    for f in files:
-        x = load_photo(f).tensor()[None]
-        m = Meter()
-        t0 = time.perf_counter()
-        with m.installed():
-            res = robustify(model, x, eps=parse_budget(args.eps), **extra)
-        im = res.images[0]
-        row = {"photo": f.stem, "folder": f.parent.name, "size": list(x.shape[-2:]),
-               "precision": precision_used(res.config, x.device), "robust": im.robust, "final": im.final, "delta": im.delta, "psnr": im.psnr,
-               "passes": im.passes, "seconds": time.perf_counter() - t0, "set": args.set,
-               "parts": [{"delta255": d, "part": part, "passes": c[0], "seconds": round(c[1], 2), "calls": c[2]}
-                         for (d, part), c in sorted(m.parts.items())]}
-        append(args.out, row)
-        print(f"{f.stem:<28} robust {im.robust!s:<5} δ {im.delta * 255:.0f}/255 {row['seconds']:6.1f}s "
-              f"{im.passes} passes; " + ", ".join(f"{d}/255 {part} {c[0]}p {c[1]:.0f}s"
-                                                   for (d, part), c in sorted(m.parts.items())), flush=True)
+        out[k] = parse_budget(v) if "/" in v else (int(v) if v.isdigit() else v)
+    return out
+
+
+def run_one(model, f: Path, args, variant: str, kw: dict) -> None:
+    """Photo ``f`` robustified with ``kw`` over the card, metered; one row appended to ``args.out``."""
+    x = load_photo(f).tensor()[None]
+    m = Meter()
+    t0 = time.perf_counter()
+    with m.installed():
+        res = robustify(model, x, eps=parse_budget(args.eps), **kw)
+    im = res.images[0]
+    row = {"photo": f.stem, "variant": variant, "folder": f.parent.name, "size": list(x.shape[-2:]),
+           "precision": precision_used(res.config, x.device), "robust": im.robust, "final": im.final, "delta": im.delta, "psnr": im.psnr,
+           "passes": im.passes, "seconds": time.perf_counter() - t0, "set": args.set, "keywords": {k: str(v) for k, v in kw.items()},
+           "parts": [{"delta255": d, "part": part, "passes": c[0], "seconds": round(c[1], 2), "calls": c[2]}
+                     for (d, part), c in sorted(m.parts.items())]}
+    append(args.out, row)
+    print(f"{f.stem:<28} {variant:<8} robust {im.robust!s:<5} δ {im.delta * 255:.0f}/255 {row['seconds']:6.1f}s "
+          f"{im.passes} passes; " + ", ".join(f"{d}/255 {part} {c[0]}p {c[1]:.0f}s"
+                                               for (d, part), c in sorted(m.parts.items())), flush=True)
 
 
 if __name__ == "__main__":

@@ -367,3 +367,53 @@ def test_escalation_steps_on_the_8_bit_grid():
     assert _next_delta(0.04, 2.0) == pytest.approx(0.08)  # off the grid: the plain product
     with pytest.raises(ValueError, match="escalate"):
         robustify(torch.nn.Identity(), torch.zeros(1, 1, 4, 4), escalate=1.0)
+
+
+def test_recheck_final_skips_the_second_check_and_falls_back_to_the_first_photo(tiny_model, tiny_data, monkeypatch):
+    """recheck="final": a settled photo gets no second check in the loop; the final verdict judges it and, where it
+    breaks it, the first verified photo behind it (kept if that one holds)."""
+    from preempt.algorithms.robustify import drivers
+    from preempt.algorithms.robustify import loop as module
+
+    x, _ = tiny_data
+    x = _grid(x[:40])
+    calls: list[int] = []
+    check = module.Problem.check
+
+    def counted(self, photo, y, gen, extra_restarts=0):
+        calls.append(len(photo))
+        return check(self, photo, y, gen, extra_restarts)
+
+    monkeypatch.setattr(module.Problem, "check", counted)
+    kw = dict(steps=12, min_steps=2, check_every=1, settle=2)
+    base = robustify(tiny_model, x, recheck="check", **kw)
+    n_check = sum(calls)
+    calls.clear()
+    by_final = robustify(tiny_model, x, recheck="final", **kw)
+    assert base.robust.any() and sum(calls) < n_check  # the second checks are gone
+    assert all(r.final in ("held", "") or not r.robust for r in by_final.images)
+    assert all(r.final == "held" for r in by_final.images if r.robust)
+
+    judged: list[torch.Tensor] = []
+    verdict = drivers.final_verdict
+
+    def settled_breaks(final, models, ys, photos, threat, seed, on=None):
+        fv = verdict(final, models, ys, photos, threat, seed, on=on)
+        judged.append(photos.clone())
+        if len(judged) == 1:  # the first call judges the settled photos: every one of them broken
+            fv.robust[:] = False
+            fv.broken_by = ["apgd-t" for _ in fv.broken_by]
+        return fv
+
+    monkeypatch.setattr(drivers, "final_verdict", settled_breaks)
+    res = robustify(tiny_model, x, recheck="final", max_delta=0.1, **kw)  # one δ: no escalation behind it
+    assert len(judged) == 2 and res.first is not None and res.has_first is not None
+    held = res.robust
+    assert held.any()  # first verified photos the final verdict holds are kept ...
+    for i in held.nonzero().squeeze(1).tolist():
+        assert torch.equal(res.x[i], judged[1][i]) and not torch.equal(res.x[i], judged[0][i])
+        assert res.images[i].final == "held"
+    for i in (~held & res.has_first.cpu()).nonzero().squeeze(1).tolist():
+        assert res.images[i].final == "apgd-t"  # ... and one it breaks too names what broke the settled photo
+    with pytest.raises(ValueError, match="recheck"):
+        robustify(tiny_model, x, recheck="never")

@@ -78,8 +78,7 @@ class Check:
 
     A stage is ``ce`` / ``dlr`` (PGD-``steps`` with that loss, ``restarts`` random starts, step
     ``step_size``, default ε/4), ``apgd-ce`` / ``apgd-t`` (``apgd_steps`` iterations, ``apgd_targets``
-    targets, ``apgd_at_once`` of them per batch, ``"auto"``: all of a photo's while a batch stays within
-    :data:`preempt.attacks.auto_pgd.TARGET_ROWS` rows; None: the registered defaults, AutoAttack's 100 and 9,
+    targets, ``apgd_at_once`` of them per batch; None: the registered defaults, AutoAttack's 100 and 9,
     one target at a time; ``apgd_order``: the targets' order, :data:`preempt.attacks.auto_pgd.ORDERS`), or any
     other registered attack
     with its registered defaults (``pgd-N``, ``fab-t``, ``square``, ``transfer-*`` which runs only when
@@ -94,7 +93,7 @@ class Check:
     step_size: float | None = None
     apgd_steps: int | None = None
     apgd_targets: int | None = None
-    apgd_at_once: int | str | None = None
+    apgd_at_once: int | None = None
     apgd_order: str = "logits"
     extra: tuple[str, ...] = ()
     tunable: tuple[str, ...] = ()
@@ -103,14 +102,8 @@ class Check:
         why = check_stages_error("+".join([self.stages, *self.extra]))
         if why:
             raise UsageError(why)
-        if self.apgd_at_once == "auto":
-            optional: tuple[int | str | None, ...] = (self.apgd_steps, self.apgd_targets)
-        else:
-            optional = (self.apgd_steps, self.apgd_targets, self.apgd_at_once)
-        if any(v is not None and not isinstance(v, int) for v in optional):
-            raise UsageError("a check's apgd_steps, apgd_targets and apgd_at_once are whole numbers "
-                             "(apgd_at_once may be 'auto')")
-        if min(self.steps, self.restarts, *(1 if v is None else int(v) for v in optional)) < 1:
+        optional = (self.apgd_steps, self.apgd_targets, self.apgd_at_once)
+        if min(self.steps, self.restarts, *(1 if v is None else v for v in optional)) < 1:
             raise UsageError("a check's steps, restarts, apgd_steps, apgd_targets and apgd_at_once must be >= 1: "
                              "without a check nothing is verified")
         if self.apgd_order not in ORDERS:
@@ -135,7 +128,7 @@ class Check:
             if name == "apgd-t" and self.apgd_targets is not None:
                 kw["n_targets"] = self.apgd_targets
             if name == "apgd-t" and self.apgd_at_once is not None:
-                kw["at_once"] = None if self.apgd_at_once == "auto" else self.apgd_at_once
+                kw["at_once"] = self.apgd_at_once
             if name == "apgd-t" and self.apgd_order != "logits":
                 kw["order"] = self.apgd_order
             label = name if self.apgd_steps is None else f"{name}-{self.apgd_steps}"
@@ -236,8 +229,7 @@ CHECKS: dict[str, Check] = _named(
           restarts=2, apgd_steps=100, apgd_targets=9),
     Check("final", "+".join(["apgd-ce"] * FINAL_CE_STARTS + ["apgd-t"]), f"APGD-CE from {FINAL_CE_STARTS} random starts, "
           "then APGD-T on 9 targets, 100 iterations each (the reference AutoAttack's gradient attacks, APGD-CE from more "
-          "starts): robustify's final verdict; all of a photo's targets in one batch", apgd_steps=100, apgd_targets=9,
-          apgd_at_once="auto"),
+          "starts): robustify's final verdict", apgd_steps=100, apgd_targets=9),
     Check("quick", "pgd-20+apgd-ce", "PGD-20, APGD-CE"),
     Check("standard", "apgd-ce+apgd-t+fab-t+square", "APGD-CE, APGD-T, FAB-T, Square (AutoAttack's standard version)"),
     Check("rand", "apgd-ce-eot+apgd-dlr-eot", "APGD-CE and APGD-DLR with EOT over 20 draws (randomized models)"),

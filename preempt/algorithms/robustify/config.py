@@ -320,7 +320,7 @@ def _variants(flat: dict) -> set[type]:
 
 
 RECOMMENDABLE = ("inner_loss", "inner_steps", "inner_targets", "inner_eps_scale", "kappa", "max_delta", "check_resolution",
-                 "give_up", "loop_precision", "least_change", "settle", "final_slack")
+                 "give_up", "loop_precision", "least_change", "settle", "recheck", "final_slack")
 
 
 CARD_CHECK = {"check_apgd_targets": "apgd_targets", "check_apgd_steps": "apgd_steps",

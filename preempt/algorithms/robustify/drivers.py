@@ -112,13 +112,34 @@ def _final(models: list[Model], ys: list[torch.Tensor], cfg: RobustifyConfig, re
         return
     on = res.robust.to(res.x.device)
     fv = final_verdict(cfg.final, models, ys, res.x, cfg.eps_ball(), cfg.seed, on=on)
+    _judged(res, claimed, fv, first=False)
+    if res.first is None or res.has_first is None:
+        return
+    was_claimed = torch.zeros(len(res.images), dtype=torch.bool)
+    was_claimed[claimed] = True
+    fell = ~fv.robust.cpu() & res.has_first.cpu() & was_claimed
+    fell_idx = fell.nonzero().squeeze(1)
+    if len(fell_idx):  # recheck="final": the settled photo broke; the first verified photo behind it is judged
+        on = fell.to(res.x.device)
+        fv = final_verdict(cfg.final, models, ys, res.first, cfg.eps_ball(), cfg.seed, on=on)
+        for i in fell_idx.tolist():
+            if bool(fv.robust[i]):
+                res.x[i] = res.first[i]
+        _judged(res, fell_idx, fv, first=True)
+
+
+def _judged(res: RobustifyResult, idx: torch.Tensor, fv, first: bool) -> None:
+    """The final verdict ``fv`` written into the results of images ``idx`` (its passes and seconds added to theirs;
+    ``first``: it judged the first verified photo behind a settled one that broke, so a photo it breaks stays
+    broken by what broke the settled one)."""
     total = max(int(fv.passes.sum()), 1)
-    for i in claimed.tolist():
+    for i in idx.tolist():
         r, ok = res.images[i], bool(fv.robust[i])
         share = fv.seconds * int(fv.passes[i]) / total  # the batch's final verdict, shared by passes
-        res.images[i] = replace(r, robust=ok, final="held" if ok else str(fv.broken_by[i]),
-                                passes=r.passes + int(fv.passes[i]), seconds=r.seconds + share,
-                                final_seconds=r.final_seconds + share, final_margin=_finite(fv, i))
+        verdict = "held" if ok else (r.final if first else str(fv.broken_by[i]))
+        res.images[i] = replace(r, robust=ok, final=verdict, passes=r.passes + int(fv.passes[i]),
+                                seconds=r.seconds + share, final_seconds=r.final_seconds + share,
+                                final_margin=_finite(fv, i))
 
 
 def _finite(fv, i: int) -> float | None:

@@ -31,6 +31,8 @@ class Ledger:
         self.seconds = torch.zeros(n)
         self.scale = torch.ones(n)
         self.uploads: list[dict] = [{} for _ in range(n)]
+        self.first: torch.Tensor | None = None  # recheck="final": the first verified photo behind each settled one
+        self.has_first = torch.zeros(n, dtype=torch.bool, device=dev)
 
     def pending(self) -> torch.Tensor:
         return (~self.done).nonzero().squeeze(1)
@@ -69,6 +71,17 @@ class Ledger:
 
     def finish(self, idx: torch.Tensor) -> None:
         self.seconds[idx.cpu()] = time.perf_counter() - self.t0
+
+    def settled(self, idx: torch.Tensor, q: torch.Tensor) -> None:
+        """Images ``idx`` took their settle steps and are done, as the photos ``q``, without a second check (the
+        final verdict judges them, the first verified photo kept in ``first`` in case it breaks them)."""
+        if self.first is None:
+            self.first = torch.zeros_like(self.final)
+        self.first[idx] = self.final[idx]
+        self.has_first[idx] = True
+        self.final[idx] = q
+        self.done[idx] = True
+        self.finish(idx)
 
     def unverified(self, idx: torch.Tensor, q: torch.Tensor) -> None:
         """Images ``idx`` are done without a pass, written as the photos ``q`` (their best iterates)."""

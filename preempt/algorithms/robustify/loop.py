@@ -44,6 +44,7 @@ def run_at_delta(models: list[Model], x_o: torch.Tensor, y: torch.Tensor | None,
             opt.restore(back, book.anchor[back])
 
     stop = cfg.early_stop or EarlyStop()  # without early stopping: its defaults for min_steps, one check at the end
+    by_final = stop.recheck == "final" and cfg.final is not None and not cfg.survive  # settled photos: no second check
     best = BestIterate(opt, len(x_o), stop.min_steps)
     esc = cfg.escalation
     give_up = cfg.give_up if esc is None or esc.max_delta > cfg.delta + 1e-12 else 0
@@ -64,7 +65,9 @@ def run_at_delta(models: list[Model], x_o: torch.Tensor, y: torch.Tensor | None,
         settling = book.verified_at[idx] >= 0
         if settling.any():  # verified images whose extra steps are done (or ran out) get their second check
             due = idx[settling & ((k - book.verified_at[idx] >= stop.settle) | last)]
-            if len(due):
+            if len(due) and by_final:
+                book.settled(due, prob.photo(opt.current(due), due))
+            elif len(due):
                 run_check(due, k)
         if last or (cfg.early_stop and k >= stop.min_steps and (k - stop.min_steps) % stop.check_every == 0):
             fresh = idx[~settling]
@@ -85,7 +88,8 @@ def run_at_delta(models: list[Model], x_o: torch.Tensor, y: torch.Tensor | None,
         if len(won):
             s, q, p = _shrink(joint, opt.current(won), won, gen, cfg.goal.shrink_steps, book.uploads)
             book.shrunk(won, q, s, p)
-    return RobustifyResult(book.final, book.images(y, cfg.delta), {**cfg.record(), **prob.applied(), "init": init})
+    return RobustifyResult(book.final, book.images(y, cfg.delta), {**cfg.record(), **prob.applied(), "init": init},
+                           book.first, book.has_first if book.first is not None else None)
 
 
 def _give_up(book: Ledger, prob: Problem, best: BestIterate, idx: torch.Tensor,

@@ -98,20 +98,29 @@ class TanhBox:
             raise UsageError(f"lr must be a finite number > 0, got {self.lr!r}")
 
 
+RECHECKS = ("check", "final")  # EarlyStop.recheck: what checks a settled photo again
+
+
 @dataclass(frozen=True)
 class EarlyStop:
     """Checks during the loop: the first after ``min_steps`` outer steps, then every ``check_every`` (only on photos
     whose inner attack itself failed); a photo that passes stops there.  ``settle`` > 0: it takes that many outer
-    steps more (a deeper point) and is checked again, the later photo kept if it passes too.  Without it
-    (``early_stop=None``) the loop runs every step and checks once at the end (the paper's algorithm)."""
+    steps more (a deeper point) and is checked again, the later photo kept if it passes too.  ``recheck``: what
+    checks it again: ``check`` (the loop's check) or ``final`` (no second check in the loop: the final verdict judges
+    the deeper photo and, where it breaks it, the first verified one; where there is no final verdict, or with
+    service transforms to survive, the loop's check).  Without early stopping (``early_stop=None``) the loop runs
+    every step and checks once at the end (the paper's algorithm)."""
 
     min_steps: int = 5
     check_every: int = 5
     settle: int = 0
+    recheck: str = "check"
 
     def validate(self) -> None:
         if self.min_steps < 0 or self.check_every < 1 or self.settle < 0:
             raise UsageError("min_steps and settle must be >= 0, check_every >= 1")
+        if self.recheck not in RECHECKS:
+            raise UsageError(f"recheck {self.recheck!r}: choose {', '.join(RECHECKS)}")
 
 
 @dataclass(frozen=True)
@@ -172,12 +181,13 @@ FLAT: dict[str, tuple[tuple[type, ...], str]] = {
     "min_steps": ((EarlyStop,), "min_steps"),
     "check_every": ((EarlyStop,), "check_every"),
     "settle": ((EarlyStop,), "settle"),
+    "recheck": ((EarlyStop,), "recheck"),
     "escalate": ((Escalation,), "factor"),
     "shrink_steps": ((LeastVisible,), "shrink_steps"),
 }
 INNER_FLAT = ("inner_loss",) + tuple(k for k, (kinds, _) in FLAT.items() if kinds[0] in (Unrolled, Persistent))
 OUTER_FLAT = ("optimizer", "step_size", "lr")
-STOP_FLAT = ("early_stop", "min_steps", "check_every", "settle")
+STOP_FLAT = ("early_stop", "min_steps", "check_every", "settle", "recheck")
 ESCALATION_FLAT = ("max_delta", "escalate")
 GOAL_FLAT = ("goal", "shrink_steps")
 
@@ -215,7 +225,7 @@ def outer_of(optimizer: str = "sign", **given) -> Outer:
 
 
 def early_stop_of(early_stop: bool = True, **given) -> EarlyStop | None:
-    """Early stopping (``early_stop`` True) with ``min_steps``, ``check_every`` and ``settle``, or none (False: the
+    """Early stopping (``early_stop`` True) with ``min_steps``, ``check_every``, ``settle`` and ``recheck``, or none (False: the
     loop checks once, at its last step; then those settings are refused)."""
     if not early_stop:
         if given:

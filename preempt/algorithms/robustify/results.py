@@ -44,6 +44,8 @@ class RobustifyResult:
     x: torch.Tensor  # (N,C,H,W) float on the 8-bit grid
     images: list[ImageResult]
     config: dict = field(default_factory=dict)
+    first: torch.Tensor | None = field(default=None, repr=False)  # recheck="final": the first verified photo of
+    has_first: torch.Tensor | None = field(default=None, repr=False)  # the images ``has_first`` marks (settled ones)
 
     @property
     def robust(self) -> torch.Tensor:
