@@ -391,6 +391,10 @@ def test_recheck_final_skips_the_second_check_and_falls_back_to_the_first_photo(
     calls.clear()
     by_final = robustify(tiny_model, x, recheck="final", **kw)
     assert base.robust.any() and sum(calls) < n_check  # the second checks are gone
+    cfg = RobustifyConfig.of(recheck="final", **kw)
+    assert cfg.recheck_by_final and "rechecked by the final verdict" in cfg.describe()
+    assert not cfg.replaced(recheck="check").recheck_by_final and not cfg.replaced(settle=0).recheck_by_final
+    assert not cfg.replaced(final=None).recheck_by_final and not cfg.replaced(survive="jpeg:90").recheck_by_final
     assert all(r.final in ("held", "") or not r.robust for r in by_final.images)
     assert all(r.final == "held" for r in by_final.images if r.robust)
 

@@ -282,6 +282,7 @@ class RobustifyConfig:
                 + (f" at {self.check_at()} resolution" if self.check_resolution else "")
                 + f", goal {self.goal.name}"
                 + (f", settle {self.early_stop.settle}" if self.early_stop and self.early_stop.settle else "")
+                + (" (rechecked by the final verdict)" if self.recheck_by_final else "")
                 + (f", inner loss {self.inner_loss}" if self.inner_loss != "ce" else "")
                 + (f" ({self.inner.targets} targets) in {precision_used(self, device)}"
                    if isinstance(self.inner, Persistent) else "")
@@ -293,6 +294,13 @@ class RobustifyConfig:
                 + (f", retry {self.retry}" if self.retry != "none" else "")
                 + (f"; surviving {self.survive}" if self.survive else "")
                 + (f"; robust = {self.final.describe()}" if self.final is not None else "; robust = the check alone"))
+
+    @property
+    def recheck_by_final(self) -> bool:
+        """Whether a settled photo skips the loop's second check for the final verdict (``recheck="final"``, with
+        settle steps, a final verdict and no service transforms to survive: the final verdict does not run those)."""
+        stop = self.early_stop
+        return bool(stop and stop.settle and stop.recheck == "final" and self.final is not None and not self.survive)
 
     def check_at(self) -> str:
         """Where the check attacks a written photo (``check_resolution``, else ``resolution``)."""

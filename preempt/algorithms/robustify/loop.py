@@ -44,7 +44,7 @@ def run_at_delta(models: list[Model], x_o: torch.Tensor, y: torch.Tensor | None,
             opt.restore(back, book.anchor[back])
 
     stop = cfg.early_stop or EarlyStop()  # without early stopping: its defaults for min_steps, one check at the end
-    by_final = stop.recheck == "final" and cfg.final is not None and not cfg.survive  # settled photos: no second check
+    by_final = cfg.recheck_by_final  # settled photos go to the final verdict without a second check
     best = BestIterate(opt, len(x_o), stop.min_steps)
     esc = cfg.escalation
     give_up = cfg.give_up if esc is None or esc.max_delta > cfg.delta + 1e-12 else 0

@@ -225,8 +225,8 @@ def outer_of(optimizer: str = "sign", **given) -> Outer:
 
 
 def early_stop_of(early_stop: bool = True, **given) -> EarlyStop | None:
-    """Early stopping (``early_stop`` True) with ``min_steps``, ``check_every``, ``settle`` and ``recheck``, or none (False: the
-    loop checks once, at its last step; then those settings are refused)."""
+    """Early stopping (``early_stop`` True) with ``min_steps``, ``check_every``, ``settle`` and ``recheck``, or none
+    (False: the loop checks once, at its last step; then those settings are refused)."""
     if not early_stop:
         if given:
             raise UsageError(f"{', '.join(sorted(given))}: settings of early stopping, and early_stop is off "
