@@ -10,7 +10,7 @@ One photo at a time (so every pass is that photo's), ``preempt.robustify(model, 
 verdict are timed and counted from outside.  ``--variant NAME:KEY=VALUE,…`` (repeatable): each photo runs each
 variant in turn, in one process, the order alternating photo by photo (a change's ratio side by side), e.g.
 
-    PREEMPT_FORCE_FLOAT32=1 python benchmarks/where_passes.py --folder corpus/dev-256 --photos 5 \
+    PREEMPT_FORCE_FLOAT32=1 python benchmarks/where_passes.py --folder corpus/dev-256 --photos 5 \\
         --variant before:recheck=check --variant after:recheck=final --out benchmarks/results/recheck.jsonl
 
 One JSONL row per photo and variant (stamped by the harness); ``--summary`` prints the table of a results file and,
@@ -86,7 +86,7 @@ class Meter:
             yield self
 
 
-def precision_used(config: dict, device: torch.device) -> str:
+def attackers_precision(config: dict, device: torch.device) -> str:
     """The attackers' precision in this run: bfloat16 where the config asked for it and the CPU has it natively."""
     return "bfloat16" if config.get("loop_precision") == "bfloat16" and bfloat16_native(device) else "float32"
 
@@ -150,11 +150,18 @@ def main() -> None:
 
 
 def keywords(pairs: list[str]) -> dict:
-    """NAME=VALUE pairs as robustify keywords (a budget like 4/255 as a number, whole numbers as int)."""
+    """NAME=VALUE pairs as robustify keywords: a budget like 4/255 or a number as a number, true/false as bools,
+    else the string."""
     out: dict = {}
     for kv in pairs:
         k, v = kv.split("=", 1)
-        out[k] = parse_budget(v) if "/" in v else (int(v) if v.isdigit() else v)
+        if v.lower() in ("true", "false"):
+            out[k] = v.lower() == "true"
+            continue
+        try:
+            out[k] = int(v) if v.lstrip("-").isdigit() else parse_budget(v)
+        except ValueError:
+            out[k] = v
     return out
 
 
@@ -167,7 +174,7 @@ def run_one(model, f: Path, args, variant: str, kw: dict) -> None:
         res = robustify(model, x, eps=parse_budget(args.eps), **kw)
     im = res.images[0]
     row = {"photo": f.stem, "variant": variant, "folder": f.parent.name, "size": list(x.shape[-2:]),
-           "precision": precision_used(res.config, x.device), "robust": im.robust, "final": im.final, "delta": im.delta, "psnr": im.psnr,
+           "precision": attackers_precision(res.config, x.device), "robust": im.robust, "final": im.final, "delta": im.delta, "psnr": im.psnr,
            "passes": im.passes, "seconds": time.perf_counter() - t0, "set": args.set, "keywords": {k: str(v) for k, v in kw.items()},
            "parts": [{"delta255": d, "part": part, "passes": c[0], "seconds": round(c[1], 2), "calls": c[2]}
                      for (d, part), c in sorted(m.parts.items())]}

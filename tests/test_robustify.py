@@ -371,53 +371,91 @@ def test_escalation_steps_on_the_8_bit_grid():
 
 def test_recheck_final_skips_the_second_check_and_falls_back_to_the_first_photo(tiny_model, tiny_data, monkeypatch):
     """recheck="final": a settled photo gets no second check in the loop; the final verdict judges it and, where it
-    breaks it, the first verified photo behind it (kept if that one holds)."""
+    breaks it, the first verified photo behind it (written if that one holds)."""
     from preempt.algorithms.robustify import drivers
     from preempt.algorithms.robustify import loop as module
 
     x, _ = tiny_data
     x = _grid(x[:40])
-    calls: list[int] = []
+    kw = dict(steps=12, min_steps=2, check_every=1, settle=2, max_delta=0.1)  # one δ: no escalation behind it
+    checked: list[torch.Tensor] = []
     check = module.Problem.check
 
-    def counted(self, photo, y, gen, extra_restarts=0):
-        calls.append(len(photo))
+    def recorded(self, photo, y, gen, extra_restarts=0):
+        checked.append(photo.clone())
         return check(self, photo, y, gen, extra_restarts)
 
-    monkeypatch.setattr(module.Problem, "check", counted)
-    kw = dict(steps=12, min_steps=2, check_every=1, settle=2)
-    base = robustify(tiny_model, x, recheck="check", **kw)
-    n_check = sum(calls)
-    calls.clear()
-    by_final = robustify(tiny_model, x, recheck="final", **kw)
-    assert base.robust.any() and sum(calls) < n_check  # the second checks are gone
-    cfg = RobustifyConfig.of(recheck="final", **kw)
-    assert cfg.recheck_by_final and "rechecked by the final verdict" in cfg.describe()
-    assert not cfg.replaced(recheck="check").recheck_by_final and not cfg.replaced(settle=0).recheck_by_final
-    assert not cfg.replaced(final=None).recheck_by_final and not cfg.replaced(survive="jpeg:90").recheck_by_final
-    assert all(r.final in ("held", "") or not r.robust for r in by_final.images)
-    assert all(r.final == "held" for r in by_final.images if r.robust)
-
+    monkeypatch.setattr(module.Problem, "check", recorded)
     judged: list[torch.Tensor] = []
     verdict = drivers.final_verdict
+    breaks: dict[int, set[int]] = {0: set(), 1: set()}  # call -> images the patched final verdict breaks
 
-    def settled_breaks(final, models, ys, photos, threat, seed, on=None):
+    def patched(final, models, ys, photos, threat, seed, on=None):
         fv = verdict(final, models, ys, photos, threat, seed, on=on)
+        call = len(judged)
         judged.append(photos.clone())
-        if len(judged) == 1:  # the first call judges the settled photos: every one of them broken
-            fv.robust[:] = False
-            fv.broken_by = ["apgd-t" for _ in fv.broken_by]
+        for i in breaks.get(call, set()):
+            fv.robust[i] = False
+            fv.broken_by[i] = f"apgd-t (call {call})"
         return fv
 
-    monkeypatch.setattr(drivers, "final_verdict", settled_breaks)
-    res = robustify(tiny_model, x, recheck="final", max_delta=0.1, **kw)  # one δ: no escalation behind it
-    assert len(judged) == 2 and res.first is not None and res.has_first is not None
-    held = res.robust
-    assert held.any()  # first verified photos the final verdict holds are kept ...
-    for i in held.nonzero().squeeze(1).tolist():
-        assert torch.equal(res.x[i], judged[1][i]) and not torch.equal(res.x[i], judged[0][i])
-        assert res.images[i].final == "held"
-    for i in (~held & res.has_first.cpu()).nonzero().squeeze(1).tolist():
-        assert res.images[i].final == "apgd-t"  # ... and one it breaks too names what broke the settled photo
+    monkeypatch.setattr(drivers, "final_verdict", patched)
+    res = robustify(tiny_model, x, recheck="final", **kw)
+    assert res.has_first is not None and res.first is not None and res.has_first.any()
+    settled = res.has_first.cpu().nonzero().squeeze(1).tolist()
+    held = [i for i in settled if res.images[i].robust]
+    assert held
+    for i in held:  # the final verdict judged the settled photo, which no check of the loop ever saw, and held it
+        assert torch.equal(judged[0][i], res.x[i]) and res.images[i].final == "held"
+        assert not any(torch.equal(res.x[i], q) for c in checked for q in c)
+    assert len(judged) == 1 + (len(held) < len(settled))  # a second verdict only where a settled photo broke
+    assert "rechecked by the final verdict" in RobustifyConfig.of(recheck="final", **kw).describe()
+
+    # now the final verdict breaks every settled photo, and the first photo behind one of them as well
+    checked.clear()
+    judged.clear()
+    breaks[0] = set(settled)
+    breaks[1] = {settled[0]}
+    res = robustify(tiny_model, x, recheck="final", **kw)
+    assert len(judged) == 2
+    for i in settled:
+        r = res.images[i]
+        if i == settled[0]:  # both broken: not robust, the settled photo written, named by what broke it
+            assert not r.robust and r.final == "apgd-t (call 0)" and torch.equal(res.x[i], judged[0][i])
+        else:  # the first photo held: written, and a check of the loop had passed it
+            assert r.robust and r.final == "held" and torch.equal(res.x[i], judged[1][i])
+            assert not torch.equal(judged[1][i], judged[0][i])
+            assert any(torch.equal(res.x[i], q) for c in checked for q in c)
     with pytest.raises(ValueError, match="recheck"):
         robustify(tiny_model, x, recheck="never")
+
+
+def test_recheck_final_applies_only_where_the_final_verdict_can_recheck():
+    cfg = RobustifyConfig.of(recheck="final", settle=2)
+    assert cfg.recheck_by_final
+    assert not cfg.replaced(recheck="check").recheck_by_final and not cfg.replaced(settle=0).recheck_by_final
+    assert not cfg.replaced(final=None).recheck_by_final and not cfg.replaced(survive="jpeg:90").recheck_by_final
+    assert not cfg.replaced(goal="least-visible").recheck_by_final  # it shrinks only a change the loop's check verified
+    assert "rechecked" not in cfg.replaced(recheck="check").describe()
+
+
+def test_a_rerun_brings_its_first_photos_along():
+    """Retry and δ escalation merge a rerun's photos into the run before it: with them the first verified photos
+    (recheck="final"'s fallback), so the final verdict after a retry can still fall back."""
+    from preempt.algorithms.robustify.drivers import _merge_rerun
+    from preempt.algorithms.robustify.results import ImageResult, RobustifyResult
+
+    def result(n: int, robust: list[bool], value: float) -> RobustifyResult:
+        nan = float("nan")
+        images = [ImageResult(robust=r, label=0, loss=0.0, steps=1, passes=10, linf=nan, l2=nan, psnr=nan, ssim=nan,
+                              scale=1.0, seconds=1.0) for r in robust]
+        return RobustifyResult(torch.full((n, 1, 2, 2), value), images)
+
+    res = result(3, [True, False, False], 0.1)
+    sub = result(2, [True, False], 0.5)
+    sub.first, sub.has_first = torch.full((2, 1, 2, 2), 0.3), torch.tensor([True, True])
+    _merge_rerun(res, torch.tensor([1, 2]), sub)
+    assert res.has_first is not None and res.first is not None
+    assert res.has_first.tolist() == [False, True, False]  # only the photo the rerun verified
+    assert torch.equal(res.first[1], sub.first[0]) and torch.equal(res.x[1], sub.x[0])
+    assert res.images[1].passes == 20 and res.images[2].passes == 20

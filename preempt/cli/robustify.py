@@ -56,7 +56,9 @@ CheckOpt = Annotated[CheckPreset | None, typer.Option(
          "decides 'robust' (docs/cli.md).")]
 SettleOpt = Annotated[int | None, typer.Option(
     min=0, help="Outer steps more after a photo first passes its check, then checked again (kept only if it passes "
-    "too): a deeper point for more passes (default: 0, or the card's). --settle 30 runs every step of --steps 30.")]
+    "too; the ImageNet cards leave that second check to the final verdict, the first photo judged where it breaks "
+    "the later one): a deeper point for more passes (default: 0, or the card's). --settle 30 runs every step of "
+    "--steps 30.")]
 GiveUpOpt = Annotated[int | None, typer.Option(
     min=0, help="A photo whose inner attack never failed in its first N outer steps stops there, not robust; with "
     "--max-delta it moves on to the next δ, and the last δ runs in full (0: never; default: the card's).")]

@@ -13,7 +13,8 @@ Differences from the paper's Algorithm 1, each measured in ``benchmarks/robustif
   PGD-20, ε/4 steps, random start).  If no iterate changes the label the quantised image is
   final.  A check is only spent on images the inner attack itself failed to break.  With
   ``settle`` > 0 a verified image takes that many more outer steps (to a deeper point) and is
-  checked again; the later photo is kept only if it passes too;
+  checked again (by the loop's check, or with ``recheck="final"`` by the final verdict); the later photo is kept
+  only if it passes too;
 * the outer step size decays (cosine) from ``step_size`` to a tenth of it;
 * the result is judged as saved: the returned pixels are the quantised ones the check ran on;
 * with ``least_change`` (ℓ∞, a model that resizes the photo) the photo checked and written is the change of

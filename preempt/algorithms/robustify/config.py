@@ -298,9 +298,11 @@ class RobustifyConfig:
     @property
     def recheck_by_final(self) -> bool:
         """Whether a settled photo skips the loop's second check for the final verdict (``recheck="final"``, with
-        settle steps, a final verdict and no service transforms to survive: the final verdict does not run those)."""
+        settle steps and a final verdict; not with service transforms to survive, which the final verdict does not
+        run, nor with the least-visible goal, which shrinks only a change the loop's check verified)."""
         stop = self.early_stop
-        return bool(stop and stop.settle and stop.recheck == "final" and self.final is not None and not self.survive)
+        return bool(stop and stop.settle and stop.recheck == "final" and self.final is not None and not self.survive
+                    and not isinstance(self.goal, LeastVisible))
 
     def check_at(self) -> str:
         """Where the check attacks a written photo (``check_resolution``, else ``resolution``)."""

@@ -104,7 +104,8 @@ def _escalate(models: list[Model], x_o: torch.Tensor, ys: list[torch.Tensor], cf
 
 def _final(models: list[Model], ys: list[torch.Tensor], cfg: RobustifyConfig, res: RobustifyResult) -> None:
     """The final verdict (:mod:`preempt.algorithms.robustify.final`) on the photos the loop's check passed: a photo it
-    breaks is not robust.  Its passes and seconds count in the photo's."""
+    breaks is not robust, unless (``recheck="final"``) it was a settled photo and the first verified photo behind it
+    holds: that one is written.  Its passes and seconds count in the photo's."""
     for i, r in enumerate(res.images):
         res.images[i] = replace(r, checked=r.robust)
     claimed = res.robust.nonzero().squeeze(1)
@@ -137,9 +138,9 @@ def _judged(res: RobustifyResult, idx: torch.Tensor, fv, first: bool) -> None:
         r, ok = res.images[i], bool(fv.robust[i])
         share = fv.seconds * int(fv.passes[i]) / total  # the batch's final verdict, shared by passes
         verdict = "held" if ok else (r.final if first else str(fv.broken_by[i]))
+        margin = r.final_margin if first and not ok else _finite(fv, i)  # the margin of the photo written
         res.images[i] = replace(r, robust=ok, final=verdict, passes=r.passes + int(fv.passes[i]),
-                                seconds=r.seconds + share, final_seconds=r.final_seconds + share,
-                                final_margin=_finite(fv, i))
+                                seconds=r.seconds + share, final_seconds=r.final_seconds + share, final_margin=margin)
 
 
 def _finite(fv, i: int) -> float | None:
@@ -163,11 +164,17 @@ def _retry(model: Model, x_o: torch.Tensor, y: torch.Tensor, cfg: RobustifyConfi
 
 def _merge_rerun(res: RobustifyResult, left: torch.Tensor, sub: RobustifyResult) -> None:
     """Images ``left`` of ``res`` were run again as ``sub`` (retry, δ escalation): a photo the rerun
-    verified replaces the first one; each image's steps, passes and seconds are those of both runs."""
+    verified replaces the first one (with the first verified photo behind it, ``recheck="final"``'s fallback);
+    each image's steps, passes and seconds are those of both runs."""
     for j, i in enumerate(left.tolist()):
         a, b = res.images[i], sub.images[j]
         if b.robust:
             res.x[i] = sub.x[j]
+            if sub.first is not None and sub.has_first is not None and bool(sub.has_first[j]):  # its fallback too
+                if res.first is None or res.has_first is None:
+                    res.first = torch.zeros_like(res.x)
+                    res.has_first = torch.zeros(len(res.x), dtype=torch.bool, device=sub.has_first.device)
+                res.first[i], res.has_first[i] = sub.first[j], True
         res.images[i] = replace(b if b.robust else a, steps=a.steps + b.steps, passes=a.passes + b.passes,
                                 seconds=a.seconds + b.seconds, final_seconds=a.final_seconds + b.final_seconds)
 

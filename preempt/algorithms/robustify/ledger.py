@@ -13,8 +13,9 @@ if TYPE_CHECKING:
 
 
 class Ledger:
-    """Per-image bookkeeping of one robustify call: the photo kept (the last one checked), whether
-    it is verified, outer steps, passes, last loss, seconds, upload outcomes, shrink scale."""
+    """Per-image bookkeeping of one robustify call: the photo kept (the last one checked, or with
+    ``recheck="final"`` the settled one, its first verified photo in ``first``), whether it is verified, outer
+    steps, passes, last loss, seconds, upload outcomes, shrink scale."""
 
     def __init__(self, x_o: torch.Tensor, first_passes: int, t0: float) -> None:
         n, dev = len(x_o), x_o.device

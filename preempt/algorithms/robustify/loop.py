@@ -65,10 +65,11 @@ def run_at_delta(models: list[Model], x_o: torch.Tensor, y: torch.Tensor | None,
         settling = book.verified_at[idx] >= 0
         if settling.any():  # verified images whose extra steps are done (or ran out) get their second check
             due = idx[settling & ((k - book.verified_at[idx] >= stop.settle) | last)]
-            if len(due) and by_final:
-                book.settled(due, prob.photo(opt.current(due), due))
-            elif len(due):
-                run_check(due, k)
+            if len(due):
+                if by_final:  # ... from the final verdict, after the loop
+                    book.settled(due, prob.photo(opt.current(due), due))
+                else:
+                    run_check(due, k)
         if last or (cfg.early_stop and k >= stop.min_steps and (k - stop.min_steps) % stop.check_every == 0):
             fresh = idx[~settling]
             cand = fresh if last else fresh[survived[~settling]]  # a check only where the inner attack itself failed

@@ -29,7 +29,8 @@ class ImageResult:
     seconds: float
     delta: float = float("nan")  # the budget this result was made with (δ escalation raises it per image)
     uploads: dict = field(default_factory=dict)  # --survive: per service transform, "ok" or what broke it
-    checked: bool = False  # the loop's own check passed (what robustify claimed before its final verdict)
+    checked: bool = False  # the loop's own check passed (what robustify claimed before its final verdict; with
+                           # recheck="final" it passed the first verified photo, the final verdict the one written)
     final: str = ""   # the final verdict on a checked photo: "held", or the attack that broke it; "" not judged
     final_seconds: float = 0.0  # this photo's share of the final verdict's time (counted in seconds too)
     final_margin: float | None = None  # the lowest margin z_y − max_{j≠y} z_j (logits) the final verdict's attacks
@@ -44,8 +45,10 @@ class RobustifyResult:
     x: torch.Tensor  # (N,C,H,W) float on the 8-bit grid
     images: list[ImageResult]
     config: dict = field(default_factory=dict)
-    first: torch.Tensor | None = field(default=None, repr=False)  # recheck="final": the first verified photo of
-    has_first: torch.Tensor | None = field(default=None, repr=False)  # the images ``has_first`` marks (settled ones)
+    # recheck="final": the first verified photo behind each settled one (``first``), for the images ``has_first``
+    # marks; the final verdict judges it where it breaks the settled photo (robustify's drivers)
+    first: torch.Tensor | None = field(default=None, repr=False)
+    has_first: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def robust(self) -> torch.Tensor:
