@@ -116,9 +116,7 @@ def _final(models: list[Model], ys: list[torch.Tensor], cfg: RobustifyConfig, re
     _judged(res, claimed, fv, first=False)
     if res.first is None or res.has_first is None:
         return
-    was_claimed = torch.zeros(len(res.images), dtype=torch.bool)
-    was_claimed[claimed] = True
-    fell = ~fv.robust.cpu() & res.has_first.cpu() & was_claimed
+    fell = ~fv.robust.cpu() & res.has_first.cpu()  # (a photo with a first verified one was claimed)
     fell_idx = fell.nonzero().squeeze(1)
     if len(fell_idx):  # recheck="final": the settled photo broke; the first verified photo behind it is judged
         on = fell.to(res.x.device)
