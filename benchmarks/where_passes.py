@@ -28,6 +28,7 @@ from pathlib import Path
 from unittest.mock import patch
 
 import torch
+from final_verdict import _setting
 from harness import append
 
 from preempt import load_model, robustify
@@ -150,19 +151,8 @@ def main() -> None:
 
 
 def keywords(pairs: list[str]) -> dict:
-    """NAME=VALUE pairs as robustify keywords: a budget like 4/255 or a number as a number, true/false as bools,
-    else the string."""
-    out: dict = {}
-    for kv in pairs:
-        k, v = kv.split("=", 1)
-        if v.lower() in ("true", "false"):
-            out[k] = v.lower() == "true"
-            continue
-        try:
-            out[k] = int(v) if v.lstrip("-").isdigit() else parse_budget(v)
-        except ValueError:
-            out[k] = v
-    return out
+    """NAME=VALUE pairs as robustify keywords, parsed as final_verdict.py's ``--set`` parses them."""
+    return dict(_setting(kv) for kv in pairs)
 
 
 def run_one(model, f: Path, args, variant: str, kw: dict) -> None:
